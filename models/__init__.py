@@ -1,0 +1,1 @@
+"""Reference zoo of sequence mixers, each exposing the operator it applies (see README)."""
