@@ -1,0 +1,259 @@
+"""Causal linear operators ``y = T u`` as sequence mixers apply them.
+
+Two containers, one per way a mixer can describe what it applied:
+
+* :class:`DenseOperator` holds ``T`` itself, shape ``(..., L, L)``, lower-triangular.
+  Softmax / sliding-window attention and long convolutions are naturally dense.
+* :class:`StateSpaceOperator` holds per-step diagonal log-decays and input / output factors,
+  each ``(..., L, N)``, meaning ``T[i, j] = sum_n C[i, n] exp(sum_{t=j+1..i} log_decay[t, n]) B[j, n]``
+  for ``j <= i``.  Linear attention (``log_decay = 0``), gated / weighted linear attention
+  and diagonal SSMs are of this form with a finite state ``N``; ``log_decay[0]`` never enters.
+
+Leading dimensions are batch-like: typically ``(batch, channels)`` where a channel is a head
+or a scalar channel.  ``multiplicity`` records how many value channels share one operator
+(a head with ``d_v`` value channels counts ``d_v`` times in a total ESS).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["DenseOperator", "StateSpaceOperator", "as_operator", "Operator"]
+
+# A dense T counts as causal when max|T above the diagonal| <= CAUSAL_RTOL * max|T|.
+CAUSAL_RTOL = 1e-6
+
+
+def _check_floating(name: str, x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a real floating-point tensor, got dtype {x.dtype}")
+
+
+def _check_finite(name: str, x: torch.Tensor) -> None:
+    if not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).sum().item()
+        raise ValueError(f"{name} has {bad} NaN/Inf entries")
+
+
+def _check_multiplicity(multiplicity: int) -> int:
+    if isinstance(multiplicity, bool) or not isinstance(multiplicity, int) or multiplicity < 1:
+        raise ValueError(f"multiplicity must be a positive int, got {multiplicity!r}")
+    return multiplicity
+
+
+def _segment_sums(log_decay: torch.Tensor) -> torch.Tensor:
+    """``seg[..., i, j, n] = sum_{t=j+1..i} log_decay[..., t, n]`` for ``j <= i``, ``-inf`` above.
+
+    Summed directly per segment (masked cumsum), not as a difference of two prefix sums:
+    with strong decays the prefix sums reach ``-20 L`` and their difference would lose the
+    short segments' precision.  Costs ``L^2 N``; used for materializing and small chunks.
+    """
+    length = log_decay.shape[-2]
+    ones = torch.ones(length, length, dtype=torch.bool, device=log_decay.device)
+    strictly_after = torch.tril(ones, diagonal=-1)  # [t, j]: t > j
+    # x[..., j, t, n] = log_decay[t, n] for t > j, else 0; cumsum over t gives the segment sums.
+    x = log_decay.unsqueeze(-3) * strictly_after.transpose(0, 1).unsqueeze(-1).to(log_decay.dtype)
+    seg = torch.cumsum(x, dim=-2).transpose(-3, -2)  # [..., i, j, n]
+    causal = torch.tril(ones).unsqueeze(-1)
+    return seg.masked_fill(~causal, float("-inf"))
+
+
+class DenseOperator:
+    """A causal operator given by its matrix ``T`` of shape ``(..., L, L)``."""
+
+    def __init__(self, T: torch.Tensor, multiplicity: int = 1, *, causal_rtol: float = CAUSAL_RTOL):
+        _check_floating("T", T)
+        if T.dim() < 2:
+            raise ValueError(f"T must have shape (..., L, L), got a {T.dim()}-d tensor")
+        if T.shape[-1] != T.shape[-2]:
+            raise ValueError(f"T must be square in its last two dims, got shape {tuple(T.shape)}")
+        if T.shape[-1] < 2:
+            raise ValueError(f"sequence length L must be >= 2, got L={T.shape[-1]}")
+        _check_finite("T", T)
+        with torch.no_grad():
+            upper = torch.triu(T, diagonal=1).abs().amax() if T.numel() else T.new_zeros(())
+            scale = T.abs().amax() if T.numel() else T.new_zeros(())
+            if upper > causal_rtol * scale:
+                raise ValueError(
+                    "T is not causal: max |T[i, j]| above the diagonal (j > i) is "
+                    f"{upper.item():.3g}, more than {causal_rtol:g} x max |T| = {scale.item():.3g}"
+                )
+        self.T = T
+        self.multiplicity = _check_multiplicity(multiplicity)
+
+    @property
+    def seq_len(self) -> int:
+        return self.T.shape[-1]
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.T.shape[:-2]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.T.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.T.device
+
+    def materialize(self) -> torch.Tensor:
+        return self.T
+
+    def apply(self, v: torch.Tensor) -> torch.Tensor:
+        """``T @ v`` for ``v`` of shape ``(..., L, K)`` (leading dims broadcast with T's)."""
+        _check_values(v, self.seq_len)
+        return self.T @ v
+
+    def __repr__(self) -> str:
+        return f"DenseOperator(shape={tuple(self.T.shape)}, dtype={self.T.dtype}, multiplicity={self.multiplicity})"
+
+
+class StateSpaceOperator:
+    """A causal operator realized by a diagonal recurrence with state size ``N``.
+
+    ``log_decay``, ``B`` and ``C`` each have shape ``(..., L, N)`` (leading dims broadcast);
+    the recurrence it stands for is ``x_i = exp(log_decay_i) * x_{i-1} + B_i u_i``,
+    ``y_i = C_i . x_i``.
+    """
+
+    def __init__(
+        self,
+        log_decay: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        multiplicity: int = 1,
+    ):
+        for name, x in (("log_decay", log_decay), ("B", B), ("C", C)):
+            _check_floating(name, x)
+            if x.dim() < 2:
+                raise ValueError(f"{name} must have shape (..., L, N), got a {x.dim()}-d tensor")
+        shapes = {"log_decay": tuple(log_decay.shape), "B": tuple(B.shape), "C": tuple(C.shape)}
+        if len({(s[-2], s[-1]) for s in shapes.values()}) != 1:
+            raise ValueError(f"log_decay, B and C must agree in their last two dims (L, N), got {shapes}")
+        try:
+            batch = torch.broadcast_shapes(log_decay.shape[:-2], B.shape[:-2], C.shape[:-2])
+        except RuntimeError:
+            raise ValueError(f"leading (batch) dims of log_decay, B and C do not broadcast: {shapes}") from None
+        length, state = B.shape[-2], B.shape[-1]
+        if length < 2:
+            raise ValueError(f"sequence length L must be >= 2, got L={length}")
+        if state < 1:
+            raise ValueError("state size N must be >= 1, got N=0")
+        if len({log_decay.dtype, B.dtype, C.dtype}) != 1:
+            raise ValueError(
+                f"log_decay, B and C must share a dtype, got {log_decay.dtype}, {B.dtype}, {C.dtype}"
+            )
+        for name, x in (("log_decay", log_decay), ("B", B), ("C", C)):
+            _check_finite(name, x)
+        if bool((log_decay > 0).any()):
+            raise ValueError(
+                f"log_decay must be <= 0 (a decay in (0, 1]); its largest entry is {log_decay.max().item():.3g}"
+            )
+        self.log_decay, self.B, self.C = log_decay, B, C
+        self.multiplicity = _check_multiplicity(multiplicity)
+        self._batch_shape = batch
+
+    @property
+    def seq_len(self) -> int:
+        return self.B.shape[-2]
+
+    @property
+    def state_size(self) -> int:
+        return self.B.shape[-1]
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self._batch_shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.B.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.B.device
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(log_decay, B, C)`` broadcast to the full batch shape."""
+        shape = (*self.batch_shape, self.seq_len, self.state_size)
+        return self.log_decay.expand(shape), self.B.expand(shape), self.C.expand(shape)
+
+    def materialize(self) -> torch.Tensor:
+        """The dense ``(..., L, L)`` matrix; costs ``L^2 N`` memory per batch element."""
+        seg = _segment_sums(self.log_decay)  # (..., L, L, N)
+        return torch.einsum("...in,...ijn,...jn->...ij", self.C, seg.exp(), self.B)
+
+    def apply(self, v: torch.Tensor, chunk_size: int = 32) -> torch.Tensor:
+        """``T @ v`` for ``v`` of shape ``(..., L, K)`` without materializing ``T``.
+
+        Chunked scan: inside each chunk of ``chunk_size`` steps the local operator is built
+        from segment sums (every exponent <= 0, so no overflow at any decay strength); the
+        ``(N, K)`` state is carried across chunks.  ``L / chunk_size`` sequential steps.
+        """
+        _check_values(v, self.seq_len)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        log_decay, B, C = self.log_decay, self.B, self.C
+        length, c = self.seq_len, min(chunk_size, self.seq_len)
+        num_chunks = math.ceil(length / c)
+        pad = num_chunks * c - length
+        if pad:
+            # Zero padding at the end: extra inputs and outputs that are dropped afterwards.
+            log_decay, B, C = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (log_decay, B, C))
+            v = torch.nn.functional.pad(v, (0, 0, 0, pad))
+
+        def chunked(x: torch.Tensor) -> torch.Tensor:  # (..., L, F) -> (..., M, c, F)
+            return x.reshape(*x.shape[:-2], num_chunks, c, x.shape[-1])
+
+        log_decay, B, C, v = chunked(log_decay), chunked(B), chunked(C), chunked(v)
+        seg = _segment_sums(log_decay)  # (..., M, c, c, N): decays inside each chunk
+        local = torch.einsum("...in,...ijn,...jn->...ij", C, seg.exp(), B)
+        y = local @ v  # contributions from inside the chunk
+        # Decay from the chunk's start (state after the previous chunk) to each step i (inclusive).
+        from_start = torch.cumsum(log_decay, dim=-2)  # (..., M, c, N), all <= 0
+        # Decay from each step j (exclusive) to the chunk's end: sum_{t=j+1..c-1}, summed directly.
+        after = torch.nn.functional.pad(log_decay[..., 1:, :], (0, 0, 0, 1))
+        to_end = torch.flip(torch.cumsum(torch.flip(after, dims=[-2]), dim=-2), dims=[-2])
+        chunk_in = torch.einsum("...jn,...jk->...nk", to_end.exp() * B, v)  # state a chunk adds
+        chunk_decay = from_start[..., -1, :].exp().unsqueeze(-1)  # (..., M, N, 1)
+
+        # The only sequential part: the (N, K) state entering each chunk.
+        states = [torch.zeros_like(chunk_in[..., 0, :, :])]
+        for m in range(num_chunks - 1):
+            states.append(chunk_decay[..., m, :, :] * states[-1] + chunk_in[..., m, :, :])
+        state_in = torch.stack(states, dim=-3)  # (..., M, N, K)
+        y = y + (C * from_start.exp()) @ state_in
+        out = y.reshape(*y.shape[:-3], num_chunks * c, y.shape[-1])
+        return out[..., :length, :]
+
+    def __repr__(self) -> str:
+        return (
+            f"StateSpaceOperator(batch_shape={tuple(self.batch_shape)}, L={self.seq_len}, "
+            f"N={self.state_size}, dtype={self.dtype}, multiplicity={self.multiplicity})"
+        )
+
+
+Operator = DenseOperator | StateSpaceOperator
+
+
+def _check_values(v: torch.Tensor, length: int) -> None:
+    _check_floating("v", v)
+    if v.dim() < 2 or v.shape[-2] != length:
+        raise ValueError(f"v must have shape (..., L={length}, K), got {tuple(v.shape)}")
+
+
+def as_operator(x: "torch.Tensor | Operator") -> Operator:
+    """Wrap a dense ``T`` tensor as a :class:`DenseOperator`; pass operators through."""
+    if isinstance(x, (DenseOperator, StateSpaceOperator)):
+        return x
+    if isinstance(x, torch.Tensor):
+        return DenseOperator(x)
+    raise TypeError(
+        f"expected a causal operator (DenseOperator, StateSpaceOperator or a (..., L, L) tensor), "
+        f"got {type(x).__name__}"
+    )
