@@ -62,10 +62,24 @@ def _segment_sums(log_decay: torch.Tensor) -> torch.Tensor:
     return seg.masked_fill(~causal, float("-inf"))
 
 
+def _check_causal_and_finite(T: torch.Tensor, causal_rtol: float) -> None:
+    _check_finite("T", T)
+    with torch.no_grad():
+        upper = torch.triu(T, diagonal=1).abs().amax() if T.numel() else T.new_zeros(())
+        scale = T.abs().amax() if T.numel() else T.new_zeros(())
+        if upper > causal_rtol * scale:
+            raise ValueError(
+                "T is not causal: max |T[i, j]| above the diagonal (j > i) is "
+                f"{upper.item():.3g}, more than {causal_rtol:g} x max |T| = {scale.item():.3g}"
+            )
+
+
 class DenseOperator:
     """A causal operator given by its matrix ``T`` of shape ``(..., L, L)``."""
 
-    def __init__(self, T: torch.Tensor, multiplicity: int = 1, *, causal_rtol: float = CAUSAL_RTOL):
+    def __init__(
+        self, T: torch.Tensor, multiplicity: int = 1, *, causal_rtol: float = CAUSAL_RTOL, check_values: bool = True
+    ):
         _check_floating("T", T)
         if T.dim() < 2:
             raise ValueError(f"T must have shape (..., L, L), got a {T.dim()}-d tensor")
@@ -73,15 +87,8 @@ class DenseOperator:
             raise ValueError(f"T must be square in its last two dims, got shape {tuple(T.shape)}")
         if T.shape[-1] < 2:
             raise ValueError(f"sequence length L must be >= 2, got L={T.shape[-1]}")
-        _check_finite("T", T)
-        with torch.no_grad():
-            upper = torch.triu(T, diagonal=1).abs().amax() if T.numel() else T.new_zeros(())
-            scale = T.abs().amax() if T.numel() else T.new_zeros(())
-            if upper > causal_rtol * scale:
-                raise ValueError(
-                    "T is not causal: max |T[i, j]| above the diagonal (j > i) is "
-                    f"{upper.item():.3g}, more than {causal_rtol:g} x max |T| = {scale.item():.3g}"
-                )
+        if check_values:
+            _check_causal_and_finite(T, causal_rtol)
         self.T = T
         self.multiplicity = _check_multiplicity(multiplicity)
 
@@ -127,6 +134,8 @@ class StateSpaceOperator:
         B: torch.Tensor,
         C: torch.Tensor,
         multiplicity: int = 1,
+        *,
+        check_values: bool = True,
     ):
         for name, x in (("log_decay", log_decay), ("B", B), ("C", C)):
             _check_floating(name, x)
@@ -148,12 +157,13 @@ class StateSpaceOperator:
             raise ValueError(
                 f"log_decay, B and C must share a dtype, got {log_decay.dtype}, {B.dtype}, {C.dtype}"
             )
-        for name, x in (("log_decay", log_decay), ("B", B), ("C", C)):
-            _check_finite(name, x)
-        if bool((log_decay > 0).any()):
-            raise ValueError(
-                f"log_decay must be <= 0 (a decay in (0, 1]); its largest entry is {log_decay.max().item():.3g}"
-            )
+        if check_values:  # data-dependent scans; a model's own forward pass may skip them
+            for name, x in (("log_decay", log_decay), ("B", B), ("C", C)):
+                _check_finite(name, x)
+            if bool((log_decay > 0).any()):
+                raise ValueError(
+                    f"log_decay must be <= 0 (a decay in (0, 1]); its largest entry is {log_decay.max().item():.3g}"
+                )
         self.log_decay, self.B, self.C = log_decay, B, C
         self.multiplicity = _check_multiplicity(multiplicity)
         self._batch_shape = batch
@@ -188,14 +198,19 @@ class StateSpaceOperator:
         seg = _segment_sums(self.log_decay)  # (..., L, L, N)
         return torch.einsum("...in,...ijn,...jn->...ij", self.C, seg.exp(), self.B)
 
-    def apply(self, v: torch.Tensor, chunk_size: int = 32) -> torch.Tensor:
+    def apply(self, v: torch.Tensor, chunk_size: int = 32, method: str = "chunked") -> torch.Tensor:
         """``T @ v`` for ``v`` of shape ``(..., L, K)`` without materializing ``T``.
 
-        Chunked scan: inside each chunk of ``chunk_size`` steps the local operator is built
-        from segment sums (every exponent <= 0, so no overflow at any decay strength); the
-        ``(N, K)`` state is carried across chunks.  ``L / chunk_size`` sequential steps.
+        ``method="chunked"``: inside each chunk of ``chunk_size`` steps the local operator is
+        built from segment sums (every exponent <= 0, so no overflow at any decay strength);
+        the ``(N, K)`` state is carried across chunks: ``L / chunk_size`` sequential steps.
+        ``method="sequential"``: the plain recurrence, one step per position (the reference).
         """
         _check_values(v, self.seq_len)
+        if method == "sequential":
+            return self._apply_sequential(v)
+        if method != "chunked":
+            raise ValueError(f"unknown apply method {method!r}; choose 'chunked' or 'sequential'")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         log_decay, B, C = self.log_decay, self.B, self.C
@@ -230,6 +245,16 @@ class StateSpaceOperator:
         y = y + (C * from_start.exp()) @ state_in
         out = y.reshape(*y.shape[:-3], num_chunks * c, y.shape[-1])
         return out[..., :length, :]
+
+    def _apply_sequential(self, v: torch.Tensor) -> torch.Tensor:
+        log_decay, B, C = self.log_decay, self.B, self.C
+        state = None
+        out = []
+        for i in range(self.seq_len):
+            update = B[..., i, :, None] * v[..., i, None, :]  # (..., N, K)
+            state = update if state is None else log_decay[..., i, :, None].exp() * state + update
+            out.append((C[..., i, :, None] * state).sum(-2))
+        return torch.stack(out, dim=-2)
 
     def __repr__(self) -> str:
         return (

@@ -20,17 +20,6 @@ def reference_matrix(op: StateSpaceOperator) -> torch.Tensor:
     return T
 
 
-def sequential_apply(op: StateSpaceOperator, v: torch.Tensor) -> torch.Tensor:
-    """y = T v by the plain recurrence x_i = a_i x_{i-1} + B_i v_i^T, y_i = C_i x_i."""
-    log_decay, B, C = op.factors()
-    state = torch.zeros(*op.batch_shape, op.state_size, v.shape[-1], dtype=v.dtype)
-    out = []
-    for i in range(op.seq_len):
-        state = log_decay[..., i, :, None].exp() * state + B[..., i, :, None] * v[..., i, None, :]
-        out.append((C[..., i, :, None] * state).sum(-2))
-    return torch.stack(out, dim=-2)
-
-
 @pytest.mark.parametrize("regime", sorted(DECAY_REGIMES))
 def test_materialize_matches_definition(regime):
     op = random_state_space((2, 3), 12, 4, regime, seed=1)
@@ -48,7 +37,7 @@ def test_state_space_apply_equals_materialized(regime, chunk_size):
     expected = op.materialize() @ v
     got = op.apply(v, chunk_size=chunk_size)
     assert torch.allclose(got, expected, rtol=1e-10, atol=1e-10)
-    assert torch.allclose(got, sequential_apply(op, v), rtol=1e-10, atol=1e-10)
+    assert torch.allclose(op.apply(v, method="sequential"), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_apply_broadcasts_shared_factors():
@@ -107,6 +96,15 @@ def test_dense_causal_tolerance_is_relative():
         DenseOperator(T)
 
 
+def test_check_values_false_skips_only_data_scans():
+    # A model's forward may skip the NaN / sign scans; shapes are still checked.
+    L, N = 6, 2
+    StateSpaceOperator(torch.ones(L, N), torch.ones(L, N), torch.ones(L, N), check_values=False)
+    DenseOperator(torch.ones(L, L), check_values=False)
+    with pytest.raises(ValueError, match="must agree"):
+        StateSpaceOperator(torch.ones(L, N), torch.ones(L, 3), torch.ones(L, N), check_values=False)
+
+
 def test_state_space_rejects_bad_factors():
     L, N = 6, 3
     ok = -torch.rand(2, L, N)
@@ -139,5 +137,7 @@ def test_apply_rejects_wrong_value_shape():
     op = random_state_space((2,), 8, 2)
     with pytest.raises(ValueError, match="v must have shape"):
         op.apply(torch.randn(2, 7, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="unknown apply method"):
+        op.apply(torch.randn(2, 8, 1, dtype=torch.float64), method="fft")
     with pytest.raises(ValueError, match="v must have shape"):
         DenseOperator(torch.eye(8)).apply(torch.randn(8))
