@@ -1,0 +1,97 @@
+"""Linear attention: ``T[i, j] = phi(q_i) . phi(k_j)`` (optionally row-normalized).
+
+A finite-state mixer: per head the state is ``N x d_v`` with ``N`` the feature size, so its
+TSS is ``N`` per value channel.  :class:`LinearAttention` is also the base of the decayed
+variants (``wla``, ``gla``), which only change :meth:`log_decay` and the readout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ess_reg import StateSpaceOperator
+
+from .base import Mixer, MixerTrace, check_positive, head_dim, merge_heads, split_heads
+
+FEATURE_MAPS = ("identity", "elu", "taylor")
+
+
+def feature_size(feature_map: str, dim: int) -> int:
+    """State size ``N`` a feature map of ``dim`` inputs produces."""
+    if feature_map == "taylor":
+        return 1 + dim + dim * (dim + 1) // 2
+    return dim
+
+
+def apply_feature_map(feature_map: str, x: torch.Tensor) -> torch.Tensor:
+    if feature_map == "identity":
+        return x * x.shape[-1] ** -0.25  # so that q . k carries the usual 1 / sqrt(d)
+    if feature_map == "elu":
+        return F.elu(x) + 1
+    # Taylor (Based): phi(q) . phi(k) = 1 + s + s^2 / 2 with s = q . k / sqrt(d).  Only the
+    # d(d+1)/2 distinct products x_a x_b (a <= b) are kept, so no feature is redundant.
+    d = x.shape[-1]
+    x = x * d**-0.25
+    rows, cols = torch.triu_indices(d, d, device=x.device)
+    weight = torch.where(rows == cols, 2**-0.5, 1.0).to(x.dtype)
+    second = x[..., rows] * x[..., cols] * weight
+    return torch.cat([torch.ones_like(x[..., :1]), x, second], dim=-1)
+
+
+class LinearAttention(Mixer):
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int = 1,
+        feature_dim: int = 16,
+        feature_map: str = "identity",
+        normalize: bool = False,
+        bias: bool = False,
+        chunk_size: int = 32,
+        eps: float = 1e-6,
+    ):
+        super().__init__(d_model)
+        if feature_map not in FEATURE_MAPS:
+            raise ValueError(f"unknown feature_map {feature_map!r}; choose one of {FEATURE_MAPS}")
+        if normalize and feature_map == "identity":
+            raise ValueError("normalize=True needs a positive feature map ('elu' or 'taylor'), not 'identity'")
+        check_positive("feature_dim", feature_dim)
+        check_positive("chunk_size", chunk_size)
+        self.num_heads, self.head_dim = num_heads, head_dim(d_model, num_heads)
+        self.feature_dim, self.feature_map, self.normalize = feature_dim, feature_map, normalize
+        self.chunk_size, self.eps = chunk_size, eps
+        self.q = nn.Linear(d_model, num_heads * feature_dim, bias=bias)
+        self.k = nn.Linear(d_model, num_heads * feature_dim, bias=bias)
+        self.v = nn.Linear(d_model, d_model, bias=bias)
+        self.out = nn.Linear(d_model, d_model, bias=bias)
+
+    @property
+    def feature_size(self) -> int:
+        return feature_size(self.feature_map, self.feature_dim)
+
+    def log_decay(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Per-step log-decays ``(B, H, L, N)``; none for plain linear attention."""
+        return x.new_zeros(()).expand(shape)
+
+    def readout(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.out(merge_heads(y))
+
+    def operator_and_values(self, x: torch.Tensor, check_values: bool = True) -> MixerTrace:
+        q = apply_feature_map(self.feature_map, split_heads(self.q(x), self.num_heads))
+        k = apply_feature_map(self.feature_map, split_heads(self.k(x), self.num_heads))
+        v = split_heads(self.v(x), self.num_heads)
+        log_decay = self.log_decay(x, k.shape)
+        if self.normalize:
+            # Row sums of T: the same operator applied to ones; dividing C by them normalizes rows.
+            unnormalized = StateSpaceOperator(log_decay, k, q, check_values=False)
+            z = unnormalized.apply(torch.ones_like(v[..., :1]), chunk_size=self.chunk_size)
+            q = q / (z + self.eps)
+        op = StateSpaceOperator(log_decay, k, q, multiplicity=self.head_dim, check_values=check_values)
+        return MixerTrace(op, v, lambda y: self.readout(y, x))
+
+    def state_size(self) -> int:
+        return self.feature_size

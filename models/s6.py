@@ -1,0 +1,93 @@
+"""Selective SSM (S6, the Mamba block): per channel ``T[i, j] = C_i^T (prod_{t=j+1..i} exp(dt_t A)) dt_j B_j``.
+
+In-projection to ``expand * d_model`` channels and a gate, a short causal conv, input-dependent
+``dt`` / ``B`` / ``C``, ``A = -exp(A_log)``, a ``D`` skip and a SiLU output gate.  Each channel
+is its own operator with state ``d_state`` (TSS ``d_state`` per channel).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ess_reg import StateSpaceOperator
+
+from .base import Mixer, MixerTrace, ShortConv, channels_first, channels_last, check_positive, inverse_softplus, log_uniform
+
+A_INITS = ("s4d_real", "s4d_lin", "constant", "uniform")
+
+
+def init_log_neg_a(channels: int, d_state: int, scheme: str) -> torch.Tensor:
+    """``log(-A)`` of shape ``(channels, d_state)`` for a named init scheme."""
+    n = torch.arange(1, d_state + 1, dtype=torch.float32).expand(channels, d_state)
+    if scheme == "s4d_real":  # A_n = -n: modes from slow to fast (Mamba's default)
+        return n.log()
+    if scheme == "s4d_lin":  # real part of S4D-Lin: A_n = -1/2 for every mode
+        return torch.full((channels, d_state), math.log(0.5))
+    if scheme == "constant":  # A_n = -1 for every mode
+        return torch.zeros(channels, d_state)
+    if scheme == "uniform":  # -A uniform in [0.5, d_state]
+        return torch.empty(channels, d_state).uniform_(0.5, d_state).log()
+    raise ValueError(f"unknown a_init {scheme!r}; choose one of {A_INITS}")
+
+
+class SelectiveSSM(Mixer):
+    chunk_size = 8  # one value channel per operator: small chunks keep the scan's memory low
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        expand: int = 2,
+        d_conv: int = 4,
+        dt_rank: int | None = None,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        a_init: str = "s4d_real",
+        bias: bool = False,
+    ):
+        super().__init__(d_model)
+        for name, value in (("d_state", d_state), ("expand", expand), ("d_conv", d_conv)):
+            check_positive(name, value)
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+        self.d_state, self.d_inner = d_state, expand * d_model
+        self.dt_rank = dt_rank if dt_rank is not None else math.ceil(d_model / 16)
+        check_positive("dt_rank", self.dt_rank)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        self.conv = ShortConv(self.d_inner, d_conv)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner)
+        with torch.no_grad():  # dt starts log-uniform in [dt_min, dt_max], as in Mamba
+            self.dt_proj.bias.copy_(inverse_softplus(log_uniform(self.d_inner, dt_min, dt_max)))
+        self.A_log = nn.Parameter(init_log_neg_a(self.d_inner, d_state, a_init))
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+
+    def operator_and_values(self, x: torch.Tensor, check_values: bool = True) -> MixerTrace:
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        u = F.silu(self.conv(u))  # (B, L, E)
+        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(self.dt_proj(dt)).transpose(1, 2).unsqueeze(-1)  # (B, E, L, 1)
+        A = -torch.exp(self.A_log.to(x.dtype))  # (E, N)
+        shape = (x.shape[0], self.d_inner, x.shape[1], self.d_state)
+        log_decay = dt * A[None, :, None, :]
+        op = StateSpaceOperator(
+            log_decay, dt * B.unsqueeze(1), C.unsqueeze(1).expand(shape), check_values=check_values
+        )
+        values = channels_first(u)
+
+        def readout(y: torch.Tensor) -> torch.Tensor:
+            return self.out_proj((channels_last(y) + self.D * u) * F.silu(z))
+
+        return MixerTrace(op, values, readout)
+
+    def state_size(self) -> int:
+        return self.d_state
+
+    @property
+    def value_channels(self) -> int:
+        return self.d_inner
