@@ -16,8 +16,6 @@ or a scalar channel.  ``multiplicity`` records how many value channels share one
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 __all__ = ["DenseOperator", "StateSpaceOperator", "as_operator", "Operator"]
@@ -201,60 +199,14 @@ class StateSpaceOperator:
     def apply(self, v: torch.Tensor, chunk_size: int = 32, method: str = "chunked") -> torch.Tensor:
         """``T @ v`` for ``v`` of shape ``(..., L, K)`` without materializing ``T``.
 
-        ``method="chunked"``: inside each chunk of ``chunk_size`` steps the local operator is
-        built from segment sums (every exponent <= 0, so no overflow at any decay strength);
-        the ``(N, K)`` state is carried across chunks: ``L / chunk_size`` sequential steps.
-        ``method="sequential"``: the plain recurrence, one step per position (the reference).
+        ``method``: ``"chunked"`` (exact at any decay strength), ``"factored"`` (one matmul per
+        chunk, chunks sized from the data; fastest) or ``"sequential"`` (the reference); see
+        :mod:`ess_reg.scan`.
         """
+        from .scan import scan_apply
+
         _check_values(v, self.seq_len)
-        if method == "sequential":
-            return self._apply_sequential(v)
-        if method != "chunked":
-            raise ValueError(f"unknown apply method {method!r}; choose 'chunked' or 'sequential'")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        log_decay, B, C = self.log_decay, self.B, self.C
-        length, c = self.seq_len, min(chunk_size, self.seq_len)
-        num_chunks = math.ceil(length / c)
-        pad = num_chunks * c - length
-        if pad:
-            # Zero padding at the end: extra inputs and outputs that are dropped afterwards.
-            log_decay, B, C = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (log_decay, B, C))
-            v = torch.nn.functional.pad(v, (0, 0, 0, pad))
-
-        def chunked(x: torch.Tensor) -> torch.Tensor:  # (..., L, F) -> (..., M, c, F)
-            return x.reshape(*x.shape[:-2], num_chunks, c, x.shape[-1])
-
-        log_decay, B, C, v = chunked(log_decay), chunked(B), chunked(C), chunked(v)
-        seg = _segment_sums(log_decay)  # (..., M, c, c, N): decays inside each chunk
-        local = torch.einsum("...in,...ijn,...jn->...ij", C, seg.exp(), B)
-        y = local @ v  # contributions from inside the chunk
-        # Decay from the chunk's start (state after the previous chunk) to each step i (inclusive).
-        from_start = torch.cumsum(log_decay, dim=-2)  # (..., M, c, N), all <= 0
-        # Decay from each step j (exclusive) to the chunk's end: sum_{t=j+1..c-1}, summed directly.
-        after = torch.nn.functional.pad(log_decay[..., 1:, :], (0, 0, 0, 1))
-        to_end = torch.flip(torch.cumsum(torch.flip(after, dims=[-2]), dim=-2), dims=[-2])
-        chunk_in = torch.einsum("...jn,...jk->...nk", to_end.exp() * B, v)  # state a chunk adds
-        chunk_decay = from_start[..., -1, :].exp().unsqueeze(-1)  # (..., M, N, 1)
-
-        # The only sequential part: the (N, K) state entering each chunk.
-        states = [torch.zeros_like(chunk_in[..., 0, :, :])]
-        for m in range(num_chunks - 1):
-            states.append(chunk_decay[..., m, :, :] * states[-1] + chunk_in[..., m, :, :])
-        state_in = torch.stack(states, dim=-3)  # (..., M, N, K)
-        y = y + (C * from_start.exp()) @ state_in
-        out = y.reshape(*y.shape[:-3], num_chunks * c, y.shape[-1])
-        return out[..., :length, :]
-
-    def _apply_sequential(self, v: torch.Tensor) -> torch.Tensor:
-        log_decay, B, C = self.log_decay, self.B, self.C
-        state = None
-        out = []
-        for i in range(self.seq_len):
-            update = B[..., i, :, None] * v[..., i, None, :]  # (..., N, K)
-            state = update if state is None else log_decay[..., i, :, None].exp() * state + update
-            out.append((C[..., i, :, None] * state).sum(-2))
-        return torch.stack(out, dim=-2)
+        return scan_apply(self.log_decay, self.B, self.C, v, method=method, chunk_size=chunk_size)
 
     def __repr__(self) -> str:
         return (

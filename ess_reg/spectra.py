@@ -24,6 +24,7 @@ values (they depend on the factor only through ``F F^T``, which the rotation pre
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -154,6 +155,28 @@ def _svd_pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="ess-svd", initializer=torch.set_num_threads, initargs=(1,))
 
 
+def _workers(device: torch.device, tasks: int) -> int:
+    """Threads for batched small SVD/QR work: LAPACK on CPU runs a batch one matrix at a time
+    on one core, so the batch is split over ``torch.get_num_threads()`` workers; CUDA batches."""
+    return max(1, min(torch.get_num_threads(), tasks)) if device.type == "cpu" else 1
+
+
+def _map(fn, items: list, workers: int) -> list:
+    """``[fn(item) for item in items]``, over the thread pool when ``workers > 1``."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    grad_enabled, threads = torch.is_grad_enabled(), torch.get_num_threads()
+
+    def call(item):
+        with torch.set_grad_enabled(grad_enabled):  # grad mode is thread-local
+            return fn(item)
+
+    out = list(_svd_pool(workers).map(call, items))
+    if torch.get_num_threads() != threads:  # a build whose thread setting is global, not per thread
+        torch.set_num_threads(threads)
+    return out
+
+
 def _dense_svdvals(T: torch.Tensor, idx: torch.Tensor, budget: int, span: int | None = None) -> torch.Tensor:
     """SVDs batched over indices: blocks of a group share one zero-padded shape.
 
@@ -168,7 +191,7 @@ def _dense_svdvals(T: torch.Tensor, idx: torch.Tensor, budget: int, span: int | 
     flat = T.reshape(-1, length, length)
     width = int(_max_rank(idx, length).max())
     on_cpu = T.device.type == "cpu"
-    workers = max(1, min(torch.get_num_threads(), len(idx))) if on_cpu else 1
+    workers = _workers(T.device, len(idx))
     budget_per_worker = budget // workers
     elem = flat.element_size() * _SVD_OVERHEAD
     order = torch.argsort(idx)
@@ -183,7 +206,6 @@ def _dense_svdvals(T: torch.Tensor, idx: torch.Tensor, budget: int, span: int | 
         else:
             groups.append([i])
     rows = torch.arange(length, device=T.device)
-    grad_enabled = torch.is_grad_enabled()
 
     def group_svdvals(group: list[int]) -> torch.Tensor:
         lo, hi = group[0], group[-1]
@@ -196,17 +218,10 @@ def _dense_svdvals(T: torch.Tensor, idx: torch.Tensor, budget: int, span: int | 
             block = block * (row_ok.unsqueeze(2) & col_ok.unsqueeze(1)).to(T.dtype)
         per_item = len(group) * (length - lo) * hi * elem
         step = _batch_chunks(flat.shape[0], per_item, budget_per_worker, f"the dense SVD of index {lo}")
-        with torch.set_grad_enabled(grad_enabled):  # grad mode is thread-local
-            parts = [torch.linalg.svdvals(block[b : b + step]) for b in range(0, flat.shape[0], step)]
+        parts = [torch.linalg.svdvals(block[b : b + step]) for b in range(0, flat.shape[0], step)]
         return _pad_to(torch.cat(parts, dim=0), width)
 
-    if workers > 1:
-        threads = torch.get_num_threads()
-        out = list(_svd_pool(workers).map(group_svdvals, groups))
-        if torch.get_num_threads() != threads:  # a build whose thread setting is global, not per thread
-            torch.set_num_threads(threads)
-    else:
-        out = [group_svdvals(group) for group in groups]
+    out = _map(group_svdvals, groups, workers)
     sigma = torch.cat(out, dim=1)  # (batch, k, width) in sorted order
     sigma = sigma[:, torch.argsort(order)]
     return sigma.reshape(*batch_shape, len(idx), width)
@@ -231,14 +246,18 @@ def _state_space_svdvals(
     # Working set per batch element: segment sums and new columns (L c N each), factors (k N (N + c)).
     elem = torch.finfo(dtype).bits // 8
     per_item = elem * (3 * length * c * state + 3 * len(idx) * state * (state + c)) * 2
-    step = _batch_chunks(log_decay.shape[0], per_item, budget, "the state-space spectra")
-    parts = []
-    for b in range(0, log_decay.shape[0], step):
-        sl = slice(b, b + step)
+    batch = log_decay.shape[0]
+    workers = _workers(log_decay.device, batch)
+    step = _batch_chunks(batch, per_item, budget // workers, "the state-space spectra")
+    step = min(step, math.ceil(batch / workers))  # at least one slice per worker
+
+    def slice_svdvals(sl: slice) -> torch.Tensor:
         F = _reachability_factors(log_decay[sl], B[sl], idx, c)
         G = _reachability_factors(rev_log_decay[sl], rev_B[sl], length - idx, c)
-        parts.append(torch.linalg.svdvals(G.transpose(-1, -2) @ F))
-    sigma = torch.cat(parts, dim=0)  # (batch, k, N)
+        return torch.linalg.svdvals(G.transpose(-1, -2) @ F)
+
+    slices = [slice(b, b + step) for b in range(0, batch, step)]
+    sigma = torch.cat(_map(slice_svdvals, slices, workers), dim=0)  # (batch, k, N)
     # rank(H_i) <= min(i, L - i): what the N x N problem gives beyond that is round-off.
     max_rank = _max_rank(idx, length)
     keep = torch.arange(state, device=sigma.device).unsqueeze(0) < max_rank.unsqueeze(1)

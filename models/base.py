@@ -36,8 +36,9 @@ class Mixer(nn.Module):
     """Base class: subclasses implement ``operator_and_values``; state-space ones get
     ``forward`` for free (the operator applied by its chunked scan)."""
 
-    #: steps per chunk of the chunked scan used by ``forward``
-    chunk_size: int = 32
+    #: how ``forward`` applies a state-space operator (see ``ess_reg.scan``), and its chunk
+    apply_method: str = "factored"
+    chunk_size: int = 64
 
     def __init__(self, d_model: int):
         super().__init__()
@@ -60,7 +61,7 @@ class Mixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         trace = self.operator_and_values(x, check_values=False)
-        return trace.readout(trace.operator.apply(trace.values, chunk_size=self.chunk_size))
+        return trace.readout(trace.operator.apply(trace.values, chunk_size=self.chunk_size, method=self.apply_method))
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The same output by the plain step-by-step recurrence (tests only: a loop over L)."""

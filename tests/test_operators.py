@@ -31,13 +31,25 @@ def test_materialize_matches_definition(regime):
 
 @pytest.mark.parametrize("regime", sorted(DECAY_REGIMES))
 @pytest.mark.parametrize("chunk_size", [1, 5, 16, 64])
-def test_state_space_apply_equals_materialized(regime, chunk_size):
+@pytest.mark.parametrize("method", ["chunked", "factored", "cumulative"])
+def test_state_space_apply_equals_materialized(regime, chunk_size, method):
     op = random_state_space((2, 3), 37, 5, regime, seed=2)
     v = torch.randn(2, 3, 37, 4, dtype=torch.float64)
     expected = op.materialize() @ v
-    got = op.apply(v, chunk_size=chunk_size)
+    got = op.apply(v, chunk_size=chunk_size, method=method)
     assert torch.allclose(got, expected, rtol=1e-10, atol=1e-10)
     assert torch.allclose(op.apply(v, method="sequential"), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_factored_scan_survives_very_strong_decays_in_float32():
+    # log-decays of -80 per step would overflow exp(-cumsum) in a fixed chunk; the chunk shrinks.
+    op = random_state_space((2,), 50, 3, "strong", seed=3, dtype=torch.float32)
+    strong = StateSpaceOperator(op.log_decay * 4, op.B, op.C)
+    v = torch.randn(2, 50, 2)
+    for method in ("factored", "cumulative"):
+        got = strong.apply(v, method=method, chunk_size=64)
+        assert torch.isfinite(got).all()
+        assert torch.allclose(got, strong.apply(v, method="sequential"), rtol=1e-5, atol=1e-6)
 
 
 def test_apply_broadcasts_shared_factors():
