@@ -1,0 +1,133 @@
+"""Find the ESS-capable layers of any ``nn.Module`` and measure them on a batch.
+
+A layer is ESS-capable when it implements the contract — ``operator(x)`` returning an
+``ess_reg`` operator and ``state_size()`` — or when an adapter is registered for its class
+(:func:`register_adapter`), for modules you do not own.  Measuring takes one forward pass of
+the model: forward pre-hooks record each layer's input, then each layer's ``operator`` is
+built from it (one extra projection per layer, no second forward of the whole model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .diagnose import LayerReport, StateSize, tss_at
+from .ess import ESS_KINDS, LayerESS
+from .operators import Operator
+from .spectra import hankel_svdvals, resolve_indices
+
+__all__ = ["Adapter", "register_adapter", "ess_layers", "capture_operators", "measure"]
+
+
+@dataclass
+class Adapter:
+    """How to get the operator and TSS of a module class that does not implement the contract."""
+
+    operator: Callable[[nn.Module, torch.Tensor], Operator]
+    state_size: Callable[[nn.Module], StateSize]
+
+
+_ADAPTERS: dict[type, Adapter] = {}
+
+
+def register_adapter(cls: type, adapter: Adapter) -> None:
+    """Make every instance of ``cls`` ESS-capable through ``adapter``."""
+    if not isinstance(cls, type):
+        raise TypeError(f"register_adapter needs a class, got {cls!r}")
+    _ADAPTERS[cls] = adapter
+
+
+def _adapter_for(module: nn.Module) -> Adapter | None:
+    for cls in type(module).__mro__:
+        if cls in _ADAPTERS:
+            return _ADAPTERS[cls]
+    if callable(getattr(module, "operator", None)) and callable(getattr(module, "state_size", None)):
+        return Adapter(operator=lambda m, x: m.operator(x), state_size=lambda m: m.state_size())
+    return None
+
+
+def ess_layers(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, nn.Module]:
+    """ESS-capable submodules by qualified name (optionally only ``names``); never empty."""
+    layers = {name: m for name, m in model.named_modules() if _adapter_for(m) is not None}
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no ESS-capable layer: give its mixers operator(x) and "
+            "state_size() methods, or register an adapter with ess_reg.probe.register_adapter"
+        )
+    if names is not None:
+        unknown = sorted(set(names) - set(layers))
+        if unknown:
+            raise ValueError(f"no ESS-capable layer named {unknown}; the model has {sorted(layers)}")
+        layers = {name: layers[name] for name in names}
+    return layers
+
+
+class capture_operators:
+    """Context manager: during ``model(...)`` inside it, record the input of each layer;
+    afterwards ``operators()`` builds every layer's operator from its recorded input."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None):
+        self.layers = ess_layers(model, layers)
+        self.inputs: dict[str, torch.Tensor] = {}
+        self._handles = []
+
+    def __enter__(self) -> "capture_operators":
+        for name, module in self.layers.items():
+            self._handles.append(module.register_forward_pre_hook(self._recorder(name)))
+        return self
+
+    def _recorder(self, name: str):
+        def hook(module, args):
+            self.inputs[name] = args[0]
+        return hook
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def operators(self) -> dict[str, Operator]:
+        missing = sorted(set(self.layers) - set(self.inputs))
+        if missing:
+            raise RuntimeError(f"layers {missing} were not called during the captured forward pass")
+        return {name: _adapter_for(m).operator(m, self.inputs[name]) for name, m in self.layers.items()}
+
+
+def measure(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    indices: "Sequence[int] | torch.Tensor | None" = None,
+    *,
+    kind: str = "entropy",
+    layers: Sequence[str] | None = None,
+    context_end: int | None = None,
+    items_to_recall: int | None = None,
+    ess_options: Mapping | None = None,
+    **spectra_options,
+) -> dict[str, LayerReport]:
+    """One forward pass on ``inputs``, then ESS and TSS of every ESS-capable layer."""
+    if kind not in ESS_KINDS:
+        raise ValueError(f"unknown ESS kind {kind!r}; choose one of {sorted(ESS_KINDS)}")
+    with capture_operators(model, layers) as capture:
+        model(inputs)
+    reports = {}
+    for name, op in capture.operators().items():
+        module = capture.layers[name]
+        idx = resolve_indices(indices, op.seq_len)
+        values = ESS_KINDS[kind](hankel_svdvals(op, idx, **spectra_options), **(ess_options or {}))
+        if values.dim() == 2:
+            values = values.unsqueeze(0)
+        reports[name] = LayerReport(
+            name=name,
+            ess=LayerESS(values=values, indices=idx, multiplicity=op.multiplicity),
+            tss=tss_at(_adapter_for(module).state_size(module), idx, op.seq_len),
+            # every channel of the operator serves `multiplicity` value channels
+            value_channels=op.batch_shape[-1] * op.multiplicity if op.batch_shape else op.multiplicity,
+            context_end=context_end,
+            items_to_recall=items_to_recall,
+        )
+    return reports

@@ -1,0 +1,103 @@
+import pytest
+import torch
+from torch import nn
+
+from ess_reg import DenseOperator, LayerESS, StateSpaceOperator
+from ess_reg.diagnose import COLLAPSE, HEALTHY, SATURATION, FailureThresholds, LayerReport, tss_at
+from ess_reg.probe import Adapter, capture_operators, ess_layers, measure, register_adapter
+
+
+class DelayLine(nn.Module):
+    """A user's own mixer (not from models/): y_i = x_{i-k}, TSS k. Implements the contract."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k = k
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return self.scale * torch.nn.functional.pad(x, (0, 0, self.k, 0))[:, : x.shape[1]]
+
+    def operator(self, x):
+        b, length, d = x.shape
+        T = self.scale * torch.diag(torch.ones(length - self.k, dtype=x.dtype), -self.k)
+        return DenseOperator(T.expand(b, d, length, length))
+
+    def state_size(self):
+        return self.k
+
+
+class UserModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.first, self.second = DelayLine(2), DelayLine(5)
+
+    def forward(self, tokens):
+        return self.second(self.first(self.embed(tokens)))
+
+
+def test_user_model_with_the_contract_is_measured():
+    model = UserModel()
+    reports = measure(model, torch.randint(0, 10, (3, 24)), [3, 12, 20])
+    assert list(reports) == ["first", "second"]
+    first, second = reports["first"], reports["second"]
+    assert torch.allclose(first.ess.values, torch.full((3, 4, 3), 2.0, dtype=torch.float32))
+    # rank H_i = min(k, i, L - i): 3, 5 and 4 at indices 3, 12 and 20 of L = 24
+    assert torch.allclose(second.ess.values, torch.tensor([3.0, 5.0, 4.0]).expand(3, 4, 3), atol=1e-5)
+    assert first.utilization == pytest.approx(1.0) and first.failure_mode() == SATURATION
+    assert first.value_channels == 4 and first.tss_total == 8
+
+
+def test_capture_builds_operators_from_one_forward_pass():
+    model = UserModel()
+    calls = []
+    model.first.register_forward_hook(lambda *a: calls.append(1))
+    with capture_operators(model) as capture:
+        model(torch.randint(0, 10, (2, 8)))
+    ops = capture.operators()
+    assert len(calls) == 1 and set(ops) == {"first", "second"}
+    assert ops["first"].T.shape == (2, 4, 8, 8)
+
+
+def test_adapter_for_a_class_we_do_not_own():
+    class Foreign(nn.Module):  # e.g. from another library: no operator() method
+        def forward(self, x):
+            return torch.cumsum(x, dim=1)
+
+    register_adapter(Foreign, Adapter(
+        operator=lambda m, x: StateSpaceOperator(
+            torch.zeros(x.shape[0], x.shape[2], x.shape[1], 1), torch.ones(x.shape[0], x.shape[2], x.shape[1], 1),
+            torch.ones(x.shape[0], x.shape[2], x.shape[1], 1)),
+        state_size=lambda m: 1))
+    model = nn.Sequential(Foreign())
+    report = measure(model, torch.randn(2, 10, 3))["0"]
+    assert torch.allclose(report.ess.values, torch.ones(2, 3, 9))  # a running sum has a state of 1
+
+
+def test_no_ess_layers_and_unknown_names_are_errors():
+    with pytest.raises(ValueError, match="no ESS-capable layer"):
+        ess_layers(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="no ESS-capable layer named"):
+        ess_layers(UserModel(), ["third"])
+    with pytest.raises(ValueError, match="unknown ESS kind"):
+        measure(UserModel(), torch.randint(0, 10, (1, 8)), kind="renyi")
+
+
+def report(ess_value, tss, items=None, context_end=4):
+    idx = torch.tensor([2, 4, 6])
+    return LayerReport("layer", LayerESS(torch.full((1, 2, 3), ess_value), idx, 1), tss_at(tss, idx, 8), 2,
+                       context_end=context_end, items_to_recall=items)
+
+
+def test_failure_modes_follow_the_thresholds():
+    assert report(15.0, 16).failure_mode() == SATURATION
+    assert report(1.0, 16, items=4).failure_mode() == COLLAPSE  # far below TSS and below what is needed
+    assert report(1.0, 16, items=1).failure_mode() == HEALTHY  # low use, but the task needs no more
+    assert report(1.0, 16).failure_mode() == COLLAPSE  # no task information: utilization alone
+    assert report(8.0, 16, items=4).failure_mode() == HEALTHY
+    r = report(2.0, 16, items=4)
+    assert r.ess_per_item == 0.5 and r.tss_per_item == 4.0
+    assert r.failure_mode(FailureThresholds(saturation=0.95, collapse=0.1)) == HEALTHY
+    with pytest.raises(ValueError, match="collapse < saturation"):
+        FailureThresholds(saturation=0.2, collapse=0.5)
