@@ -1,0 +1,97 @@
+"""Training speed and the cost of ESS logging, measured side by side on this machine.
+
+For the default config (ess-train's main job) and for model=sa / gla / s6 on MQAR at L=256:
+training steps per second, the time of one ESS probe (the fixed probe batch, every layer) as a
+ratio to one training step, and what ESS logging adds to a run at the default evaluation
+frequency: probe / (eval_every x step).
+
+Usage: python bench/train_speed.py [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from ess_reg.tasks import IGNORE
+from ess_reg.train import CONFIG_DIR, _settings
+from ess_reg.training import probe_report
+
+L256 = ["task.seq_len=256", "task.vocab_size=512", "task.num_kv_pairs=16"]
+SETUPS = {
+    "default (gla, L=64)": [],
+    "sa, L=256": ["model=sa", *L256],
+    "gla, L=256": ["model=gla", *L256],
+    "s6, L=256": ["model=s6", *L256],
+}
+
+
+def compose_cfg(overrides):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def measure(overrides, steps: int) -> dict:
+    cfg = compose_cfg(overrides)
+    trainer, probe = _settings(cfg)
+    torch.manual_seed(0)
+    task, model = instantiate(cfg.task), instantiate(cfg.model)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+
+    def step(i):
+        batch = task.train_batch(trainer.batch_size, i)
+        logits = model(batch.inputs)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1), ignore_index=IGNORE)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for i in range(3):
+        step(i)  # warm-up
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        step(i + 3)
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    probe_inputs = task.test_set(probe.examples).inputs
+    model.eval()
+    probe_report(model, task, probe_inputs, probe)  # warm-up
+    probes = []
+    for _ in range(3):
+        start = time.perf_counter()
+        probe_report(model, task, probe_inputs, probe)
+        probes.append(time.perf_counter() - start)
+    probe_s = statistics.median(probes)
+    return {"step_s": step_s, "probe_s": probe_s, "eval_every": trainer.eval_every}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per setup (median kept)")
+    args = parser.parse_args()
+    print(f"CPU: torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
+          f"batch 64, d_model 64, 2 layers, probe: 4 examples x 17 indices")
+    print(f"{'setup':<22} {'steps/s':>8} {'probe ms':>9} {'probe/step':>11} {'ESS logging overhead':>21}")
+    for name, overrides in SETUPS.items():
+        r = measure(overrides, args.steps)
+        overhead = r["probe_s"] / (r["eval_every"] * r["step_s"])
+        print(f"{name:<22} {1 / r['step_s']:>8.1f} {1e3 * r['probe_s']:>9.1f} {r['probe_s'] / r['step_s']:>10.2f}x "
+              f"{100 * overhead:>17.1f}% (every {r['eval_every']} steps)")
+
+
+if __name__ == "__main__":
+    main()
