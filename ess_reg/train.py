@@ -83,6 +83,7 @@ def _log_ess_artifacts(tracker: tracking.Tracker, reports: dict[str, LayerReport
 def run(cfg: DictConfig) -> dict:
     """Train as ``cfg`` says and log everything; returns :func:`ess_reg.training.fit`'s result."""
     trainer, probe = _settings(cfg)
+    torch.manual_seed(cfg.seed)  # the model's initialization is part of the run's seed
     task = instantiate(cfg.task)
     model = instantiate(cfg.model)
     make_optimizer = instantiate(cfg.optimizer)

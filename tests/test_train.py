@@ -107,6 +107,13 @@ def test_end_to_end_run_is_read_back_from_mlflow(store, capsys):
     assert analyze_main([str(store["dir"] / "missing.pt")]) == 2
 
 
+def test_same_seed_same_run(store):
+    first = run(compose_cfg(tiny(store, "tracking.experiment=a")))
+    second = run(compose_cfg(tiny(store, "tracking.experiment=b", f"trainer.checkpoint_dir={store['dir']}/other")))
+    assert first["metrics"]["train/loss"] == second["metrics"]["train/loss"]
+    assert first["metrics"]["valid/loss"] == second["metrics"]["valid/loss"]
+
+
 def test_resume_after_a_kill_continues_the_same_run_without_duplicate_steps(store, monkeypatch):
     overrides = tiny(store, "trainer.log_every=1", "trainer.eval_every=2", "trainer.checkpoint_every=3")
     original = tracking.Tracker.log_metrics
