@@ -80,12 +80,36 @@ def _log_ess_artifacts(tracker: tracking.Tracker, reports: dict[str, LayerReport
     tracker.log_json(table, "ess_table.json")
 
 
+def _init_search(cfg: DictConfig, task, probe: ProbeSettings):
+    """Score ``seeds x schemes`` initializations by ESS on the probe batch; returns the search result."""
+    from .init_search import select_init
+    from .training import probe_indices
+
+    schemes = [dict(s) for s in (cfg.init.schemes or [{}])]
+    candidates = [{"seed": int(seed), "scheme": scheme} for seed in cfg.init.seeds for scheme in schemes]
+
+    def factory(candidate):
+        kwargs = {**OmegaConf.to_container(cfg.model.mixer_kwargs, resolve=True), **candidate["scheme"]}
+        return instantiate(cfg.model, mixer_kwargs=kwargs)
+
+    def report(i, candidate, score, reports):
+        print(f"init search {i + 1}/{len(candidates)}: {candidate} -> {cfg.init.score} {score:.4f}")
+
+    inputs = task.test_set(probe.examples, seed=cfg.seed).inputs
+    result = select_init(factory, candidates, inputs, score=cfg.init.score,
+                         indices=probe_indices(task, probe.num_indices), context_end=task.context_end,
+                         items_to_recall=task.items_to_recall, on_candidate=report)
+    print(f"init search: chose {result.candidate} (score {result.scores[result.index]:.4f})")
+    return result
+
+
 def run(cfg: DictConfig) -> dict:
     """Train as ``cfg`` says and log everything; returns :func:`ess_reg.training.fit`'s result."""
     trainer, probe = _settings(cfg)
     torch.manual_seed(cfg.seed)  # the model's initialization is part of the run's seed
     task = instantiate(cfg.task)
-    model = instantiate(cfg.model)
+    search = _init_search(cfg, task, probe) if cfg.init.search else None
+    model = search.model if search is not None else instantiate(cfg.model)
     make_optimizer = instantiate(cfg.optimizer)
     run_name = _run_name(cfg)
     checkpoint = Path(trainer.checkpoint_dir) / "last.pt"
@@ -104,10 +128,18 @@ def run(cfg: DictConfig) -> dict:
     tracker.log_params(tracking.flatten(resolved))
     tracker.set_tags({"mixer": cfg.model.mixer, "task": type(task).__name__,
                       "num_parameters": sum(p.numel() for p in model.parameters())})
+    if search is not None:
+        tracker.log_json(search.table(), "init_search.json")
+        tracker.set_tags({"init.chosen": search.candidate, "init.chosen_score": search.scores[search.index]})
+    regularizer = None
+    if cfg.penalty.get("_target_"):
+        regularizer = instantiate(cfg.penalty)(model, task=task)
+        tracker.set_tags({"penalty": cfg.penalty._target_.rsplit(".", 1)[-1]})
     print(f"ess-train: {cfg.model.mixer} on {type(task).__name__} -> MLflow run {tracker.run_id} "
           f"({t.uri}, experiment {t.experiment!r})")
     try:
-        result = fit(model, task, make_optimizer, trainer, probe, tracker, seed=cfg.seed, config=resolved)
+        result = fit(model, task, make_optimizer, trainer, probe, tracker, seed=cfg.seed, config=resolved,
+                     regularizer=regularizer)
     except TrainingDiverged as err:
         print(f"ess-train: run FAILED: {err}", file=sys.stderr)
         raise

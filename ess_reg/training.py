@@ -6,6 +6,7 @@ Plain Python on purpose (no Hydra here): :mod:`ess_reg.train` composes the confi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -143,8 +144,12 @@ def fit(
     seed: int = 0,
     config: Mapping | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
+    regularizer=None,
 ) -> dict:
     """Train ``model`` on ``task``; log to ``tracker`` (an :class:`ess_reg.tracking.Tracker`).
+
+    ``regularizer`` (an :class:`ess_reg.penalty.ESSPenalty` or ``DecayIdentityPenalty``) reads the
+    operators of each training forward pass and adds its term to the loss.
 
     Returns the final evaluation metrics, the per-layer reports and failure modes.
     """
@@ -193,9 +198,11 @@ def fit(
     for step in range(start_step + 1, trainer.max_steps + 1):
         batch = task.train_batch(trainer.batch_size, step, seed)
         x, y = batch.inputs.to(device), batch.labels.to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        capture = regularizer.capture() if regularizer is not None else contextlib.nullcontext()
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None), capture:
             logits = model(x)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
+        task_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
+        loss = task_loss if regularizer is None else task_loss + regularizer.compute(step)
         if not torch.isfinite(loss):
             reason = f"non-finite training loss ({loss.item()}) at step {step}"
             tracker.set_tags({"failure_reason": reason})
@@ -207,9 +214,12 @@ def fit(
         if trainer.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
         optimizer.step()
-        last["train/loss"] = loss.item()
+        last["train/loss"] = task_loss.item()
+        if regularizer is not None:
+            last.update({f"penalty/{k}": v for k, v in regularizer.last.items()})
+            last["train/total_loss"] = loss.item()
         if step % trainer.log_every == 0 or step == trainer.max_steps:
-            tracker.log_metrics({"train/loss": last["train/loss"]}, step)
+            tracker.log_metrics({k: v for k, v in last.items() if k.startswith(("train/", "penalty/"))}, step)
         if step % trainer.eval_every == 0 or step == trainer.max_steps:
             evaluate_and_log(step)
         if step % trainer.checkpoint_every == 0 or step == trainer.max_steps:

@@ -209,3 +209,30 @@ def test_multirun_with_two_parallel_jobs_groups_children_under_one_parent(store)
 def test_tiny_run_on_cuda(store):
     result = run(compose_cfg(tiny(store, "trainer.device=cuda")))
     assert result["metrics"]["valid/accuracy"] >= 0
+
+
+@pytest.mark.parametrize("penalty", ["none", "ess_max", "ess_min", "ess_target", "decay_identity"])
+def test_penalty_configs_train_and_log(store, penalty):
+    result = run(compose_cfg(tiny(store, f"penalty={penalty}")))
+    client = MlflowClient(store["uri"])
+    r = client.get_run(result["run_id"])
+    if penalty == "none":
+        assert "penalty/value" not in r.data.metrics and "penalty" not in r.data.tags
+        return
+    assert metric_steps(client, r.info.run_id, "penalty/value") == [2, 4, 6]
+    weights = [m.value for m in sorted(client.get_metric_history(r.info.run_id, "penalty/weight"), key=lambda m: m.step)]
+    full = 1.0 if penalty == "ess_target" else 0.1
+    ramp = [1.0] * 3 if penalty == "decay_identity" else [s / 100 for s in (2, 4, 6)]  # linear ramp over 100 steps
+    assert weights == pytest.approx([full * r for r in ramp])
+    assert r.data.tags["penalty"] in ("ESSPenalty", "DecayIdentityPenalty")
+
+
+def test_init_search_logs_every_candidate_and_tags_the_choice(store):
+    result = run(compose_cfg(tiny(store, "init=ess_search", "init.seeds=[0,1,2]")))
+    client = MlflowClient(store["uri"])
+    r = client.get_run(result["run_id"])
+    table = json.loads(Path(client.download_artifacts(r.info.run_id, "init_search.json", str(store["dir"]))).read_text())
+    assert len(table) == 3 and sum(row["chosen"] for row in table) == 1
+    chosen = next(row for row in table if row["chosen"])
+    assert chosen["score"] == max(row["score"] for row in table)
+    assert r.data.tags["init.chosen"] == str(chosen["candidate"])

@@ -1,0 +1,105 @@
+"""Pick an initialization by its ESS before spending compute on training.
+
+    result = select_init(lambda c: make_model(**c), candidates=[{"seed": s, "a_init": a} for ...],
+                         probe_inputs=x, score="utilization")
+    model = result.model
+
+Each candidate is built under ``torch.manual_seed(candidate seed)`` (its ``"seed"`` entry, else
+its position), so the same candidates always give the same scores and the same choice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .diagnose import LayerReport
+from .probe import measure
+
+__all__ = ["select_init", "InitSearchResult", "SCORES"]
+
+
+def _utilization(reports: Mapping[str, LayerReport]) -> float:
+    return sum(r.utilization for r in reports.values()) / len(reports)
+
+
+def _per_item(reports: Mapping[str, LayerReport]) -> float:
+    values = [r.ess_per_item for r in reports.values()]
+    if any(v is None for v in values):
+        raise ValueError("score='per_item' needs context_end and items_to_recall (ESS/kv is read at the context end)")
+    return sum(values) / len(values)
+
+
+def _ess_avg(reports: Mapping[str, LayerReport]) -> float:
+    return sum(r.ess_avg for r in reports.values()) / len(reports)
+
+
+SCORES: dict[str, Callable[[Mapping[str, LayerReport]], float]] = {
+    "utilization": _utilization,  # mean ESS/TSS over layers
+    "per_item": _per_item,  # mean ESS/kv at the end of the context over layers
+    "ess": _ess_avg,  # mean ESS per operator
+}
+
+
+@dataclass
+class InitSearchResult:
+    model: nn.Module
+    candidate: object
+    index: int
+    scores: list[float]
+    candidates: list
+
+    def table(self) -> list[dict]:
+        return [{"candidate": c, "score": s, "chosen": i == self.index}
+                for i, (c, s) in enumerate(zip(self.candidates, self.scores))]
+
+
+def select_init(
+    factory: Callable[[object], nn.Module],
+    candidates: Sequence,
+    probe_inputs: torch.Tensor,
+    *,
+    score: "str | Callable[[Mapping[str, LayerReport]], float]" = "utilization",
+    indices: "Sequence[int] | torch.Tensor | None" = None,
+    context_end: int | None = None,
+    items_to_recall: int | None = None,
+    maximize: bool = True,
+    on_candidate: Callable[[int, object, float, Mapping[str, LayerReport]], None] | None = None,
+) -> InitSearchResult:
+    """Build every candidate, score its ESS on ``probe_inputs``, keep the best.
+
+    ``score`` is a name from :data:`SCORES` or a function of the per-layer reports;
+    ``on_candidate(i, candidate, score, reports)`` is called after each one (logging, progress).
+    """
+    candidates = list(candidates)
+    if not candidates:
+        raise ValueError("select_init needs at least one candidate")
+    if isinstance(score, str):
+        if score not in SCORES:
+            raise ValueError(f"unknown score {score!r}; choose one of {sorted(SCORES)} or pass a function")
+        score_fn = SCORES[score]
+    else:
+        score_fn = score
+    scores, best, best_model = [], None, None
+    for i, candidate in enumerate(candidates):
+        seed = candidate.get("seed", i) if isinstance(candidate, Mapping) else i
+        torch.manual_seed(seed)
+        model = factory(candidate)
+        with torch.no_grad():
+            reports = measure(model.eval(), probe_inputs, indices, context_end=context_end,
+                              items_to_recall=items_to_recall, dtype=torch.float32)
+        value = float(score_fn(reports))
+        if not math.isfinite(value):
+            raise ValueError(f"candidate {candidate!r} scored {value}: the score must be finite")
+        scores.append(value)
+        if on_candidate is not None:
+            on_candidate(i, candidate, value, reports)
+        better = best is None or (value > scores[best] if maximize else value < scores[best])
+        if better:
+            best, best_model = i, model
+    return InitSearchResult(model=best_model.train(), candidate=candidates[best], index=best,
+                            scores=scores, candidates=candidates)
