@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from .operators import DenseOperator, Operator, StateSpaceOperator, _segment_sums, as_operator
+from .operators import DenseOperator, Operator, StateSpaceOperator, as_operator
 
 __all__ = ["hankel_svdvals", "resolve_indices", "DEFAULT_MEMORY_BUDGET", "METHODS"]
 
@@ -291,24 +291,29 @@ def _reachability_factors(log_decay: torch.Tensor, B: torch.Tensor, positions: t
     log_decay = log_decay[:, :total].reshape(batch, num_chunks, c, state)
     B = B[:, :total].reshape(batch, num_chunks, c, state)
 
-    seg = _segment_sums(log_decay)  # (batch, M, c_i, c_j, N) = sum_{t=j+1..i}, -inf for j > i
-    # Position r inside a chunk sees columns q < r with exponent seg[r - 1, q]; position 0 none.
-    no_columns = torch.full_like(seg[:, :, :1], float("-inf"))
-    seen = torch.cat([no_columns, seg[:, :, :-1]], dim=2)  # seen[r] = seg[r - 1]
-    new_columns = (seen.exp() * B.unsqueeze(2)).transpose(-1, -2)  # (batch, M, c_r, N, c_q)
-    inclusive = torch.cumsum(log_decay, dim=2)  # sum_{t=chunk start..r}
-    exclusive = torch.nn.functional.pad(inclusive[:, :, :-1], (0, 0, 1, 0))  # sum_{t=start..r-1}
-
-    # Chain over boundaries: F at the start of chunk m+1 from F at the start of chunk m.
-    end_columns = (seg[:, :, -1].exp() * B).transpose(-1, -2)  # (batch, M, N, c): seg[c - 1, q]
-    chunk_decay = inclusive[:, :, -1].exp().unsqueeze(-1)  # (batch, M, N, 1)
+    # Chain over boundaries: F at the start of chunk m+1 from F at the start of chunk m.  A chunk's
+    # columns q decay by sum_{t=q+1..c-1}: a reversed cumsum of the steps after q (no differences).
+    after = torch.nn.functional.pad(log_decay[:, :, 1:], (0, 0, 0, 1))
+    to_end = torch.flip(torch.cumsum(torch.flip(after, dims=[2]), dim=2), dims=[2])  # (batch, M, c, N)
+    end_columns = (to_end.exp() * B).transpose(-1, -2)  # (batch, M, N, c)
+    chunk_decay = log_decay.sum(dim=2).exp().unsqueeze(-1)  # (batch, M, N, 1)
     boundary = [B.new_zeros(batch, state, state)]
+    # unbind, not indexing in the loop: the backward of M slices would allocate M full-size grads.
+    decays, columns = chunk_decay.unbind(1), end_columns.unbind(1)
     for m in range(last_chunk):
-        wide = torch.cat([chunk_decay[:, m] * boundary[-1], end_columns[:, m]], dim=-1)
+        wide = torch.cat([decays[m] * boundary[-1], columns[m]], dim=-1)
         boundary.append(_compress(wide))
     boundaries = torch.stack(boundary, dim=1)  # (batch, M, N, N)
 
+    # Each position p = m c + r: its chunk's boundary factor decayed over steps 0..r-1 of the chunk,
+    # plus the chunk's columns q < r decayed over steps q+1..r-1.  Only the asked positions are built.
     m_of, r_of = (positions // c).to(B.device), (positions % c).to(B.device)
-    start = boundaries[:, m_of] * exclusive[:, m_of, r_of].exp().unsqueeze(-1)  # (batch, k, N, N)
-    wide = torch.cat([start, new_columns[:, m_of, r_of]], dim=-1)  # (batch, k, N, N + c)
+    steps = torch.arange(c, device=B.device)
+    before_r = (steps.unsqueeze(0) < r_of.unsqueeze(1)).to(B.dtype).unsqueeze(-1)  # (k, c, 1): t < r
+    seen = log_decay[:, m_of] * before_r  # (batch, k, c, N): the steps 0..r-1 of each position's chunk
+    after = torch.nn.functional.pad(seen[:, :, 1:], (0, 0, 0, 1))
+    exponent = torch.flip(torch.cumsum(torch.flip(after, dims=[2]), dim=2), dims=[2])  # sum_{t=q+1..r-1}
+    new_columns = (exponent.exp() * B[:, m_of] * before_r).transpose(-1, -2)  # (batch, k, N, c), q < r
+    start = boundaries[:, m_of] * seen.sum(dim=2).exp().unsqueeze(-1)  # (batch, k, N, N)
+    wide = torch.cat([start, new_columns], dim=-1)  # (batch, k, N, N + c)
     return _compress(wide)
