@@ -109,6 +109,10 @@ class DenseOperator:
     def materialize(self) -> torch.Tensor:
         return self.T
 
+    def batch_head(self, n: int) -> "DenseOperator":
+        """The operator of the first ``n`` elements of the leading (batch) dim."""
+        return DenseOperator(_head(self.T, n, 3), self.multiplicity, check_values=False)
+
     def apply(self, v: torch.Tensor) -> torch.Tensor:
         """``T @ v`` for ``v`` of shape ``(..., L, K)`` (leading dims broadcast with T's)."""
         _check_values(v, self.seq_len)
@@ -186,6 +190,14 @@ class StateSpaceOperator:
     def device(self) -> torch.device:
         return self.B.device
 
+    def batch_head(self, n: int) -> "StateSpaceOperator":
+        """The operator of the first ``n`` elements of the leading (batch) dim (factors shared by
+        the batch, with size 1 there, stay shared)."""
+        if not self.batch_shape:
+            raise ValueError("this operator has no batch dim to take the head of")
+        return StateSpaceOperator(*(_head(t, n, 3) for t in (self.log_decay, self.B, self.C)),
+                                  multiplicity=self.multiplicity, check_values=False)
+
     def factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(log_decay, B, C)`` broadcast to the full batch shape."""
         shape = (*self.batch_shape, self.seq_len, self.state_size)
@@ -216,6 +228,13 @@ class StateSpaceOperator:
 
 
 Operator = DenseOperator | StateSpaceOperator
+
+
+def _head(x: torch.Tensor, n: int, min_dim: int) -> torch.Tensor:
+    """``x[:n]`` along dim 0 when that dim is a batch dim of size > 1; else ``x`` (broadcast)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"batch head size must be a positive int, got {n!r}")
+    return x[:n] if x.dim() >= min_dim and x.shape[0] > 1 else x
 
 
 def _check_values(v: torch.Tensor, length: int) -> None:

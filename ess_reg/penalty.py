@@ -69,12 +69,9 @@ class _OperatorRegularizer(nn.Module):
         return self._capture
 
     def _operators(self) -> dict:
-        capture = self._capture
-        if self.batch_limit is not None:
-            capture.inputs = {k: v[: self.batch_limit] for k, v in capture.inputs.items()}
-        if not capture.inputs:
+        if not self._capture.inputs:
             raise RuntimeError("no forward pass was captured: call the model inside `with penalty.capture():`")
-        return capture.operators()
+        return self._capture.operators(self.batch_limit)
 
     def compute(self, step: int | None = None) -> torch.Tensor:
         raise NotImplementedError

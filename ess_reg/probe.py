@@ -67,8 +67,14 @@ def ess_layers(model: nn.Module, names: Sequence[str] | None = None) -> dict[str
 
 
 class capture_operators:
-    """Context manager: during ``model(...)`` inside it, record the input of each layer;
-    afterwards ``operators()`` builds every layer's operator from its recorded input."""
+    """Context manager: during ``model(...)`` inside it, record what each layer needs for its
+    operator; afterwards ``operators()`` returns every layer's operator.
+
+    A layer that builds its operator in its own forward pass (the zoo's state-space mixers do)
+    hands it over: while ``_ess_record_operator`` is set on it, it stores the operator in
+    ``recorded_operator`` and nothing is rebuilt.  Other layers get ``operator(input)`` from
+    their recorded input: one extra projection, never a second forward of the model.
+    """
 
     def __init__(self, model: nn.Module, layers: Sequence[str] | None = None):
         self.layers = ess_layers(model, layers)
@@ -76,7 +82,10 @@ class capture_operators:
         self._handles = []
 
     def __enter__(self) -> "capture_operators":
+        self.inputs.clear()
         for name, module in self.layers.items():
+            module.recorded_operator = None
+            module._ess_record_operator = True
             self._handles.append(module.register_forward_pre_hook(self._recorder(name)))
         return self
 
@@ -89,12 +98,23 @@ class capture_operators:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for module in self.layers.values():
+            module._ess_record_operator = False
 
-    def operators(self) -> dict[str, Operator]:
+    def operators(self, batch_limit: int | None = None) -> dict[str, Operator]:
+        """Every layer's operator; with ``batch_limit``, of the first examples of the batch only."""
         missing = sorted(set(self.layers) - set(self.inputs))
         if missing:
             raise RuntimeError(f"layers {missing} were not called during the captured forward pass")
-        return {name: _adapter_for(m).operator(m, self.inputs[name]) for name, m in self.layers.items()}
+        out = {}
+        for name, module in self.layers.items():
+            recorded = getattr(module, "recorded_operator", None)
+            if recorded is not None:
+                out[name] = recorded if batch_limit is None else recorded.batch_head(batch_limit)
+            else:
+                x = self.inputs[name] if batch_limit is None else self.inputs[name][:batch_limit]
+                out[name] = _adapter_for(module).operator(module, x)
+        return out
 
 
 def measure(

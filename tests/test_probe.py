@@ -101,3 +101,33 @@ def test_failure_modes_follow_the_thresholds():
     assert r.failure_mode(FailureThresholds(saturation=0.95, collapse=0.1)) == HEALTHY
     with pytest.raises(ValueError, match="collapse < saturation"):
         FailureThresholds(saturation=0.2, collapse=0.5)
+
+
+def test_state_space_mixers_hand_over_the_operator_of_their_forward_pass(monkeypatch):
+    from models.lm import LanguageModel
+
+    torch.manual_seed(0)
+    model = LanguageModel(16, 8, 2, "gla", {"num_heads": 2, "feature_dim": 4})
+    x = torch.randint(0, 16, (5, 12))
+    with capture_operators(model) as capture:
+        model(x)
+    calls = []
+    mixer_cls = type(model.blocks[0].mixer)
+    original = mixer_cls.operator_and_values
+    monkeypatch.setattr(mixer_cls, "operator_and_values", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    ops = capture.operators(batch_limit=3)
+    assert not calls  # nothing rebuilt: the forward pass's operators are reused
+    rebuilt = model.blocks[1].mixer.operator(capture.inputs["blocks.1.mixer"][:3])
+    assert ops["blocks.1.mixer"].batch_shape == (3, 2)
+    assert torch.allclose(ops["blocks.1.mixer"].materialize(), rebuilt.materialize(), atol=1e-6)
+    assert not model.blocks[0].mixer._ess_record_operator  # switched off after the capture
+
+
+def test_batch_head_keeps_shared_factors():
+    shared = torch.zeros(1, 3, 6, 2)
+    op = StateSpaceOperator(shared, torch.ones(4, 3, 6, 2), torch.ones(4, 3, 6, 2))
+    head = op.batch_head(2)
+    assert head.batch_shape == (2, 3) and head.log_decay.shape[0] == 1
+    assert DenseOperator(torch.eye(5).expand(4, 2, 5, 5)).batch_head(3).T.shape == (3, 2, 5, 5)
+    with pytest.raises(ValueError, match="positive int"):
+        op.batch_head(0)
