@@ -8,6 +8,7 @@
    ESS score at init and the final accuracy.
 
 Usage: python bench/penalty_evidence.py [--seeds 3] [--steps 800] [--init-steps 400] [--part 1|2|all]
+       [--penalties none decay_identity ess_max ess_max:0.01 ...]
 """
 
 from __future__ import annotations
@@ -37,20 +38,23 @@ def layer_means(result):
             sum(r.ess_per_item for r in reports) / len(reports))
 
 
-def regularizers(seeds: int, steps: int) -> None:
+def regularizers(seeds: int, steps: int, penalties: list[str]) -> None:
     print(f"gla, feature_dim 8 (TSS 8 per value channel), MQAR kv=12, L=64, V=256, {steps} steps, {seeds} seeds")
-    print(f"{'penalty':<16} {'accuracy':>16} {'ESS/TSS':>16} {'ESS/kv':>16}")
-    for penalty in ("none", "decay_identity", "ess_max"):
+    print(f"{'penalty':<20} {'accuracy':>16} {'ESS/TSS':>16} {'ESS/kv':>16}")
+    for spec in penalties:
+        penalty, _, weight = spec.partition(":")  # e.g. "ess_max:0.01" sets penalty.weight
+        extra = [f"penalty.weight={weight}"] if weight else []
         acc, util, per_kv = [], [], []
         for seed in range(seeds):
-            cfg = compose_cfg([*HARD, f"penalty={penalty}", f"seed={seed}", f"trainer.max_steps={steps}",
-                               f"tracking.run_name=evidence-{penalty}-seed{seed}",
-                               f"trainer.checkpoint_dir=runs/checkpoints/evidence-{penalty}-seed{seed}"])
+            tag = spec.replace(":", "-w")
+            cfg = compose_cfg([*HARD, f"penalty={penalty}", *extra, f"seed={seed}", f"trainer.max_steps={steps}",
+                               f"tracking.run_name=evidence-{tag}-seed{seed}",
+                               f"trainer.checkpoint_dir=runs/checkpoints/evidence-{tag}-seed{seed}"])
             result = run(cfg)
             u, k = layer_means(result)
             acc.append(result["metrics"]["valid/accuracy"]), util.append(u), per_kv.append(k)
         cells = [f"{m:.3f} +- {s:.3f}" for m, s in (mean_spread(acc), mean_spread(util), mean_spread(per_kv))]
-        print(f"{penalty:<16} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16}", flush=True)
+        print(f"{spec:<20} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16}", flush=True)
 
 
 def spearman(a, b) -> float:
@@ -99,10 +103,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--init-steps", type=int, default=400)
     parser.add_argument("--part", choices=["1", "2", "all"], default="all")
+    parser.add_argument("--penalties", nargs="+", default=["none", "decay_identity", "ess_max", "ess_max:0.01",
+                                                           "ess_max:0.001"],
+                        help="penalty configs, optionally with a weight: name[:weight]")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     if args.part in ("1", "all"):
-        regularizers(args.seeds, args.steps)
+        regularizers(args.seeds, args.steps, args.penalties)
     if args.part in ("2", "all"):
         init_search(args.init_steps)
 

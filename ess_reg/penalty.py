@@ -155,6 +155,9 @@ class ESSPenalty(_OperatorRegularizer):
     def compute(self, step: int | None = None) -> torch.Tensor:
         """The weighted penalty for the captured forward pass (a scalar with gradients)."""
         weight = self.weight_at(step)
+        if weight == 0:  # warm-up: no spectra to compute
+            self.last = {"weight": 0.0}
+            return torch.zeros(())
         terms = []
         for name, op in self._operators().items():
             idx = self._indices(op.seq_len)
