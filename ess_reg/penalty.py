@@ -58,7 +58,7 @@ class _OperatorRegularizer(nn.Module):
         linear ramp reaching ``weight`` at step ``warmup_steps + ramp_steps``."""
         if step is None:
             return self.weight
-        if step <= self.warmup_steps:
+        if self.warmup_steps and step <= self.warmup_steps:
             return 0.0
         if self.ramp_steps == 0:
             return self.weight

@@ -46,7 +46,7 @@ def optimize(model, penalty, steps=40, lr=1e-2, x=None):
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     x = tokens() if x is None else x
     history = []
-    for step in range(steps):
+    for step in range(1, steps + 1):  # training steps count from 1
         loss = penalty(x, step)
         optimizer.zero_grad()
         loss.backward()
@@ -87,7 +87,7 @@ def test_context_end_and_per_item_targets_read_the_task():
 def test_weight_schedule():
     penalty = ESSPenalty(lm("gla"), weight=2.0, warmup_steps=10, ramp_steps=4)
     assert [penalty.weight_at(s) for s in (1, 10, 11, 12, 14, 100)] == [0.0, 0.0, 0.5, 1.0, 2.0, 2.0]
-    assert penalty(tokens(), step=5).item() == 0.0
+    assert penalty(tokens(), step=5).item() == 0.0 and penalty.last == {"weight": 0.0}  # no spectra in warm-up
 
 
 def test_random_indices_are_reproducible():
