@@ -100,7 +100,7 @@ class ESSPenalty(_OperatorRegularizer):
         task: a task to read ``context_end`` / ``items_to_recall`` from (explicit values win).
     """
 
-    def __init__(self, model: nn.Module, mode: str = "maximize", weight: float = 0.1, *,
+    def __init__(self, model: nn.Module, mode: str = "maximize", weight: float = 0.01, *,
                  indices: "str | Sequence[int]" = "random", num_indices: int = 8, layers: Sequence[str] | None = None,
                  kind: str = "entropy", target: float | None = None, target_on: str = "utilization",
                  hinge: str = "two_sided", squared: bool = True, context_end: int | None = None,

@@ -221,7 +221,7 @@ def test_penalty_configs_train_and_log(store, penalty):
         return
     assert metric_steps(client, r.info.run_id, "penalty/value") == [2, 4, 6]
     weights = [m.value for m in sorted(client.get_metric_history(r.info.run_id, "penalty/weight"), key=lambda m: m.step)]
-    full = 1.0 if penalty == "ess_target" else 0.1
+    full = {"ess_target": 1.0, "decay_identity": 0.1}.get(penalty, 0.01)
     ramp = [1.0] * 3 if penalty == "decay_identity" else [s / 100 for s in (2, 4, 6)]  # linear ramp over 100 steps
     assert weights == pytest.approx([full * r for r in ramp])
     assert r.data.tags["penalty"] in ("ESSPenalty", "DecayIdentityPenalty")
