@@ -20,9 +20,8 @@ import torch
 from hydra.utils import instantiate
 
 from ess_reg.init_search import select_init
-from ess_reg.train import run
+from ess_reg.train import compose_config, run
 from ess_reg.training import probe_indices
-from train_speed import compose_cfg
 
 HARD = ["model=gla", "model.mixer_kwargs.feature_dim=8", "task.num_kv_pairs=12", "task.seq_len=64",
         "task.vocab_size=256", "tracking.experiment=penalty-evidence", "trainer.progress=false"]
@@ -47,7 +46,7 @@ def regularizers(seeds: int, steps: int, penalties: list[str]) -> None:
         acc, util, per_kv = [], [], []
         for seed in range(seeds):
             tag = spec.replace(":", "-w")
-            cfg = compose_cfg([*HARD, f"penalty={penalty}", *extra, f"seed={seed}", f"trainer.max_steps={steps}",
+            cfg = compose_config([*HARD, f"penalty={penalty}", *extra, f"seed={seed}", f"trainer.max_steps={steps}",
                                f"tracking.run_name=evidence-{tag}-seed{seed}",
                                f"trainer.checkpoint_dir=runs/checkpoints/evidence-{tag}-seed{seed}"])
             result = run(cfg)
@@ -73,7 +72,7 @@ def spearman(a, b) -> float:
 def init_search(steps: int) -> None:
     normalizers = [1, 4, 16, 64]
     candidates = [{"seed": s, "gate_normalizer": g} for s in (0, 1) for g in normalizers]
-    base = compose_cfg([*HARD, f"trainer.max_steps={steps}"])
+    base = compose_config([*HARD, f"trainer.max_steps={steps}"])
     task = instantiate(base.task)
     inputs = task.test_set(4).inputs
 
@@ -84,7 +83,7 @@ def init_search(steps: int) -> None:
                          context_end=task.context_end, items_to_recall=task.items_to_recall)
     accuracies = []
     for c in candidates:
-        cfg = compose_cfg([*HARD, f"trainer.max_steps={steps}", f"seed={c['seed']}",
+        cfg = compose_config([*HARD, f"trainer.max_steps={steps}", f"seed={c['seed']}",
                            f"model.mixer_kwargs.gate_normalizer={c['gate_normalizer']}",
                            f"tracking.run_name=init-{c['seed']}-{c['gate_normalizer']}",
                            f"trainer.checkpoint_dir=runs/checkpoints/init-{c['seed']}-{c['gate_normalizer']}"])

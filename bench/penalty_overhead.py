@@ -19,14 +19,14 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from ess_reg.tasks import IGNORE
-from ess_reg.train import _settings
-from train_speed import L256, compose_cfg
+from ess_reg.train import _settings, compose_config
+from train_speed import L256
 
 MIXERS = ["gla", "s6", "sa"]
 
 
 def step_time(mixer: str, with_penalty: bool, steps: int, batch_limit: int) -> float:
-    cfg = compose_cfg([f"model={mixer}", *L256, "penalty=ess_max", f"penalty.batch_limit={batch_limit}"])
+    cfg = compose_config([f"model={mixer}", *L256, "penalty=ess_max", f"penalty.batch_limit={batch_limit}"])
     trainer, _ = _settings(cfg)
     torch.manual_seed(0)
     task, model = instantiate(cfg.task), instantiate(cfg.model)

@@ -17,13 +17,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import open_dict
 
 from ess_reg.tasks import IGNORE
-from ess_reg.train import CONFIG_DIR, _settings
+from ess_reg.train import _settings, compose_config
 from ess_reg.training import probe_report
 
 L256 = ["task.seq_len=256", "task.vocab_size=512", "task.num_kv_pairs=16"]
@@ -35,17 +32,8 @@ SETUPS = {
 }
 
 
-def compose_cfg(overrides):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
 def measure(overrides, steps: int) -> dict:
-    cfg = compose_cfg(overrides)
+    cfg = compose_config(overrides)
     trainer, probe = _settings(cfg)
     torch.manual_seed(0)
     task, model = instantiate(cfg.task), instantiate(cfg.model)

@@ -30,6 +30,24 @@ from .training import ProbeSettings, TrainerSettings, TrainingDiverged, fit, pro
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The config ``ess-train OVERRIDES...`` would run, for notebooks, tests and benchmarks.
+
+    ``${hydra:...}`` interpolations resolve as in a real run; the ``hydra`` node is dropped.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose(config_name="config", overrides=list(overrides or []), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 def _settings(cfg: DictConfig) -> tuple[TrainerSettings, ProbeSettings]:
     trainer = TrainerSettings(**OmegaConf.to_container(cfg.trainer, resolve=True))
     p = cfg.probe

@@ -9,29 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
-from omegaconf import open_dict
 
 from ess_reg import tracking
-from ess_reg.train import CONFIG_DIR, analyze_main, run
+from ess_reg.train import analyze_main, compose_config, run
 from ess_reg.training import resolve_device
 from models import MIXERS
 
 TASKS = ["mqar", "selective_copy", "compression"]
-
-
-def compose_cfg(overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # so ${hydra:...} resolves as in a real run
-    with open_dict(cfg):
-        del cfg["hydra"]  # a real run's cfg has no hydra node either
-    return cfg
 
 
 @pytest.fixture
@@ -47,7 +33,7 @@ def tiny(store, *extra):
 @pytest.mark.parametrize("model", sorted(MIXERS))
 @pytest.mark.parametrize("task", TASKS)
 def test_every_model_and_task_config_instantiates(model, task):
-    cfg = compose_cfg([f"model={model}", f"task={task}", "experiment=tiny"])
+    cfg = compose_config([f"model={model}", f"task={task}", "experiment=tiny"])
     task_obj = instantiate(cfg.task)
     net = instantiate(cfg.model)
     assert net.mixer_name == model and net.embedding.num_embeddings == task_obj.vocab_size
@@ -57,20 +43,20 @@ def test_every_model_and_task_config_instantiates(model, task):
 
 @pytest.mark.parametrize("name", ["adamw", "sgd", "lamb", "adabelief", "madgrad", "lion"])
 def test_optimizer_configs(name):
-    cfg = compose_cfg([f"optimizer={name}"])
+    cfg = compose_config([f"optimizer={name}"])
     assert isinstance(instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))]), torch.optim.Optimizer)
 
 
 def test_unknown_config_key_is_an_error():
     with pytest.raises(Exception, match="bogus"):
-        compose_cfg(["trainer.bogus=1"])
+        compose_config(["trainer.bogus=1"])
 
 
 def test_bad_trainer_settings():
     with pytest.raises(ValueError, match="trainer.max_steps must be a positive int"):
-        run(compose_cfg(["experiment=tiny", "trainer.max_steps=0"]))
+        run(compose_config(["experiment=tiny", "trainer.max_steps=0"]))
     with pytest.raises(ValueError, match="precision"):
-        run(compose_cfg(["experiment=tiny", "trainer.precision=fp8"]))
+        run(compose_config(["experiment=tiny", "trainer.precision=fp8"]))
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
@@ -81,7 +67,7 @@ def metric_steps(client, run_id, key):
 
 
 def test_end_to_end_run_is_read_back_from_mlflow(store, capsys):
-    result = run(compose_cfg(tiny(store)))
+    result = run(compose_config(tiny(store)))
     client = MlflowClient(store["uri"])
     r = client.get_run(result["run_id"])
     assert r.info.status == "FINISHED"
@@ -108,8 +94,8 @@ def test_end_to_end_run_is_read_back_from_mlflow(store, capsys):
 
 
 def test_same_seed_same_run(store):
-    first = run(compose_cfg(tiny(store, "tracking.experiment=a")))
-    second = run(compose_cfg(tiny(store, "tracking.experiment=b", f"trainer.checkpoint_dir={store['dir']}/other")))
+    first = run(compose_config(tiny(store, "tracking.experiment=a")))
+    second = run(compose_config(tiny(store, "tracking.experiment=b", f"trainer.checkpoint_dir={store['dir']}/other")))
     assert first["metrics"]["train/loss"] == second["metrics"]["train/loss"]
     assert first["metrics"]["valid/loss"] == second["metrics"]["valid/loss"]
 
@@ -125,13 +111,13 @@ def test_resume_after_a_kill_continues_the_same_run_without_duplicate_steps(stor
 
     monkeypatch.setattr(tracking.Tracker, "log_metrics", killed_at_step_5)
     with pytest.raises(KeyboardInterrupt):
-        run(compose_cfg(overrides))
+        run(compose_config(overrides))
     monkeypatch.setattr(tracking.Tracker, "log_metrics", original)
     client = MlflowClient(store["uri"])
     (killed,) = client.search_runs([client.get_experiment_by_name("ess-reg").experiment_id])
     assert killed.info.status == "KILLED" and metric_steps(client, killed.info.run_id, "train/loss") == [1, 2, 3, 4, 5]
 
-    result = run(compose_cfg([*overrides, "trainer.resume=true"]))
+    result = run(compose_config([*overrides, "trainer.resume=true"]))
     assert result["resumed_from"] == 3 and result["run_id"] == killed.info.run_id
     runs = client.search_runs([client.get_experiment_by_name("ess-reg").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
@@ -143,7 +129,7 @@ def test_divergence_marks_the_run_failed(store):
     from ess_reg.training import TrainingDiverged
 
     with pytest.raises(TrainingDiverged, match="non-finite"):
-        run(compose_cfg(tiny(store, "optimizer=sgd", "optimizer.lr=1e30", "trainer.grad_clip=null",
+        run(compose_config(tiny(store, "optimizer=sgd", "optimizer.lr=1e30", "trainer.grad_clip=null",
                              "trainer.max_steps=50")))
     client = MlflowClient(store["uri"])
     (r,) = client.search_runs([client.get_experiment_by_name("ess-reg").experiment_id])
@@ -157,7 +143,7 @@ def free_port():
 
 
 def test_mlflow_server_serves_the_run(store):
-    result = run(compose_cfg(tiny(store)))
+    result = run(compose_config(tiny(store)))
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store["uri"], "--host", "127.0.0.1",
@@ -207,13 +193,13 @@ def test_multirun_with_two_parallel_jobs_groups_children_under_one_parent(store)
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_tiny_run_on_cuda(store):
-    result = run(compose_cfg(tiny(store, "trainer.device=cuda")))
+    result = run(compose_config(tiny(store, "trainer.device=cuda")))
     assert result["metrics"]["valid/accuracy"] >= 0
 
 
 @pytest.mark.parametrize("penalty", ["none", "ess_max", "ess_min", "ess_target", "decay_identity"])
 def test_penalty_configs_train_and_log(store, penalty):
-    result = run(compose_cfg(tiny(store, f"penalty={penalty}")))
+    result = run(compose_config(tiny(store, f"penalty={penalty}")))
     client = MlflowClient(store["uri"])
     r = client.get_run(result["run_id"])
     if penalty == "none":
@@ -228,7 +214,7 @@ def test_penalty_configs_train_and_log(store, penalty):
 
 
 def test_init_search_logs_every_candidate_and_tags_the_choice(store):
-    result = run(compose_cfg(tiny(store, "init=ess_search", "init.seeds=[0,1,2]")))
+    result = run(compose_config(tiny(store, "init=ess_search", "init.seeds=[0,1,2]")))
     client = MlflowClient(store["uri"])
     r = client.get_run(result["run_id"])
     table = json.loads(Path(client.download_artifacts(r.info.run_id, "init_search.json", str(store["dir"]))).read_text())
