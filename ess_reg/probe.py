@@ -16,9 +16,8 @@ import torch
 from torch import nn
 
 from .diagnose import LayerReport, StateSize, tss_at
-from .ess import ESS_KINDS, LayerESS
+from .ess import layer_ess
 from .operators import Operator
-from .spectra import hankel_svdvals, resolve_indices
 
 __all__ = ["Adapter", "register_adapter", "ess_layers", "capture_operators", "measure"]
 
@@ -130,21 +129,17 @@ def measure(
     **spectra_options,
 ) -> dict[str, LayerReport]:
     """One forward pass on ``inputs``, then ESS and TSS of every ESS-capable layer."""
-    if kind not in ESS_KINDS:
-        raise ValueError(f"unknown ESS kind {kind!r}; choose one of {sorted(ESS_KINDS)}")
     with capture_operators(model, layers) as capture:
         model(inputs)
+    operators = capture.operators()
+    layer_values = layer_ess(operators, kind, indices, ess_options=ess_options, **spectra_options)
     reports = {}
-    for name, op in capture.operators().items():
-        module = capture.layers[name]
-        idx = resolve_indices(indices, op.seq_len)
-        values = ESS_KINDS[kind](hankel_svdvals(op, idx, **spectra_options), **(ess_options or {}))
-        if values.dim() == 2:
-            values = values.unsqueeze(0)
+    for name, ess in layer_values.items():
+        module, op = capture.layers[name], operators[name]
         reports[name] = LayerReport(
             name=name,
-            ess=LayerESS(values=values, indices=idx, multiplicity=op.multiplicity),
-            tss=tss_at(_adapter_for(module).state_size(module), idx, op.seq_len),
+            ess=ess,
+            tss=tss_at(_adapter_for(module).state_size(module), ess.indices, op.seq_len),
             # every channel of the operator serves `multiplicity` value channels
             value_channels=op.batch_shape[-1] * op.multiplicity if op.batch_shape else op.multiplicity,
             context_end=context_end,

@@ -171,6 +171,7 @@ def fit(
     probe_inputs = test_inputs[: probe.examples]
     progress = _Progress(trainer.max_steps, trainer.progress)
     last = {"train/loss": float("nan")}
+    reports: dict[str, LayerReport] = {}
 
     def save_checkpoint(step: int) -> None:
         checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +222,7 @@ def fit(
         if step % trainer.log_every == 0 or step == trainer.max_steps:
             tracker.log_metrics({k: v for k, v in last.items() if k.startswith(("train/", "penalty/"))}, step)
         if step % trainer.eval_every == 0 or step == trainer.max_steps:
-            evaluate_and_log(step)
+            reports = evaluate_and_log(step)
         if step % trainer.checkpoint_every == 0 or step == trainer.max_steps:
             save_checkpoint(step)
         if step % trainer.log_every == 0 or step == trainer.max_steps:
@@ -230,7 +231,8 @@ def fit(
             progress.update(step, start_step, f"loss {last['train/loss']:.3f}  "
                             f"acc {last.get('valid/accuracy', float('nan')):.3f}  {ess_text}")
     progress.close()
-    reports = probe_report(model.eval(), task, probe_inputs, probe)
+    if not reports:  # resumed at the end: nothing was trained, measure once
+        reports = probe_report(model.eval(), task, probe_inputs, probe)
     modes = {name: report.failure_mode(probe.thresholds) for name, report in reports.items()}
     return {"metrics": dict(last), "reports": reports, "failure_modes": modes,
             "checkpoint": checkpoint_path, "steps": trainer.max_steps, "resumed_from": start_step}
