@@ -251,13 +251,16 @@ def _state_space_svdvals(
     step = _batch_chunks(batch, per_item, budget // workers, "the state-space spectra")
     step = min(step, math.ceil(batch / workers))  # at least one slice per worker
 
-    def slice_svdvals(sl: slice) -> torch.Tensor:
-        F = _reachability_factors(log_decay[sl], B[sl], idx, c)
-        G = _reachability_factors(rev_log_decay[sl], rev_B[sl], length - idx, c)
+    def part_svdvals(part: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        part_log_decay, part_B, part_rev_log_decay, part_rev_B = part
+        F = _reachability_factors(part_log_decay, part_B, idx, c)
+        G = _reachability_factors(part_rev_log_decay, part_rev_B, length - idx, c)
         return torch.linalg.svdvals(G.transpose(-1, -2) @ F)
 
-    slices = [slice(b, b + step) for b in range(0, batch, step)]
-    sigma = torch.cat(_map(slice_svdvals, slices, workers), dim=0)  # (batch, k, N)
+    # split, not slicing: the backward of a split is one concatenation, while each slice's
+    # backward would zero-fill a gradient of the whole batch.
+    parts = list(zip(*(t.split(step) for t in (log_decay, B, rev_log_decay, rev_B))))
+    sigma = torch.cat(_map(part_svdvals, parts, workers), dim=0)  # (batch, k, N)
     # rank(H_i) <= min(i, L - i): what the N x N problem gives beyond that is round-off.
     max_rank = _max_rank(idx, length)
     keep = torch.arange(state, device=sigma.device).unsqueeze(0) < max_rank.unsqueeze(1)
@@ -282,14 +285,13 @@ def _reachability_factors(log_decay: torch.Tensor, B: torch.Tensor, positions: t
     factor plus at most ``c`` new columns, all positions at once.
     """
     batch, length, state = B.shape
-    last_chunk = int(positions.max()) // c  # chunks beyond the one holding the last position are unused
-    num_chunks = last_chunk + 1
-    total = num_chunks * c
-    if total > length:
-        pad = (0, 0, 0, total - length)
+    last_chunk = int(positions.max()) // c  # the chain stops at the chunk of the last position
+    num_chunks = math.ceil(length / c)
+    if num_chunks * c > length:  # zero steps at the end; no slicing (its backward zero-fills)
+        pad = (0, 0, 0, num_chunks * c - length)
         log_decay, B = torch.nn.functional.pad(log_decay, pad), torch.nn.functional.pad(B, pad)
-    log_decay = log_decay[:, :total].reshape(batch, num_chunks, c, state)
-    B = B[:, :total].reshape(batch, num_chunks, c, state)
+    log_decay = log_decay.reshape(batch, num_chunks, c, state)
+    B = B.reshape(batch, num_chunks, c, state)
 
     # Chain over boundaries: F at the start of chunk m+1 from F at the start of chunk m.  A chunk's
     # columns q decay by sum_{t=q+1..c-1}: a reversed cumsum of the steps after q (no differences).
