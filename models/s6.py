@@ -16,6 +16,7 @@ from torch import nn
 from ess_reg import StateSpaceOperator
 
 from .base import Mixer, MixerTrace, ShortConv, channels_first, channels_last, check_positive, inverse_softplus, log_uniform
+from .selective_scan import selective_scan
 
 A_INITS = ("s4d_real", "s4d_lin", "constant", "uniform")
 
@@ -35,10 +36,6 @@ def init_log_neg_a(channels: int, d_state: int, scheme: str) -> torch.Tensor:
 
 
 class SelectiveSSM(Mixer):
-    # One value channel per operator (K = 1): carrying the N states directly beats a c x c
-    # score matrix per chunk (measured in bench/mixers.py).
-    apply_method = "cumulative"
-
     def __init__(
         self,
         d_model: int,
@@ -69,23 +66,37 @@ class SelectiveSSM(Mixer):
         self.D = nn.Parameter(torch.ones(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
-    def operator_and_values(self, x: torch.Tensor, check_values: bool = True) -> MixerTrace:
+    def _streams(self, x: torch.Tensor):
+        """``u, z, dt (B, L, E)``, ``A (E, N)``, ``B, C (B, L, N)``."""
         u, z = self.in_proj(x).chunk(2, dim=-1)
-        u = F.silu(self.conv(u))  # (B, L, E)
+        u = F.silu(self.conv(u))
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(self.dt_proj(dt)).transpose(1, 2).unsqueeze(-1)  # (B, E, L, 1)
-        A = -torch.exp(self.A_log.to(x.dtype))  # (E, N)
-        shape = (x.shape[0], self.d_inner, x.shape[1], self.d_state)
-        log_decay = dt * A[None, :, None, :]
-        op = StateSpaceOperator(
-            log_decay, dt * B.unsqueeze(1), C.unsqueeze(1).expand(shape), check_values=check_values
-        )
-        values = channels_first(u)
+        dt = F.softplus(self.dt_proj(dt))
+        return u, z, dt, -torch.exp(self.A_log.to(x.dtype)), B, C
 
-        def readout(y: torch.Tensor) -> torch.Tensor:
-            return self.out_proj((channels_last(y) + self.D * u) * F.silu(z))
+    def _readout(self, y: torch.Tensor, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.out_proj((y + self.D * u) * F.silu(z))
 
-        return MixerTrace(op, values, readout)
+    @staticmethod
+    def _operator(dt, A, B, C, check_values: bool = True) -> StateSpaceOperator:
+        shape = (dt.shape[0], A.shape[0], dt.shape[1], A.shape[-1])
+        dt = dt.transpose(1, 2).unsqueeze(-1)  # (B, E, L, 1)
+        return StateSpaceOperator(dt * A[None, :, None, :], dt * B.unsqueeze(1), C.unsqueeze(1).expand(shape),
+                                  check_values=check_values)
+
+    def operator_and_values(self, x: torch.Tensor, check_values: bool = True) -> MixerTrace:
+        u, z, dt, A, B, C = self._streams(x)
+        op = self._operator(dt, A, B, C, check_values)
+        return MixerTrace(op, channels_first(u), lambda y: self._readout(channels_last(y), u, z))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The factored scan (models/selective_scan.py), not the generic operator apply: B, C and
+        # the decay's dt x A stay unexpanded.  The operator is built only when a probe asks.
+        u, z, dt, A, B, C = self._streams(x)
+        if getattr(self, "_ess_record_operator", False):
+            self.recorded_operator = self._operator(dt, A, B, C, check_values=False)
+        y = selective_scan(dt, A, dt * u, B, C)
+        return self._readout(y.to(x.dtype), u, z)
 
     def state_size(self) -> int:
         return self.d_state
