@@ -2,7 +2,10 @@
 
 For every mixer at d_model=128, batch 8, L in {256, 1024}, float32 on CPU:
 * forward+backward time and its peak memory (each (mixer, L) runs in a fresh subprocess; peak
-  RSS growth over the process's state after building the model and input), both / ``sa``'s;
+  RSS growth over the process's state after building the model and input), both / ``sa``'s.
+  The time ratio comes from ``sa`` timed in the same subprocess, its steps interleaved with the
+  mixer's, so that a change in the machine's load (a shared host's cache and memory bandwidth)
+  hits both sides of the ratio alike;
 * the time of ``operator(x)`` + entropy-ESS of the layer, / that mixer's forward pass:
   every index 1..L-1 for state-space operators; for dense ones (sa, swa, hyena), whose
   ``O(L^4)`` full-index cost is the point of the fast path, 16 evenly spaced indices (marked).
@@ -37,12 +40,19 @@ DENSE_ESS_INDICES = 16
 
 
 def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
+    return best_times([fn], repeats)[0]
+
+
+def best_times(fns, repeats: int) -> list[float]:
+    """Best of ``repeats`` for each function, their calls interleaved round by round."""
+    for fn in fns:
+        fn()  # warm-up
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        for k, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - start)
     return best
 
 
@@ -61,13 +71,15 @@ def measure(name: str, length: int, with_ess: bool, repeats: int) -> dict:
     x = torch.randn(BATCH, length, D_MODEL, requires_grad=True)
     before = peak_rss_bytes()
 
-    def step():
-        mixer.zero_grad(set_to_none=True)
-        mixer(x).square().mean().backward()
+    def step(m=mixer):
+        m.zero_grad(set_to_none=True)
+        m(x).square().mean().backward()
 
     step()
     peak = peak_rss_bytes() - before
-    result = {"fwd_bwd_s": best_time(step, repeats), "peak_bytes": peak}
+    reference = build_mixer("sa", D_MODEL, **CONFIGS["sa"])  # after the peak: its memory is not counted
+    mixer_s, sa_s = best_times([step, lambda: step(reference)], repeats)
+    result = {"fwd_bwd_s": mixer_s, "sa_fwd_bwd_s": sa_s, "peak_bytes": peak}
     if with_ess:
         with torch.no_grad():
             forward_s = best_time(lambda: mixer(x), repeats)
@@ -85,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--mixers", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-ess", action="store_true", help="skip the operator + ESS timing")
     parser.add_argument("--worker", nargs=2, metavar=("MIXER", "L"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -115,7 +127,7 @@ def main() -> None:
             header += f" {'fwd ms':>8} {'op+ESS s':>9} {'ESS / fwd':>9} {'indices':>8}"
         print(header)
         for name, r in results.items():
-            line = (f"{name:<7} {1e3 * r['fwd_bwd_s']:>10.1f} {r['fwd_bwd_s'] / base['fwd_bwd_s']:>8.2f}x "
+            line = (f"{name:<7} {1e3 * r['fwd_bwd_s']:>10.1f} {r['fwd_bwd_s'] / r['sa_fwd_bwd_s']:>8.2f}x "
                     f"{r['peak_bytes'] / 2**20:>9.1f} {r['peak_bytes'] / max(base['peak_bytes'], 1):>7.2f}x")
             if not args.no_ess:
                 line += (f" {1e3 * r['forward_s']:>8.1f} {r['ess_s']:>9.2f} {r['ess_s'] / r['forward_s']:>8.1f}x "

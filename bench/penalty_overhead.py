@@ -23,6 +23,7 @@ from ess_reg.train import _settings, compose_config
 from train_speed import L256
 
 MIXERS = ["gla", "s6", "sa"]
+ONLY = os.environ.get("BENCH_MIXERS")
 
 
 def step_time(mixer: str, with_penalty: bool, steps: int, batch_limit: int) -> float:
@@ -65,8 +66,8 @@ def main() -> None:
     print(f"CPU: torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; MQAR L=256, "
           f"batch 64, penalty on {args.batch_limit} examples x 8 random indices x every layer")
     print(f"{'mixer':<6} {'step ms':>9} {'with penalty ms':>16} {'ratio':>7}")
-    for mixer in MIXERS:
-        steps = max(3, args.steps // 10) if mixer == "s6" else args.steps  # s6 steps take seconds on CPU
+    for mixer in (ONLY.split(",") if ONLY else MIXERS):
+        steps = args.steps
         base = step_time(mixer, False, steps, args.batch_limit)
         with_penalty = step_time(mixer, True, steps, args.batch_limit)
         print(f"{mixer:<6} {1e3 * base:>9.1f} {1e3 * with_penalty:>16.1f} {with_penalty / base:>6.2f}x")

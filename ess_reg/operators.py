@@ -113,6 +113,10 @@ class DenseOperator:
         """The operator of the first ``n`` elements of the leading (batch) dim."""
         return DenseOperator(_head(self.T, n, 3), self.multiplicity, check_values=False)
 
+    def index_batch(self, dim: int, index: torch.Tensor) -> "DenseOperator":
+        """The operator of the entries ``index`` of batch dim ``dim`` (e.g. some channels)."""
+        return DenseOperator(_select(self.T, dim, index, len(self.batch_shape)), self.multiplicity, check_values=False)
+
     def apply(self, v: torch.Tensor) -> torch.Tensor:
         """``T @ v`` for ``v`` of shape ``(..., L, K)`` (leading dims broadcast with T's)."""
         _check_values(v, self.seq_len)
@@ -198,6 +202,13 @@ class StateSpaceOperator:
         return StateSpaceOperator(*(_head(t, n, 3) for t in (self.log_decay, self.B, self.C)),
                                   multiplicity=self.multiplicity, check_values=False)
 
+    def index_batch(self, dim: int, index: torch.Tensor) -> "StateSpaceOperator":
+        """The operator of the entries ``index`` of batch dim ``dim`` (e.g. some channels);
+        factors broadcast along that dim stay shared."""
+        rank = len(self.batch_shape)
+        return StateSpaceOperator(*(_select(t, dim, index, rank) for t in (self.log_decay, self.B, self.C)),
+                                  multiplicity=self.multiplicity, check_values=False)
+
     def factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(log_decay, B, C)`` broadcast to the full batch shape."""
         shape = (*self.batch_shape, self.seq_len, self.state_size)
@@ -235,6 +246,20 @@ def _head(x: torch.Tensor, n: int, min_dim: int) -> torch.Tensor:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"batch head size must be a positive int, got {n!r}")
     return x[:n] if x.dim() >= min_dim and x.shape[0] > 1 else x
+
+
+def _select(x: torch.Tensor, dim: int, index: torch.Tensor, batch_rank: int) -> torch.Tensor:
+    """``index_select`` along batch dim ``dim`` of an operator factor ``(*batch, L, F)`` whose
+    leading dims broadcast to ``batch_rank`` dims; a dim of size 1 or absent there stays shared."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim < batch_rank:
+        raise ValueError(f"dim must index one of the {batch_rank} batch dims, got {dim!r}")
+    own = dim - (batch_rank - (x.dim() - 2))  # x may have fewer leading dims (broadcast)
+    if own < 0 or x.shape[own] == 1:
+        return x
+    index = torch.as_tensor(index, dtype=torch.long, device=x.device)
+    if index.dim() != 1 or (index.numel() and not 0 <= int(index.min()) <= int(index.max()) < x.shape[own]):
+        raise ValueError(f"index must be a 1-D list of entries in [0, {x.shape[own]}), got {index.tolist()}")
+    return x.index_select(own, index)
 
 
 def _check_values(v: torch.Tensor, length: int) -> None:

@@ -97,6 +97,9 @@ class ESSPenalty(_OperatorRegularizer):
         hinge: for ``target``: ``"two_sided"``, ``"below"`` (only penalize falling short) or
             ``"above"``; ``squared`` squares the gap.
         batch_limit: use only the first examples of the batch (cost control).
+        channel_limit: use this many random channels (heads) of each layer per step (cost
+            control for layers with many channels, e.g. ``s6``'s ``expand * d_model``); the
+            mean over channels stays an unbiased estimate, as with random indices.
         task: a task to read ``context_end`` / ``items_to_recall`` from (explicit values win).
     """
 
@@ -105,9 +108,13 @@ class ESSPenalty(_OperatorRegularizer):
                  kind: str = "entropy", target: float | None = None, target_on: str = "utilization",
                  hinge: str = "two_sided", squared: bool = True, context_end: int | None = None,
                  items_to_recall: int | None = None, tol: float = 1e-2, temperature: float = 0.5,
-                 warmup_steps: int = 0, ramp_steps: int = 0, batch_limit: int | None = None, seed: int = 0,
-                 task=None):
+                 warmup_steps: int = 0, ramp_steps: int = 0, batch_limit: int | None = None,
+                 channel_limit: int | None = None, seed: int = 0, task=None):
         super().__init__(model, weight, layers, warmup_steps, ramp_steps, batch_limit, task)
+        if channel_limit is not None and (isinstance(channel_limit, bool) or not isinstance(channel_limit, int)
+                                          or channel_limit < 1):
+            raise ValueError(f"channel_limit must be a positive int or None, got {channel_limit!r}")
+        self.channel_limit = channel_limit
         if task is not None:
             context_end = task.context_end if context_end is None else context_end
             items_to_recall = task.items_to_recall if items_to_recall is None else items_to_recall
@@ -146,6 +153,13 @@ class ESSPenalty(_OperatorRegularizer):
             return torch.randperm(seq_len - 1, generator=self.generator)[:k] + 1
         return resolve_indices(list(self.indices), seq_len)
 
+    def _some_channels(self, op):
+        """``channel_limit`` random channels (batch dim 1) of a ``(batch, channels)`` operator."""
+        batch_shape = op.batch_shape
+        if self.channel_limit is None or len(batch_shape) < 2 or batch_shape[1] <= self.channel_limit:
+            return op
+        return op.index_batch(1, torch.randperm(batch_shape[1], generator=self.generator)[: self.channel_limit])
+
     def _ess(self, op, idx: torch.Tensor) -> torch.Tensor:
         sigma = hankel_svdvals(op, idx, dtype=torch.float32)
         if self.kind == "entropy":
@@ -160,6 +174,7 @@ class ESSPenalty(_OperatorRegularizer):
             return torch.zeros(())
         terms = []
         for name, op in self._operators().items():
+            op = self._some_channels(op)
             idx = self._indices(op.seq_len)
             ess = self._ess(op, idx)  # (..., channels, k)
             per_index = ess.reshape(-1, ess.shape[-1]).mean(0)  # mean over batch and channels

@@ -70,8 +70,10 @@ class capture_operators:
     operator; afterwards ``operators()`` returns every layer's operator.
 
     A layer that builds its operator in its own forward pass (the zoo's state-space mixers do)
-    hands it over: while ``_ess_record_operator`` is set on it, it stores the operator in
-    ``recorded_operator`` and nothing is rebuilt.  Other layers get ``operator(input)`` from
+    hands it over: while ``_ess_record_operator`` is set on it, it stores in
+    ``recorded_operator`` the operator, or a function ``batch_limit -> operator`` that builds it
+    from its forward's tensors (so that a large operator is expanded only for the examples
+    asked), and nothing is recomputed.  Other layers get ``operator(input)`` from
     their recorded input: one extra projection, never a second forward of the model.
     """
 
@@ -108,7 +110,9 @@ class capture_operators:
         out = {}
         for name, module in self.layers.items():
             recorded = getattr(module, "recorded_operator", None)
-            if recorded is not None:
+            if callable(recorded):
+                out[name] = recorded(batch_limit)
+            elif recorded is not None:
                 out[name] = recorded if batch_limit is None else recorded.batch_head(batch_limit)
             else:
                 x = self.inputs[name] if batch_limit is None else self.inputs[name][:batch_limit]

@@ -94,7 +94,12 @@ class SelectiveSSM(Mixer):
         # the decay's dt x A stay unexpanded.  The operator is built only when a probe asks.
         u, z, dt, A, B, C = self._streams(x)
         if getattr(self, "_ess_record_operator", False):
-            self.recorded_operator = self._operator(dt, A, B, C, check_values=False)
+            # A builder, not the operator: only the examples a probe takes get expanded to (b, E, L, N).
+            def build(batch_limit: int | None = None) -> StateSpaceOperator:
+                head = slice(None, batch_limit)
+                return self._operator(dt[head], A, B[head], C[head], check_values=False)
+
+            self.recorded_operator = build
         y = selective_scan(dt, A, dt * u, B, C)
         return self._readout(y.to(x.dtype), u, z)
 

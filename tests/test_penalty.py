@@ -151,8 +151,53 @@ def test_select_init_picks_the_best_and_is_deterministic():
     assert [row["chosen"] for row in first.table()].count(True) == 1
 
 
+def test_channel_limit_averages_a_random_subset_of_channels():
+    model = lm("s6")  # 2 x 16 = 32 channels per layer
+    x = tokens()
+    full = ESSPenalty(model, weight=1.0, indices=[5, 12])
+    full(x)
+    sampled = ESSPenalty(model, weight=1.0, indices=[5, 12], channel_limit=4, seed=3)
+    with sampled.capture():
+        model(x)
+    chosen = {}
+    original = sampled._some_channels
+
+    def spy(op):
+        picked = original(op)
+        assert picked.batch_shape[1] == 4
+        chosen[len(chosen)] = picked
+        return picked
+
+    sampled._some_channels = spy
+    value = sampled.compute()
+    # The same number as the exact penalty computed on the chosen channels alone.
+    exact = torch.stack([
+        sampled._ess(op, torch.tensor([5, 12])).reshape(-1, 2).mean(0).div(8).mean() for op in chosen.values()
+    ]).mean()
+    assert torch.allclose(-value, exact)
+    assert abs(sampled.last["measure"] - full.last["measure"]) < 0.5  # an estimate of the same mean
+    value.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_index_batch_selects_operator_channels():
+    g = torch.Generator().manual_seed(0)
+    log_decay = -torch.rand(1, 5, 7, 3, generator=g)  # shared by the batch: stays shared
+    B, C = torch.randn(2, 5, 7, 3, generator=g), torch.randn(2, 5, 7, 3, generator=g)
+    op = StateSpaceOperator(log_decay, B, C)
+    picked = op.index_batch(1, torch.tensor([4, 1]))
+    assert picked.batch_shape == (2, 2)
+    assert torch.allclose(picked.materialize(), op.materialize()[:, [4, 1]])
+    with pytest.raises(ValueError, match="index must be"):
+        op.index_batch(1, torch.tensor([5]))
+    with pytest.raises(ValueError, match="batch dims"):
+        op.index_batch(2, torch.tensor([0]))
+
+
 def test_bad_arguments():
     model = lm("gla")
+    with pytest.raises(ValueError, match="channel_limit"):
+        ESSPenalty(model, channel_limit=0)
     with pytest.raises(ValueError, match="unknown mode"):
         ESSPenalty(model, mode="balance")
     with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
