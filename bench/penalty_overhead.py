@@ -1,10 +1,12 @@
 """What the ESS penalty costs per training step, measured side by side in one run.
 
 For gla, s6 and sa on MQAR at L=256 (batch 64, d_model 64, 2 layers, CPU): the median time of a
-training step with ``penalty=ess_max`` (8 random indices per step, every layer, the penalty on
-the first 8 examples of the batch: ``batch_limit``) against the same step without it.
+training step with ``penalty=ess_max`` as configured in conf/penalty/ess_max.yaml (8 random
+indices per step, every layer, the first 8 examples of the batch, 16 random channels per layer:
+``batch_limit``, ``channel_limit``) against the same step without it.
 
 Usage: python bench/penalty_overhead.py [--steps 20] [--batch-limit 8]
+       BENCH_MIXERS=s6,gla python bench/penalty_overhead.py    # a subset
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def main() -> None:
     parser.add_argument("--batch-limit", type=int, default=8)
     args = parser.parse_args()
     print(f"CPU: torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; MQAR L=256, "
-          f"batch 64, penalty on {args.batch_limit} examples x 8 random indices x every layer")
+          f"batch 64, penalty on {args.batch_limit} examples x 8 random indices x 16 channels x every layer")
     print(f"{'mixer':<6} {'step ms':>9} {'with penalty ms':>16} {'ratio':>7}")
     for mixer in (ONLY.split(",") if ONLY else MIXERS):
         steps = args.steps
