@@ -71,7 +71,10 @@ class _OperatorRegularizer(nn.Module):
     def _operators(self) -> dict:
         if not self._capture.inputs:
             raise RuntimeError("no forward pass was captured: call the model inside `with penalty.capture():`")
-        return self._capture.operators(self.batch_limit)
+        return self._capture.operators(self.batch_limit, self._pick_channels)
+
+    def _pick_channels(self, num_channels: int) -> torch.Tensor | None:
+        return None
 
     def compute(self, step: int | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -153,12 +156,11 @@ class ESSPenalty(_OperatorRegularizer):
             return torch.randperm(seq_len - 1, generator=self.generator)[:k] + 1
         return resolve_indices(list(self.indices), seq_len)
 
-    def _some_channels(self, op):
-        """``channel_limit`` random channels (batch dim 1) of a ``(batch, channels)`` operator."""
-        batch_shape = op.batch_shape
-        if self.channel_limit is None or len(batch_shape) < 2 or batch_shape[1] <= self.channel_limit:
-            return op
-        return op.index_batch(1, torch.randperm(batch_shape[1], generator=self.generator)[: self.channel_limit])
+    def _pick_channels(self, num_channels: int) -> torch.Tensor | None:
+        """``channel_limit`` random channels of a layer, fresh each step (``None``: all)."""
+        if self.channel_limit is None or num_channels <= self.channel_limit:
+            return None
+        return torch.randperm(num_channels, generator=self.generator)[: self.channel_limit]
 
     def _ess(self, op, idx: torch.Tensor) -> torch.Tensor:
         sigma = hankel_svdvals(op, idx, dtype=torch.float32)
@@ -174,7 +176,6 @@ class ESSPenalty(_OperatorRegularizer):
             return torch.zeros(())
         terms = []
         for name, op in self._operators().items():
-            op = self._some_channels(op)
             idx = self._indices(op.seq_len)
             ess = self._ess(op, idx)  # (..., channels, k)
             per_index = ess.reshape(-1, ess.shape[-1]).mean(0)  # mean over batch and channels

@@ -71,9 +71,10 @@ class capture_operators:
 
     A layer that builds its operator in its own forward pass (the zoo's state-space mixers do)
     hands it over: while ``_ess_record_operator`` is set on it, it stores in
-    ``recorded_operator`` the operator, or a function ``batch_limit -> operator`` that builds it
-    from its forward's tensors (so that a large operator is expanded only for the examples
-    asked), and nothing is recomputed.  Other layers get ``operator(input)`` from
+    ``recorded_operator`` the operator, or a builder ``(batch_limit, pick_channels) -> operator``
+    that builds it from its forward's tensors for the first ``batch_limit`` examples and the
+    channels ``pick_channels(num_channels)`` returns (``None``: all), so that a large operator
+    is expanded only where it is looked at; nothing is recomputed.  Other layers get ``operator(input)`` from
     their recorded input: one extra projection, never a second forward of the model.
     """
 
@@ -102,8 +103,10 @@ class capture_operators:
         for module in self.layers.values():
             module._ess_record_operator = False
 
-    def operators(self, batch_limit: int | None = None) -> dict[str, Operator]:
-        """Every layer's operator; with ``batch_limit``, of the first examples of the batch only."""
+    def operators(self, batch_limit: int | None = None, pick_channels=None) -> dict[str, Operator]:
+        """Every layer's operator; with ``batch_limit``, of the first examples of the batch only;
+        with ``pick_channels``, a function ``num_channels -> index or None``, of the channels
+        (batch dim 1) it picks."""
         missing = sorted(set(self.layers) - set(self.inputs))
         if missing:
             raise RuntimeError(f"layers {missing} were not called during the captured forward pass")
@@ -111,12 +114,15 @@ class capture_operators:
         for name, module in self.layers.items():
             recorded = getattr(module, "recorded_operator", None)
             if callable(recorded):
-                out[name] = recorded(batch_limit)
-            elif recorded is not None:
-                out[name] = recorded if batch_limit is None else recorded.batch_head(batch_limit)
+                out[name] = recorded(batch_limit, pick_channels)
+                continue
+            if recorded is not None:
+                op = recorded if batch_limit is None else recorded.batch_head(batch_limit)
             else:
                 x = self.inputs[name] if batch_limit is None else self.inputs[name][:batch_limit]
-                out[name] = _adapter_for(module).operator(module, x)
+                op = _adapter_for(module).operator(module, x)
+            channels = pick_channels(op.batch_shape[1]) if pick_channels and len(op.batch_shape) >= 2 else None
+            out[name] = op if channels is None else op.index_batch(1, channels)
         return out
 
 

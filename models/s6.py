@@ -94,10 +94,13 @@ class SelectiveSSM(Mixer):
         # the decay's dt x A stay unexpanded.  The operator is built only when a probe asks.
         u, z, dt, A, B, C = self._streams(x)
         if getattr(self, "_ess_record_operator", False):
-            # A builder, not the operator: only the examples a probe takes get expanded to (b, E, L, N).
-            def build(batch_limit: int | None = None) -> StateSpaceOperator:
+            # A builder, not the operator: only the examples and channels a probe takes get
+            # expanded to (b, e, L, N) (see ess_reg.probe.capture_operators).
+            def build(batch_limit: int | None = None, pick_channels=None) -> StateSpaceOperator:
                 head = slice(None, batch_limit)
-                return self._operator(dt[head], A, B[head], C[head], check_values=False)
+                channels = pick_channels(A.shape[0]) if pick_channels else None
+                dt_h, A_h = (dt[head], A) if channels is None else (dt[head][..., channels], A[channels])
+                return self._operator(dt_h, A_h, B[head], C[head], check_values=False)
 
             self.recorded_operator = build
         y = selective_scan(dt, A, dt * u, B, C)

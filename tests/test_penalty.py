@@ -152,32 +152,36 @@ def test_select_init_picks_the_best_and_is_deterministic():
 
 
 def test_channel_limit_averages_a_random_subset_of_channels():
-    model = lm("s6")  # 2 x 16 = 32 channels per layer
+    model = lm("s6")  # 2 x 16 = 32 channels per layer, TSS 8
     x = tokens()
     full = ESSPenalty(model, weight=1.0, indices=[5, 12])
     full(x)
     sampled = ESSPenalty(model, weight=1.0, indices=[5, 12], channel_limit=4, seed=3)
-    with sampled.capture():
+    picked = []
+    pick = sampled._pick_channels
+    sampled._pick_channels = lambda n: picked.append(pick(n)) or picked[-1]
+    value = sampled(x)
+    assert [len(p) for p in picked] == [4, 4] and not torch.equal(picked[0], picked[1])
+    # The same number as the exact penalty on the picked channels, taken from the full operators.
+    with full.capture():
         model(x)
-    chosen = {}
-    original = sampled._some_channels
-
-    def spy(op):
-        picked = original(op)
-        assert picked.batch_shape[1] == 4
-        chosen[len(chosen)] = picked
-        return picked
-
-    sampled._some_channels = spy
-    value = sampled.compute()
-    # The same number as the exact penalty computed on the chosen channels alone.
+    ops = full._capture.operators()
     exact = torch.stack([
-        sampled._ess(op, torch.tensor([5, 12])).reshape(-1, 2).mean(0).div(8).mean() for op in chosen.values()
+        full._ess(op.index_batch(1, channels), torch.tensor([5, 12])).reshape(-1, 2).mean(0).div(8).mean()
+        for op, channels in zip(ops.values(), picked)
     ]).mean()
     assert torch.allclose(-value, exact)
     assert abs(sampled.last["measure"] - full.last["measure"]) < 0.5  # an estimate of the same mean
     value.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_channel_limit_picks_heads_of_dense_layers_too():
+    model = lm("sa", num_heads=4)
+    penalty = ESSPenalty(model, weight=1.0, indices=[5], channel_limit=2)
+    with penalty.capture():
+        model(tokens())
+    assert all(op.batch_shape[1] == 2 for op in penalty._operators().values())
 
 
 def test_index_batch_selects_operator_channels():
