@@ -116,12 +116,14 @@ def hankel_svdvals(
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
     idx = resolve_indices(indices, op.seq_len)
     compute_dtype = _compute_dtype(op.dtype, dtype)
-    if method == "state_space":
-        return _state_space_svdvals(op, idx, compute_dtype, budget, chunk_size)
-    T = op.materialize().to(compute_dtype)
-    if method == "loop":
-        return _loop_svdvals(T, idx)
-    return _dense_svdvals(T, idx, budget)
+    # Inside an autocast region (mixed-precision training) matmuls would drop to half precision.
+    with torch.autocast(device_type=op.device.type, enabled=False):
+        if method == "state_space":
+            return _state_space_svdvals(op, idx, compute_dtype, budget, chunk_size)
+        T = op.materialize().to(compute_dtype)
+        if method == "loop":
+            return _loop_svdvals(T, idx)
+        return _dense_svdvals(T, idx, budget)
 
 
 def _pad_to(sigma: torch.Tensor, width: int) -> torch.Tensor:

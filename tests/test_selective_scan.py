@@ -58,9 +58,15 @@ def test_float32_is_accurate_at_any_decay_strength(dt_shift):
     assert (y.double() - y_ref).abs().max() <= 1e-5 * y_ref.abs().max()
 
 
-def test_half_precision_inputs_run_in_float32():
+def test_half_precision_inputs_and_autocast_run_in_float32():
     args = [t.detach().bfloat16() for t in streams()]
     assert selective_scan(*args).dtype == torch.float32
+    args64 = [t.detach() for t in streams(length=200, dt_shift=-4.0)]
+    y_ref = selective_scan_reference(*args64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # would run the cumsum matmuls in bf16
+        y = selective_scan(*[t.float() for t in args64])
+    assert y.dtype == torch.float32
+    assert (y.double() - y_ref).abs().max() <= 1e-5 * y_ref.abs().max()
 
 
 def test_bad_inputs_are_named():

@@ -35,6 +35,18 @@ def test_state_space_path_matches_dense(regime, chunk_size):
     assert torch.all(dense[..., 5:] <= 1e-10 * scale)  # rank <= N
 
 
+@pytest.mark.parametrize("dense", [False, True])
+def test_autocast_does_not_lower_the_precision(dense):
+    # One operator: no thread pool, so the work runs in this thread, where autocast is on.
+    op = random_state_space((1,), 29, 5, "moderate", seed=3, dtype=torch.float32)
+    x = op.materialize() if dense else op
+    plain = hankel_svdvals(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # would run the matmuls in bf16
+        mixed = hankel_svdvals(x)
+    assert mixed.dtype == torch.float32
+    assert torch.allclose(mixed, plain, rtol=1e-5, atol=1e-6 * float(plain.max()))
+
+
 def test_state_space_subset_and_order_of_indices():
     op = random_state_space((4,), 40, 6, "mixed", seed=4)
     indices = [39, 1, 17, 17, 6, 33]
