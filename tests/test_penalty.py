@@ -95,8 +95,9 @@ def test_random_indices_are_reproducible():
     assert torch.equal(a._indices(64), b._indices(64)) and len(a._indices(64)) == 8
 
 
-def test_decay_identity_pulls_decays_toward_one():
-    model = lm("gla")
+@pytest.mark.parametrize("mixer", ["gla", "s6"])  # s6 hands over an operator builder
+def test_decay_identity_pulls_decays_toward_one(mixer):
+    model = lm(mixer)
     penalty = DecayIdentityPenalty(model, weight=1.0)
     history = optimize(model, penalty, steps=30, lr=5e-2)
     assert history[-1] < 0.5 * history[0]
