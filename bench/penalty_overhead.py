@@ -69,9 +69,8 @@ def main() -> None:
           f"batch 64, penalty on {args.batch_limit} examples x 8 random indices x 16 channels x every layer")
     print(f"{'mixer':<6} {'step ms':>9} {'with penalty ms':>16} {'ratio':>7}")
     for mixer in (ONLY.split(",") if ONLY else MIXERS):
-        steps = args.steps
-        base = step_time(mixer, False, steps, args.batch_limit)
-        with_penalty = step_time(mixer, True, steps, args.batch_limit)
+        base = step_time(mixer, False, args.steps, args.batch_limit)
+        with_penalty = step_time(mixer, True, args.steps, args.batch_limit)
         print(f"{mixer:<6} {1e3 * base:>9.1f} {1e3 * with_penalty:>16.1f} {with_penalty / base:>6.2f}x")
 
 

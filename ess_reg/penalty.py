@@ -33,6 +33,13 @@ INDEX_CHOICES = ("random", "all", "context_end")
 HINGES = ("two_sided", "below", "above")
 
 
+def _check_limit(name: str, value: int | None) -> int | None:
+    """A cost knob: a positive int, or None for no limit."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    return value
+
+
 class _OperatorRegularizer(nn.Module):
     """Shared plumbing: which layers, the weight schedule, capture of the forward pass."""
 
@@ -44,8 +51,7 @@ class _OperatorRegularizer(nn.Module):
         for name, value in (("warmup_steps", warmup_steps), ("ramp_steps", ramp_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        if batch_limit is not None and (isinstance(batch_limit, bool) or not isinstance(batch_limit, int) or batch_limit < 1):
-            raise ValueError(f"batch_limit must be a positive int or None, got {batch_limit!r}")
+        _check_limit("batch_limit", batch_limit)
         self.model = [model]  # a list: not registered as a submodule (no double parameters)
         self.weight, self.warmup_steps, self.ramp_steps = float(weight), warmup_steps, ramp_steps
         self.batch_limit = batch_limit
@@ -114,10 +120,7 @@ class ESSPenalty(_OperatorRegularizer):
                  warmup_steps: int = 0, ramp_steps: int = 0, batch_limit: int | None = None,
                  channel_limit: int | None = None, seed: int = 0, task=None):
         super().__init__(model, weight, layers, warmup_steps, ramp_steps, batch_limit, task)
-        if channel_limit is not None and (isinstance(channel_limit, bool) or not isinstance(channel_limit, int)
-                                          or channel_limit < 1):
-            raise ValueError(f"channel_limit must be a positive int or None, got {channel_limit!r}")
-        self.channel_limit = channel_limit
+        self.channel_limit = _check_limit("channel_limit", channel_limit)
         if task is not None:
             context_end = task.context_end if context_end is None else context_end
             items_to_recall = task.items_to_recall if items_to_recall is None else items_to_recall

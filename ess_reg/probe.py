@@ -74,8 +74,9 @@ class capture_operators:
     ``recorded_operator`` the operator, or a builder ``(batch_limit, pick_channels) -> operator``
     that builds it from its forward's tensors for the first ``batch_limit`` examples and the
     channels ``pick_channels(num_channels)`` returns (``None``: all), so that a large operator
-    is expanded only where it is looked at; nothing is recomputed.  Other layers get ``operator(input)`` from
-    their recorded input: one extra projection, never a second forward of the model.
+    is expanded only where it is looked at; nothing is recomputed.  Other layers get
+    ``operator(input)`` from their recorded input: one extra projection, never a second forward
+    of the model.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str] | None = None):
