@@ -47,10 +47,11 @@ def test_autocast_does_not_lower_the_precision(dense):
     assert torch.allclose(mixed, plain, rtol=1e-5, atol=1e-6 * float(plain.max()))
 
 
-def test_state_space_subset_and_order_of_indices():
+@pytest.mark.parametrize("chunk_size", [None, 3, 7])  # 40 = 13 * 3 + 1 = 5 * 7 + 5: uneven last chunks
+def test_state_space_subset_and_order_of_indices(chunk_size):
     op = random_state_space((4,), 40, 6, "mixed", seed=4)
-    indices = [39, 1, 17, 17, 6, 33]
-    fast = hankel_svdvals(op, indices)
+    indices = [39, 1, 17, 17, 6, 33]  # every remainder mod 3, unsorted, repeated
+    fast = hankel_svdvals(op, indices, chunk_size=chunk_size)
     dense = hankel_svdvals(op, indices, method="dense")
     assert fast.shape == (4, 6, 6)
     assert torch.allclose(fast, dense[..., :6], atol=1e-10 * dense.max())
