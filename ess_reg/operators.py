@@ -60,6 +60,17 @@ def _segment_sums(log_decay: torch.Tensor) -> torch.Tensor:
     return seg.masked_fill(~causal, float("-inf"))
 
 
+def _decayed_columns(log_decay: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Inputs of a segment carried to its last step: ``exp(sum_{t=q+1..end} log_decay_t) B_q``.
+
+    ``(..., steps, N)`` inputs -> ``(..., N, steps)``.  The exponent is a reversed cumsum of the
+    steps after ``q``, not a difference of prefix sums (exact at any decay strength).
+    """
+    after = torch.nn.functional.pad(log_decay[..., 1:, :], (0, 0, 0, 1))
+    to_end = torch.flip(torch.cumsum(torch.flip(after, dims=[-2]), dim=-2), dims=[-2])
+    return (to_end.exp() * B).transpose(-1, -2)
+
+
 def _check_causal_and_finite(T: torch.Tensor, causal_rtol: float) -> None:
     _check_finite("T", T)
     with torch.no_grad():

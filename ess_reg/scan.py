@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from .operators import _segment_sums
+from .operators import _decayed_columns, _segment_sums
 
 __all__ = ["scan_apply", "SCAN_METHODS"]
 
@@ -117,10 +117,7 @@ def _chunk_scan(log_decay, B, C, v, c: int, factored: bool) -> torch.Tensor:
     else:
         scores = torch.einsum("...in,...ijn,...jn->...ij", C, _segment_sums(log_decay).exp(), B)
     y = scores @ v  # contributions from inside the chunk
-    # Decay from step j (exclusive) to the chunk's end, sum_{t=j+1..c-1}, summed directly.
-    after = torch.nn.functional.pad(log_decay[..., 1:, :], (0, 0, 0, 1))
-    to_end = torch.flip(torch.cumsum(torch.flip(after, dims=[-2]), dim=-2), dims=[-2])
-    chunk_in = (to_end.exp() * B).transpose(-1, -2) @ v  # (..., M, N, K): the state a chunk adds
+    chunk_in = _decayed_columns(log_decay, B) @ v  # (..., M, N, K): the state a chunk adds
     chunk_decay = from_start[..., -1, :].exp().unsqueeze(-1)  # (..., M, N, 1)
 
     y = y + (C * from_start.exp()) @ _carry_states(chunk_decay, chunk_in)

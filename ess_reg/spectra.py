@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from .operators import DenseOperator, Operator, StateSpaceOperator, as_operator
+from .operators import DenseOperator, Operator, StateSpaceOperator, _decayed_columns, as_operator
 
 __all__ = ["hankel_svdvals", "resolve_indices", "DEFAULT_CHUNK_SIZE", "DEFAULT_MEMORY_BUDGET", "METHODS"]
 
@@ -298,17 +298,6 @@ def _compress(F: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         basis, _ = torch.linalg.qr(F.transpose(-1, -2))  # (W, N), range covers F's row space
     return F @ basis
-
-
-def _decayed_columns(log_decay: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """Columns ``q`` of a segment decayed to its end: ``exp(sum_{t=q+1..end} log_decay_t) B_q``.
-
-    ``(..., steps, N)`` inputs -> ``(..., N, steps)``.  The exponent is a reversed cumsum of the
-    steps after ``q``, never a difference of prefix sums (exact at any decay strength).
-    """
-    after = torch.nn.functional.pad(log_decay[..., 1:, :], (0, 0, 0, 1))
-    to_end = torch.flip(torch.cumsum(torch.flip(after, dims=[-2]), dim=-2), dims=[-2])
-    return (to_end.exp() * B).transpose(-1, -2)
 
 
 def _reachability_factors(
