@@ -37,13 +37,17 @@ import torch
 
 from .operators import DenseOperator, Operator, StateSpaceOperator, _decayed_columns, as_operator
 
-__all__ = ["hankel_svdvals", "resolve_indices", "DEFAULT_CHUNK_SIZE", "DEFAULT_MEMORY_BUDGET", "METHODS"]
+__all__ = ["hankel_svdvals", "resolve_indices", "DEFAULT_MEMORY_BUDGET", "METHODS"]
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes a call may allocate for its working tensors
-# Steps between compressed factors on the state-space path.  Smaller means a longer sequential
-# chain of QRs, larger means wider per-index SVDs; 4 was fastest for N = 16 in bench/ess_speed.py
-# and bench/mixers.py (2 and 8 within 10%, 16 1.3-2x slower).
-DEFAULT_CHUNK_SIZE = 4
+# Steps between compressed factors on the state-space path: short chunks when most indices are
+# asked (their SVDs, at most N + c - 1 wide, dominate), long when few are (then the sequential
+# chain of L / c steps does).  Measured for N = 16: with every index, 4 fastest (2 and 8 within
+# 10%, 16 1.3-2x slower); with 8 indices (the penalty), 16 beat 4 by 1.1x.
+DENSE_CHUNK, SPARSE_CHUNK = 4, 16
+# Indices are batched by i mod c, each batch at its exact width, when a batch gets this many on
+# average; fewer go as one batch padded with zero columns (every batch costs its own ops).
+MIN_GROUP = 32
 METHODS = ("auto", "dense", "loop", "state_space")
 # Working memory of a batched SVD relative to its input (copy, workspace, output).
 _SVD_OVERHEAD = 4
@@ -107,7 +111,8 @@ def hankel_svdvals(
         memory_budget: bytes the working tensors may take (default ``DEFAULT_MEMORY_BUDGET``);
             work is chunked over indices and batch to stay under it.
         chunk_size: steps between the compressed factors of the state-space path (default
-            ``DEFAULT_CHUNK_SIZE``); an index's SVD is at most ``N + chunk_size - 1`` wide.
+            ``DENSE_CHUNK`` = 4 when at least ``L / 4`` indices are asked, else ``SPARSE_CHUNK``
+            = 16); an index's SVD is at most ``N + chunk_size - 1`` wide.
 
     Returns:
         ``(..., len(indices), width)``, descending, zero-padded; ``width`` is the largest rank
@@ -235,7 +240,8 @@ def _dense_svdvals(T: torch.Tensor, idx: torch.Tensor, budget: int, span: int | 
 
     out = _map(group_svdvals, groups, workers)
     sigma = torch.cat(out, dim=1)  # (batch, k, width) in sorted order
-    sigma = sigma[:, torch.argsort(order)]
+    if order is not None:
+        sigma = sigma[:, torch.argsort(order)]
     return sigma.reshape(*batch_shape, len(idx), width)
 
 
@@ -243,7 +249,9 @@ def _state_space_svdvals(
     op: StateSpaceOperator, idx: torch.Tensor, dtype: torch.dtype, budget: int, chunk_size: int | None
 ) -> torch.Tensor:
     length, state = op.seq_len, op.state_size
-    c = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+    if chunk_size is None:
+        chunk_size = DENSE_CHUNK if len(idx) * DENSE_CHUNK >= length else SPARSE_CHUNK
+    c = chunk_size
     if c < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     log_decay, B, C = (t.to(dtype) for t in op.factors())
@@ -264,11 +272,14 @@ def _state_space_svdvals(
     step = _batch_chunks(batch, per_item, budget // workers, "the state-space spectra")
     step = min(step, math.ceil(batch / workers))  # at least one slice per worker
 
-    # F at position p has N + (p mod c) columns, G (at L - p) N + ((L - p) mod c): indices grouped
-    # by p mod c get one SVD batch each at their exact size (measured: 19% less SVD time than all
-    # at (N + c - 1) square for c = 4, N = 16; no masked zero columns to build).
-    order = torch.argsort(idx % c, stable=True)
-    groups = [g for g in idx[order].split(torch.bincount(idx % c, minlength=c).tolist()) if len(g)]
+    # F at position p has N + (p mod c) columns, G (at L - p) N + ((L - p) mod c): with enough
+    # indices, those grouped by p mod c get one SVD batch each at their exact size (measured: 19%
+    # less SVD time than all at (N + c - 1) square for c = 4, N = 16).
+    if len(idx) >= MIN_GROUP * c:
+        order = torch.argsort(idx % c, stable=True)
+        groups = [g for g in idx[order].split(torch.bincount(idx % c, minlength=c).tolist()) if len(g)]
+    else:
+        order, groups = None, [idx]
 
     def part_svdvals(part: tuple[torch.Tensor, ...]) -> torch.Tensor:
         part_log_decay, part_B, part_rev_log_decay, part_rev_B = part
@@ -281,7 +292,8 @@ def _state_space_svdvals(
     # backward would zero-fill a gradient of the whole batch.
     parts = list(zip(*(t.split(step) for t in (log_decay, B, rev_log_decay, rev_B))))
     sigma = torch.cat(_map(part_svdvals, parts, workers), dim=0)  # (batch, k, N), grouped order
-    sigma = sigma[:, torch.argsort(order)]
+    if order is not None:
+        sigma = sigma[:, torch.argsort(order)]
     # rank(H_i) <= min(i, L - i): what the N x N problem gives beyond that is round-off.
     max_rank = _max_rank(idx, length)
     keep = torch.arange(state, device=sigma.device).unsqueeze(0) < max_rank.unsqueeze(1)
@@ -332,15 +344,20 @@ def _reachability_factors(
     boundaries = torch.stack(boundary, dim=1)  # (batch, M, N, N)
 
     # Position p = m c + r: its chunk's boundary factor decayed over steps 0..r-1 of the chunk,
-    # plus those steps' columns decayed to step r - 1.  Only the asked positions are built.
+    # plus those steps' columns decayed to step r - 1.  Only the asked positions are built, each
+    # group at the width of its largest r; smaller r get zero columns (steps >= r masked out).
     factors = []
     for positions in groups:
-        m_of, r = positions.to(B.device) // c, int(positions[0]) % c
+        width = int((positions % c).max())
+        m_of, r_of = (positions // c).to(B.device), (positions % c).to(B.device)
         start = boundaries[:, m_of]  # (batch, k, N, N)
-        if r == 0:
+        if width == 0:
             factors.append(start)
             continue
-        seen, inputs = log_decay[:, m_of, :r], B[:, m_of, :r]  # (batch, k, r, N)
+        seen, inputs = log_decay[:, m_of, :width], B[:, m_of, :width]  # (batch, k, width, N)
+        if int((positions % c).min()) < width:
+            before_r = (torch.arange(width, device=B.device) < r_of.unsqueeze(1)).to(B.dtype).unsqueeze(-1)
+            seen, inputs = seen * before_r, inputs * before_r
         start = start * seen.sum(dim=2).exp().unsqueeze(-1)
         factors.append(torch.cat([start, _decayed_columns(seen, inputs)], dim=-1))
     return factors

@@ -35,6 +35,20 @@ def test_state_space_path_matches_dense(regime, chunk_size):
     assert torch.all(dense[..., 5:] <= 1e-10 * scale)  # rank <= N
 
 
+@pytest.mark.parametrize("chunk_size", [2, 3])
+def test_state_space_batches_by_offset_in_chunk(chunk_size):
+    # 99 indices >= MIN_GROUP * c: one SVD batch per i mod c, each at its exact width; L mod c
+    # differs from 0 for c = 3, so the reversed side's offsets differ from the forward side's.
+    from ess_reg.spectra import MIN_GROUP
+
+    op = random_state_space((2,), 100, 4, "mixed", seed=5)
+    assert 99 >= MIN_GROUP * chunk_size
+    fast = hankel_svdvals(op, chunk_size=chunk_size)
+    dense = hankel_svdvals(op.materialize(), method="loop")
+    scale = dense.amax(-1, keepdim=True)
+    assert torch.allclose(fast / scale, dense[..., :4] / scale, atol=1e-10)
+
+
 @pytest.mark.parametrize("dense", [False, True])
 def test_autocast_does_not_lower_the_precision(dense):
     # One operator: no thread pool, so the work runs in this thread, where autocast is on.
