@@ -7,6 +7,7 @@ from ess_reg import DenseOperator, StateSpaceOperator, tolerance_ess
 from ess_reg.diagnose import tss_at
 from models import MIXERS, build_mixer
 from models.lm import LanguageModel
+from models.sa import SoftmaxAttention
 
 D, L = 8, 40
 # name -> (registry name, kwargs): small instances, several chunks long (chunk sizes < L).
@@ -159,3 +160,20 @@ def test_bad_construction_arguments():
         build_mixer("hyena", 8, filter="explicit", max_len=4)(torch.randn(1, 6, 8))
     with pytest.raises(ValueError, match="gate_normalizer"):
         build_mixer("gla", 8, gate_normalizer=0)
+
+
+@pytest.mark.parametrize("length,window", [(40, 5), (37, 5), (9, 1), (50, 16), (20, 16)])
+def test_sliding_window_blocks_match_the_banded_mask(length, window):
+    # Blocked forward (2 window < L) against the full score matrix with the banded mask, and
+    # against the operator; ragged last blocks (37 = 7 * 5 + 2) and window 1 included.
+    torch.manual_seed(0)
+    mixer = build_mixer("swa", D, num_heads=2, window=window).double()
+    x = inputs(length=length).requires_grad_()
+    blocked = mixer(x)
+    banded = SoftmaxAttention.forward(mixer, x)
+    trace = mixer.operator_and_values(x)
+    assert torch.allclose(blocked, banded, atol=1e-12)
+    assert torch.allclose(blocked, trace.readout(trace.operator.materialize() @ trace.values), atol=1e-12)
+    grad_blocked, = torch.autograd.grad(blocked.square().sum(), x)
+    grad_banded, = torch.autograd.grad(banded.square().sum(), x)
+    assert torch.allclose(grad_blocked, grad_banded, atol=1e-10)
