@@ -9,7 +9,9 @@ For every mixer at d_model=128, batch 8, L in {256, 1024}, float32 on CPU:
 * the time of ``operator(x)`` + entropy-ESS of the layer, / that mixer's forward pass (best
   of ``--repeats`` where that takes under ``ESS_REPEAT_BUDGET_S``, else one call):
   every index 1..L-1 for state-space operators; for dense ones (sa, swa, hyena), whose
-  ``O(L^4)`` full-index cost is the point of the fast path, 16 evenly spaced indices (marked).
+  ``O(L^4)`` full-index cost is the point of the fast path, 16 evenly spaced indices (marked);
+* for state-space operators, the floor of any exact per-index method: one ``N x N`` SVD per
+  index and channel (random matrices, timed here, spread over the threads), / the forward.
 
 Usage: python bench/mixers.py [--lengths 256 1024] [--mixers sa gla ...] [--no-ess]
 """
@@ -58,6 +60,14 @@ def best_times(fns, repeats: int) -> list[float]:
     return best
 
 
+def svd_seconds(state: int, sample: int = 16384) -> float:
+    """One ``N x N`` float32 singular-value problem, as LAPACK does a batch (one matrix at a time
+    on one thread): the least any exact per-index path pays per index and channel."""
+    matrices = torch.randn(sample, state, state)
+    torch.linalg.svdvals(matrices[:64])
+    return best_time(lambda: torch.linalg.svdvals(matrices), 2) / sample
+
+
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
@@ -88,6 +98,10 @@ def measure(name: str, length: int, with_ess: bool, repeats: int) -> dict:
             op = mixer.operator(x)
             dense = op.__class__.__name__ == "DenseOperator"
             indices = torch.linspace(1, length - 1, DENSE_ESS_INDICES).round().long().unique() if dense else None
+            if not dense:
+                spectra = op.batch_shape.numel() * (length - 1)
+                result["svd_floor_s"] = spectra * svd_seconds(op.state_size) / torch.get_num_threads()
+
             def op_and_ess():
                 entropy_ess(mixer.operator(x), indices)
 
@@ -132,14 +146,15 @@ def main() -> None:
         print(f"\nL={length}")
         header = f"{'mixer':<7} {'fwd+bwd ms':>10} {'time / sa':>9} {'peak MiB':>9} {'mem / sa':>8}"
         if not args.no_ess:
-            header += f" {'fwd ms':>8} {'op+ESS s':>9} {'ESS / fwd':>9} {'indices':>8}"
+            header += f" {'fwd ms':>8} {'op+ESS s':>9} {'ESS / fwd':>9} {'indices':>8} {'SVDs / fwd':>10}"
         print(header)
         for name, r in results.items():
             line = (f"{name:<7} {1e3 * r['fwd_bwd_s']:>10.1f} {r['fwd_bwd_s'] / r['sa_fwd_bwd_s']:>8.2f}x "
                     f"{r['peak_bytes'] / 2**20:>9.1f} {r['peak_bytes'] / max(base['peak_bytes'], 1):>7.2f}x")
             if not args.no_ess:
+                floor = f"{r['svd_floor_s'] / r['forward_s']:>9.1f}x" if "svd_floor_s" in r else f"{'-':>10}"
                 line += (f" {1e3 * r['forward_s']:>8.1f} {r['ess_s']:>9.2f} {r['ess_s'] / r['forward_s']:>8.1f}x "
-                         f"{r['ess_indices']:>8}")
+                         f"{r['ess_indices']:>8} {floor}")
             print(line)
 
 
