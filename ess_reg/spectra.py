@@ -240,8 +240,7 @@ def _dense_svdvals(T: torch.Tensor, idx: torch.Tensor, budget: int, span: int | 
 
     out = _map(group_svdvals, groups, workers)
     sigma = torch.cat(out, dim=1)  # (batch, k, width) in sorted order
-    if order is not None:
-        sigma = sigma[:, torch.argsort(order)]
+    sigma = sigma[:, torch.argsort(order)]
     return sigma.reshape(*batch_shape, len(idx), width)
 
 
@@ -251,7 +250,7 @@ def _state_space_svdvals(
     length, state = op.seq_len, op.state_size
     if chunk_size is None:
         chunk_size = DENSE_CHUNK if len(idx) * DENSE_CHUNK >= length else SPARSE_CHUNK
-    c = chunk_size
+    c = chunk_size  # short name for the index arithmetic below
     if c < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     log_decay, B, C = (t.to(dtype) for t in op.factors())
@@ -315,13 +314,14 @@ def _compress(F: torch.Tensor) -> torch.Tensor:
 def _reachability_factors(
     log_decay: torch.Tensor, B: torch.Tensor, groups: list[torch.Tensor], c: int
 ) -> list[torch.Tensor]:
-    """Factors ``F_p`` with ``F_p F_p^T = R_p R_p^T``, for groups of positions sharing ``p mod c``.
+    """Factors ``F_p`` with ``F_p F_p^T = R_p R_p^T`` for every position ``p`` of each group.
 
     ``R_p`` is ``N x p``, column ``j`` = ``exp(sum_{t=j+1..p-1} log_decay_t) * B_j``: how the
     input at ``j < p`` sits in the state after step ``p - 1``.  Two levels: a sequential chain
     of ``N x N`` factors over chunk boundaries (``L / c`` steps), then every position at once
-    from its chunk's boundary factor plus the ``r = p mod c`` columns of its chunk before it,
-    not compressed: one ``(batch, k, N, N + r)`` tensor per group.
+    from its chunk's boundary factor plus the ``p mod c`` columns of its chunk before it, not
+    compressed: one ``(batch, k, N, N + r)`` tensor per group, ``r`` the group's largest
+    ``p mod c`` (positions with a smaller one get zero columns).
     """
     batch, length, state = B.shape
     last_chunk = max(int(g.max()) for g in groups) // c  # the chain stops at the last position's chunk
