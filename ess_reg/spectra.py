@@ -43,7 +43,7 @@ DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes a call may allocate for its working
 # Steps between compressed factors on the state-space path: short chunks when most indices are
 # asked (their SVDs, at most N + c - 1 wide, dominate), long when few are (then the sequential
 # chain of L / c steps does).  Measured for N = 16: with every index, 4 fastest (2 and 8 within
-# 10%, 16 1.3-2x slower); with 8 indices (the penalty), 16 beat 4 by 1.1x.
+# 10%, 16 about 2x slower); with 8 indices (the penalty), 16 beat 4 by 1.1x.
 DENSE_CHUNK, SPARSE_CHUNK = 4, 16
 # Indices are batched by i mod c, each batch at its exact width, when a batch gets this many on
 # average; fewer go as one batch padded with zero columns (every batch costs its own ops).
