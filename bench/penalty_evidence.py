@@ -1,10 +1,10 @@
 """Evidence for ESS as training signal, on CPU scale; every run is logged to MLflow (runs/).
 
 1. Regularizers against state collapse: gla with a small state on a harder MQAR setting,
-   ``penalty=none | decay_identity | ess_max`` over several seeds: final ESS/TSS, ESS/kv and
+   ``penalty=none | decay_identity | ess_max`` over several seeds: final ESS/reach, ESS/kv and
    accuracy, mean +- spread (sample standard deviation).
 2. Init search: K candidate initializations of gla (seeds x gate normalizers), each scored by
-   ESS/TSS at init, then trained for the same short budget: the Spearman correlation between the
+   ESS/reach at init, then trained for the same short budget: the Spearman correlation between the
    ESS score at init and the final accuracy.
 
 Usage: python bench/penalty_evidence.py [--seeds 3] [--steps 800] [--init-steps 400] [--part 1|2|all]
@@ -39,16 +39,14 @@ def layer_means(result):
 
 def regularizers(seeds: int, steps: int, penalties: list[str]) -> None:
     print(f"gla, feature_dim 8 (TSS 8 per value channel), MQAR kv=12, L=64, V=256, {steps} steps, {seeds} seeds")
-    print(f"{'penalty':<20} {'accuracy':>16} {'ESS/TSS':>16} {'ESS/kv':>16}")
+    print(f"{'penalty':<20} {'accuracy':>16} {'ESS/reach':>16} {'ESS/kv':>16}")
     for spec in penalties:
         penalty, _, weight = spec.partition(":")  # e.g. "ess_max:0.01" sets penalty.weight
         extra = [f"penalty.weight={weight}"] if weight else []
         acc, util, per_kv = [], [], []
         for seed in range(seeds):
             tag = spec.replace(":", "-w")
-            cfg = compose_config([*HARD, f"penalty={penalty}", *extra, f"seed={seed}", f"trainer.max_steps={steps}",
-                               f"tracking.run_name=evidence-{tag}-seed{seed}",
-                               f"trainer.checkpoint_dir=runs/checkpoints/evidence-{tag}-seed{seed}"])
+            cfg = compose_config([*HARD, f"penalty={penalty}", *extra, f"seed={seed}", f"trainer.max_steps={steps}"])
             result = run(cfg)
             u, k = layer_means(result)
             acc.append(result["metrics"]["valid/accuracy"]), util.append(u), per_kv.append(k)
@@ -84,15 +82,13 @@ def init_search(steps: int) -> None:
     accuracies = []
     for c in candidates:
         cfg = compose_config([*HARD, f"trainer.max_steps={steps}", f"seed={c['seed']}",
-                           f"model.mixer_kwargs.gate_normalizer={c['gate_normalizer']}",
-                           f"tracking.run_name=init-{c['seed']}-{c['gate_normalizer']}",
-                           f"trainer.checkpoint_dir=runs/checkpoints/init-{c['seed']}-{c['gate_normalizer']}"])
+                           f"model.mixer_kwargs.gate_normalizer={c['gate_normalizer']}"])
         accuracies.append(run(cfg)["metrics"]["valid/accuracy"])
     print(f"\ninit search: K={len(candidates)} gla candidates (seed x gate_normalizer), {steps} steps each")
-    print(f"{'candidate':<36} {'ESS/TSS at init':>16} {'final accuracy':>15}")
+    print(f"{'candidate':<36} {'ESS/reach at init':>16} {'final accuracy':>15}")
     for c, s, a in zip(candidates, search.scores, accuracies):
         print(f"{str(c):<36} {s:>16.3f} {a:>15.3f}")
-    print(f"Spearman(ESS/TSS at init, final accuracy) = {spearman(search.scores, accuracies):.2f}; "
+    print(f"Spearman(ESS/reach at init, final accuracy) = {spearman(search.scores, accuracies):.2f}; "
           f"select_init chose {search.candidate}")
 
 

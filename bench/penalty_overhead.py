@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from ess_reg.tasks import IGNORE
-from ess_reg.train import _settings, compose_config
+from ess_reg.build import probe_settings, trainer_settings
+from ess_reg.train import compose_config
 from train_speed import L256
 
 MIXERS = ["gla", "s6", "sa"]
@@ -30,7 +31,7 @@ ONLY = os.environ.get("BENCH_MIXERS")
 
 def step_time(mixer: str, with_penalty: bool, steps: int, batch_limit: int) -> float:
     cfg = compose_config([f"model={mixer}", *L256, "penalty=ess_max", f"penalty.batch_limit={batch_limit}"])
-    trainer, _ = _settings(cfg)
+    trainer = trainer_settings(cfg.trainer)
     torch.manual_seed(0)
     task, model = instantiate(cfg.task), instantiate(cfg.model)
     optimizer = instantiate(cfg.optimizer)(model.parameters())

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from ess_reg.tasks import IGNORE
-from ess_reg.train import _settings, compose_config
+from ess_reg.build import probe_settings, trainer_settings
+from ess_reg.train import compose_config
 from ess_reg.training import probe_report
 
 L256 = ["task.seq_len=256", "task.vocab_size=512", "task.num_kv_pairs=16"]
@@ -34,7 +35,7 @@ SETUPS = {
 
 def measure(overrides, steps: int) -> dict:
     cfg = compose_config(overrides)
-    trainer, probe = _settings(cfg)
+    trainer, probe = trainer_settings(cfg.trainer), probe_settings(cfg.probe)
     torch.manual_seed(0)
     task, model = instantiate(cfg.task), instantiate(cfg.model)
     optimizer = instantiate(cfg.optimizer)(model.parameters())

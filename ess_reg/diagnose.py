@@ -1,8 +1,8 @@
-"""Theoretical state size (TSS): the capacity a layer actually runs, to set ESS against."""
+"""Theoretical state size (TSS), the reachable state, utilization, and the model's verdict."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -10,8 +10,9 @@ import torch
 from .ess import LayerESS
 from .spectra import resolve_indices
 
-__all__ = ["StateSize", "growing_state_size", "tss_at", "FailureThresholds", "LayerReport",
-           "SATURATION", "COLLAPSE", "HEALTHY"]
+__all__ = ["StateSize", "growing_state_size", "tss_at", "reachable_state", "utilization", "FailureThresholds",
+           "LayerReport", "Verdict", "diagnose", "model_summary", "SATURATION", "COLLAPSE", "HEALTHY",
+           "INCONCLUSIVE", "VERDICTS"]
 
 # A mixer's TSS per channel: a number (SSM state N, linear-attention feature size, SWA window),
 # or a function of (indices, L) for layers whose state grows with the sequence.
@@ -39,28 +40,64 @@ def tss_at(
     return torch.full(idx.shape, float(tss), dtype=torch.float64)
 
 
-# ---- per-layer reports and failure modes ------------------------------------------------------
+# ---- per-layer reports and the model's verdict ------------------------------------------------
 
 SATURATION = "saturation"
 COLLAPSE = "collapse"
 HEALTHY = "healthy"
+INCONCLUSIVE = "inconclusive"
+VERDICTS = (HEALTHY, SATURATION, COLLAPSE, INCONCLUSIVE)
+
+# How much of its reachable state a layer uses, as evidence for the verdict.
+FULL, PARTIAL, UNUSED = "full", "partial", "unused"
+
+
+def reachable_state(tss: torch.Tensor, indices: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """The most rank any block ``H_i`` of the operator can have: ``min(i, L - i, TSS_i)``.
+
+    ``H_i`` is ``(L - i) x i``, so even a full state cannot show more than ``min(i, L - i)``
+    there: at ``i = 1`` a state of 16 reaches 1.
+    """
+    idx = indices.to(torch.float64)
+    return torch.minimum(torch.minimum(idx, seq_len - idx), tss.to(torch.float64))
+
+
+def utilization(ess_per_index: torch.Tensor, reach: torch.Tensor) -> torch.Tensor:
+    """Fraction of the reachable state in use: ``sum_i ESS_i / sum_i reach_i`` (differentiable).
+
+    A ratio of sums, not a mean of per-index ratios: near the ends of the sequence the reach is
+    1 or 2 and every operator fills it, so a mean of ratios would be inflated by indices that
+    say nothing; the sums weight each index by the capacity it offers.
+    """
+    reach = reach.to(ess_per_index)
+    total = reach.sum()
+    if not total > 0:
+        raise ValueError("the reachable state is 0 at every chosen index: utilization is undefined there")
+    return ess_per_index.sum() / total
 
 
 @dataclass
 class FailureThresholds:
-    """When a layer's utilization ESS/TSS is called saturated or collapsed.
+    """The numbers behind the verdict (``ess-train``: ``probe.saturation``, ``probe.collapse``,
+    ``probe.solved``).
 
-    * saturation: ``ESS / TSS >= saturation`` — the state is full; capacity is the limit.
-    * collapse: ``ESS / TSS <= collapse`` and, when the task says how many items must be held
-      (``items_to_recall``, e.g. MQAR's kv pairs), ESS at the end of the context below that
-      number — capacity is there but unused, on a task that needs more.
+    * ``solved``: validation accuracy at or above which the model solves its task — then it is
+      healthy, whatever its ESS.
+    * ``saturation``: utilization (ESS / reachable state) at or above which a layer's state is
+      full.
+    * ``collapse``: utilization at or below which a layer's state is unused.
     """
 
     saturation: float = 0.9
     collapse: float = 0.2
+    solved: float = 0.9
 
     def __post_init__(self):
-        if not 0 <= self.collapse < self.saturation <= 1:
+        for name in ("saturation", "collapse", "solved"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"threshold {name} must be a number in [0, 1], got {value!r}")
+        if not self.collapse < self.saturation:
             raise ValueError(
                 f"need 0 <= collapse < saturation <= 1, got collapse={self.collapse}, saturation={self.saturation}"
             )
@@ -68,14 +105,30 @@ class FailureThresholds:
 
 @dataclass
 class LayerReport:
-    """ESS of one layer beside its TSS, with the derived utilization and failure mode."""
+    """ESS of one layer beside its TSS and reachable state, with the derived figures.
+
+    ESS figures are per *operator* (a head, or an SSM channel), averaged over operators and the
+    probe batch: an operator's ESS counts the independent directions it keeps, so ESS/kv = 1
+    means each operator keeps one direction per stored key-value pair.
+    """
 
     name: str
     ess: LayerESS
     tss: torch.Tensor  # (len(indices),) TSS per value channel at each index
     value_channels: int
+    seq_len: int
     context_end: int | None = None  # index where the task's context ends (ESS/kv is read there)
     items_to_recall: int | None = None
+
+    @property
+    def ess_per_index(self) -> torch.Tensor:
+        """Mean ESS per operator at each probed index ``(len(indices),)`` (float64, CPU)."""
+        return self.ess.values.mean(dim=tuple(range(self.ess.values.dim() - 1))).double().cpu()
+
+    @property
+    def reach(self) -> torch.Tensor:
+        """Reachable state per operator at each probed index, ``min(i, L - i, TSS)``."""
+        return reachable_state(self.tss.cpu(), self.ess.indices.cpu(), self.seq_len)
 
     @property
     def ess_avg(self) -> float:
@@ -96,11 +149,8 @@ class LayerReport:
 
     @property
     def utilization(self) -> float:
-        """Mean over indices of ESS_i / TSS_i (indices where TSS is 0 are left out)."""
-        per_index = self.ess.values.mean(dim=(0, 1)).double().cpu()
-        tss = self.tss.to(per_index)
-        keep = tss > 0
-        return (per_index[keep] / tss[keep]).mean().item() if keep.any() else float("nan")
+        """ESS over the reachable state, summed over the probed indices (see :func:`utilization`)."""
+        return utilization(self.ess_per_index, self.reach).item()
 
     def _context_end_position(self) -> int | None:
         if self.context_end is None:
@@ -111,34 +161,97 @@ class LayerReport:
     @property
     def ess_at_context_end(self) -> float | None:
         k = self._context_end_position()
-        return None if k is None else self.ess.values[..., k].mean().item()
+        return None if k is None else self.ess_per_index[k].item()
 
     @property
     def ess_per_item(self) -> float | None:
-        """ESS at the end of the context per item to recall (ESS/kv on MQAR)."""
+        """Per-operator ESS at the end of the context per item to recall (ESS/kv on MQAR)."""
         at_end = self.ess_at_context_end
         return None if at_end is None or not self.items_to_recall else at_end / self.items_to_recall
 
     @property
     def tss_per_item(self) -> float | None:
+        """TSS per operator at the end of the context per item (TSS/kv, the paper's baseline)."""
         k = self._context_end_position()
         return None if k is None or not self.items_to_recall else self.tss[k].item() / self.items_to_recall
 
-    def failure_mode(self, thresholds: FailureThresholds | None = None) -> str:
+    def state_use(self, thresholds: FailureThresholds | None = None) -> str:
+        """``full``, ``unused`` or ``partial``: this layer's utilization against the thresholds."""
         t = thresholds or FailureThresholds()
         u = self.utilization
-        if u >= t.saturation:
-            return SATURATION
-        if u <= t.collapse:
-            at_end = self.ess_at_context_end
-            if at_end is None or not self.items_to_recall or at_end < self.items_to_recall:
-                return COLLAPSE
-        return HEALTHY
+        return FULL if u >= t.saturation else UNUSED if u <= t.collapse else PARTIAL
 
     def metrics(self) -> dict[str, float]:
-        out = {"ess_avg": self.ess_avg, "ess_total": self.ess_total, "tss_avg": self.tss_avg,
-               "tss_total": self.tss_total, "ess_over_tss": self.utilization}
+        """Short names (they must survive the MLflow UI's column width)."""
+        out = {"ess": self.ess_avg, "util": self.utilization, "total": self.ess_total, "tss": self.tss_avg}
         if self.ess_per_item is not None:
-            out["ess_per_kv"] = self.ess_per_item
-            out["tss_per_kv"] = self.tss_per_item
+            out["per_kv"] = self.ess_per_item
+            out["tss_kv"] = self.tss_per_item
         return out
+
+
+@dataclass
+class Verdict:
+    """The model's diagnosis: one mode, the rule that fired with its numbers, and the evidence."""
+
+    mode: str
+    reason: str
+    layers: dict[str, str]  # layer name -> full / partial / unused
+
+    def as_dict(self) -> dict:
+        return {"mode": self.mode, "reason": self.reason, "layers": dict(self.layers)}
+
+
+def model_summary(reports: "Mapping[str, LayerReport]") -> dict[str, float]:
+    """Model-wide figures, means over layers: ``util`` (ESS / reachable state), ``per_kv``
+    (per-operator ESS per item at the end of the context), ``ess`` (ESS per operator) and
+    ``total`` (total ESS, summed over layers)."""
+    reports = list(reports.values())
+    if not reports:
+        raise ValueError("no layer reports to summarize")
+    out = {"util": sum(r.utilization for r in reports) / len(reports),
+           "ess": sum(r.ess_avg for r in reports) / len(reports),
+           "total": sum(r.ess_total for r in reports)}
+    per_kv = [r.ess_per_item for r in reports]
+    if all(v is not None for v in per_kv):
+        out["per_kv"] = sum(per_kv) / len(per_kv)
+    return out
+
+
+def diagnose(reports: "Mapping[str, LayerReport]", accuracy: float | None = None,
+             thresholds: FailureThresholds | None = None) -> Verdict:
+    """The model's verdict from its layers' utilization and, when known, its task accuracy.
+
+    In order, with ``t`` the thresholds:
+
+    1. accuracy >= ``t.solved``: **healthy** — a model that solves its task is never called
+       collapsed or saturated, whatever its ESS.
+    2. some layer's utilization >= ``t.saturation``: **saturation** — that state is full, so
+       capacity is the limit.
+    3. every layer's utilization <= ``t.collapse``: **collapse** — the state is there and unused.
+    4. otherwise: with an accuracy below ``t.solved``, **inconclusive** (the model fails, but its
+       ESS points at neither failure of memory); without an accuracy, **healthy**.
+    """
+    t = thresholds or FailureThresholds()
+    if not reports:
+        raise ValueError("diagnose needs at least one layer report")
+    if accuracy is not None and not (isinstance(accuracy, (int, float)) and 0 <= accuracy <= 1):
+        raise ValueError(f"accuracy must be a number in [0, 1] or None, got {accuracy!r}")
+    use = {name: r.state_use(t) for name, r in reports.items()}
+    util = {name: r.utilization for name, r in reports.items()}
+    fullest = max(util, key=util.get)
+    task = ("no task accuracy given" if accuracy is None
+            else f"accuracy {accuracy:.3f} {'>=' if accuracy >= t.solved else '<'} solved {t.solved:g}")
+    if accuracy is not None and accuracy >= t.solved:
+        return Verdict(HEALTHY, f"solves the task ({task}); highest ESS/reach {util[fullest]:.2f} in {fullest}", use)
+    if util[fullest] >= t.saturation:
+        return Verdict(SATURATION, f"{task}; {fullest} uses ESS/reach {util[fullest]:.2f} >= saturation "
+                       f"{t.saturation:g} of its state: capacity is the limit", use)
+    if util[fullest] <= t.collapse:
+        return Verdict(COLLAPSE, f"{task}; every layer's ESS/reach <= collapse {t.collapse:g} (highest "
+                       f"{util[fullest]:.2f}, {fullest}): the state is there and unused", use)
+    if accuracy is None:
+        return Verdict(HEALTHY, f"{task}; highest ESS/reach {util[fullest]:.2f} ({fullest}) is between collapse "
+                       f"{t.collapse:g} and saturation {t.saturation:g}", use)
+    return Verdict(INCONCLUSIVE, f"{task}; highest ESS/reach {util[fullest]:.2f} ({fullest}) is between collapse "
+                   f"{t.collapse:g} and saturation {t.saturation:g}: ESS points at neither failure of memory", use)

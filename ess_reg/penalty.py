@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .diagnose import tss_at
+from .diagnose import reachable_state, tss_at, utilization
 from .ess import entropy_ess_from_svdvals, soft_tolerance_ess_from_svdvals
 from .operators import StateSpaceOperator
 from .probe import _adapter_for, capture_operators
@@ -90,13 +90,36 @@ class _OperatorRegularizer(nn.Module):
             self.model[0](inputs)
         return self.compute(step)
 
+    def check(self, inputs: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless the term can act on the model: run it once on ``inputs``
+        (a few examples suffice) and require a gradient path to some parameter. Leaves the
+        term's random state as it was."""
+        if self.weight == 0:
+            return
+        state = self._random_state()
+        try:
+            with torch.enable_grad():
+                value = self(inputs)
+        finally:
+            self._set_random_state(state)
+        if not value.requires_grad:
+            raise ValueError(f"{type(self).__name__} has nothing to act on in this model: its value does not "
+                             f"depend on any parameter of the layers {sorted(self._capture.layers)}")
+
+    def _random_state(self):
+        return None
+
+    def _set_random_state(self, state) -> None:
+        pass
+
 
 class ESSPenalty(_OperatorRegularizer):
     """A differentiable ESS term.
 
     Args:
-        mode: ``"maximize"`` utilization ESS/TSS (counters state collapse), ``"minimize"`` it
-            (compressible, distillation-friendly models), or ``"target"``: pull ESS/TSS (or
+        mode: ``"maximize"`` utilization, ESS over the reachable state ``min(i, L - i, TSS)``
+            (:func:`ess_reg.diagnose.utilization`; counters state collapse), ``"minimize"`` it
+            (compressible, distillation-friendly models), or ``"target"``: pull utilization (or
             ESS/kv with ``target_on="per_item"``) toward ``target``.
         weight: multiplier (>= 0); scheduled by ``warmup_steps`` then a ``ramp_steps`` ramp.
         indices: ``"random"`` (``num_indices`` fresh random indices per step), ``"all"``,
@@ -159,6 +182,12 @@ class ESSPenalty(_OperatorRegularizer):
             return torch.randperm(seq_len - 1, generator=self.generator)[:k] + 1
         return resolve_indices(list(self.indices), seq_len)
 
+    def _random_state(self):
+        return self.generator.get_state()
+
+    def _set_random_state(self, state) -> None:
+        self.generator.set_state(state)
+
     def _pick_channels(self, num_channels: int) -> torch.Tensor | None:
         """``channel_limit`` random channels of a layer, fresh each step (``None``: all)."""
         if self.channel_limit is None or num_channels <= self.channel_limit:
@@ -186,11 +215,11 @@ class ESSPenalty(_OperatorRegularizer):
                 terms.append(per_index.mean() / self.items_to_recall)
                 continue
             module = self._capture.layers[name]
-            tss = tss_at(_adapter_for(module).state_size(module), idx, op.seq_len).to(per_index)
-            keep = tss > 0
-            if not keep.any():
-                raise ValueError(f"layer {name!r} has TSS 0 at every chosen index: ESS/TSS is undefined there")
-            terms.append((per_index[keep] / tss[keep]).mean())
+            tss = tss_at(_adapter_for(module).state_size(module), idx, op.seq_len)
+            try:
+                terms.append(utilization(per_index, reachable_state(tss, idx, op.seq_len)))
+            except ValueError as err:
+                raise ValueError(f"layer {name!r}: {err}") from None
         value = torch.stack(terms).mean()
         self.last = {"measure": value.item(), "weight": weight}
         if self.mode == "maximize":
@@ -225,5 +254,8 @@ class DecayIdentityPenalty(_OperatorRegularizer):
         if not norms:
             raise ValueError("decay_identity needs state-space layers (gla, wla, s6, ...); this model has none")
         value = torch.stack(norms).mean()
+        if torch.is_grad_enabled() and not value.requires_grad:
+            raise ValueError("decay_identity has nothing to act on in this model: no layer's decay depends on a "
+                             "parameter (la's decays are fixed at 1, so ||A - I|| is always 0)")
         self.last = {"value": value.item(), "measure": value.item(), "weight": weight}
         return weight * value

@@ -153,6 +153,7 @@ def measure(
             tss=tss_at(_adapter_for(module).state_size(module), ess.indices, op.seq_len),
             # every channel of the operator serves `multiplicity` value channels
             value_channels=op.batch_shape[-1] * op.multiplicity if op.batch_shape else op.multiplicity,
+            seq_len=op.seq_len,
             context_end=context_end,
             items_to_recall=items_to_recall,
         )

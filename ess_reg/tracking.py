@@ -18,6 +18,9 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 PARENT_RUN_ENV = "ESS_REG_PARENT_RUN_ID"  # set by a multirun's parent run for its jobs
+SWEEP_KEYS_ENV = "ESS_REG_SWEEP_KEYS"  # the swept keys, comma-separated: jobs are named by them
+# MLflow 3 opens an experiment in its GenAI view unless told it holds model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -45,6 +48,8 @@ def experiment_id(uri: str, experiment: str, artifact_location: str | None = Non
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is not None:
+        if found.tags.get("mlflow.experimentKind") is None:
+            client.set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return found.experiment_id
     location = None
     if artifact_location:
@@ -52,7 +57,7 @@ def experiment_id(uri: str, experiment: str, artifact_location: str | None = Non
         path.mkdir(parents=True, exist_ok=True)
         location = path.resolve().as_uri()
     try:
-        return client.create_experiment(experiment, artifact_location=location)
+        return client.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_KIND)
     except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
         return client.get_experiment_by_name(experiment).experiment_id
 
@@ -73,6 +78,15 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
         self._last_step = self._logged_steps()
+
+    @classmethod
+    def attach(cls, uri: str, run_id: str) -> "Tracker":
+        """Log into an existing run without touching its status (a sweep's summary)."""
+        self = cls.__new__(cls)
+        self.uri, self.client, self.run_id = uri, MlflowClient(uri), run_id
+        self.experiment_id = self.client.get_run(run_id).info.experiment_id
+        self._last_step = self._logged_steps()
+        return self
 
     def _logged_steps(self) -> dict[str, int]:
         """The last step already logged for each metric: a resumed run never logs a step twice."""
@@ -102,7 +116,14 @@ class Tracker:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
+            self.client.set_tag(self.run_id, key, str(value)[:8000])
+
+    def delete_tags(self, *keys: str) -> None:
+        """Remove tags if present (a resumed run that finishes drops its old failure reason)."""
+        present = self.client.get_run(self.run_id).data.tags
+        for key in keys:
+            if key in present:
+                self.client.delete_tag(self.run_id, key)
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -119,6 +140,18 @@ class Tracker:
             figure.savefig(path, dpi=100, bbox_inches="tight")
             self.log_artifact(path)
 
+    def log_image(self, figure, key: str, step: int) -> None:
+        """A figure as an image of ``step`` under ``key``: the MLflow UI steps through them."""
+        import io
+
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+        buffer.seek(0)
+        with Image.open(buffer) as image:
+            self.client.log_image(self.run_id, image.convert("RGB"), key=key, step=step)
+
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
@@ -131,3 +164,29 @@ def start_parent_run(uri: str, experiment: str, artifact_location: str | None, r
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     MlflowClient(uri).set_terminated(run_id, status=status)
+
+
+def get_run(uri: str, run_id: str):
+    """The run ``run_id`` in the store at ``uri``, or ``None`` if there is none."""
+    _ensure_sqlite_dir(uri)
+    try:
+        return MlflowClient(uri).get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def download_artifact(uri: str, run_id: str, path: str, destination: str | os.PathLike) -> Path | None:
+    """Download one artifact of a run; ``None`` if the run has no such artifact."""
+    try:
+        return Path(MlflowClient(uri).download_artifacts(run_id, path, str(destination)))
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
+
+
+def child_runs(uri: str, parent_run_id: str) -> list:
+    """The runs whose parent is ``parent_run_id``, oldest first."""
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                              max_results=5000)
+    return sorted(runs, key=lambda r: r.info.start_time)

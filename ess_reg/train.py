@@ -1,39 +1,54 @@
-"""``ess-train``: the Hydra application (the one module that imports hydra), and ``ess-analyze``.
+"""``ess-train``: the Hydra application (the one module that imports hydra).
 
     ess-train                                   # the default: a small MQAR run, minutes on a CPU
     ess-train model=s6 task.num_kv_pairs=8      # any key of conf/ can be overridden
     ess-train -m model=la,gla hydra/launcher=joblib hydra.launcher.n_jobs=2   # a sweep
-    ess-analyze runs/checkpoints/<run>/last.pt  # per-layer ESS/TSS report of a checkpoint
+    ess-train trainer.resume=<run id>           # continue a stopped run where its checkpoint left it
+
+Everything a run needs is checked before the MLflow run exists (:func:`prepare`): a bad key
+or value ends with one line naming it, exit code 2, and nothing written.
 """
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
+import signal
 import sys
 import tempfile
-import time
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from . import tracking
-from .diagnose import FailureThresholds, LayerReport
-from .training import ProbeSettings, TrainerSettings, TrainingDiverged, fit, probe_report
+from .build import ConfigError, build_task, initial_model, probe_settings, trainer_settings, with_chosen_init
+from .diagnose import LayerReport
+from .reporting import ess_figure, ess_table, format_report
+from .resume import checkpoint_path, config_differences, load_checkpoint, locate_checkpoint, scratch_dir
+from .runinfo import run_name, run_tags
+from .tasks import Task
+from .training import (ProbeSettings, TrainerSettings, TrainingDiverged, fit, layer_keys, probe_batch, resolve_device,
+                       resolve_threads)
+
+__all__ = ["compose_config", "prepare", "run", "main", "RunInterrupted", "ConfigError"]
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+log = logging.getLogger("ess_reg")
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The config ``ess-train OVERRIDES...`` would run, for notebooks, tests and benchmarks.
 
-    ``${hydra:...}`` interpolations resolve as in a real run; the ``hydra`` node is dropped.
+    ``${hydra:...}`` interpolations resolve as in a real run, and the run is named and tagged
+    from these overrides; the ``hydra`` node is dropped.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -48,191 +63,281 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     return cfg
 
 
-def _settings(cfg: DictConfig) -> tuple[TrainerSettings, ProbeSettings]:
-    trainer = TrainerSettings(**OmegaConf.to_container(cfg.trainer, resolve=True))
-    p = cfg.probe
-    probe = ProbeSettings(examples=p.examples, num_indices=p.num_indices, kind=p.kind,
-                          thresholds=FailureThresholds(saturation=p.saturation, collapse=p.collapse))
-    return trainer, probe
+class RunInterrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: the run ends KILLED, resumable, like after Ctrl-C."""
 
 
-def _run_name(cfg: DictConfig) -> str:
-    name = cfg.tracking.run_name
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        name = f"{name}-job{HydraConfig.get().job.num}"  # sweep jobs must not share a checkpoint
-    return name
+@dataclass
+class Plan:
+    """Everything a run needs, built and checked before anything is written."""
+
+    config: dict  # resolved, exactly what trains (an init search's choice included)
+    trainer: TrainerSettings
+    probe: ProbeSettings
+    task: Task
+    model: torch.nn.Module
+    make_optimizer: Any
+    regularizer: Any
+    choices: dict[str, str]
+    overrides: list[str]
+    job: int | None  # the job's number in a sweep
+    search: Any = None  # the init search's result, if one ran
+    resume_state: dict | None = None
+    resumed_changes: dict = field(default_factory=dict)
 
 
-def format_report(reports: dict[str, LayerReport], thresholds: FailureThresholds | None = None) -> str:
-    header = f"{'layer':<18} {'ESS avg':>8} {'TSS avg':>8} {'ESS/TSS':>8} {'ESS total':>10} {'TSS total':>10} {'ESS/kv':>7}  mode"
-    lines = [header, "-" * len(header)]
-    for name, r in reports.items():
-        per_kv = f"{r.ess_per_item:7.2f}" if r.ess_per_item is not None else f"{'-':>7}"
-        lines.append(f"{name:<18} {r.ess_avg:8.2f} {r.tss_avg:8.1f} {r.utilization:8.2f} {r.ess_total:10.1f} "
-                     f"{r.tss_total:10.1f} {per_kv}  {r.failure_mode(thresholds)}")
-    return "\n".join(lines)
+def _hydra_context() -> tuple[dict[str, str], list[str], int | None]:
+    if not HydraConfig.initialized():
+        return {}, [], None
+    hc = HydraConfig.get()
+    choices = {k: v for k, v in OmegaConf.to_container(hc.runtime.choices).items() if not k.startswith("hydra")}
+    job = hc.job.num if hc.mode == RunMode.MULTIRUN else None
+    return choices, list(hc.overrides.task), job
 
 
-def _log_ess_artifacts(tracker: tracking.Tracker, reports: dict[str, LayerReport]) -> None:
-    import matplotlib
+def _check_tracking(config: dict) -> None:
+    uri = config["tracking"]["uri"]
+    if not isinstance(uri, str) or not uri:
+        raise ConfigError(f"tracking.uri must be a store URI such as sqlite:///runs/mlflow.db, got {uri!r}")
+    if uri.startswith("sqlite://") and uri.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://", "sqlite:///",
+                                                               "sqlite:///:memory:"):
+        raise ConfigError(f"tracking.uri={uri} keeps nothing (an in-memory database); give a file, e.g. "
+                          "sqlite:///runs/mlflow.db")
 
-    matplotlib.use("Agg")
+
+def _make_optimizer(cfg: DictConfig):
+    try:
+        make = instantiate(cfg.optimizer)
+        make([torch.nn.Parameter(torch.zeros(1))])  # the optimizer checks its own arguments here
+    except Exception as err:  # an unknown class or a bad argument: name the group
+        raise ConfigError(f"optimizer: {str(err).strip().splitlines()[0]}") from None
+    return make
+
+
+def prepare(cfg: DictConfig) -> Plan:
+    """Check and build everything the run needs; raises :class:`ConfigError` naming the key.
+
+    Nothing is written: no MLflow run, no checkpoint folder. A resume is checked here too: its
+    checkpoint is found and loaded, and a config that differs from the stored one in anything
+    but the step budget and logging knobs is refused with the differing keys.
+    """
+    choices, overrides, job = _hydra_context()
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as err:
+        raise ConfigError(f"config: {err}") from None
+    trainer = trainer_settings(config["trainer"])
+    probe = probe_settings(config["probe"])
+    try:
+        resolve_device(trainer.device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    _check_tracking(config)
+    task = build_task(config["task"])
+    make_optimizer = _make_optimizer(cfg)
+    resume_state, changes = None, {}
+    if config["trainer"].get("resume"):
+        with scratch_dir() as scratch:
+            path = locate_checkpoint(config["trainer"]["resume"], config["trainer"]["checkpoint_dir"],
+                                     config["tracking"]["uri"], scratch)
+            resume_state = load_checkpoint(path)
+        stored = resume_state["config"]
+        chosen = (stored.get("init") or {}).get("chosen")
+        requested = with_chosen_init(config, chosen) if chosen and not config["init"].get("chosen") else config
+        differences = config_differences(stored, requested)
+        if differences:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in differences.items()))
+            raise ConfigError(f"trainer.resume={config['trainer']['resume']}: the config differs from the run's "
+                              f"in {listed}. Only the step budget and logging knobs may change on resume; "
+                              "start a new run for anything else")
+        changes = config_differences(stored, requested, allowed=())
+        changes.pop("trainer.resume", None)
+        config = requested
+        if tracking.get_run(config["tracking"]["uri"], resume_state["run_id"]) is None:
+            raise ConfigError(f"trainer.resume: run {resume_state['run_id']} of that checkpoint is not in the store "
+                              f"{config['tracking']['uri']}")
+
+    inputs = probe_batch(task, probe.examples, config["seed"])
+
+    def candidate(i, cand, score, reports):
+        log.info("init search: candidate %s -> %s %.4f", cand, config["init"]["score"], score)
+
+    try:
+        model, config, search = initial_model(config, task, probe, inputs, on_candidate=candidate)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"init: {err}") from None
+    regularizer = None
+    if cfg.penalty.get("_target_"):
+        try:
+            regularizer = instantiate(cfg.penalty)(model, task=task)
+            regularizer.check(inputs[:2])
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"penalty={choices.get('penalty', cfg.penalty._target_)}: {err}") from None
+    return Plan(config, trainer, probe, task, model, make_optimizer, regularizer, choices, overrides, job,
+                search, resume_state, changes)
+
+
+def _console_logging() -> None:
+    """Outside Hydra (notebooks, tests), progress still reaches the terminal."""
+    if not logging.getLogger().handlers and not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+class _JobTag(logging.Filter):
+    def __init__(self, job: int):
+        super().__init__()
+        self.prefix = f"[job {job}] "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            record.msg = self.prefix + str(record.msg)
+        return True
+
+
+class _Signals:
+    """SIGTERM and SIGHUP become :class:`RunInterrupted` while a run trains (main thread only)."""
+
+    def __enter__(self):
+        self.saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+                if sig is not None:
+                    self.saved[sig] = signal.signal(sig, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise RunInterrupted(f"received {signal.Signals(signum).name}")
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def _log_start(tracker: tracking.Tracker, plan: Plan) -> None:
+    model = plan.model
+    if plan.resume_state is None:
+        tracker.log_params({**tracking.flatten(plan.config),
+                            "num_parameters": sum(p.numel() for p in model.parameters())})
+        tracker.set_tags(run_tags(plan.choices, plan.overrides))
+        if plan.search is not None:
+            tracker.log_json(plan.search.table(), "init_search.json")
+            tracker.set_tags({"init.chosen": plan.config["init"]["chosen"],
+                              "init.chosen_score": plan.search.scores[plan.search.index]})
+    elif plan.resumed_changes:
+        tracker.set_tags({f"resumed.{k}": f"{a} -> {b}" for k, (a, b) in plan.resumed_changes.items()})
+
+
+def _log_end(tracker: tracking.Tracker, plan: Plan, result: dict) -> None:
+    reports: dict[str, LayerReport] = result["reports"]
+    verdict, thresholds = result["verdict"], plan.probe.thresholds
+    keys = layer_keys(reports)
+    tracker.delete_tags("failure_reason")
+    tracker.set_tags({"verdict": verdict.mode, "verdict.reason": verdict.reason,
+                      "layers": ", ".join(f"{k}={name}" for name, k in keys.items()),
+                      **{f"state.{keys[name]}": use for name, use in verdict.layers.items()},
+                      "mlflow.note.content": f"**{verdict.mode}**: {verdict.reason}"})
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "config.yaml"
+        config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(plan.config)))
+        tracker.log_artifact(config_path)
+    tracker.log_json(ess_table(reports, verdict, thresholds), "ess_table.json")
     import matplotlib.pyplot as plt
 
-    table = {}
-    for name, r in reports.items():
-        per_index = r.ess.values.mean(dim=(0, 1)).tolist()
-        table[name] = {**r.metrics(), "indices": r.ess.indices.tolist(), "ess_per_index": per_index,
-                       "tss_per_index": r.tss.tolist(), "failure_mode": r.failure_mode()}
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(r.ess.indices.tolist(), per_index, marker="o", label="ESS (mean per operator)")
-        ax.plot(r.ess.indices.tolist(), r.tss.tolist(), linestyle="--", label="TSS")
-        if r.context_end is not None:
-            ax.axvline(r.context_end, color="grey", linewidth=0.8, label="end of context")
-        ax.set_xlabel("sequence index i")
-        ax.set_ylabel("state size")
-        ax.set_title(name)
-        ax.legend()
-        tracker.log_figure(fig, f"ess_vs_index_{name}.png")
-        plt.close(fig)
-    tracker.log_json(table, "ess_table.json")
-
-
-def _init_search(cfg: DictConfig, task, probe: ProbeSettings):
-    """Score ``seeds x schemes`` initializations by ESS on the probe batch; returns the search result."""
-    from .init_search import select_init
-    from .training import probe_indices
-
-    schemes = [dict(s) for s in (cfg.init.schemes or [{}])]
-    candidates = [{"seed": int(seed), "scheme": scheme} for seed in cfg.init.seeds for scheme in schemes]
-
-    def factory(candidate):
-        kwargs = {**OmegaConf.to_container(cfg.model.mixer_kwargs, resolve=True), **candidate["scheme"]}
-        return instantiate(cfg.model, mixer_kwargs=kwargs)
-
-    def report(i, candidate, score, reports):
-        print(f"init search {i + 1}/{len(candidates)}: {candidate} -> {cfg.init.score} {score:.4f}")
-
-    inputs = task.test_set(probe.examples, seed=cfg.seed).inputs
-    result = select_init(factory, candidates, inputs, score=cfg.init.score,
-                         indices=probe_indices(task, probe.num_indices), context_end=task.context_end,
-                         items_to_recall=task.items_to_recall, on_candidate=report)
-    print(f"init search: chose {result.candidate} (score {result.scores[result.index]:.4f})")
-    return result
+    figure = ess_figure(reports, thresholds, f"final: {verdict.mode}")
+    tracker.log_figure(figure, "ess_vs_index.png")
+    plt.close(figure)
+    tracker.log_artifact(result["checkpoint"], "checkpoint")
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train as ``cfg`` says and log everything; returns :func:`ess_reg.training.fit`'s result."""
-    trainer, probe = _settings(cfg)
-    torch.manual_seed(cfg.seed)  # the model's initialization is part of the run's seed
-    task = instantiate(cfg.task)
-    search = _init_search(cfg, task, probe) if cfg.init.search else None
-    model = search.model if search is not None else instantiate(cfg.model)
-    make_optimizer = instantiate(cfg.optimizer)
-    run_name = _run_name(cfg)
-    checkpoint = Path(trainer.checkpoint_dir) / "last.pt"
-    run_id = None
-    if trainer.resume:
-        if checkpoint.exists():
-            run_id = torch.load(checkpoint, map_location="cpu", weights_only=False)["run_id"]
-            print(f"resuming MLflow run {run_id} from {checkpoint}")
-        else:
-            print(f"trainer.resume=true but no checkpoint at {checkpoint}: starting a new run")
-            trainer.resume = False
-    t = cfg.tracking
-    tracker = tracking.Tracker(t.uri, t.experiment, t.artifact_location, run_name=run_name, run_id=run_id,
-                               parent_run_id=os.environ.get(tracking.PARENT_RUN_ENV))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    tracker.log_params(tracking.flatten(resolved))
-    tracker.set_tags({"mixer": cfg.model.mixer, "task": type(task).__name__,
-                      "num_parameters": sum(p.numel() for p in model.parameters())})
-    if search is not None:
-        tracker.log_json(search.table(), "init_search.json")
-        tracker.set_tags({"init.chosen": search.candidate, "init.chosen_score": search.scores[search.index]})
-    regularizer = None
-    if cfg.penalty.get("_target_"):
-        regularizer = instantiate(cfg.penalty)(model, task=task)
-        tracker.set_tags({"penalty": cfg.penalty._target_.rsplit(".", 1)[-1]})
-    print(f"ess-train: {cfg.model.mixer} on {type(task).__name__} -> MLflow run {tracker.run_id} "
-          f"({t.uri}, experiment {t.experiment!r})")
+    """Train as ``cfg`` says and log everything; returns :func:`ess_reg.training.fit`'s result
+    with the MLflow ``run_id`` added."""
+    _console_logging()
+    plan = prepare(cfg)
+    config, trainer, probe = plan.config, plan.trainer, plan.probe
+    t = config["tracking"]
+    swept = os.environ.get(tracking.SWEEP_KEYS_ENV)
+    name = t.get("run_name") or run_name(plan.choices, plan.overrides, swept.split(",") if swept else None)
+    resume_id = plan.resume_state["run_id"] if plan.resume_state is not None else None
+    tracker = tracking.Tracker(t["uri"], t["experiment"], t["artifact_location"], run_name=name, run_id=resume_id,
+                               parent_run_id=None if resume_id else os.environ.get(tracking.PARENT_RUN_ENV))
+    job_tag = _JobTag(plan.job) if plan.job is not None else None
+    if job_tag is not None:
+        log.addFilter(job_tag)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(resolve_threads(trainer.threads))
     try:
-        result = fit(model, task, make_optimizer, trainer, probe, tracker, seed=cfg.seed, config=resolved,
-                     regularizer=regularizer)
-    except TrainingDiverged as err:
-        print(f"ess-train: run FAILED: {err}", file=sys.stderr)
-        raise
-    except BaseException:
-        tracker.set_tags({"failure_reason": "interrupted or crashed; resume with trainer.resume=true"})
-        tracker.finish("KILLED")
-        raise
-    tracker.set_tags({f"failure_mode.{name}": mode for name, mode in result["failure_modes"].items()})
-    with tempfile.TemporaryDirectory() as tmp:
-        config_path = Path(tmp) / "config.yaml"
-        config_path.write_text(OmegaConf.to_yaml(resolved))
-        tracker.log_artifact(config_path)
-    _log_ess_artifacts(tracker, result["reports"])
-    tracker.log_artifact(result["checkpoint"], "checkpoint")
-    tracker.finish("FINISHED")
-    print("\n" + format_report(result["reports"], probe.thresholds))
+        with _Signals():
+            _log_start(tracker, plan)
+            log.info("ess-train: %s -> MLflow run %s %r (%s, experiment %r)%s", config["model"]["mixer"],
+                     tracker.run_id, name, t["uri"], t["experiment"],
+                     f", resuming at step {plan.resume_state['step']}" if resume_id else "")
+
+            def on_evaluate(step, reports, metrics):
+                import matplotlib.pyplot as plt
+
+                figure = ess_figure(reports, probe.thresholds, f"step {step}")
+                tracker.log_image(figure, "ess_vs_index", step)
+                plt.close(figure)
+
+            try:
+                result = fit(plan.model, plan.task, plan.make_optimizer, trainer, probe, tracker,
+                             checkpoint_path=checkpoint_path(config["trainer"]["checkpoint_dir"], tracker.run_id),
+                             seed=config["seed"], config=config, resume_state=plan.resume_state,
+                             regularizer=plan.regularizer, on_evaluate=on_evaluate)
+            except TrainingDiverged as err:
+                tracker.set_tags({"failure_reason": str(err)})
+                tracker.finish("FAILED")
+                log.error("ess-train: run %s FAILED: %s", tracker.run_id, err)
+                raise
+            except KeyboardInterrupt as err:
+                tracker.set_tags({"failure_reason": f"interrupted ({err or 'SIGINT'}); continue it with "
+                                                    f"trainer.resume={tracker.run_id}"})
+                tracker.finish("KILLED")
+                raise
+            except BaseException as err:
+                tracker.set_tags({"failure_reason": f"{type(err).__name__}: {err}"[:2000]})
+                tracker.finish("FAILED")
+                raise
+            _log_end(tracker, plan, result)
+            tracker.finish("FINISHED")
+    finally:
+        torch.set_num_threads(threads_before)
+        if job_tag is not None:
+            log.removeFilter(job_tag)
+    log.info("\n%s", format_report(result["reports"], result["verdict"], probe.thresholds))
     accuracy = result["metrics"].get("valid/accuracy")
     if accuracy is not None:
-        print(f"\nvalid accuracy {accuracy:.3f} after {result['steps']} steps")
-    print(f"look at it: mlflow ui --backend-store-uri {t.uri}")
+        log.info("\nvalid accuracy %.3f after %d steps", accuracy, result["steps"])
+    log.info("look at it: mlflow ui --backend-store-uri %s   (run %s)", t["uri"], tracker.run_id)
     result["run_id"] = tracker.run_id
+    result["config"] = config
     return result
-
-
-class ParentRunCallback(Callback):
-    """In a multirun, one parent MLflow run groups the jobs' runs (set for them via the environment)."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        t = config.tracking
-        name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_id = tracking.start_parent_run(t.uri, t.experiment, t.artifact_location, name)
-        os.environ[tracking.PARENT_RUN_ENV] = run_id
-        print(f"ess-train: sweep parent run {run_id}")
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        run_id = os.environ.pop(tracking.PARENT_RUN_ENV, None)
-        if run_id:
-            tracking.finish_run(config.tracking.uri, run_id)
 
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
+    try:
+        run(cfg)
+    except ConfigError as err:
+        print(f"ess-train: error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main() -> None:
     _hydra_main()
 
 
-def analyze_main(argv: list[str] | None = None) -> int:
-    """``ess-analyze CHECKPOINT``: per-layer ESS/TSS report of a saved model on a probe batch."""
-    parser = argparse.ArgumentParser(prog="ess-analyze", description=analyze_main.__doc__)
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--examples", type=int, default=None, help="probe batch size (default: the run's)")
-    parser.add_argument("--num-indices", type=int, default=None, help="evenly spaced indices (default: the run's)")
-    args = parser.parse_args(argv)
-    if not args.checkpoint.is_file():
-        print(f"error: no checkpoint file at {args.checkpoint}", file=sys.stderr)
-        return 2
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    if "config" not in state or "model" not in state:
-        print(f"error: {args.checkpoint} is not an ess-train checkpoint (no config/model inside)", file=sys.stderr)
-        return 2
-    cfg = OmegaConf.create(state["config"])
-    model, task = instantiate(cfg.model), instantiate(cfg.task)
-    model.load_state_dict(state["model"])
-    _, probe = _settings(cfg)
-    probe.examples = args.examples or probe.examples
-    probe.num_indices = args.num_indices or probe.num_indices
-    inputs = task.test_set(probe.examples, seed=cfg.seed).inputs
-    reports = probe_report(model.eval(), task, inputs, probe)
-    print(f"{args.checkpoint}: {cfg.model.mixer}, step {state['step']}, {type(task).__name__} "
-          f"(L={task.seq_len}), probe batch {probe.examples}")
-    print(format_report(reports, probe.thresholds))
-    return 0
+def analyze_main(argv: list[str] | None = None) -> int:  # the entry point's old home
+    from .analyze import main as analyze
+
+    return analyze(argv)
 
 
 if __name__ == "__main__":

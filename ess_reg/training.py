@@ -7,8 +7,9 @@ Plain Python on purpose (no Hydra here): :mod:`ess_reg.train` composes the confi
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
-import sys
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,12 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .diagnose import FailureThresholds, LayerReport
+from .diagnose import FailureThresholds, LayerReport, diagnose, model_summary
 from .probe import measure
 from .tasks import IGNORE, Task
 
-__all__ = ["TrainerSettings", "ProbeSettings", "TrainingDiverged", "fit", "resolve_device", "probe_indices",
-           "probe_report", "evaluate"]
+__all__ = ["TrainerSettings", "ProbeSettings", "TrainingDiverged", "fit", "resolve_device", "resolve_threads",
+           "probe_indices", "probe_batch", "probe_report", "evaluate", "layer_keys", "evaluation_metrics"]
+
+log = logging.getLogger("ess_reg")
+PROBES = ("entropy", "tolerance", "soft_tolerance")
 
 
 @dataclass
@@ -34,11 +38,10 @@ class TrainerSettings:
     eval_examples: int = 512
     log_every: int = 25
     checkpoint_every: int = 500
-    checkpoint_dir: str = "runs/checkpoints/default"
-    resume: bool = False
     device: str = "auto"
     precision: str = "auto"
     grad_clip: float | None = 1.0
+    threads: int | str = "auto"
     progress: bool = True
 
     def __post_init__(self):
@@ -48,6 +51,11 @@ class TrainerSettings:
                 raise ValueError(f"trainer.{name} must be a positive int, got {value!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"trainer.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        clip = self.grad_clip
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                                 or not math.isfinite(clip) or clip <= 0):
+            raise ValueError(f"trainer.grad_clip must be a positive number or null (no clipping), got {clip!r}")
+        resolve_threads(self.threads)
 
 
 @dataclass
@@ -58,6 +66,14 @@ class ProbeSettings:
     num_indices: int = 16  # evenly spaced in 1..L-1, plus the end of the task's context
     kind: str = "entropy"
     thresholds: FailureThresholds = field(default_factory=FailureThresholds)
+
+    def __post_init__(self):
+        for name in ("examples", "num_indices"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"probe.{name} must be a positive int, got {value!r}")
+        if self.kind not in PROBES:
+            raise ValueError(f"probe.kind must be one of {PROBES}, got {self.kind!r}")
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,6 +90,20 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def resolve_threads(threads: int | str) -> int:
+    """``trainer.threads``: a positive int, or ``auto`` = half the cores, at most 4.
+
+    Half, because on a shared machine torch's default (every core) makes each thread wait for
+    the slowest: with other processes busy, steps ran 10-40x slower; small models gain little
+    from more than a few threads anyway.
+    """
+    if threads == "auto":
+        return max(1, min(4, (os.cpu_count() or 2) // 2))
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"trainer.threads must be a positive int or auto, got {threads!r}")
+    return threads
+
+
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
@@ -85,6 +115,25 @@ def probe_indices(task: Task, num_indices: int) -> torch.Tensor:
     if task.context_end is not None and 1 <= task.context_end <= task.seq_len - 1:
         idx = torch.cat([idx, torch.tensor([task.context_end])])
     return idx.unique()
+
+
+def probe_batch(task: Task, examples: int, seed: int) -> torch.Tensor:
+    """The probe batch of a run: held-out inputs on which ESS is measured. The one definition,
+    used by training, ``ess-analyze`` and the init search alike."""
+    return task.test_set(examples, seed=seed).inputs
+
+
+def layer_keys(names) -> dict[str, str]:
+    """Short metric names for layers, in model order: ``{"blocks.0.mixer": "L0", ...}``."""
+    return {name: f"L{i}" for i, name in enumerate(names)}
+
+
+def evaluation_metrics(reports: Mapping[str, LayerReport]) -> dict[str, float]:
+    """The ESS metrics of one evaluation: model-wide ``ess/*`` and per-layer ``L<i>/*``."""
+    metrics = {f"ess/{k}": v for k, v in model_summary(reports).items()}
+    for name, key in layer_keys(reports).items():
+        metrics.update({f"{key}/{k}": v for k, v in reports[name].metrics().items()})
+    return metrics
 
 
 def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict[str, float]:
@@ -107,25 +156,6 @@ def probe_report(model: nn.Module, task: Task, probe_inputs: torch.Tensor, setti
                        context_end=task.context_end, items_to_recall=task.items_to_recall, dtype=torch.float32)
 
 
-class _Progress:
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.start = total, enabled, time.perf_counter()
-        self.tty = sys.stdout.isatty()
-
-    def update(self, step: int, first_step: int, text: str) -> None:
-        if not self.enabled:
-            return
-        done = step - first_step
-        rate = done / max(time.perf_counter() - self.start, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
-        line = f"step {step:>6}/{self.total}  {text}  {rate:5.1f} it/s  eta {_duration(eta)}"
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            print()
-
-
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -141,37 +171,42 @@ def fit(
     probe: ProbeSettings,
     tracker,
     *,
+    checkpoint_path: str | os.PathLike,
     seed: int = 0,
     config: Mapping | None = None,
-    on_checkpoint: Callable[[int], None] | None = None,
+    resume_state: Mapping | None = None,
     regularizer=None,
+    on_evaluate: Callable[[int, dict[str, LayerReport], dict[str, float]], None] | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> dict:
     """Train ``model`` on ``task``; log to ``tracker`` (an :class:`ess_reg.tracking.Tracker`).
 
-    ``regularizer`` (an :class:`ess_reg.penalty.ESSPenalty` or ``DecayIdentityPenalty``) reads the
-    operators of each training forward pass and adds its term to the loss.
+    Evaluates (accuracy, ESS probe) at step 0, every ``eval_every`` steps and at the end;
+    checkpoints to ``checkpoint_path`` (atomically). ``resume_state`` (a loaded checkpoint)
+    continues from its step. ``regularizer`` (an :class:`ess_reg.penalty.ESSPenalty` or
+    ``DecayIdentityPenalty``) reads the operators of each training forward pass and adds its
+    term to the loss. ``on_evaluate(step, reports, metrics)`` runs after each evaluation.
 
-    Returns the final evaluation metrics, the per-layer reports and failure modes.
+    Returns the final metrics, the per-layer reports, the model's verdict and the model.
     """
     device = resolve_device(trainer.device)
     autocast_dtype = _autocast_dtype(trainer.precision, device)
     torch.manual_seed(seed)
     model.to(device)
     optimizer = make_optimizer(model.parameters())
-    checkpoint_path = Path(trainer.checkpoint_dir) / "last.pt"
+    checkpoint_path = Path(checkpoint_path)
     start_step = 0
-    if trainer.resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_step = state["step"]
-        torch.set_rng_state(state["rng"])
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        start_step = int(resume_state["step"])
+        torch.set_rng_state(resume_state["rng"])
     test = task.test_set(trainer.eval_examples, seed=seed)
     test_inputs, test_labels = test.inputs.to(device), test.labels.to(device)
-    probe_inputs = test_inputs[: probe.examples]
-    progress = _Progress(trainer.max_steps, trainer.progress)
+    probe_inputs = probe_batch(task, probe.examples, seed).to(device)
     last = {"train/loss": float("nan")}
     reports: dict[str, LayerReport] = {}
+    started = time.perf_counter()
 
     def save_checkpoint(step: int) -> None:
         checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,13 +223,26 @@ def fit(
         start = time.perf_counter()
         reports = probe_report(model, task, probe_inputs, probe)
         metrics["time/ess_probe_s"] = time.perf_counter() - start
-        for name, report in reports.items():
-            metrics.update({f"ess/{name}/{k}": v for k, v in report.metrics().items()})
+        metrics.update(evaluation_metrics(reports))
         tracker.log_metrics(metrics, step)
+        if on_evaluate is not None:
+            on_evaluate(step, reports, metrics)
         model.train()
         last.update(metrics)
         return reports
 
+    def progress(step: int) -> None:
+        if not trainer.progress:
+            return
+        rate = (step - start_step) / max(time.perf_counter() - started, 1e-9)
+        eta = (trainer.max_steps - step) / rate if rate > 0 else float("inf")
+        util = last.get("ess/util")
+        log.info("step %d/%d  loss %.3f  acc %.3f%s  %.1f it/s  eta %s", step, trainer.max_steps,
+                 last["train/loss"], last.get("valid/accuracy", float("nan")),
+                 f"  ESS/reach {util:.2f}" if util is not None else "", rate, _duration(eta))
+
+    if start_step == 0:
+        reports = evaluate_and_log(0)  # ESS and accuracy at initialization
     model.train()
     for step in range(start_step + 1, trainer.max_steps + 1):
         batch = task.train_batch(trainer.batch_size, step, seed)
@@ -203,13 +251,11 @@ def fit(
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None), capture:
             logits = model(x)
         task_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
+        if not torch.isfinite(task_loss):  # before the penalty, whose spectra would fail on NaN operators
+            raise TrainingDiverged(f"non-finite training loss ({task_loss.item()}, the task loss) at step {step}")
         loss = task_loss if regularizer is None else task_loss + regularizer.compute(step)
         if not torch.isfinite(loss):
-            reason = f"non-finite training loss ({loss.item()}) at step {step}"
-            tracker.set_tags({"failure_reason": reason})
-            tracker.finish("FAILED")
-            progress.close()
-            raise TrainingDiverged(reason)
+            raise TrainingDiverged(f"non-finite training loss ({loss.item()}, from the penalty) at step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if trainer.grad_clip:
@@ -226,13 +272,9 @@ def fit(
         if step % trainer.checkpoint_every == 0 or step == trainer.max_steps:
             save_checkpoint(step)
         if step % trainer.log_every == 0 or step == trainer.max_steps:
-            ratio = [v for k, v in last.items() if k.endswith("/ess_over_tss")]
-            ess_text = f"ESS/TSS {sum(ratio) / len(ratio):.2f}" if ratio else ""
-            progress.update(step, start_step, f"loss {last['train/loss']:.3f}  "
-                            f"acc {last.get('valid/accuracy', float('nan')):.3f}  {ess_text}")
-    progress.close()
+            progress(step)
     if not reports:  # resumed at the end: nothing was trained, measure once
-        reports = probe_report(model.eval(), task, probe_inputs, probe)
-    modes = {name: report.failure_mode(probe.thresholds) for name, report in reports.items()}
-    return {"metrics": dict(last), "reports": reports, "failure_modes": modes,
-            "checkpoint": checkpoint_path, "steps": trainer.max_steps, "resumed_from": start_step}
+        reports = evaluate_and_log(trainer.max_steps)
+    verdict = diagnose(reports, last.get("valid/accuracy"), probe.thresholds)
+    return {"metrics": dict(last), "reports": reports, "verdict": verdict, "checkpoint": checkpoint_path,
+            "steps": trainer.max_steps, "resumed_from": start_step, "model": model}

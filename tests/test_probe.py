@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from ess_reg import DenseOperator, LayerESS, StateSpaceOperator
-from ess_reg.diagnose import COLLAPSE, HEALTHY, SATURATION, FailureThresholds, LayerReport, tss_at
+from ess_reg.diagnose import (COLLAPSE, HEALTHY, INCONCLUSIVE, SATURATION, FailureThresholds, LayerReport,
+                              diagnose, model_summary, reachable_state, tss_at)
 from ess_reg.probe import Adapter, capture_operators, ess_layers, measure, register_adapter
 
 
@@ -45,7 +46,9 @@ def test_user_model_with_the_contract_is_measured():
     assert torch.allclose(first.ess.values, torch.full((3, 4, 3), 2.0, dtype=torch.float32))
     # rank H_i = min(k, i, L - i): 3, 5 and 4 at indices 3, 12 and 20 of L = 24
     assert torch.allclose(second.ess.values, torch.tensor([3.0, 5.0, 4.0]).expand(3, 4, 3), atol=1e-5)
-    assert first.utilization == pytest.approx(1.0) and first.failure_mode() == SATURATION
+    assert first.utilization == pytest.approx(1.0) and first.state_use() == "full"
+    assert second.utilization == pytest.approx(1.0)  # reach min(5, i, L - i) = 3, 5, 4: all of it used
+    assert diagnose(reports).mode == SATURATION
     assert first.value_channels == 4 and first.tss_total == 8
 
 
@@ -84,23 +87,46 @@ def test_no_ess_layers_and_unknown_names_are_errors():
         measure(UserModel(), torch.randint(0, 10, (1, 8)), kind="renyi")
 
 
-def report(ess_value, tss, items=None, context_end=4):
-    idx = torch.tensor([2, 4, 6])
-    return LayerReport("layer", LayerESS(torch.full((1, 2, 3), ess_value), idx, 1), tss_at(tss, idx, 8), 2,
+def report(ess_per_index, tss, items=None, context_end=4, name="layer"):
+    idx = torch.tensor([1, 4, 6])  # L = 8: reach min(i, L - i, TSS) = 1, 4, 2 for TSS >= 4
+    values = torch.tensor(ess_per_index, dtype=torch.float32).expand(1, 2, 3)
+    return LayerReport(name, LayerESS(values, idx, 1), tss_at(tss, idx, 8), 2, seq_len=8,
                        context_end=context_end, items_to_recall=items)
 
 
-def test_failure_modes_follow_the_thresholds():
-    assert report(15.0, 16).failure_mode() == SATURATION
-    assert report(1.0, 16, items=4).failure_mode() == COLLAPSE  # far below TSS and below what is needed
-    assert report(1.0, 16, items=1).failure_mode() == HEALTHY  # low use, but the task needs no more
-    assert report(1.0, 16).failure_mode() == COLLAPSE  # no task information: utilization alone
-    assert report(8.0, 16, items=4).failure_mode() == HEALTHY
-    r = report(2.0, 16, items=4)
-    assert r.ess_per_item == 0.5 and r.tss_per_item == 4.0
-    assert r.failure_mode(FailureThresholds(saturation=0.95, collapse=0.1)) == HEALTHY
+def test_utilization_is_ess_over_the_reachable_state():
+    assert reachable_state(torch.tensor(16.0), torch.tensor([1, 4, 6]), 8).tolist() == [1, 4, 2]
+    r = report([1.0, 2.0, 1.0], 16, items=4)
+    assert r.utilization == pytest.approx(4 / 7)  # a ratio of sums: (1 + 2 + 1) / (1 + 4 + 2)
+    assert r.ess_per_item == 0.5 and r.tss_per_item == 4.0  # read at the context end, index 4
+    assert r.metrics() == pytest.approx({"ess": 4 / 3, "util": 4 / 7, "total": 8 / 3, "tss": 16.0,
+                                         "per_kv": 0.5, "tss_kv": 4.0})
+    # A full state of 2 is at its reach everywhere, even where TSS 16 was never reachable.
+    assert report([1.0, 2.0, 2.0], 2).utilization == pytest.approx(1.0)
+
+
+def test_the_verdict_is_the_model_s_and_agrees_with_the_task():
+    full, unused, partial = report([1.0, 4.0, 2.0], 16), report([0.2, 0.4, 0.2], 16), report([1.0, 2.0, 1.0], 16)
+    solved = diagnose({"a": unused, "b": unused}, accuracy=0.95)
+    assert solved.mode == HEALTHY and "solves the task" in solved.reason  # never collapsed when it solves
+    saturated = diagnose({"a": full, "b": partial}, accuracy=0.3)
+    assert saturated.mode == SATURATION and "a uses ESS/reach 1.00 >= saturation 0.9" in saturated.reason
+    assert saturated.layers == {"a": "full", "b": "partial"}
+    collapsed = diagnose({"a": unused, "b": unused}, accuracy=0.3)
+    assert collapsed.mode == COLLAPSE and "accuracy 0.300 < solved 0.9" in collapsed.reason
+    assert diagnose({"a": partial}, accuracy=0.3).mode == INCONCLUSIVE
+    assert diagnose({"a": partial}).mode == HEALTHY and diagnose({"a": unused}).mode == COLLAPSE
+    # The configured thresholds decide, and they are quoted.
+    strict = FailureThresholds(saturation=0.5, collapse=0.1, solved=0.99)
+    verdict = diagnose({"a": partial}, accuracy=0.95, thresholds=strict)
+    assert verdict.mode == SATURATION and ">= saturation 0.5" in verdict.reason
+    assert model_summary({"a": full, "b": unused})["util"] == pytest.approx((1 + 0.8 / 7) / 2)
     with pytest.raises(ValueError, match="collapse < saturation"):
         FailureThresholds(saturation=0.2, collapse=0.5)
+    with pytest.raises(ValueError, match="solved must be a number in"):
+        FailureThresholds(solved=1.5)
+    with pytest.raises(ValueError, match="accuracy must be"):
+        diagnose({"a": partial}, accuracy=2.0)
 
 
 def test_state_space_mixers_hand_over_the_operator_of_their_forward_pass(monkeypatch):

@@ -9,11 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
 from ess_reg import tracking
-from ess_reg.train import analyze_main, compose_config, run
+from ess_reg.analyze import analyze
+from ess_reg.analyze import main as analyze_main
+from ess_reg.build import build_model
+from ess_reg.train import ConfigError, compose_config, run
 from ess_reg.training import resolve_device
 from models import MIXERS
 
@@ -28,6 +32,20 @@ def store(tmp_path):
 def tiny(store, *extra):
     return ["experiment=tiny", f"tracking.uri={store['uri']}", f"tracking.artifact_location={store['artifacts']}",
             f"trainer.checkpoint_dir={store['dir']}/ckpt", "trainer.progress=false", *extra]
+
+
+def all_runs(store):
+    client = MlflowClient(store["uri"])
+    experiment = client.get_experiment_by_name("ess-reg")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def store_contents(store):
+    """Runs with their status, tags, params and every metric's history: what must not change."""
+    client = MlflowClient(store["uri"])
+    return {r.info.run_id: (r.info.status, r.data.tags, r.data.params,
+                            {k: metric_steps(client, r.info.run_id, k) for k in r.data.metrics})
+            for r in all_runs(store)}
 
 
 @pytest.mark.parametrize("model", sorted(MIXERS))
@@ -52,11 +70,23 @@ def test_unknown_config_key_is_an_error():
         compose_config(["trainer.bogus=1"])
 
 
-def test_bad_trainer_settings():
-    with pytest.raises(ValueError, match="trainer.max_steps must be a positive int"):
-        run(compose_config(["experiment=tiny", "trainer.max_steps=0"]))
-    with pytest.raises(ValueError, match="precision"):
-        run(compose_config(["experiment=tiny", "trainer.precision=fp8"]))
+@pytest.mark.parametrize("override, message", [
+    ("trainer.max_steps=0", "trainer.max_steps must be a positive int"),
+    ("trainer.precision=fp8", "precision"),
+    ("trainer.grad_clip=-1", "trainer.grad_clip must be a positive number or null"),
+    ("trainer.threads=0", "trainer.threads must be a positive int or auto"),
+    ("probe.kind=bogus", "probe.kind must be one of"),
+    ("probe.examples=0", "probe.examples must be a positive int"),
+    ("probe.solved=2", "threshold solved must be a number in"),
+    ("optimizer.lr=-1", "optimizer: Invalid learning rate"),
+    ("task.num_kv_pairs=40", "task: num_kv_pairs=40 needs seq_len"),
+    ("tracking.uri=sqlite:///", "keeps nothing"),
+    ("trainer.resume=no-such-run", "neither a checkpoint file nor a run id"),
+])
+def test_bad_settings_fail_before_any_run_exists(store, override, message):
+    with pytest.raises(ConfigError, match=message):
+        run(compose_config(tiny(store, override)))
+    assert all_runs(store) == [] and not (store["dir"] / "ckpt").exists()
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
@@ -66,36 +96,68 @@ def metric_steps(client, run_id, key):
     return [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
-def test_end_to_end_run_is_read_back_from_mlflow(store, capsys):
+def test_end_to_end_run_is_read_back_from_mlflow(store, caplog):
+    caplog.set_level("INFO", logger="ess_reg")
     result = run(compose_config(tiny(store)))
     client = MlflowClient(store["uri"])
     r = client.get_run(result["run_id"])
-    assert r.info.status == "FINISHED"
+    assert r.info.status == "FINISHED" and r.info.run_name == "gla-mqar experiment=tiny"
     assert r.data.params["model.mixer"] == "gla" and r.data.params["task.num_kv_pairs"] == "4"
+    assert int(r.data.params["num_parameters"]) == sum(p.numel() for p in result["model"].parameters())
+    tags = r.data.tags
+    assert tags["model"] == "gla" and tags["task"] == "mqar" and tags["penalty"] == "none"
+    assert tags["overrides"].startswith("experiment=tiny tracking.uri=")
+    assert len(tags["mlflow.source.git.commit"]) == 40  # the tests run in a git checkout
+    experiment = client.get_experiment_by_name("ess-reg")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert metric_steps(client, r.info.run_id, "train/loss") == [2, 4, 6]
-    assert metric_steps(client, r.info.run_id, "valid/accuracy") == [3, 6]
-    layer = "blocks.0.mixer"
-    for key in ("ess_avg", "ess_total", "tss_total", "ess_over_tss", "ess_per_kv"):
-        assert metric_steps(client, r.info.run_id, f"ess/{layer}/{key}") == [3, 6]
-    assert r.data.metrics[f"ess/{layer}/tss_avg"] == 16.0  # gla feature_dim 16
-    assert 0 < r.data.metrics[f"ess/{layer}/ess_over_tss"] <= 1
-    assert r.data.tags[f"failure_mode.{layer}"] in ("saturation", "collapse", "healthy")
+    assert metric_steps(client, r.info.run_id, "valid/accuracy") == [0, 3, 6]  # step 0: at initialization
+    for key in ("ess/util", "ess/per_kv", "ess/ess", "ess/total", "L0/ess", "L0/util", "L0/total", "L0/tss",
+                "L0/per_kv", "L0/tss_kv"):
+        assert metric_steps(client, r.info.run_id, key) == [0, 3, 6], key
+        assert len(key) <= 15  # survives the MLflow UI's column width
+    assert r.data.metrics["L0/tss"] == 16.0  # gla feature_dim 16
+    assert 0 < r.data.metrics["L0/util"] <= 1 and r.data.metrics["ess/util"] == r.data.metrics["L0/util"]
+    assert tags["layers"] == "L0=blocks.0.mixer" and tags["state.L0"] in ("full", "partial", "unused")
+    assert tags["verdict"] == result["verdict"].mode and tags["verdict.reason"] == result["verdict"].reason
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
-    assert {"config.yaml", "ess_table.json", f"ess_vs_index_{layer}.png", "checkpoint"} <= artifacts
+    assert {"config.yaml", "ess_table.json", "ess_vs_index.png", "checkpoint", "images"} <= artifacts
+    images = [a.path for a in client.list_artifacts(r.info.run_id, "images")]
+    assert len([p for p in images if p.endswith(".png")]) == 3  # one ESS-vs-index figure per evaluation
     table = json.loads(Path(client.download_artifacts(r.info.run_id, "ess_table.json", str(store["dir"]))).read_text())
-    assert table[layer]["failure_mode"] == r.data.tags[f"failure_mode.{layer}"]
-    assert "mlflow ui --backend-store-uri" in capsys.readouterr().out
+    assert table["verdict"]["mode"] == tags["verdict"] and table["thresholds"]["solved"] == 0.9
+    assert table["layers"]["blocks.0.mixer"]["state"] == tags["state.L0"]
+    checkpoint = store["dir"] / "ckpt" / r.info.run_id / "last.pt"  # under the run's own id
+    assert result["checkpoint"] == checkpoint and checkpoint.is_file()
+    assert "mlflow ui --backend-store-uri" in caplog.text and "verdict:" in caplog.text
 
-    # ess-analyze reads the checkpoint back and reports the same layer.
-    assert analyze_main([str(result["checkpoint"])]) == 0
-    out = capsys.readouterr().out
-    assert layer in out and "ESS/TSS" in out
-    assert analyze_main([str(store["dir"] / "missing.pt")]) == 2
+    # ess-analyze reads the checkpoint back, by path and by run id, and reproduces the final ESS.
+    for target in (str(checkpoint), r.info.run_id):
+        analysis = analyze(target, uri=store["uri"], checkpoint_root=str(store["dir"] / "ckpt"))
+        report = analysis.reports["blocks.0.mixer"]
+        assert report.ess_avg == pytest.approx(r.data.metrics["L0/ess"], abs=1e-6)
+        assert report.utilization == pytest.approx(r.data.metrics["L0/util"], abs=1e-6)
+        assert analysis.accuracy == pytest.approx(r.data.metrics["valid/accuracy"], abs=1e-9)
+        assert analysis.verdict.mode == tags["verdict"]
+    # by run id from the store alone (no local checkpoint): the logged artifact
+    elsewhere = analyze(r.info.run_id, uri=store["uri"], checkpoint_root=str(store["dir"] / "nothing-here"))
+    assert elsewhere.reports["blocks.0.mixer"].ess_avg == pytest.approx(r.data.metrics["L0/ess"], abs=1e-6)
+    assert analyze_main([str(store["dir"] / "missing.pt"), "--tracking-uri", store["uri"]]) == 2
+
+
+def test_runs_that_differ_only_in_penalty_never_share_a_name_or_checkpoint(store):
+    first = run(compose_config(tiny(store)))
+    second = run(compose_config(tiny(store, "penalty=ess_max")))
+    client = MlflowClient(store["uri"])
+    names = {client.get_run(r["run_id"]).info.run_name for r in (first, second)}
+    assert names == {"gla-mqar experiment=tiny", "gla-mqar experiment=tiny penalty=ess_max"}
+    assert first["checkpoint"].parent != second["checkpoint"].parent
+    assert first["checkpoint"].is_file() and second["checkpoint"].is_file()
 
 
 def test_same_seed_same_run(store):
     first = run(compose_config(tiny(store, "tracking.experiment=a")))
-    second = run(compose_config(tiny(store, "tracking.experiment=b", f"trainer.checkpoint_dir={store['dir']}/other")))
+    second = run(compose_config(tiny(store, "tracking.experiment=b")))
     assert first["metrics"]["train/loss"] == second["metrics"]["train/loss"]
     assert first["metrics"]["valid/loss"] == second["metrics"]["valid/loss"]
 
@@ -114,26 +176,54 @@ def test_resume_after_a_kill_continues_the_same_run_without_duplicate_steps(stor
         run(compose_config(overrides))
     monkeypatch.setattr(tracking.Tracker, "log_metrics", original)
     client = MlflowClient(store["uri"])
-    (killed,) = client.search_runs([client.get_experiment_by_name("ess-reg").experiment_id])
+    (killed,) = all_runs(store)
     assert killed.info.status == "KILLED" and metric_steps(client, killed.info.run_id, "train/loss") == [1, 2, 3, 4, 5]
+    assert f"trainer.resume={killed.info.run_id}" in killed.data.tags["failure_reason"]
 
-    result = run(compose_config([*overrides, "trainer.resume=true"]))
+    result = run(compose_config([*overrides, f"trainer.resume={killed.info.run_id}"]))
     assert result["resumed_from"] == 3 and result["run_id"] == killed.info.run_id
-    runs = client.search_runs([client.get_experiment_by_name("ess-reg").experiment_id])
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    (finished,) = all_runs(store)
+    assert finished.info.status == "FINISHED" and "failure_reason" not in finished.data.tags
     assert metric_steps(client, killed.info.run_id, "train/loss") == [1, 2, 3, 4, 5, 6]
-    assert metric_steps(client, killed.info.run_id, "valid/accuracy") == [2, 4, 6]
+    assert metric_steps(client, killed.info.run_id, "valid/accuracy") == [0, 2, 4, 6]
+
+    # A longer budget may follow; it is recorded, and the run goes on where it stopped.
+    longer = run(compose_config([*overrides, "trainer.max_steps=8", f"trainer.resume={killed.info.run_id}"]))
+    assert longer["resumed_from"] == 6 and metric_steps(client, killed.info.run_id, "train/loss")[-2:] == [7, 8]
+    assert client.get_run(killed.info.run_id).data.tags["resumed.trainer.max_steps"] == "6 -> 8"
+
+
+def test_resume_with_a_changed_key_is_refused_and_writes_nothing(store):
+    first = run(compose_config(tiny(store)))
+    before = store_contents(store)
+    for changed in ("penalty=ess_max", "optimizer.lr=0.01", "task.num_kv_pairs=2", "init=ess_search",
+                    "tracking.experiment=other"):
+        with pytest.raises(ConfigError, match="the config differs from the run's") as err:
+            run(compose_config(tiny(store, changed, f"trainer.resume={first['run_id']}")))
+        assert "Only the step budget and logging knobs may change" in str(err.value)
+    with pytest.raises(ConfigError, match=r"optimizer.lr: 0.003 -> 0.01"):
+        run(compose_config(tiny(store, "optimizer.lr=0.01", f"trainer.resume={first['checkpoint']}")))
+    assert store_contents(store) == before
+    assert MlflowClient(store["uri"]).get_experiment_by_name("other") is None
 
 
 def test_divergence_marks_the_run_failed(store):
     from ess_reg.training import TrainingDiverged
 
-    with pytest.raises(TrainingDiverged, match="non-finite"):
-        run(compose_config(tiny(store, "optimizer=sgd", "optimizer.lr=1e30", "trainer.grad_clip=null",
-                             "trainer.max_steps=50")))
-    client = MlflowClient(store["uri"])
-    (r,) = client.search_runs([client.get_experiment_by_name("ess-reg").experiment_id])
-    assert r.info.status == "FAILED" and "non-finite training loss" in r.data.tags["failure_reason"]
+    for extra in ([], ["penalty=ess_max"]):
+        with pytest.raises(TrainingDiverged, match="non-finite"):
+            run(compose_config(tiny(store, "optimizer=sgd", "optimizer.lr=1e30", "trainer.grad_clip=null",
+                                    "trainer.max_steps=50", *extra)))
+    runs = all_runs(store)
+    assert len(runs) == 2
+    for r in runs:
+        assert r.info.status == "FAILED" and "non-finite training loss" in r.data.tags["failure_reason"]
+
+
+def test_a_penalty_with_nothing_to_act_on_is_refused_before_the_run(store):
+    with pytest.raises(ConfigError, match="decay_identity has nothing to act on.*la's decays are fixed at 1"):
+        run(compose_config(tiny(store, "model=la", "penalty=decay_identity")))
+    assert all_runs(store) == []
 
 
 def free_port():
@@ -168,7 +258,7 @@ def test_mlflow_server_serves_the_run(store):
         runs = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
         assert [r["info"]["run_id"] for r in runs] == [result["run_id"]]
         metrics = {m["key"] for m in runs[0]["data"]["metrics"]}
-        assert "valid/accuracy" in metrics and "ess/blocks.0.mixer/ess_over_tss" in metrics
+        assert "valid/accuracy" in metrics and "ess/util" in metrics and "L0/util" in metrics
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -181,13 +271,37 @@ def test_multirun_with_two_parallel_jobs_groups_children_under_one_parent(store)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(store["uri"])
-    runs = client.search_runs([client.get_experiment_by_name("ess-reg").experiment_id])
+    runs = all_runs(store)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == 2
-    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    (parent,) = parents
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     assert all(r.info.status == "FINISHED" for r in runs)
     assert {r.data.params["seed"] for r in children} == {"0", "1"}
+    assert {r.info.run_name for r in children} == {"gla-mqar seed=0", "gla-mqar seed=1"}  # named by what was swept
+    assert parent.data.tags["sweep.keys"] == "seed" and "seed=0,1" in parent.data.tags["sweep.overrides"]
+    checkpoints = {store["dir"] / "ckpt" / r.info.run_id / "last.pt" for r in children}
+    assert len(checkpoints) == 2 and all(c.is_file() for c in checkpoints)  # never one file for two jobs
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep_summary.md", "sweep_summary.json", "accuracy_vs_ess_per_kv.png"} <= artifacts
+    rows = json.loads(Path(client.download_artifacts(parent.info.run_id, "sweep_summary.json",
+                                                     str(store["dir"]))).read_text())
+    assert {row["run_id"] for row in rows} == {r.info.run_id for r in children}
+    assert all(row["valid/accuracy"] is not None and row["ess/per_kv"] is not None for row in rows)
+    assert "[job " in done.stdout  # parallel jobs' lines say which job
+
+
+def test_a_sweep_whose_job_fails_still_closes_its_parent(store):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "ess_reg.train", "-m", *tiny(store), "optimizer=sgd", "trainer.grad_clip=null",
+           "optimizer.lr=0.01,1e30", f"hydra.sweep.dir={store['dir']}/sweep"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode != 0
+    runs = all_runs(store)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    statuses = sorted(r.info.status for r in runs if r is not parent)
+    assert statuses == ["FAILED", "FINISHED"] and parent.info.status == "FAILED"
 
 
 @pytest.mark.gpu
@@ -203,22 +317,40 @@ def test_penalty_configs_train_and_log(store, penalty):
     client = MlflowClient(store["uri"])
     r = client.get_run(result["run_id"])
     if penalty == "none":
-        assert "penalty/value" not in r.data.metrics and "penalty" not in r.data.tags
+        assert "penalty/value" not in r.data.metrics and r.data.tags["penalty"] == "none"
         return
     assert metric_steps(client, r.info.run_id, "penalty/value") == [2, 4, 6]
     weights = [m.value for m in sorted(client.get_metric_history(r.info.run_id, "penalty/weight"), key=lambda m: m.step)]
     full = {"ess_target": 1.0, "decay_identity": 0.1}.get(penalty, 0.01)
     ramp = [1.0] * 3 if penalty == "decay_identity" else [s / 100 for s in (2, 4, 6)]  # linear ramp over 100 steps
     assert weights == pytest.approx([full * r for r in ramp])
-    assert r.data.tags["penalty"] in ("ESSPenalty", "DecayIdentityPenalty")
+    assert r.data.tags["penalty"] == penalty
 
 
-def test_init_search_logs_every_candidate_and_tags_the_choice(store):
-    result = run(compose_config(tiny(store, "init=ess_search", "init.seeds=[0,1,2]")))
+def test_init_search_logs_every_candidate_and_the_config_rebuilds_the_chosen_model(store):
+    overrides = tiny(store, "init=ess_search", "init.seeds=[0,1,2]",
+                     "init.schemes=[{gate_normalizer: 1},{gate_normalizer: 64}]")
+    result = run(compose_config(overrides))
     client = MlflowClient(store["uri"])
     r = client.get_run(result["run_id"])
     table = json.loads(Path(client.download_artifacts(r.info.run_id, "init_search.json", str(store["dir"]))).read_text())
-    assert len(table) == 3 and sum(row["chosen"] for row in table) == 1
+    assert len(table) == 6 and sum(row["chosen"] for row in table) == 1
     chosen = next(row for row in table if row["chosen"])
     assert chosen["score"] == max(row["score"] for row in table)
-    assert r.data.tags["init.chosen"] == str(chosen["candidate"])
+    # What is logged is what trained: the choice is in the config, params and checkpoint alike.
+    logged = OmegaConf.to_container(OmegaConf.load(client.download_artifacts(r.info.run_id, "config.yaml",
+                                                                             str(store["dir"]))))
+    assert logged["init"]["chosen"] == chosen["candidate"]
+    gate = chosen["candidate"]["scheme"]["gate_normalizer"]
+    assert logged["model"]["mixer_kwargs"]["gate_normalizer"] == gate
+    assert r.data.params["model.mixer_kwargs.gate_normalizer"] == str(gate)
+    state = torch.load(result["checkpoint"], weights_only=True)
+    assert state["config"] == logged
+    # The model rebuilt from the logged config and the checkpoint is the model that trained.
+    rebuilt = build_model(logged["model"])
+    rebuilt.load_state_dict(state["model"])
+    x = torch.randint(0, 128, (2, 64))
+    assert torch.equal(rebuilt.eval()(x), result["model"].eval()(x))
+    analysis = analyze(str(result["checkpoint"]), uri=store["uri"])
+    for name, key in (("blocks.0.mixer", "L0"),):
+        assert analysis.reports[name].ess_avg == pytest.approx(r.data.metrics[f"{key}/ess"], abs=1e-6)

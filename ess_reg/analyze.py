@@ -1,0 +1,95 @@
+"""``ess-analyze RUN_ID | CHECKPOINT``: a trained model's per-layer ESS report and verdict.
+
+The model and task are rebuilt from the checkpoint's config through the project's registries
+(never from a class named in the file), the checkpoint loads with ``weights_only=True``, and
+the probe batch, indices, accuracy set and thresholds are the run's own: the report reproduces
+the run's final evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .build import ConfigError, build_model, build_task, probe_settings
+from .diagnose import LayerReport, Verdict, diagnose
+from .reporting import format_report
+from .resume import load_checkpoint, locate_checkpoint, scratch_dir
+from .training import ProbeSettings, evaluate, probe_batch, probe_report
+
+__all__ = ["Analysis", "analyze", "main", "DEFAULT_URI"]
+
+DEFAULT_URI = "sqlite:///runs/mlflow.db"
+DEFAULT_CHECKPOINTS = "runs/checkpoints"
+
+
+@dataclass
+class Analysis:
+    checkpoint: Path
+    config: dict
+    step: int
+    accuracy: float
+    probe: ProbeSettings
+    reports: dict[str, LayerReport]
+    verdict: Verdict
+
+
+def analyze(target: str, *, uri: str | None = None, checkpoint_root: str = DEFAULT_CHECKPOINTS,
+            examples: int | None = None, num_indices: int | None = None) -> Analysis:
+    """Analyze the run ``target`` names: a checkpoint file or folder, or a run id (its local
+    checkpoint, else its ``checkpoint`` artifact in the store at ``uri``)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    with scratch_dir() as scratch:
+        path = locate_checkpoint(target, checkpoint_root, uri, scratch)
+        state = load_checkpoint(path)
+    config = state["config"]
+    task, model = build_task(config["task"]), build_model(config["model"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    probe = probe_settings(config["probe"])
+    probe = dataclasses.replace(probe, examples=examples or probe.examples,
+                                num_indices=num_indices or probe.num_indices)  # checked again
+    seed = config["seed"]
+    test = task.test_set(config["trainer"]["eval_examples"], seed=seed)
+    accuracy = evaluate(model, test.inputs, test.labels, config["trainer"]["batch_size"])["accuracy"]
+    reports = probe_report(model, task, probe_batch(task, probe.examples, seed), probe)
+    return Analysis(path, config, int(state["step"]), accuracy, probe, reports,
+                    diagnose(reports, accuracy, probe.thresholds))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ess-analyze",
+        description="Per-layer ESS report and verdict of a trained ess-train model, on the run's own probe batch.")
+    parser.add_argument("target", help="an MLflow run id, or a checkpoint file (last.pt) or its folder")
+    parser.add_argument("--tracking-uri", default=None,
+                        help=f"the store holding the run (default: $MLFLOW_TRACKING_URI, else {DEFAULT_URI})")
+    parser.add_argument("--checkpoint-root", default=DEFAULT_CHECKPOINTS,
+                        help=f"where runs keep checkpoints, one folder per run id (default {DEFAULT_CHECKPOINTS})")
+    parser.add_argument("--examples", type=int, default=None, help="probe batch size (default: the run's)")
+    parser.add_argument("--num-indices", type=int, default=None, help="evenly spaced indices (default: the run's)")
+    args = parser.parse_args(argv)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
+    try:
+        result = analyze(args.target, uri=args.tracking_uri, checkpoint_root=args.checkpoint_root,
+                         examples=args.examples, num_indices=args.num_indices)
+    except (ConfigError, ValueError) as err:
+        print(f"ess-analyze: error: {err}", file=sys.stderr)
+        return 2
+    c = result.config
+    print(f"{result.checkpoint}: {c['model']['mixer']} on {c['task']['_target_'].rsplit('.', 1)[-1]} "
+          f"(L={c['task']['seq_len']}), step {result.step}, valid accuracy {result.accuracy:.3f}")
+    print(format_report(result.reports, result.verdict, result.probe.thresholds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""From a run's config (plain data) to the objects it trains: task, model, settings, initialization.
+
+Model and task are built only from the project's own registries — a class named by its
+``_target_`` must be one of :data:`MODEL_TARGETS` / :data:`TASK_TARGETS`, and every other key is
+a plain argument — so a config read from a checkpoint or a store can never name code to run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .diagnose import FailureThresholds
+from .tasks import TASKS, Task
+from .training import ProbeSettings, TrainerSettings, probe_indices
+
+__all__ = ["ConfigError", "MODEL_TARGETS", "TASK_TARGETS", "build_task", "build_model", "trainer_settings",
+           "probe_settings", "with_chosen_init", "initial_model"]
+
+log = logging.getLogger("ess_reg")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; the message names the key and what is allowed."""
+
+
+def _model_class():
+    from models.lm import LanguageModel
+
+    return LanguageModel
+
+
+MODEL_TARGETS = {"models.lm.LanguageModel": _model_class}
+TASK_TARGETS = {f"ess_reg.tasks.{cls.__name__}": cls for cls in TASKS.values()}
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain(value: Any, key: str) -> Any:
+    """Check that ``value`` is plain data (no ``_target_`` below the top): nothing to execute."""
+    if isinstance(value, Mapping):
+        if "_target_" in value:
+            raise ConfigError(f"{key} may not name a class (_target_) below the top of the config")
+        return {k: _plain(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, _PLAIN):
+        raise ConfigError(f"{key} must be plain data, got {type(value).__name__}")
+    return value
+
+
+def _from_registry(node: Mapping, group: str, registry: Mapping[str, Any]):
+    node = dict(node)
+    target = node.pop("_target_", None)
+    if target not in registry:
+        raise ConfigError(f"{group}._target_={target!r} is not one of ess-reg's {group}s: {sorted(registry)}")
+    return registry[target], {k: _plain(v, f"{group}.{k}") for k, v in node.items()}
+
+
+def build_task(node: Mapping) -> Task:
+    cls, kwargs = _from_registry(node, "task", TASK_TARGETS)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"task: {err}") from None
+
+
+def build_model(node: Mapping) -> nn.Module:
+    factory, kwargs = _from_registry(node, "model", MODEL_TARGETS)
+    try:
+        return factory()(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model: {err}") from None
+
+
+def trainer_settings(node: Mapping) -> TrainerSettings:
+    node = {k: v for k, v in node.items() if k not in ("resume", "checkpoint_dir")}
+    try:
+        return TrainerSettings(**node)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def probe_settings(node: Mapping) -> ProbeSettings:
+    node = dict(node)
+    try:
+        thresholds = FailureThresholds(saturation=node.pop("saturation"), collapse=node.pop("collapse"),
+                                       solved=node.pop("solved"))
+        return ProbeSettings(**node, thresholds=thresholds)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ConfigError(f"probe: {err}") from None
+
+
+def with_chosen_init(config: Mapping, chosen: Mapping) -> dict:
+    """``config`` as it must be logged after an init search chose ``chosen = {seed, scheme}``:
+    the scheme merged into ``model.mixer_kwargs`` and the choice under ``init.chosen``, so that
+    the logged config rebuilds exactly the model that trained."""
+    out = copy.deepcopy(dict(config))
+    out["model"] = {**out["model"], "mixer_kwargs": {**(out["model"].get("mixer_kwargs") or {}),
+                                                     **dict(chosen["scheme"])}}
+    out["init"] = {**out["init"], "chosen": {"seed": int(chosen["seed"]), "scheme": dict(chosen["scheme"])}}
+    return out
+
+
+def initial_model(config: Mapping, task: Task, probe: ProbeSettings, probe_inputs: torch.Tensor,
+                  on_candidate=None) -> tuple[nn.Module, dict, Any]:
+    """The model a run starts from, and the config that rebuilds it.
+
+    ``init.chosen`` set (a logged config, a resume): build under that seed. ``init.search``:
+    score ``seeds x schemes`` by ESS on the probe batch and keep the best; the returned config
+    records the choice (:func:`with_chosen_init`). Otherwise: build under the run's seed.
+    Returns ``(model, config, search result or None)``.
+    """
+    init = config.get("init") or {}
+    chosen = init.get("chosen")
+    if chosen:
+        torch.manual_seed(int(chosen["seed"]))
+        return build_model(config["model"]), dict(config), None
+    if not init.get("search"):
+        torch.manual_seed(int(config["seed"]))
+        return build_model(config["model"]), dict(config), None
+
+    from .init_search import select_init
+
+    schemes = [dict(s) for s in (init.get("schemes") or [{}])]
+    candidates = [{"seed": int(seed), "scheme": scheme} for seed in init["seeds"] for scheme in schemes]
+
+    def factory(candidate):
+        node = dict(config["model"])
+        node["mixer_kwargs"] = {**(node.get("mixer_kwargs") or {}), **candidate["scheme"]}
+        return build_model(node)
+
+    result = select_init(factory, candidates, probe_inputs, score=init["score"],
+                         indices=probe_indices(task, probe.num_indices), context_end=task.context_end,
+                         items_to_recall=task.items_to_recall, on_candidate=on_candidate)
+    return result.model, with_chosen_init(config, result.candidate), result

@@ -1,0 +1,126 @@
+"""A sweep (``ess-train -m ...``) as one MLflow parent run with a child run per job.
+
+The parent records what was swept, ends FINISHED when every job did (else FAILED or KILLED:
+never left RUNNING, even when a job raises and Hydra exits early), and carries a summary:
+a table of its children (overrides, status, accuracy, ESS figures, verdict) and a plot of
+accuracy against ESS/kv.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from . import tracking
+
+__all__ = ["SweepCallback", "swept_keys", "summarize_sweep"]
+
+log = logging.getLogger("ess_reg")
+COLUMNS = ("valid/accuracy", "ess/util", "ess/per_kv", "ess/total")
+
+
+def swept_keys(overrides: list[str]) -> list[str]:
+    """The keys a multirun's overrides sweep: those given several values (``a=1,2``, ranges...)."""
+    keys = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if "," in value or value.startswith(("range(", "choice(", "interval(", "glob(")):
+            keys.append(key.lstrip("+~"))
+    return keys
+
+
+def summarize_sweep(uri: str, parent_run_id: str) -> dict:
+    """Table of the parent's children and a plot of accuracy against ESS/kv, logged to the
+    parent as ``sweep_summary.md``, ``sweep_summary.json`` and ``accuracy_vs_ess_per_kv.png``.
+    Returns the rows."""
+    children = tracking.child_runs(uri, parent_run_id)
+    rows = []
+    for child in children:
+        tags, metrics = child.data.tags, child.data.metrics
+        rows.append({"run_id": child.info.run_id, "name": child.info.run_name, "status": child.info.status,
+                     "overrides": tags.get("overrides", ""), "verdict": tags.get("verdict", "-"),
+                     **{k: metrics.get(k) for k in COLUMNS}})
+    client_tracker = tracking.Tracker.attach(uri, parent_run_id)
+    client_tracker.log_json(rows, "sweep_summary.json")
+
+    def cell(value):
+        return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    header = ["run", "status", *COLUMNS, "verdict", "overrides"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["name"], r["status"], *(cell(r[k]) for k in COLUMNS), r["verdict"],
+                                        f"`{r['overrides']}`"]) + " |")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sweep_summary.md"
+        path.write_text(f"# Sweep {parent_run_id}: {len(rows)} runs\n\n" + "\n".join(lines) + "\n")
+        client_tracker.log_artifact(path)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [r for r in rows if r["valid/accuracy"] is not None and r["ess/per_kv"] is not None]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in points:
+        ax.scatter(r["ess/per_kv"], r["valid/accuracy"])
+        ax.annotate(r["name"], (r["ess/per_kv"], r["valid/accuracy"]), fontsize=6, alpha=0.8)
+    ax.set_xlabel("ESS/kv (per head or channel, at the end of the context)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"sweep: {len(points)} of {len(rows)} runs")
+    client_tracker.log_figure(fig, "accuracy_vs_ess_per_kv.png")
+    plt.close(fig)
+    return rows
+
+
+class SweepCallback(Callback):
+    """Hydra callback: the parent run of a multirun (its id reaches the jobs via the environment)."""
+
+    def __init__(self):
+        self.run_id: str | None = None
+        self.uri: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        t = config.tracking
+        overrides = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+        keys = swept_keys(overrides)
+        name = f"sweep {' '.join(keys) or '-'} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        tracker = tracking.Tracker(t.uri, t.experiment, t.artifact_location, run_name=name)
+        tracker.set_tags({"sweep.overrides": " ".join(overrides), "sweep.keys": ",".join(keys),
+                          "mlflow.note.content": f"Sweep over {', '.join(keys) or 'nothing'}: "
+                                                 f"`ess-train -m {' '.join(overrides)}`"})
+        self.run_id, self.uri = tracker.run_id, t.uri
+        os.environ[tracking.PARENT_RUN_ENV] = self.run_id
+        os.environ[tracking.SWEEP_KEYS_ENV] = ",".join(keys)
+        atexit.register(self._close, None)  # a failed job makes Hydra exit without on_multirun_end
+        log.info("ess-train: sweep parent run %s over %s", self.run_id, keys)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self._close("FINISHED")
+
+    def _close(self, status: str | None) -> None:
+        if self.run_id is None:
+            return
+        run_id, self.run_id = self.run_id, None
+        os.environ.pop(tracking.PARENT_RUN_ENV, None)
+        os.environ.pop(tracking.SWEEP_KEYS_ENV, None)
+        try:
+            rows = summarize_sweep(self.uri, run_id)
+        except Exception as err:  # the summary must never keep the parent open
+            log.error("ess-train: sweep summary failed: %s", err)
+            rows = []
+        statuses = {r["status"] for r in rows}
+        if status is None:  # ended early: say why, from the children
+            status = "FAILED" if "FAILED" in statuses else "KILLED"
+        elif statuses - {"FINISHED"}:
+            status = "FAILED"
+        tracking.finish_run(self.uri, run_id, status)
+        log.info("ess-train: sweep parent run %s %s (%d jobs)", run_id, status, len(rows))
