@@ -354,3 +354,40 @@ def test_init_search_logs_every_candidate_and_the_config_rebuilds_the_chosen_mod
     analysis = analyze(str(result["checkpoint"]), uri=store["uri"])
     for name, key in (("blocks.0.mixer", "L0"),):
         assert analysis.reports[name].ess_avg == pytest.approx(r.data.metrics[f"{key}/ess"], abs=1e-6)
+
+
+def verdict_of(store, *overrides):
+    result = run(compose_config(tiny(store, *overrides)))
+    tags = MlflowClient(store["uri"]).get_run(result["run_id"]).data.tags
+    assert tags["verdict"] == result["verdict"].mode  # the tag says what the run found
+    return result
+
+
+def test_a_starved_model_that_fails_is_saturated(store):
+    # One key direction per head (TSS 1) for 8 pairs: the state is full and cannot hold the task.
+    result = verdict_of(store, "model=la", "model.mixer_kwargs.feature_dim=1", "task.num_kv_pairs=8")
+    assert result["metrics"]["valid/accuracy"] < 0.9
+    assert result["verdict"].mode == "saturation" and ">= saturation 0.9" in result["verdict"].reason
+    assert all(r.utilization > 0.99 for r in result["reports"].values())
+
+
+def test_a_model_whose_state_sits_unused_while_it_fails_is_collapsed(store):
+    # Forgetting 50-90% of the state every step: 16 directions per head, about 1 in use.
+    result = verdict_of(store, "model=wla", "+model.mixer_kwargs.decay_min=0.5", "+model.mixer_kwargs.decay_max=0.9",
+                        "task.num_kv_pairs=8")
+    assert result["metrics"]["valid/accuracy"] < 0.9
+    assert result["verdict"].mode == "collapse" and "<= collapse 0.2" in result["verdict"].reason
+    # The same run under thresholds that call nothing collapsed: every output follows them.
+    relaxed = verdict_of(store, "model=wla", "+model.mixer_kwargs.decay_min=0.5", "+model.mixer_kwargs.decay_max=0.9",
+                         "task.num_kv_pairs=8", "probe.collapse=0.01", "probe.saturation=0.5")
+    assert relaxed["verdict"].mode == "inconclusive"
+
+
+@pytest.mark.slow
+def test_the_default_quickstart_run_solves_its_task_and_is_not_called_collapsed(store):
+    result = run(compose_config([f"tracking.uri={store['uri']}", f"tracking.artifact_location={store['artifacts']}",
+                                 f"trainer.checkpoint_dir={store['dir']}/ckpt", "trainer.progress=false"]))
+    assert result["metrics"]["valid/accuracy"] >= 0.9
+    assert result["verdict"].mode == "healthy" and "solves the task" in result["verdict"].reason
+    tags = MlflowClient(store["uri"]).get_run(result["run_id"]).data.tags
+    assert tags["verdict"] == "healthy" and tags["mlflow.runName"] == "gla-mqar"
