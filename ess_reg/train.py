@@ -150,6 +150,9 @@ def prepare(cfg: DictConfig) -> Plan:
             raise ConfigError(f"trainer.resume={config['trainer']['resume']}: the config differs from the run's "
                               f"in {listed}. Only the step budget and logging knobs may change on resume; "
                               "start a new run for anything else")
+        if trainer.max_steps < int(resume_state["step"]):
+            raise ConfigError(f"trainer.max_steps={trainer.max_steps} is below the step {resume_state['step']} the "
+                              f"checkpoint of trainer.resume={config['trainer']['resume']} reached")
         changes = config_differences(stored, requested, allowed=())
         changes.pop("trainer.resume", None)
         config = requested

@@ -391,3 +391,37 @@ def test_the_default_quickstart_run_solves_its_task_and_is_not_called_collapsed(
     assert result["verdict"].mode == "healthy" and "solves the task" in result["verdict"].reason
     tags = MlflowClient(store["uri"]).get_run(result["run_id"]).data.tags
     assert tags["verdict"] == "healthy" and tags["mlflow.runName"] == "gla-mqar"
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_run_killed_and_resuming_finishes_it_with_contiguous_steps(store):
+    import signal
+
+    overrides = tiny(store, "trainer.log_every=1", "trainer.eval_every=100000", "trainer.checkpoint_every=5")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    process = subprocess.Popen([sys.executable, "-m", "ess_reg.train", *overrides, "trainer.max_steps=100000",
+                                f"hydra.run.dir={store['dir']}/hydra"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((store["dir"] / "ckpt").glob("*/last.pt")):
+        assert process.poll() is None and time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    (killed,) = all_runs(store)
+    assert killed.info.status == "KILLED", stderr[-2000:]
+    assert "SIGTERM" in killed.data.tags["failure_reason"]
+    client = MlflowClient(store["uri"])
+    logged = metric_steps(client, killed.info.run_id, "train/loss")
+    assert logged == list(range(1, len(logged) + 1))
+
+    state = torch.load(next((store["dir"] / "ckpt").glob("*/last.pt")), weights_only=True)
+    end = max(logged[-1], state["step"]) + 5
+    with pytest.raises(ConfigError, match="is below the step"):
+        run(compose_config([*overrides, "trainer.max_steps=1", f"trainer.resume={killed.info.run_id}"]))
+    result = run(compose_config([*overrides, f"trainer.max_steps={end}", f"trainer.resume={killed.info.run_id}"]))
+    assert result["run_id"] == killed.info.run_id and result["resumed_from"] == state["step"]
+    (finished,) = all_runs(store)
+    assert finished.info.status == "FINISHED" and "failure_reason" not in finished.data.tags
+    assert metric_steps(client, killed.info.run_id, "train/loss") == list(range(1, end + 1))
