@@ -225,8 +225,9 @@ class _Signals:
 def _log_start(tracker: tracking.Tracker, plan: Plan) -> None:
     model = plan.model
     if plan.resume_state is None:
-        tracker.log_params({**tracking.flatten(plan.config),
-                            "num_parameters": sum(p.numel() for p in model.parameters())})
+        params = {k: v for k, v in tracking.flatten(plan.config).items()
+                  if not k.endswith("._partial_")}  # Hydra plumbing, not a setting (config.yaml keeps it)
+        tracker.log_params({**params, "num_parameters": sum(p.numel() for p in model.parameters())})
         tracker.set_tags(run_tags(plan.choices, plan.overrides))
         if plan.search is not None:
             tracker.log_json(plan.search.table(), "init_search.json")
