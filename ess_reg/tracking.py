@@ -6,8 +6,11 @@ overridable; ``MLFLOW_TRACKING_URI`` is honoured through the config's default).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import sqlite3
 import tempfile
 import time
 from collections.abc import Mapping
@@ -17,6 +20,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+log = logging.getLogger("ess_reg")
 PARENT_RUN_ENV = "ESS_REG_PARENT_RUN_ID"  # set by a multirun's parent run for its jobs
 SWEEP_KEYS_ENV = "ESS_REG_SWEEP_KEYS"  # the swept keys, comma-separated: jobs are named by them
 # MLflow 3 opens an experiment in its GenAI view unless told it holds model training.
@@ -35,17 +39,143 @@ def flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_dir(path: str | os.PathLike, what: str) -> None:
+    """Raise ``ValueError`` unless ``path`` is, or can be made, a writable folder; creates nothing."""
+    folder = Path(path)
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise ValueError(f"{what}={path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what}={path}: {existing} is not writable")
+
+
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, with the reason, on a store URI that cannot keep runs: an unknown scheme, an
+    in-memory database, an unwritable SQLite path, an HTTP server nobody answers at."""
+    from urllib.parse import urlparse
+
+    if not isinstance(uri, str) or not uri.strip():
+        raise ValueError(f"tracking.uri must be a store URI such as sqlite:///runs/mlflow.db, got {uri!r}")
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if path in ("", ":memory:") or path.endswith("/"):
+            raise ValueError(f"tracking.uri={uri} keeps nothing (an in-memory database or no file); give a file, "
+                             "e.g. sqlite:///runs/mlflow.db")
+        file = Path(path)
+        if file.exists() and (not file.is_file() or not os.access(file, os.R_OK | os.W_OK)):
+            raise ValueError(f"tracking.uri={uri}: {file} is not a readable and writable file")
+        check_writable_dir(file.parent, "tracking.uri")
+    elif parsed.scheme in ("http", "https"):
+        import socket
+
+        host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+        if not host:
+            raise ValueError(f"tracking.uri={uri} names no host")
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as err:
+            raise ValueError(f"tracking.uri={uri}: no tracking server answers at {host}:{port} ({err}); start one "
+                             "with `mlflow server` or use sqlite:///runs/mlflow.db") from None
+    elif parsed.scheme in ("", "file"):
+        check_writable_dir(parsed.path if parsed.scheme else uri, "tracking.uri")
+    else:
+        raise ValueError(f"tracking.uri={uri}: unknown store scheme {parsed.scheme!r}; use sqlite:///path.db, "
+                         "http(s)://host:port or a folder")
+
+
 def _ensure_sqlite_dir(uri: str) -> None:
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         path.parent.mkdir(parents=True, exist_ok=True)
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """Serialize the first use of a SQLite store across processes (a lock file beside it):
+    MLflow creates its schema on first use, and two processes creating it at once collide."""
+    path = _sqlite_path(uri)
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks (Windows): no serialization
+        fcntl = None
+    if path is None or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_count(path: Path) -> int | None:
+    """How many runs a SQLite store file holds (``None``: no runs table, e.g. a half-made store)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    except sqlite3.Error:
+        return None
+
+
+def open_store(uri: str) -> MlflowClient:
+    """A client of a usable store at ``uri``. The first use of a SQLite store (which creates its
+    schema) holds a lock, so concurrent first runs do not collide; a store whose creation was
+    interrupted (it holds no run) is moved aside to ``<file>.broken-<time>`` and made anew."""
+    _ensure_sqlite_dir(uri)
+    with _store_lock(uri):
+        try:
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)  # creates or checks the schema
+            return client
+        except Exception as err:
+            path = _sqlite_path(uri)
+            if path is None or not path.is_file():
+                raise
+            runs = _run_count(path)
+            if runs:
+                raise ValueError(f"the MLflow store {path} cannot be opened ({str(err).splitlines()[0]}); it holds "
+                                 f"{runs} runs, so it is left as it is (try `mlflow db upgrade {uri}`)") from None
+            broken = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.replace(broken)
+            log.warning("ess-reg: the store %s was left half-made (its creation was interrupted) and held no run; "
+                        "moved it to %s and made a new one", path, broken)
+            _forget_engine(uri)
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)
+            return client
+
+
+def _forget_engine(uri: str) -> None:
+    """Drop MLflow's cached database engine for ``uri``: its pooled connections still point at
+    the file that was moved aside."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        engines = SqlAlchemyStore._engine_map
+    except (ImportError, AttributeError):
+        return
+    for key in [k for k in engines if k == uri]:
+        engines.pop(key).dispose()
+
+
 def experiment_id(uri: str, experiment: str, artifact_location: str | None = None) -> str:
     """Point MLflow at ``uri`` and return the id of ``experiment``, creating it if needed."""
-    _ensure_sqlite_dir(uri)
+    client = open_store(uri)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         if found.tags.get("mlflow.experimentKind") is None:
@@ -167,8 +297,10 @@ def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
 
 
 def get_run(uri: str, run_id: str):
-    """The run ``run_id`` in the store at ``uri``, or ``None`` if there is none."""
-    _ensure_sqlite_dir(uri)
+    """The run ``run_id`` in the store at ``uri``, or ``None`` if there is none (a missing SQLite
+    file is not created by asking)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return None
     try:
         return MlflowClient(uri).get_run(run_id)
     except mlflow.exceptions.MlflowException:

@@ -95,14 +95,16 @@ def _hydra_context() -> tuple[dict[str, str], list[str], int | None]:
     return choices, list(hc.overrides.task), job
 
 
-def _check_tracking(config: dict) -> None:
-    uri = config["tracking"]["uri"]
-    if not isinstance(uri, str) or not uri:
-        raise ConfigError(f"tracking.uri must be a store URI such as sqlite:///runs/mlflow.db, got {uri!r}")
-    if uri.startswith("sqlite://") and uri.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://", "sqlite:///",
-                                                               "sqlite:///:memory:"):
-        raise ConfigError(f"tracking.uri={uri} keeps nothing (an in-memory database); give a file, e.g. "
-                          "sqlite:///runs/mlflow.db")
+def _check_outputs(config: dict) -> None:
+    """The store and the folders a run writes to, checked before anything is written."""
+    t = config["tracking"]
+    try:
+        tracking.check_store(t["uri"])
+        if t.get("artifact_location"):
+            tracking.check_writable_dir(t["artifact_location"], "tracking.artifact_location")
+        tracking.check_writable_dir(config["trainer"]["checkpoint_dir"], "trainer.checkpoint_dir")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _make_optimizer(cfg: DictConfig):
@@ -132,7 +134,7 @@ def prepare(cfg: DictConfig) -> Plan:
         resolve_device(trainer.device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    _check_tracking(config)
+    _check_outputs(config)
     task = build_task(config["task"])
     make_optimizer = _make_optimizer(cfg)
     resume_state, changes = None, {}
@@ -336,12 +338,6 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     _hydra_main()
-
-
-def analyze_main(argv: list[str] | None = None) -> int:  # the entry point's old home
-    from .analyze import main as analyze
-
-    return analyze(argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,64 @@
+"""A checkpoint is data: nothing in it is executed, imported or called."""
+
+import pathlib
+
+import pytest
+import torch
+
+from ess_reg.analyze import analyze
+from ess_reg.build import ConfigError
+from ess_reg.train import compose_config, run
+
+
+class Payload:
+    """Unpickling this writes a file: what a crafted checkpoint would do with pickle."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.write_text, (pathlib.Path(self.marker), "executed"))
+
+
+@pytest.fixture
+def trained(tmp_path):
+    overrides = ["experiment=tiny", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                 f"tracking.artifact_location={tmp_path}/artifacts", f"trainer.checkpoint_dir={tmp_path}/ckpt",
+                 "trainer.progress=false"]
+    result = run(compose_config(overrides))
+    return result, overrides
+
+
+def test_a_crafted_pickle_is_refused_and_not_executed(tmp_path, trained):
+    result, overrides = trained
+    marker = tmp_path / "pwned.txt"
+    crafted = tmp_path / "crafted.pt"
+    state = torch.load(result["checkpoint"], weights_only=True)
+    state["model"] = Payload(str(marker))
+    torch.save(state, crafted)
+    with pytest.raises(ConfigError, match="not a loadable ess-train checkpoint"):
+        analyze(str(crafted))
+    with pytest.raises(ConfigError, match="not a loadable ess-train checkpoint"):
+        run(compose_config([*overrides, f"trainer.resume={crafted}"]))
+    assert not marker.exists()
+
+
+def test_a_crafted_target_is_refused_and_nothing_is_called(tmp_path, trained):
+    result, overrides = trained
+    source, copy = tmp_path / "source.txt", tmp_path / "copy.txt"
+    source.write_text("data")
+    state = torch.load(result["checkpoint"], weights_only=True)
+    state["config"]["model"] = {"_target_": "shutil.copyfile", "src": str(source), "dst": str(copy)}
+    crafted = tmp_path / "crafted.pt"
+    torch.save(state, crafted)
+    with pytest.raises(ConfigError, match="model._target_='shutil.copyfile' is not one of ess-reg's models"):
+        analyze(str(crafted))
+    with pytest.raises(ConfigError, match="the config differs from the run's"):
+        run(compose_config([*overrides, f"trainer.resume={crafted}"]))
+    # also below the top of the config: only plain data is passed on
+    state["config"]["model"] = {**torch.load(result["checkpoint"], weights_only=True)["config"]["model"],
+                                "mixer_kwargs": {"_target_": "shutil.copyfile", "src": str(source), "dst": str(copy)}}
+    torch.save(state, crafted)
+    with pytest.raises(ConfigError, match="may not name a class"):
+        analyze(str(crafted))
+    assert not copy.exists()
