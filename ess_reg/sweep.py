@@ -118,8 +118,8 @@ class SweepCallback(Callback):
             log.error("ess-train: sweep summary failed: %s", err)
             rows = []
         statuses = {r["status"] for r in rows}
-        if status is None:  # ended early: say why, from the children
-            status = "FAILED" if "FAILED" in statuses else "KILLED"
+        if status is None:  # ended early (a job raised, Ctrl-C): say why, from the children
+            status = "KILLED" if "KILLED" in statuses else "FAILED"
         elif statuses - {"FINISHED"}:
             status = "FAILED"
         tracking.finish_run(self.uri, run_id, status)
