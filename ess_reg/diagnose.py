@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._checks import check_int
 from .ess import LayerESS
 from .spectra import resolve_indices
 
@@ -25,7 +26,10 @@ def growing_state_size(indices: torch.Tensor, seq_len: int) -> torch.Tensor:
     The KV cache (or the convolution's input history) holds all ``i`` past tokens, and no block
     ``H_i`` can have rank above ``min(i, L - i)``.
     """
-    return torch.minimum(indices, seq_len - indices)
+    idx = resolve_indices(indices, seq_len)  # validates both; a valid tensor is used as given
+    if isinstance(indices, torch.Tensor):
+        idx = indices
+    return torch.minimum(idx, seq_len - idx)
 
 
 def tss_at(
@@ -58,6 +62,15 @@ def reachable_state(tss: torch.Tensor, indices: torch.Tensor, seq_len: int) -> t
     ``H_i`` is ``(L - i) x i``, so even a full state cannot show more than ``min(i, L - i)``
     there: at ``i = 1`` a state of 16 reaches 1.
     """
+    for name, value in (("tss", tss), ("indices", indices)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    check_int("seq_len", seq_len, 2)
+    try:
+        torch.broadcast_shapes(tss.shape, indices.shape)
+    except RuntimeError:
+        raise ValueError(f"tss of shape {tuple(tss.shape)} does not match indices of shape "
+                         f"{tuple(indices.shape)}") from None
     idx = indices.to(torch.float64)
     return torch.minimum(torch.minimum(idx, seq_len - idx), tss.to(torch.float64))
 
@@ -69,6 +82,14 @@ def utilization(ess_per_index: torch.Tensor, reach: torch.Tensor) -> torch.Tenso
     1 or 2 and every operator fills it, so a mean of ratios would be inflated by indices that
     say nothing; the sums weight each index by the capacity it offers.
     """
+    for name, value in (("ess_per_index", ess_per_index), ("reach", reach)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not ess_per_index.is_floating_point():
+        raise ValueError(f"ess_per_index must be a floating-point tensor, got dtype {ess_per_index.dtype}")
+    if ess_per_index.shape != reach.shape:
+        raise ValueError(f"ess_per_index and reach must have the same shape (one entry per index), got "
+                         f"{tuple(ess_per_index.shape)} and {tuple(reach.shape)}")
     reach = reach.to(ess_per_index)
     total = reach.sum()
     if not total > 0:
@@ -177,7 +198,7 @@ class LayerReport:
 
     def state_use(self, thresholds: FailureThresholds | None = None) -> str:
         """``full``, ``unused`` or ``partial``: this layer's utilization against the thresholds."""
-        t = thresholds or FailureThresholds()
+        t = _check_thresholds(thresholds)
         u = self.utilization
         return FULL if u >= t.saturation else UNUSED if u <= t.collapse else PARTIAL
 
@@ -202,13 +223,31 @@ class Verdict:
         return {"mode": self.mode, "reason": self.reason, "layers": dict(self.layers)}
 
 
+def _check_thresholds(thresholds: FailureThresholds | None) -> FailureThresholds:
+    if thresholds is None:
+        return FailureThresholds()
+    if not isinstance(thresholds, FailureThresholds):
+        raise TypeError(f"thresholds must be a FailureThresholds or None, got {type(thresholds).__name__}")
+    return thresholds
+
+
+def _check_reports(reports: "Mapping[str, LayerReport]") -> "Mapping[str, LayerReport]":
+    if not isinstance(reports, Mapping):
+        raise TypeError(f"reports must be a mapping of layer names to LayerReports (as measure returns), "
+                        f"got {type(reports).__name__}")
+    if not reports:
+        raise ValueError("reports is empty: give at least one layer report")
+    bad = [name for name, r in reports.items() if not isinstance(r, LayerReport)]
+    if bad:
+        raise TypeError(f"reports must hold LayerReports; the entries {bad} do not")
+    return reports
+
+
 def model_summary(reports: "Mapping[str, LayerReport]") -> dict[str, float]:
     """Model-wide figures, means over layers: ``util`` (ESS / reachable state), ``per_kv``
     (per-operator ESS per item at the end of the context), ``ess`` (ESS per operator) and
     ``total`` (total ESS, summed over layers)."""
-    reports = list(reports.values())
-    if not reports:
-        raise ValueError("no layer reports to summarize")
+    reports = list(_check_reports(reports).values())
     out = {"util": sum(r.utilization for r in reports) / len(reports),
            "ess": sum(r.ess_avg for r in reports) / len(reports),
            "total": sum(r.ess_total for r in reports)}
@@ -232,10 +271,10 @@ def diagnose(reports: "Mapping[str, LayerReport]", accuracy: float | None = None
     4. otherwise: with an accuracy below ``t.solved``, **inconclusive** (the model fails, but its
        ESS points at neither failure of memory); without an accuracy, **healthy**.
     """
-    t = thresholds or FailureThresholds()
-    if not reports:
-        raise ValueError("diagnose needs at least one layer report")
-    if accuracy is not None and not (isinstance(accuracy, (int, float)) and 0 <= accuracy <= 1):
+    t = _check_thresholds(thresholds)
+    _check_reports(reports)
+    if accuracy is not None and not (isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool)
+                                     and 0 <= accuracy <= 1):
         raise ValueError(f"accuracy must be a number in [0, 1] or None, got {accuracy!r}")
     use = {name: r.state_use(t) for name, r in reports.items()}
     util = {name: r.utilization for name, r in reports.items()}

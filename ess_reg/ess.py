@@ -7,13 +7,15 @@ Every ESS function takes either an operator / dense ``T`` (spectra are computed 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .operators import Operator, as_operator
+from ._checks import check_int, check_number
+from .operators import Operator, _check_multiplicity, as_operator
 from .spectra import hankel_svdvals, resolve_indices
 
 __all__ = [
@@ -50,13 +52,16 @@ def _check_svdvals(sigma: torch.Tensor) -> None:
 
 
 def _check_tol(tol: float, relative: bool) -> None:
-    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not math.isfinite(tol) or tol <= 0:
-        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+    check_number("tol", tol, minimum=0, strict=True)
     if relative and tol >= 1:
         raise ValueError(
             f"relative tol={tol} >= 1 counts nothing (no singular value exceeds sigma_max); "
             "pass relative=False for an absolute threshold"
         )
+
+
+def _check_temperature(temperature: float) -> None:
+    check_number("temperature", temperature, minimum=0, strict=True)
 
 
 def entropy_ess_from_svdvals(sigma: torch.Tensor, eps: float = ENTROPY_EPS) -> torch.Tensor:
@@ -66,6 +71,7 @@ def entropy_ess_from_svdvals(sigma: torch.Tensor, eps: float = ENTROPY_EPS) -> t
     (where the value is 0 and the gradient 0).
     """
     _check_svdvals(sigma)
+    check_number("eps", eps, minimum=0, strict=True)  # eps = 0 makes 0 * log(0) = NaN
     total = sigma.sum(-1, keepdim=True)
     nonzero = total > 0
     p = sigma / torch.where(nonzero, total, torch.ones_like(total))
@@ -100,8 +106,7 @@ def soft_tolerance_ess_from_svdvals(
     """
     _check_svdvals(sigma)
     _check_tol(tol, relative)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    _check_temperature(temperature)
     tiny = torch.finfo(sigma.dtype).tiny
     return torch.sigmoid((torch.log(_scaled(sigma, relative) + tiny) - math.log(tol)) / temperature).sum(-1)
 
@@ -114,6 +119,7 @@ def entropy_ess(
     **spectra_options,
 ) -> torch.Tensor:
     """Entropy-ESS (effective rank) of ``H_i`` per index: ``(..., len(indices))``. Differentiable."""
+    check_number("eps", eps, minimum=0, strict=True)
     return entropy_ess_from_svdvals(hankel_svdvals(x, indices, **spectra_options), eps=eps)
 
 
@@ -140,23 +146,52 @@ def soft_tolerance_ess(
 ) -> torch.Tensor:
     """Smooth surrogate of :func:`tolerance_ess`, for use in a loss."""
     _check_tol(tol, relative)
+    _check_temperature(temperature)
     sigma = hankel_svdvals(x, indices, **spectra_options)
     return soft_tolerance_ess_from_svdvals(sigma, tol, relative, temperature)
 
 
+def _check_ess(ess: torch.Tensor, min_dim: int, name: str = "ess", floating: bool = True) -> None:
+    if not isinstance(ess, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of ESS values, got {type(ess).__name__}")
+    if not (ess.is_floating_point() or (not floating and not ess.is_complex() and ess.dtype != torch.bool)):
+        raise ValueError(f"{name} must be a {'floating-point' if floating else 'real'} tensor, got dtype {ess.dtype}")
+    if ess.dim() < min_dim or ess.shape[-1] < 1:
+        raise ValueError(f"{name} needs at least {min_dim} dim(s) and a non-empty last (index) dim, "
+                         f"got shape {tuple(ess.shape)}")
+
+
 def average_ess(ess: torch.Tensor) -> torch.Tensor:
     """Average ESS: the mean over sequence indices (the last dim)."""
+    _check_ess(ess, 1)
     return ess.mean(-1)
 
 
 def total_ess(ess: torch.Tensor, multiplicity: int = 1, channel_dim: int = -2) -> torch.Tensor:
     """Total ESS: the sum over channels, each counted ``multiplicity`` times (value channels
     sharing one operator).  ``ess`` is ``(..., channels, indices)`` by default."""
+    _check_ess(ess, 1, floating=False)
+    _check_multiplicity(multiplicity)
+    check_int("channel_dim", channel_dim)
+    if not -ess.dim() <= channel_dim < ess.dim():
+        raise ValueError(f"channel_dim={channel_dim} is not a dim of ess with shape {tuple(ess.shape)}")
     return ess.sum(channel_dim) * multiplicity
 
 
 ESS_KINDS = {"entropy": entropy_ess_from_svdvals, "tolerance": tolerance_ess_from_svdvals,
              "soft_tolerance": soft_tolerance_ess_from_svdvals}
+
+
+def _check_ess_options(kind: str, ess_options: Mapping | None) -> None:
+    """``ess_options``: a mapping of keyword arguments that the ``kind`` of ESS takes."""
+    if ess_options is None:
+        return
+    if not isinstance(ess_options, Mapping):
+        raise TypeError(f"ess_options must be a mapping of keyword arguments, got {type(ess_options).__name__}")
+    allowed = [p for p in inspect.signature(ESS_KINDS[kind]).parameters if p != "sigma"]
+    unknown = sorted(set(ess_options) - set(allowed), key=str)
+    if unknown:
+        raise ValueError(f"ess_options {unknown} are not options of the {kind} ESS; it takes {allowed}")
 
 
 @dataclass
@@ -166,6 +201,17 @@ class LayerESS:
     values: torch.Tensor
     indices: torch.Tensor
     multiplicity: int
+
+    def __post_init__(self):
+        _check_ess(self.values, 3, "values")
+        if self.values.dim() != 3:
+            raise ValueError(f"values must be (batch, channels, len(indices)), got shape {tuple(self.values.shape)}")
+        idx = self.indices
+        if (not isinstance(idx, torch.Tensor) or idx.dim() != 1 or idx.is_floating_point() or idx.is_complex()
+                or idx.dtype == torch.bool or len(idx) != self.values.shape[-1] or bool((idx < 1).any())):
+            raise ValueError(f"indices must be a 1-D integer tensor of sequence indices >= 1, one per column of "
+                             f"values ({self.values.shape[-1]}), got {idx!r}")
+        _check_multiplicity(self.multiplicity)
 
     @property
     def average(self) -> torch.Tensor:
@@ -197,13 +243,19 @@ def layer_ess(
     batch of one.  ``kind`` is ``"entropy"``, ``"tolerance"`` or ``"soft_tolerance"``;
     ``ess_options`` go to that ESS (e.g. ``{"tol": 1e-2}``).
     """
-    if kind not in ESS_KINDS:
+    if not isinstance(kind, str) or kind not in ESS_KINDS:
         raise ValueError(f"unknown ESS kind {kind!r}; choose one of {sorted(ESS_KINDS)}")
+    if not isinstance(operators, Mapping):
+        raise TypeError(f"operators must be a mapping of layer names to operators, got {type(operators).__name__}")
     if not operators:
         raise ValueError("no operators given: the model has no ESS-capable layer")
+    _check_ess_options(kind, ess_options)
     result = {}
     for name, x in operators.items():
-        op = as_operator(x)
+        try:
+            op = as_operator(x)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"operators[{name!r}]: {err}") from None
         if len(op.batch_shape) not in (1, 2):
             raise ValueError(
                 f"layer {name!r}: operator batch shape must be (batch, channels) or (channels,), "

@@ -11,14 +11,16 @@ its position), so the same candidates always give the same scores and the same c
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ._checks import check_limit, check_seed
 from .diagnose import LayerReport
 from .probe import measure
+from .spectra import _index_tensor
 
 __all__ = ["select_init", "InitSearchResult", "SCORES"]
 
@@ -75,20 +77,36 @@ def select_init(
     ``score`` is a name from :data:`SCORES` or a function of the per-layer reports;
     ``on_candidate(i, candidate, score, reports)`` is called after each one (logging, progress).
     """
+    if not callable(factory):
+        raise TypeError(f"factory must be a function candidate -> model, got {factory!r}")
+    if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Iterable):
+        raise TypeError(f"candidates must be a list of candidates, got {candidates!r}")
     candidates = list(candidates)
     if not candidates:
-        raise ValueError("select_init needs at least one candidate")
+        raise ValueError("select_init needs at least one candidate (candidates is empty)")
+    seeds = [c.get("seed", i) if isinstance(c, Mapping) else i for i, c in enumerate(candidates)]
+    for i, seed in enumerate(seeds):
+        check_seed(f"candidates[{i}]['seed']", seed)
     if isinstance(score, str):
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}; choose one of {sorted(SCORES)} or pass a function")
         score_fn = SCORES[score]
-    else:
+    elif callable(score):
         score_fn = score
+    else:
+        raise TypeError(f"score must be one of {sorted(SCORES)} or a function of the reports, got {score!r}")
+    if indices is not None:
+        _index_tensor(indices)  # type and emptiness now; the range once the model's L is known
+    check_limit("context_end", context_end)
+    check_limit("items_to_recall", items_to_recall)
+    if on_candidate is not None and not callable(on_candidate):
+        raise TypeError(f"on_candidate must be a function or None, got {on_candidate!r}")
     scores, best, best_model = [], None, None
-    for i, candidate in enumerate(candidates):
-        seed = candidate.get("seed", i) if isinstance(candidate, Mapping) else i
+    for i, (candidate, seed) in enumerate(zip(candidates, seeds)):
         torch.manual_seed(seed)
         model = factory(candidate)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"factory must return a torch.nn.Module, got {type(model).__name__} for candidate {i}")
         with torch.no_grad():
             reports = measure(model.eval(), probe_inputs, indices, context_end=context_end,
                               items_to_recall=items_to_recall, dtype=torch.float32)

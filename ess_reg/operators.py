@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import check_number
+
 __all__ = ["DenseOperator", "StateSpaceOperator", "as_operator", "Operator"]
 
 # A dense T counts as causal when max|T above the diagonal| <= CAUSAL_RTOL * max|T|.
@@ -96,6 +98,7 @@ class DenseOperator:
             raise ValueError(f"T must be square in its last two dims, got shape {tuple(T.shape)}")
         if T.shape[-1] < 2:
             raise ValueError(f"sequence length L must be >= 2, got L={T.shape[-1]}")
+        check_number("causal_rtol", causal_rtol, minimum=0, finite=False)
         if check_values:
             _check_causal_and_finite(T, causal_rtol)
         self.T = T
@@ -265,6 +268,13 @@ def _select(x: torch.Tensor, dim: int, index: torch.Tensor, batch_rank: int) -> 
     if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim < batch_rank:
         raise ValueError(f"dim must index one of the {batch_rank} batch dims, got {dim!r}")
     own = dim - (batch_rank - (x.dim() - 2))  # x may have fewer leading dims (broadcast)
+    try:
+        as_tensor = index if isinstance(index, torch.Tensor) else torch.as_tensor(index)
+    except (TypeError, ValueError, RuntimeError):
+        as_tensor = None
+    if as_tensor is None or (as_tensor.numel() and (as_tensor.is_floating_point() or as_tensor.is_complex()
+                                                    or as_tensor.dtype == torch.bool)):
+        raise ValueError(f"index must be a 1-D list or integer tensor of batch entries, got {index!r}")
     if own < 0 or x.shape[own] == 1:
         return x
     index = torch.as_tensor(index, dtype=torch.long, device=x.device)

@@ -20,11 +20,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._checks import check_int, check_limit, check_number, check_seed
 from .diagnose import reachable_state, tss_at, utilization
-from .ess import entropy_ess_from_svdvals, soft_tolerance_ess_from_svdvals
+from .ess import _check_temperature, _check_tol, entropy_ess_from_svdvals, soft_tolerance_ess_from_svdvals
 from .operators import StateSpaceOperator
 from .probe import _adapter_for, capture_operators
-from .spectra import hankel_svdvals, resolve_indices
+from .spectra import _index_tensor, hankel_svdvals, resolve_indices
 
 __all__ = ["ESSPenalty", "DecayIdentityPenalty", "MODES", "INDEX_CHOICES"]
 
@@ -33,11 +34,10 @@ INDEX_CHOICES = ("random", "all", "context_end")
 HINGES = ("two_sided", "below", "above")
 
 
-def _check_limit(name: str, value: int | None) -> int | None:
-    """A cost knob: a positive int, or None for no limit."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    return value
+def _check_task(task) -> None:
+    """A task (or anything with its ``context_end`` and ``items_to_recall``), or None."""
+    if task is not None and not all(hasattr(task, a) for a in ("context_end", "items_to_recall")):
+        raise TypeError(f"task must be a task (with context_end and items_to_recall) or None, got {task!r}")
 
 
 class _OperatorRegularizer(nn.Module):
@@ -51,7 +51,8 @@ class _OperatorRegularizer(nn.Module):
         for name, value in (("warmup_steps", warmup_steps), ("ramp_steps", ramp_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        _check_limit("batch_limit", batch_limit)
+        check_limit("batch_limit", batch_limit)
+        _check_task(task)
         self.model = [model]  # a list: not registered as a submodule (no double parameters)
         self.weight, self.warmup_steps, self.ramp_steps = float(weight), warmup_steps, ramp_steps
         self.batch_limit = batch_limit
@@ -64,6 +65,7 @@ class _OperatorRegularizer(nn.Module):
         linear ramp reaching ``weight`` at step ``warmup_steps + ramp_steps``."""
         if step is None:
             return self.weight
+        check_int("step", step, 0)
         if self.warmup_steps and step <= self.warmup_steps:
             return 0.0
         if self.ramp_steps == 0:
@@ -143,7 +145,7 @@ class ESSPenalty(_OperatorRegularizer):
                  warmup_steps: int = 0, ramp_steps: int = 0, batch_limit: int | None = None,
                  channel_limit: int | None = None, seed: int = 0, task=None):
         super().__init__(model, weight, layers, warmup_steps, ramp_steps, batch_limit, task)
-        self.channel_limit = _check_limit("channel_limit", channel_limit)
+        self.channel_limit = check_limit("channel_limit", channel_limit)
         if task is not None:
             context_end = task.context_end if context_end is None else context_end
             items_to_recall = task.items_to_recall if items_to_recall is None else items_to_recall
@@ -153,27 +155,41 @@ class ESSPenalty(_OperatorRegularizer):
             raise ValueError(f"kind must be 'entropy' or 'soft_tolerance' (differentiable), got {kind!r}")
         if isinstance(indices, str) and indices not in INDEX_CHOICES:
             raise ValueError(f"unknown indices {indices!r}; choose one of {INDEX_CHOICES} or give a list")
+        if not isinstance(indices, str):  # a list: its upper end is checked per forward pass (L is not known yet)
+            listed = _index_tensor(indices)
+            if bool((listed < 1).any()):
+                raise ValueError(f"indices must lie in 1..L-1 (H_i = T[i:, :i] is empty otherwise); got "
+                                 f"{listed[listed < 1].tolist()[:8]}")
+            indices = listed.tolist() if isinstance(indices, torch.Tensor) else indices
+        check_limit("context_end", context_end)
+        check_limit("items_to_recall", items_to_recall)
         if indices == "context_end" and context_end is None:
             raise ValueError("indices='context_end' needs context_end (the index where the context ends)")
         if isinstance(num_indices, bool) or not isinstance(num_indices, int) or num_indices < 1:
             raise ValueError(f"num_indices must be a positive int, got {num_indices!r}")
         if target_on not in ("utilization", "per_item"):
             raise ValueError(f"target_on must be 'utilization' or 'per_item', got {target_on!r}")
-        if mode == "target":
-            if target is None or not math.isfinite(target) or target < 0:
-                raise ValueError(f"mode='target' needs a finite target >= 0, got {target!r}")
-            if hinge not in HINGES:
-                raise ValueError(f"unknown hinge {hinge!r}; choose one of {HINGES}")
+        if mode == "target" and target is None:
+            raise ValueError(f"mode='target' needs a finite target >= 0, got {target!r}")
+        if target is not None:
+            check_number("target", target, minimum=0)
+        if not isinstance(hinge, str) or hinge not in HINGES:
+            raise ValueError(f"unknown hinge {hinge!r}; choose one of {HINGES}")
+        _check_tol(tol, relative=True)
+        _check_temperature(temperature)
         if target_on == "per_item" and (not items_to_recall or context_end is None):
             raise ValueError("target_on='per_item' needs items_to_recall and context_end (ESS/kv is read there)")
         self.mode, self.indices, self.num_indices, self.kind = mode, indices, num_indices, kind
         self.target, self.target_on, self.hinge, self.squared = target, target_on, hinge, squared
         self.context_end, self.items_to_recall, self.tol, self.temperature = context_end, items_to_recall, tol, temperature
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(check_seed("seed", seed))
         self.last: dict[str, float] = {}
 
     def _indices(self, seq_len: int) -> torch.Tensor:
         if self.target_on == "per_item" or self.indices == "context_end":
+            if self.context_end > seq_len - 1:
+                raise ValueError(f"context_end={self.context_end} lies past the sequence (indices 1..L-1 = "
+                                 f"1..{seq_len - 1})")
             return resolve_indices([self.context_end], seq_len)
         if self.indices == "all":
             return resolve_indices(None, seq_len)

@@ -9,12 +9,13 @@ built from it (one extra projection per layer, no second forward of the whole mo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ._checks import check_limit
 from .diagnose import LayerReport, StateSize, tss_at
 from .ess import layer_ess
 from .operators import Operator
@@ -36,7 +37,9 @@ _ADAPTERS: dict[type, Adapter] = {}
 def register_adapter(cls: type, adapter: Adapter) -> None:
     """Make every instance of ``cls`` ESS-capable through ``adapter``."""
     if not isinstance(cls, type):
-        raise TypeError(f"register_adapter needs a class, got {cls!r}")
+        raise TypeError(f"cls must be a class, got {cls!r}")
+    if not (callable(getattr(adapter, "operator", None)) and callable(getattr(adapter, "state_size", None))):
+        raise TypeError(f"adapter must be an Adapter (with callable operator and state_size), got {adapter!r}")
     _ADAPTERS[cls] = adapter
 
 
@@ -51,6 +54,13 @@ def _adapter_for(module: nn.Module) -> Adapter | None:
 
 def ess_layers(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, nn.Module]:
     """ESS-capable submodules by qualified name (optionally only ``names``); never empty."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if names is not None and (isinstance(names, (str, bytes)) or not isinstance(names, Collection)
+                              or not all(isinstance(n, str) for n in names)):
+        raise TypeError(f"layers (names) must be a list of layer names or None, got {names!r}")
+    if names is not None and not names:
+        raise ValueError("layers (names) is empty: name at least one ESS-capable layer, or pass None for all")
     layers = {name: m for name, m in model.named_modules() if _adapter_for(m) is not None}
     if not layers:
         raise ValueError(
@@ -60,7 +70,7 @@ def ess_layers(model: nn.Module, names: Sequence[str] | None = None) -> dict[str
     if names is not None:
         unknown = sorted(set(names) - set(layers))
         if unknown:
-            raise ValueError(f"no ESS-capable layer named {unknown}; the model has {sorted(layers)}")
+            raise ValueError(f"no ESS-capable layer named {unknown} (layers/names); the model has {sorted(layers)}")
         layers = {name: layers[name] for name in names}
     return layers
 
@@ -108,6 +118,7 @@ class capture_operators:
         """Every layer's operator; with ``batch_limit``, of the first examples of the batch only;
         with ``pick_channels``, a function ``num_channels -> index or None``, of the channels
         (batch dim 1) it picks."""
+        check_limit("batch_limit", batch_limit)
         missing = sorted(set(self.layers) - set(self.inputs))
         if missing:
             raise RuntimeError(f"layers {missing} were not called during the captured forward pass")
@@ -140,9 +151,16 @@ def measure(
     **spectra_options,
 ) -> dict[str, LayerReport]:
     """One forward pass on ``inputs``, then ESS and TSS of every ESS-capable layer."""
+    check_limit("context_end", context_end)
+    check_limit("items_to_recall", items_to_recall)
     with capture_operators(model, layers) as capture:
         model(inputs)
     operators = capture.operators()
+    if context_end is not None:
+        for name, op in operators.items():
+            if context_end > op.seq_len - 1:
+                raise ValueError(f"context_end={context_end} lies past the sequence of layer {name!r} "
+                                 f"(indices 1..L-1 = 1..{op.seq_len - 1})")
     layer_values = layer_ess(operators, kind, indices, ess_options=ess_options, **spectra_options)
     reports = {}
     for name, ess in layer_values.items():

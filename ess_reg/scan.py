@@ -24,7 +24,8 @@ import math
 
 import torch
 
-from .operators import _decayed_columns, _segment_sums
+from ._checks import check_int, check_number
+from .operators import _check_floating, _decayed_columns, _segment_sums
 
 __all__ = ["scan_apply", "SCAN_METHODS"]
 
@@ -42,10 +43,16 @@ def scan_apply(
     max_exponent: float = MAX_EXPONENT,
 ) -> torch.Tensor:
     """``T v`` with ``log_decay, B, C`` of shape ``(..., L, N)`` and ``v`` of ``(..., L, K)``."""
-    if method not in SCAN_METHODS:
+    if not isinstance(method, str) or method not in SCAN_METHODS:
         raise ValueError(f"unknown apply method {method!r}; choose one of {SCAN_METHODS}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_int("chunk_size", chunk_size, 1)
+    check_number("max_exponent", max_exponent, minimum=0, strict=True)
+    for name, t in (("log_decay", log_decay), ("B", B), ("C", C), ("v", v)):
+        _check_floating(name, t)
+        if t.dim() < 2:
+            raise ValueError(f"{name} must have shape (..., L, features), got a {t.dim()}-d tensor")
+    if v.shape[-2] != B.shape[-2]:
+        raise ValueError(f"v must have shape (..., L={B.shape[-2]}, K), got {tuple(v.shape)}")
     if method == "sequential":
         return _sequential(log_decay, B, C, v)
     length = v.shape[-2]

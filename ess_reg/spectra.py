@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from ._checks import check_int, check_limit, check_number
 from .operators import DenseOperator, Operator, StateSpaceOperator, _decayed_columns, as_operator
 
 __all__ = ["hankel_svdvals", "resolve_indices", "DEFAULT_MEMORY_BUDGET", "METHODS"]
@@ -54,27 +55,43 @@ _SVD_OVERHEAD = 4
 
 
 def resolve_indices(indices: "int | Sequence[int] | torch.Tensor | None", seq_len: int) -> torch.Tensor:
-    """Validate sequence indices (each in ``1..L-1``) and return them as a 1-D int64 tensor."""
+    """Validate sequence indices (each in ``1..L-1``) and return them as a 1-D int64 tensor.
+
+    ``indices``: None (all), an int, a sequence of ints (list, tuple, range...) or an integer
+    tensor of at most one dim."""
+    check_int("seq_len", seq_len, 2)
     if indices is None:
         return torch.arange(1, seq_len, dtype=torch.long)
-    if isinstance(indices, torch.Tensor):
-        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
-            raise ValueError(f"indices must be integers, got a tensor of dtype {indices.dtype}")
-        idx = indices.detach().to("cpu", torch.long).reshape(-1)
-    else:
-        if isinstance(indices, (int, range)) and not isinstance(indices, bool):
-            indices = [indices] if isinstance(indices, int) else list(indices)
-        if any(isinstance(i, bool) or not isinstance(i, int) for i in indices):
-            raise ValueError(f"indices must be integers, got {list(indices)!r}")
-        idx = torch.tensor(list(indices), dtype=torch.long)
-    if idx.numel() == 0:
-        raise ValueError("indices is empty: ask for at least one sequence index in 1..L-1")
+    idx = _index_tensor(indices)
     bad = idx[(idx < 1) | (idx > seq_len - 1)]
     if bad.numel():
         raise ValueError(
             f"indices must lie in 1..L-1 = 1..{seq_len - 1} (H_i = T[i:, :i] is empty otherwise); "
             f"got {bad.tolist()[:8]}"
         )
+    return idx
+
+
+def _index_tensor(indices: "int | Sequence[int] | torch.Tensor") -> torch.Tensor:
+    """``indices`` as a non-empty 1-D int64 CPU tensor, its type and shape checked (not its range)."""
+    if isinstance(indices, torch.Tensor):
+        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+            raise ValueError(f"indices must be integers, got a tensor of dtype {indices.dtype}")
+        if indices.dim() > 1:
+            raise ValueError(f"indices must be a 1-D tensor, got shape {tuple(indices.shape)}")
+        idx = indices.detach().to("cpu", torch.long).reshape(-1)
+    else:
+        if isinstance(indices, int) and not isinstance(indices, bool):
+            indices = [indices]
+        if isinstance(indices, (str, bytes)) or not isinstance(indices, Sequence):
+            raise ValueError(
+                f"indices must be None, an int, a sequence of ints or an integer tensor, got {indices!r}"
+            )
+        if any(isinstance(i, bool) or not isinstance(i, int) for i in indices):
+            raise ValueError(f"indices must be integers, got {list(indices)!r}")
+        idx = torch.tensor(list(indices), dtype=torch.long)
+    if idx.numel() == 0:
+        raise ValueError("indices is empty: ask for at least one sequence index in 1..L-1")
     return idx
 
 
@@ -120,25 +137,39 @@ def hankel_svdvals(
         state-space operator.  Entries past ``min(i, L - i, N)`` are exactly zero.
     """
     op = as_operator(x)
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     if method == "auto":
         method = "state_space" if isinstance(op, StateSpaceOperator) else "dense"
     if method == "state_space" and not isinstance(op, StateSpaceOperator):
         raise ValueError("method='state_space' needs a StateSpaceOperator; a dense T has no finite-state factors")
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    if budget <= 0:
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else _check_memory_budget(memory_budget)
+    check_limit("chunk_size", chunk_size)
     idx = resolve_indices(indices, op.seq_len)
     compute_dtype = _compute_dtype(op.dtype, dtype)
-    # Inside an autocast region (mixed-precision training) matmuls would drop to half precision.
-    with torch.autocast(device_type=op.device.type, enabled=False):
-        if method == "state_space":
-            return _state_space_svdvals(op, idx, compute_dtype, budget, chunk_size)
-        T = op.materialize().to(compute_dtype)
-        if method == "loop":
-            return _loop_svdvals(T, idx)
-        return _dense_svdvals(T, idx, budget)
+    try:
+        # Inside an autocast region (mixed-precision training) matmuls would drop to half precision.
+        with torch.autocast(device_type=op.device.type, enabled=False):
+            if method == "state_space":
+                return _state_space_svdvals(op, idx, compute_dtype, budget, chunk_size)
+            T = op.materialize().to(compute_dtype)
+            if method == "loop":
+                return _loop_svdvals(T, idx)
+            return _dense_svdvals(T, idx, budget)
+    except torch.linalg.LinAlgError as err:
+        # Values are only scanned here when an SVD fails: a valid call pays nothing for it.
+        tensors = (op.log_decay, op.B, op.C) if isinstance(op, StateSpaceOperator) else (op.T,)
+        if not all(bool(torch.isfinite(t).all()) for t in tensors):
+            raise ValueError(
+                "x has NaN/Inf entries (an operator built with check_values=False?): its spectra are undefined"
+            ) from err
+        raise
+
+
+def _check_memory_budget(memory_budget) -> int:
+    """A positive, finite number of bytes (NaN, inf, a bool or a non-number would switch it off)."""
+    check_number("memory_budget", memory_budget, minimum=1)
+    return int(memory_budget)
 
 
 def _pad_to(sigma: torch.Tensor, width: int) -> torch.Tensor:
@@ -207,6 +238,8 @@ def _dense_svdvals(T: torch.Tensor, idx: torch.Tensor, budget: int, span: int | 
     batch_shape = T.shape[:-2]
     flat = T.reshape(-1, length, length)
     width = int(_max_rank(idx, length).max())
+    if flat.shape[0] == 0:  # an empty batch: no SVD to run (as on the state-space path)
+        return T.new_zeros(*batch_shape, len(idx), width)
     on_cpu = T.device.type == "cpu"
     workers = _workers(T.device, len(idx))
     budget_per_worker = budget // workers
@@ -251,8 +284,6 @@ def _state_space_svdvals(
     if chunk_size is None:
         chunk_size = DENSE_CHUNK if len(idx) * DENSE_CHUNK >= length else SPARSE_CHUNK
     c = chunk_size  # short name for the index arithmetic below
-    if c < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     log_decay, B, C = (t.to(dtype) for t in op.factors())
     batch_shape = op.batch_shape
     log_decay, B, C = (t.reshape(-1, length, state) for t in (log_decay, B, C))

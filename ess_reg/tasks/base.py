@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .._checks import MAX_SEED, check_int, check_seed
+
 IGNORE = -100
 # Train batches are generated from even seeds, test sets from odd ones: the streams never meet.
 STEPS_PER_SEED = 10**9
@@ -31,14 +33,18 @@ class Task:
 
     def train_batch(self, batch_size: int, step: int, seed: int = 0) -> Batch:
         """The training batch of ``step``: a fresh sample, reproducible from ``(seed, step)``."""
+        check_int("batch_size", batch_size, 1)
+        check_int("seed", seed)
+        check_int("step", step)
         if seed < 0 or not 0 <= step < STEPS_PER_SEED:
             raise ValueError(f"need seed >= 0 and 0 <= step < {STEPS_PER_SEED}, got seed={seed}, step={step}")
+        check_seed("seed", seed, (MAX_SEED // 2) // STEPS_PER_SEED - 1)  # the batch's own seed stays in range
         return self.generate(batch_size, 2 * (seed * STEPS_PER_SEED + step))
 
     def test_set(self, num_examples: int, seed: int = 0) -> Batch:
         """A fixed held-out set, from seeds no training batch uses."""
-        if seed < 0:
-            raise ValueError(f"need seed >= 0, got {seed}")
+        check_int("num_examples", num_examples, 1)
+        check_seed("seed", seed, (MAX_SEED - 1) // 2)
         return self.generate(num_examples, 2 * seed + 1)
 
     @property
@@ -52,13 +58,9 @@ class Task:
         return None
 
 
-def check_int(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
 def generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed))
+    """The generator of one batch; ``seed`` must be an int >= 0 (a float seed is refused, not truncated)."""
+    return torch.Generator().manual_seed(check_seed("seed", seed))
 
 
 def distinct_samples(num_examples: int, low: int, high: int, k: int, g: torch.Generator) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_number
 from .base import IGNORE, Batch, Task, check_int, distinct_samples, generator
 
 
@@ -35,6 +36,7 @@ class MQAR(Task):
             raise ValueError(f"vocab_size={vocab_size} has {vocab_size // 2 - 1} keys, fewer than num_kv_pairs={num_kv_pairs}")
         if vocab_size <= seq_len:
             raise ValueError(f"vocab_size must exceed seq_len (as in zoology), got {vocab_size} <= {seq_len}")
+        check_number("power_a", power_a, minimum=0, strict=True)
         if not 0 < power_a <= 1:
             raise ValueError(f"power_a must be in (0, 1], got {power_a}")
         self.vocab_size, self.seq_len, self.num_kv_pairs = vocab_size, seq_len, num_kv_pairs
