@@ -92,7 +92,8 @@ def probe_settings(node: Mapping) -> ProbeSettings:
                                        solved=node.pop("solved"))
         return ProbeSettings(**node, thresholds=thresholds)
     except (TypeError, ValueError, KeyError) as err:
-        raise ConfigError(f"probe: {err}") from None
+        message = f"probe.{err.args[0]} is missing" if isinstance(err, KeyError) else str(err)
+        raise ConfigError(message if message.startswith("probe.") else f"probe: {message}") from None
 
 
 def with_chosen_init(config: Mapping, chosen: Mapping) -> dict:

@@ -18,7 +18,6 @@ from ess_reg.analyze import analyze
 from ess_reg.analyze import main as analyze_main
 from ess_reg.build import build_model
 from ess_reg.train import ConfigError, compose_config, run
-from ess_reg.training import resolve_device
 from models import MIXERS
 
 TASKS = ["mqar", "selective_copy", "compression"]
@@ -82,15 +81,20 @@ def test_unknown_config_key_is_an_error():
     ("task.num_kv_pairs=40", "task: num_kv_pairs=40 needs seq_len"),
     ("tracking.uri=sqlite:///", "keeps nothing"),
     ("trainer.resume=no-such-run", "neither a checkpoint file nor a run id"),
-])
+    ("penalty=ess_max penalty.weight=-1", "penalty=ess_max: weight must be a finite number >= 0"),
+    ("penalty=ess_max penalty.kind=bogus", "penalty=ess_max: kind must be"),
+    ("tracking.uri=garbage://x", "unknown store scheme"),
+    ("tracking.uri=http://127.0.0.1:9", "no tracking server answers"),
+    ("trainer.checkpoint_dir=BLOCKER/ckpt", "trainer.checkpoint_dir=.*is a file, not a folder"),
+    ("tracking.artifact_location=BLOCKER/art", "tracking.artifact_location=.*is a file, not a folder"),
+] + ([] if torch.cuda.is_available() else [("trainer.device=cuda", "CUDA is not available")]))
 def test_bad_settings_fail_before_any_run_exists(store, override, message):
+    blocker = store["dir"] / "a-file"
+    blocker.write_text("")
     with pytest.raises(ConfigError, match=message):
-        run(compose_config(tiny(store, override)))
+        run(compose_config(tiny(store, *override.replace("BLOCKER", str(blocker)).split())))
     assert not (store["dir"] / "mlflow.db").exists()  # no run, not even an empty store
     assert not (store["dir"] / "ckpt").exists()
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            resolve_device("cuda")
 
 
 def metric_steps(client, run_id, key):
@@ -426,3 +430,13 @@ def test_sigterm_ends_the_run_killed_and_resuming_finishes_it_with_contiguous_st
     (finished,) = all_runs(store)
     assert finished.info.status == "FINISHED" and "failure_reason" not in finished.data.tags
     assert metric_steps(client, killed.info.run_id, "train/loss") == list(range(1, end + 1))
+
+
+def test_the_command_line_names_a_bad_setting_in_one_line_with_exit_code_2(store):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([sys.executable, "-m", "ess_reg.train", *tiny(store, "probe.kind=bogus"),
+                           f"hydra.run.dir={store['dir']}/hydra"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "ess-train: error: probe.kind must be one of ('entropy', 'tolerance', 'soft_tolerance'), got 'bogus'"]
+    assert not (store["dir"] / "mlflow.db").exists()
