@@ -6,7 +6,10 @@ singular values, one answer:
 
 * ``"loop"``: one SVD per index, the direct definition (reference and benchmark baseline).
 * ``"dense"``: the same SVDs batched over indices (blocks zero-padded to a common shape,
-  which leaves singular values unchanged), in chunks that respect a memory budget.
+  which leaves singular values unchanged), in chunks that respect a memory budget: every
+  temporary is counted (blocks converted to the compute dtype one chunk at a time, LAPACK's
+  copy and workspace, for a :class:`StateSpaceOperator` its ``T``, materialized a few channels
+  and rows at a time); ``bench/memory.py`` measures the peak against the budget.
 * ``"state_space"``: for a :class:`StateSpaceOperator`, never materializes ``T``.  With
   ``H_i = O_i R_i`` (observability times reachability, both of rank <= N), it carries
   ``N x N`` square-root factors ``F_i F_i^T = R_i R_i^T`` and ``G_i G_i^T = O_i^T O_i`` and
@@ -28,15 +31,24 @@ batching the SVDs by ``i mod c``, each group at its exact size).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from ._checks import check_int, check_limit, check_number
-from .operators import DenseOperator, Operator, StateSpaceOperator, _decayed_columns, as_operator
+from .operators import (
+    DenseOperator,
+    Operator,
+    StateSpaceOperator,
+    _decayed_columns,
+    _nonfinite_count,
+    _segment_sums,
+    as_operator,
+)
 
 __all__ = ["hankel_svdvals", "resolve_indices", "DEFAULT_MEMORY_BUDGET", "METHODS"]
 
@@ -50,8 +62,24 @@ DENSE_CHUNK, SPARSE_CHUNK = 4, 16
 # average; fewer go as one batch padded with zero columns (every batch costs its own ops).
 MIN_GROUP = 32
 METHODS = ("auto", "dense", "loop", "state_space")
-# Working memory of a batched SVD relative to its input (copy, workspace, output).
-_SVD_OVERHEAD = 4
+# Working memory of a batched SVD, in units of its input's size in the compute dtype; measured on
+# CPU as peak RSS growth (torch 2.13, MKL gesdd, float32 and float64, batches of 1-64 blocks from
+# 64 x 64 to 2048 x 1024, 1-32 MiB): singular values only, 0.99-1.19x (the column-major copy
+# LAPACK overwrites, plus its workspace; up to 1.35x for 2 MiB of 64 x 64 blocks, where fixed
+# buffers count); with singular vectors, which svdvals computes when a gradient may be needed,
+# 2.5-4.8x (the copy, U, V^T and a larger workspace; tall 2:1 blocks are the worst).  The old
+# single factor, 4, over-reserved the common case 3x yet left the conversions and copies around
+# the SVD uncounted.  CUDA (cuSOLVER) uses the same model, unmeasured.
+_SVD_OVERHEAD = 1.25
+_SVD_UV_OVERHEAD = 5
+# Materializing T from state-space factors, rows at a time: the working set per row of a block,
+# in units of L * N entries (the block's segment sums, which exp and the B-product overwrite,
+# plus the within-block segment sums' temporaries; x 2 with autograd, which cannot work in place).
+_MATERIALIZE_OVERHEAD = 4
+# Chunks whose working set is at least this big are followed by a check of the C heap (see
+# _HeapTrimmer); the freed memory a call holds is kept under a quarter of its budget.
+_TRIM_MIN_BYTES = 2**20
+_TRIM_FRACTION = 0.25
 
 
 def resolve_indices(indices: "int | Sequence[int] | torch.Tensor | None", seq_len: int) -> torch.Tensor:
@@ -126,7 +154,11 @@ def hankel_svdvals(
             ``"dense"``, ``"loop"`` or ``"state_space"``.
         dtype: float32 or float64; default float64 for float64 input, float32 otherwise.
         memory_budget: bytes the working tensors may take (default ``DEFAULT_MEMORY_BUDGET``);
-            work is chunked over indices and batch to stay under it.
+            work is chunked over indices and batch (and, for a StateSpaceOperator on the dense
+            path, rows of its materialized ``T``) to stay under it.  Not counted: ``x`` itself,
+            the result, and with gradients what autograd keeps for the backward pass (on the
+            dense path, every block's singular vectors).  Measured on CPU (``bench/memory.py``):
+            peak growth within 1.25x the budget, plus a few MiB of one-time start-up.
         chunk_size: steps between the compressed factors of the state-space path (default
             ``DENSE_CHUNK`` = 4 when at least ``L / 4`` indices are asked, else ``SPARSE_CHUNK``
             = 16); an index's SVD is at most ``N + chunk_size - 1`` wide.
@@ -152,14 +184,16 @@ def hankel_svdvals(
         with torch.autocast(device_type=op.device.type, enabled=False):
             if method == "state_space":
                 return _state_space_svdvals(op, idx, compute_dtype, budget, chunk_size)
-            T = op.materialize().to(compute_dtype)
             if method == "loop":
-                return _loop_svdvals(T, idx)
-            return _dense_svdvals(T, idx, budget)
+                return _loop_svdvals(op.materialize(), idx, compute_dtype)
+            if isinstance(op, StateSpaceOperator):
+                return _state_space_dense_svdvals(op, idx, compute_dtype, budget)
+            # Converted to the compute dtype block by block, never as a whole.
+            return _dense_svdvals(op.T, idx, budget, dtype=compute_dtype)
     except torch.linalg.LinAlgError as err:
         # Values are only scanned here when an SVD fails: a valid call pays nothing for it.
         tensors = (op.log_decay, op.B, op.C) if isinstance(op, StateSpaceOperator) else (op.T,)
-        if not all(bool(torch.isfinite(t).all()) for t in tensors):
+        if any(_nonfinite_count(t) for t in tensors):
             raise ValueError(
                 "x has NaN/Inf entries (an operator built with check_values=False?): its spectra are undefined"
             ) from err
@@ -178,11 +212,13 @@ def _pad_to(sigma: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(sigma, (0, width - sigma.shape[-1]))
 
 
-def _loop_svdvals(T: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """One SVD per index: the definition, kept as the reference."""
+def _loop_svdvals(T: torch.Tensor, idx: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One SVD per index: the definition, kept as the reference (each block converted to
+    ``dtype`` on its own)."""
     length = T.shape[-1]
     width = int(_max_rank(idx, length).max())
-    rows = [_pad_to(torch.linalg.svdvals(T[..., i:, :i]), width) for i in idx.tolist()]
+    dtype = T.dtype if dtype is None else dtype
+    rows = [_pad_to(torch.linalg.svdvals(T[..., i:, :i].to(dtype)), width) for i in idx.tolist()]
     return torch.stack(rows, dim=-2)
 
 
@@ -211,21 +247,122 @@ def _workers(device: torch.device, tasks: int) -> int:
 
 def _map(fn, items: list, workers: int) -> list:
     """``[fn(item) for item in items]``, over the thread pool when ``workers > 1``."""
+    return list(_imap(fn, items, workers))
+
+
+def _imap(fn, items: list, workers: int) -> Iterator:
+    """``fn(item)`` for each item, in order, as they come (over the thread pool when
+    ``workers > 1``): the caller can store each result and drop it before the next."""
     if workers <= 1 or len(items) <= 1:
-        return [fn(item) for item in items]
+        for item in items:
+            yield fn(item)
+        return
     grad_enabled, threads = torch.is_grad_enabled(), torch.get_num_threads()
 
     def call(item):
         with torch.set_grad_enabled(grad_enabled):  # grad mode is thread-local
             return fn(item)
 
-    out = list(_svd_pool(workers).map(call, items))
-    if torch.get_num_threads() != threads:  # a build whose thread setting is global, not per thread
-        torch.set_num_threads(threads)
-    return out
+    try:
+        yield from _svd_pool(workers).map(call, items)
+    finally:
+        if torch.get_num_threads() != threads:  # a build whose thread setting is global, not per thread
+            torch.set_num_threads(threads)
 
 
-def _dense_svdvals(T: torch.Tensor, idx: torch.Tensor, budget: int, span: int | None = None) -> torch.Tensor:
+def _block_reader(T: torch.Tensor):
+    """``read(b0, b1, lo, hi)``: ``T[..., lo:, :hi]`` for the batch entries ``b0:b1`` (batch dims
+    flattened), shape ``(b1 - b0, L - lo, hi)``, in T's dtype: a view when T's batch dims merge
+    into one (any contiguous T), else a copy of just that block (never of the whole T).  Also
+    returns whether reads copy."""
+    length = T.shape[-1]
+    try:
+        flat = T.view(-1, length, length)
+    except RuntimeError:  # batch dims that do not merge (an expanded or permuted T)
+        flat = None
+    if flat is not None:
+        return (lambda b0, b1, lo, hi: flat[b0:b1, lo:, :hi]), False
+    batch_shape = T.shape[:-2]
+
+    def read(b0: int, b1: int, lo: int, hi: int) -> torch.Tensor:
+        where = torch.unravel_index(torch.arange(b0, b1, device=T.device), batch_shape)
+        return T[..., lo:, :hi][where]
+
+    return read, True
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc():
+    """The C library's allocator controls when it is glibc >= 2.33 (``mallinfo2``,
+    ``malloc_trim``), else None (macOS, musl, Windows: no trimming)."""
+    try:
+        libc = ctypes.CDLL(None)  # the symbols already loaded into this process: libc's, on Linux
+        libc.mallinfo2.restype = _MallInfo2
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.malloc_trim.restype = ctypes.c_int
+    except (OSError, AttributeError, TypeError):
+        return None
+    return libc
+
+
+class _HeapTrimmer:
+    """Keeps the freed memory the C heap holds on to during a call under a quarter of its budget.
+
+    glibc serves an allocation below its mmap threshold (which rises, up to 32 MiB, as large
+    blocks are freed) from its heaps and keeps freed heap memory resident for reuse.  Temporaries
+    that change size from one batch chunk to the next (the blocks of successive indices) leave
+    holes the next, larger, chunk cannot use, and the process grew by up to about twice the live
+    working set (measured at L=2048, float32 and bfloat16 T: 1.6-1.9x a 36 MiB budget whose
+    chunks were sized right).  ``check()``, after a chunk, gives the free memory back to the
+    system (``malloc_trim``) when that chunk was big for the budget (at least ``limit / 2``)
+    or when the free bytes held have grown by more than ``limit`` since the last trim: the
+    held extra then stays about ``limit`` at most.  Chunks under ``_TRIM_MIN_BYTES`` are never
+    checked (a check walks the allocator's free lists; a trim makes the next chunk fault its
+    pages in again: measured 1-3% of the SVD time of 16-36 MiB chunks, the worst case).
+    A no-op off glibc and off the CPU.
+    """
+
+    def __init__(self, budget: int, device: torch.device):
+        self.libc = _glibc() if device.type == "cpu" else None
+        self.limit = budget * _TRIM_FRACTION
+        self.mark = self._held() if self.libc is not None else 0
+
+    def _held(self) -> int:
+        return int(self.libc.mallinfo2().fordblks)
+
+    def check(self, chunk_bytes: float) -> None:
+        if self.libc is None or chunk_bytes < _TRIM_MIN_BYTES:
+            return
+        if chunk_bytes >= self.limit / 2 or self._held() - self.mark > self.limit:
+            self.libc.malloc_trim(0)
+            self.mark = self._held()
+
+
+def _dense_item_bytes(
+    length: int, group: list[int], item_size: int, svd_overhead: float, converts: bool, gather_size: int
+) -> int:
+    """Working bytes of one batch element of a group's SVD batch on the dense path: the SVDs
+    (``svd_overhead`` x the padded blocks, see ``_SVD_OVERHEAD``), the zero-padded batch the
+    blocks of a group of several indices are copied into, or else a single block's converted
+    copy (``converts``), and the block gathered from a T whose batch dims do not merge
+    (``gather_size``: T's element size, 0 when reads are views)."""
+    area = (length - group[0]) * group[-1]  # the padded block covering every H_i of the group
+    need = len(group) * area * item_size * svd_overhead
+    if len(group) > 1:
+        need += len(group) * area * item_size
+    elif converts:
+        need += area * item_size
+    return math.ceil(need + area * gather_size)
+
+
+def _dense_svdvals(
+    T: torch.Tensor, idx: torch.Tensor, budget: int, span: int | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """SVDs batched over indices: blocks of a group share one zero-padded shape.
 
     On CUDA, neighbouring indices are grouped into one batched SVD (padding changes no
@@ -233,48 +370,166 @@ def _dense_svdvals(T: torch.Tensor, idx: torch.Tensor, budget: int, span: int | 
     add work: each index is its own exact block, and the blocks are spread over a thread pool
     of ``torch.get_num_threads()`` workers (a small SVD uses one core).  ``span`` overrides
     how far apart the indices of one group may be (0: one index per group).
+
+    ``dtype`` (default T's): the SVDs' dtype; only the blocks being decomposed are converted,
+    one batch chunk at a time.  Every temporary of a batch chunk is counted against ``budget``
+    (split evenly over the workers; fewer workers when one block needs more than a share):
+    see ``_dense_item_bytes``.  Not counted: T itself, the returned tensor and what autograd
+    keeps for the backward pass (each block's singular vectors).
     """
     length = T.shape[-1]
     batch_shape = T.shape[:-2]
-    flat = T.reshape(-1, length, length)
+    batch = batch_shape.numel()
+    dtype = T.dtype if dtype is None else dtype
     width = int(_max_rank(idx, length).max())
-    if flat.shape[0] == 0:  # an empty batch: no SVD to run (as on the state-space path)
-        return T.new_zeros(*batch_shape, len(idx), width)
+    if batch == 0:  # an empty batch: no SVD to run (as on the state-space path)
+        return T.new_zeros(*batch_shape, len(idx), width, dtype=dtype)
     on_cpu = T.device.type == "cpu"
-    workers = _workers(T.device, len(idx))
-    budget_per_worker = budget // workers
-    elem = flat.element_size() * _SVD_OVERHEAD
+    read, reads_copy = _block_reader(T)
+    needs_grad = torch.is_grad_enabled() and T.requires_grad
+    item_bytes = functools.partial(
+        _dense_item_bytes,
+        length,
+        item_size=torch.empty((), dtype=dtype).element_size(),
+        svd_overhead=_SVD_UV_OVERHEAD if needs_grad else _SVD_OVERHEAD,
+        converts=dtype != T.dtype,
+        gather_size=T.element_size() if reads_copy else 0,
+    )
     order = torch.argsort(idx)
     sorted_idx = idx[order].tolist()
+    # As many workers as can each hold the largest single block (at least one).
+    largest = max(item_bytes([i]) for i in sorted_idx)
+    workers = max(1, min(_workers(T.device, len(idx)), budget // largest))
+    budget_per_worker = budget // workers
     max_span = span if span is not None else (0 if on_cpu else max(1, length // 16))
     groups: list[list[int]] = [[sorted_idx[0]]]
     for i in sorted_idx[1:]:
-        lo = groups[-1][0]
-        fits = (length - lo) * i * (len(groups[-1]) + 1) * elem <= budget_per_worker
-        if i - lo <= max_span and fits:
+        if i - groups[-1][0] <= max_span and item_bytes([*groups[-1], i]) <= budget_per_worker:
             groups[-1].append(i)
         else:
             groups.append([i])
-    rows = torch.arange(length, device=T.device)
+
+    def read_blocks(b0: int, b1: int, group: list[int]) -> torch.Tensor:
+        """``(b1 - b0, len(group), L - lo, hi)``: each H_i of the group, zero-padded, in ``dtype``."""
+        lo, hi = group[0], group[-1]
+        if len(group) == 1:
+            return read(b0, b1, lo, hi).to(dtype).unsqueeze(1)  # a view when nothing converts
+        padded = torch.zeros(b1 - b0, len(group), length - lo, hi, dtype=dtype, device=T.device)
+        for k, i in enumerate(group):  # H_i: rows from i, columns before i (the rest stays zero)
+            padded[:, k, i - lo :, :i] = read(b0, b1, i, i)
+        return padded
+
+    trimmer = _HeapTrimmer(budget, T.device)
 
     def group_svdvals(group: list[int]) -> torch.Tensor:
-        lo, hi = group[0], group[-1]
-        block = flat[:, lo:, :hi].unsqueeze(1)  # (batch, 1, L - lo, hi): covers every H_i of the group
-        if len(group) > 1:
-            g = torch.tensor(group, device=T.device)
-            # mask[k, r, j]: row lo + r belongs to H_{g_k} (r >= g_k) and column j too (j < g_k).
-            row_ok = rows[lo:].unsqueeze(0) >= g.unsqueeze(1)
-            col_ok = rows[:hi].unsqueeze(0) < g.unsqueeze(1)
-            block = block * (row_ok.unsqueeze(2) & col_ok.unsqueeze(1)).to(T.dtype)
-        per_item = len(group) * (length - lo) * hi * elem
-        step = _batch_chunks(flat.shape[0], per_item, budget_per_worker, f"the dense SVD of index {lo}")
-        parts = [torch.linalg.svdvals(block[b : b + step]) for b in range(0, flat.shape[0], step)]
-        return _pad_to(torch.cat(parts, dim=0), width)
+        per_item = item_bytes(group)
+        step = _batch_chunks(batch, per_item, budget_per_worker, f"the dense SVD of index {group[0]}")
+        parts = []
+        for b in range(0, batch, step):
+            parts.append(torch.linalg.svdvals(read_blocks(b, min(batch, b + step), group)))
+            trimmer.check(per_item * min(step, batch - b))
+        return _pad_to(parts[0] if len(parts) == 1 else torch.cat(parts, dim=0), width)  # (batch, group, width)
 
-    out = _map(group_svdvals, groups, workers)
-    sigma = torch.cat(out, dim=1)  # (batch, k, width) in sorted order
-    sigma = sigma[:, torch.argsort(order)]
+    results = _imap(group_svdvals, groups, workers)
+    if needs_grad:  # one autograd graph: concatenate, then restore the order of idx
+        sigma = torch.cat(list(results), dim=1)  # (batch, k, width) in sorted order
+        if not bool((order == torch.arange(len(idx))).all()):
+            sigma = sigma[:, torch.argsort(order)]
+        return sigma.reshape(*batch_shape, len(idx), width)
+    # No gradient: each group's values go straight to their rows of the output (written here,
+    # not in the workers, which do not share an inference-mode caller's state).
+    sigma = torch.empty(batch, len(idx), width, dtype=dtype, device=T.device)
+    start = 0
+    for group, values in zip(groups, results):
+        sigma[:, order[start : start + len(group)].to(T.device)] = values
+        start += len(group)
     return sigma.reshape(*batch_shape, len(idx), width)
+
+
+def _state_space_dense_svdvals(
+    op: StateSpaceOperator, idx: torch.Tensor, dtype: torch.dtype, budget: int
+) -> torch.Tensor:
+    """The dense path for a state-space operator: ``T`` materialized for as many batch entries
+    (channels) at a time as the budget allows (at most half of it, and leaving room for the SVD
+    of the largest block), in row blocks (``_materialize_rows``), then the dense path on them
+    with the rest of the budget.  The factors are converted to ``dtype`` first (they are
+    ``L x N``; ``T`` is ``L x L``), so ``T`` is built in the compute dtype."""
+    length, state = op.seq_len, op.state_size
+    batch_shape = op.batch_shape
+    batch = batch_shape.numel()
+    width = int(_max_rank(idx, length).max())
+    if batch == 0:
+        return torch.zeros(*batch_shape, len(idx), width, dtype=dtype, device=op.device)
+    item_size = torch.empty((), dtype=dtype).element_size()
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (op.log_decay, op.B, op.C))
+    overhead = _SVD_UV_OVERHEAD if grad else _SVD_OVERHEAD
+    largest = max(_dense_item_bytes(length, [i], item_size, overhead, False, 0) for i in idx.tolist())
+    t_bytes = length * length * item_size
+    if t_bytes + largest > budget:
+        raise ValueError(
+            f"method='dense' needs {(t_bytes + largest) / 2**20:.1f} MiB for a single batch element (its T, "
+            f"{t_bytes / 2**20:.1f} MiB, and the SVD of its largest block), more than "
+            f"memory_budget={budget / 2**20:.1f} MiB; raise memory_budget or use method='state_space'"
+        )
+    group = max(1, min(batch, (budget // 2) // t_bytes, (budget - largest) // t_bytes))
+    rest = budget - group * t_bytes  # for the row blocks of the materialization, then for the SVDs
+    per_row = group * length * state * item_size * _MATERIALIZE_OVERHEAD * (2 if grad else 1)
+    rows = max(1, min(length, rest // per_row))
+    log_decay, B, C = (t.to(dtype).reshape(-1, length, state) for t in op.factors())
+    trimmer = _HeapTrimmer(budget, op.device)
+    pieces = []
+    for b in range(0, batch, group):
+        T = _materialize_rows(log_decay[b : b + group], B[b : b + group], C[b : b + group], rows, trimmer)
+        pieces.append(_dense_svdvals(T, idx, rest))
+        del T
+    sigma = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+    return sigma.reshape(*batch_shape, len(idx), width)
+
+
+def _materialize_rows(
+    log_decay: torch.Tensor, B: torch.Tensor, C: torch.Tensor, rows: int, trimmer: _HeapTrimmer | None = None
+) -> torch.Tensor:
+    """``T`` of ``(batch, L, N)`` factors, shape ``(batch, L, L)``, built ``rows`` rows at a time:
+    the working set is ``O(rows L N)`` instead of the ``O(L^2 N)`` of a one-shot materialize.
+
+    Segment sums stay accurate at any decay strength (no difference of prefix sums): for a block
+    of rows ``r0..r1-1``, ``seg[i, j] = carry[j] + sum_{t=r0..i} log_decay_t`` for ``j < r0``,
+    where ``carry[j] = seg[r0 - 1, j]`` comes from the previous block; both terms are sums of
+    non-positive numbers (no cancellation), so ``T`` equals ``materialize()``'s to round-off.
+    Columns ``j >= r0`` get the block's own segment sums (``_segment_sums``, as there).
+    """
+    batch, length, state = B.shape
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (log_decay, B, C))
+    T = B.new_zeros(batch, length, length)
+    carry = None  # (batch, r0, N): seg[r0 - 1, j] for j < r0
+    for r0 in range(0, length, rows):
+        r1 = min(length, r0 + rows)
+        block_decay = log_decay[:, r0:r1]
+        local = _segment_sums(block_decay)  # (batch, n, n, N), -inf above the diagonal
+        if grad:
+            seg = local
+            if carry is not None:
+                head = carry.unsqueeze(1) + torch.cumsum(block_decay, dim=1).unsqueeze(2)
+                seg = torch.cat([head, local], dim=2)
+                del head
+        else:  # written into one contiguous (n, r1, N) tensor, no concatenated copy
+            seg = local.new_empty(batch, r1 - r0, r1, state)
+            if carry is not None:
+                torch.add(carry.unsqueeze(1), torch.cumsum(block_decay, dim=1).unsqueeze(2), out=seg[:, :, :r0])
+            seg[:, :, r0:] = local
+        del local
+        carry = seg[:, -1].clone()  # row r1 - 1: every column j < r1 is at or below the diagonal
+        if grad:
+            weighted = seg.exp() * B[:, None, :r1]
+        else:
+            weighted = seg.exp_().mul_(B[:, None, :r1])
+        del seg
+        # T[i, j] = sum_n C[i, n] exp(seg[i, j, n]) B[j, n]: one matrix-vector product per row.
+        T[:, r0:r1, :r1] = (weighted @ C[:, r0:r1, :, None]).squeeze(-1)
+        del weighted
+        if trimmer is not None:
+            trimmer.check(_MATERIALIZE_OVERHEAD * batch * (r1 - r0) * length * state * B.element_size())
+    return T
 
 
 def _state_space_svdvals(
