@@ -35,10 +35,10 @@ from .reporting import ess_figure, ess_table, format_report
 from .resume import checkpoint_path, config_differences, load_checkpoint, locate_checkpoint, scratch_dir
 from .runinfo import run_name, run_tags
 from .tasks import Task
-from .training import (ProbeSettings, TrainerSettings, TrainingDiverged, fit, layer_keys, probe_batch, resolve_device,
-                       resolve_threads)
+from .training import (ProbeSettings, TrainerSettings, TrainingDiverged, TrainingInterrupted, fit, layer_keys,
+                       probe_batch, resolve_device, resolve_threads)
 
-__all__ = ["compose_config", "prepare", "run", "main", "RunInterrupted", "ConfigError"]
+__all__ = ["compose_config", "prepare", "run", "main", "ConfigError"]
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 log = logging.getLogger("ess_reg")
@@ -61,10 +61,6 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """SIGTERM or SIGHUP arrived: the run ends KILLED, resumable, like after Ctrl-C."""
 
 
 @dataclass
@@ -205,19 +201,27 @@ class _JobTag(logging.Filter):
 
 
 class _Signals:
-    """SIGTERM and SIGHUP become :class:`RunInterrupted` while a run trains (main thread only)."""
+    """SIGINT, SIGTERM and SIGHUP while a run trains (main thread only) ask it to stop: the
+    training loop stops before its next step (:class:`TrainingInterrupted`), so no write to the
+    store or a checkpoint is cut in half (a signal raised inside an SQLite commit left the store
+    locked, and the run could not even be marked KILLED). A second signal stops at once."""
 
     def __enter__(self):
-        self.saved = {}
+        self.saved, self.received = {}, None
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
                 if sig is not None:
-                    self.saved[sig] = signal.signal(sig, self._raise)
+                    self.saved[sig] = signal.signal(sig, self._handle)
         return self
 
-    @staticmethod
-    def _raise(signum, frame):
-        raise RunInterrupted(f"received {signal.Signals(signum).name}")
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            raise TrainingInterrupted(f"received {self.received}, then {name}")
+        self.received = name
+
+    def reason(self) -> str | None:
+        return f"received {self.received}" if self.received else None
 
     def __exit__(self, *exc):
         for sig, handler in self.saved.items():
@@ -279,7 +283,7 @@ def run(cfg: DictConfig) -> dict:
     threads_before = torch.get_num_threads()
     torch.set_num_threads(resolve_threads(trainer.threads))
     try:
-        with _Signals():
+        with _Signals() as signals:
             _log_start(tracker, plan)
             log.info("ess-train: %s -> MLflow run %s %r (%s, experiment %r)%s", config["model"]["mixer"],
                      tracker.run_id, name, t["uri"], t["experiment"],
@@ -296,7 +300,7 @@ def run(cfg: DictConfig) -> dict:
                 result = fit(plan.model, plan.task, plan.make_optimizer, trainer, probe, tracker,
                              checkpoint_path=checkpoint_path(config["trainer"]["checkpoint_dir"], tracker.run_id),
                              seed=config["seed"], config=config, resume_state=plan.resume_state,
-                             regularizer=plan.regularizer, on_evaluate=on_evaluate)
+                             regularizer=plan.regularizer, on_evaluate=on_evaluate, stop=signals.reason)
             except TrainingDiverged as err:
                 tracker.set_tags({"failure_reason": str(err)})
                 tracker.finish("FAILED")

@@ -23,7 +23,7 @@ from .diagnose import FailureThresholds, LayerReport, diagnose, model_summary
 from .probe import measure
 from .tasks import IGNORE, Task
 
-__all__ = ["TrainerSettings", "ProbeSettings", "TrainingDiverged", "fit", "resolve_device", "resolve_threads",
+__all__ = ["TrainerSettings", "ProbeSettings", "TrainingDiverged", "TrainingInterrupted", "fit", "resolve_device", "resolve_threads",
            "probe_indices", "probe_batch", "probe_report", "evaluate", "layer_keys", "evaluation_metrics"]
 
 log = logging.getLogger("ess_reg")
@@ -78,6 +78,11 @@ class ProbeSettings:
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A stop was asked for (a signal): raised between two steps, never in the middle of a write
+    to the store or a checkpoint."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -178,6 +183,7 @@ def fit(
     regularizer=None,
     on_evaluate: Callable[[int, dict[str, LayerReport], dict[str, float]], None] | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
+    stop: Callable[[], str | None] | None = None,
 ) -> dict:
     """Train ``model`` on ``task``; log to ``tracker`` (an :class:`ess_reg.tracking.Tracker`).
 
@@ -186,6 +192,8 @@ def fit(
     continues from its step. ``regularizer`` (an :class:`ess_reg.penalty.ESSPenalty` or
     ``DecayIdentityPenalty``) reads the operators of each training forward pass and adds its
     term to the loss. ``on_evaluate(step, reports, metrics)`` runs after each evaluation.
+    ``stop()``, asked before every step, returns a reason to stop (then
+    :class:`TrainingInterrupted` is raised there) or None.
 
     Returns the final metrics, the per-layer reports, the model's verdict and the model.
     """
@@ -245,6 +253,9 @@ def fit(
         reports = evaluate_and_log(0)  # ESS and accuracy at initialization
     model.train()
     for step in range(start_step + 1, trainer.max_steps + 1):
+        reason = stop() if stop is not None else None
+        if reason:
+            raise TrainingInterrupted(f"{reason} before step {step}")
         batch = task.train_batch(trainer.batch_size, step, seed)
         x, y = batch.inputs.to(device), batch.labels.to(device)
         capture = regularizer.capture() if regularizer is not None else contextlib.nullcontext()

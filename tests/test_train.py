@@ -399,7 +399,8 @@ def test_the_default_quickstart_run_solves_its_task_and_is_not_called_collapsed(
 
 
 @pytest.mark.slow
-def test_sigterm_ends_the_run_killed_and_resuming_finishes_it_with_contiguous_steps(store):
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_ends_the_run_killed_and_resuming_finishes_it_with_contiguous_steps(store, signal_name):
     import signal
 
     overrides = tiny(store, "trainer.log_every=1", "trainer.eval_every=100000", "trainer.checkpoint_every=5")
@@ -411,12 +412,12 @@ def test_sigterm_ends_the_run_killed_and_resuming_finishes_it_with_contiguous_st
     while not list((store["dir"] / "ckpt").glob("*/last.pt")):
         assert process.poll() is None and time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(getattr(signal, signal_name))
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0
     (killed,) = all_runs(store)
     assert killed.info.status == "KILLED", stderr[-2000:]
-    assert "SIGTERM" in killed.data.tags["failure_reason"]
+    assert f"received {signal_name} before step" in killed.data.tags["failure_reason"]
     client = MlflowClient(store["uri"])
     logged = metric_steps(client, killed.info.run_id, "train/loss")
     assert logged == list(range(1, len(logged) + 1))
