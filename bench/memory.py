@@ -45,6 +45,8 @@ import subprocess
 import sys
 import time
 
+from common import cpu_name
+
 KINDS = ("dense", "dense-bf16", "ssm-dense", "ssm")
 STATE = 16
 NUM_INDICES = 16
@@ -53,13 +55,7 @@ MiB = 2**20
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
 class PeakMeter:
