@@ -23,8 +23,9 @@ from .diagnose import FailureThresholds, LayerReport, diagnose, model_summary
 from .probe import measure
 from .tasks import IGNORE, Task
 
-__all__ = ["TrainerSettings", "ProbeSettings", "TrainingDiverged", "TrainingInterrupted", "fit", "resolve_device", "resolve_threads",
-           "probe_indices", "probe_batch", "probe_report", "evaluate", "layer_keys", "evaluation_metrics"]
+__all__ = ["TrainerSettings", "ProbeSettings", "TrainingDiverged", "TrainingInterrupted", "fit", "resolve_device",
+           "resolve_threads", "probe_indices", "probe_batch", "probe_report", "evaluate", "layer_keys",
+           "evaluation_metrics"]
 
 log = logging.getLogger("ess_reg")
 PROBES = ("entropy", "tolerance", "soft_tolerance")
