@@ -84,8 +84,11 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         except OSError as err:
             raise ValueError(f"tracking.uri={uri}: no tracking server answers at {host}:{port} ({err}); start one "
                              "with `mlflow server` or use sqlite:///runs/mlflow.db") from None
-    elif parsed.scheme in ("", "file"):
-        check_writable_dir(parsed.path if parsed.scheme else uri, "tracking.uri")
+    elif parsed.scheme == "file":
+        check_writable_dir(parsed.path, "tracking.uri")
+    elif not parsed.scheme:
+        raise ValueError(f"tracking.uri={uri} is not a store URI (no scheme); use sqlite:///path.db, "
+                         "http(s)://host:port or file:///folder")
     else:
         raise ValueError(f"tracking.uri={uri}: unknown store scheme {parsed.scheme!r}; use sqlite:///path.db, "
                          "http(s)://host:port or a folder")

@@ -75,6 +75,7 @@ def test_a_store_that_holds_runs_is_never_moved_aside(tmp_path):
     ("sqlite:///", "keeps nothing"),
     ("sqlite:///:memory:", "keeps nothing"),
     ("garbage://x", "unknown store scheme"),
+    ("garbage", "not a store URI \\(no scheme\\)"),
     ("http://127.0.0.1:9", "no tracking server answers"),
 ])
 def test_bad_store_uris_fail_fast_with_the_reason(uri, message):
