@@ -22,7 +22,7 @@ from .build import ConfigError, build_model, build_task, probe_settings
 from .diagnose import LayerReport, Verdict, diagnose
 from .reporting import format_report
 from .resume import load_checkpoint, locate_checkpoint, scratch_dir
-from .training import ProbeSettings, evaluate, probe_batch, probe_report
+from .training import ProbeSettings, evaluate, probe_batch, probe_report, resolve_threads
 
 __all__ = ["Analysis", "analyze", "main", "DEFAULT_URI"]
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-indices", type=int, default=None, help="evenly spaced indices (default: the run's)")
     args = parser.parse_args(argv)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
+    torch.set_num_threads(resolve_threads("auto"))  # the trainer's default for shared machines
     try:
         result = analyze(args.target, uri=args.tracking_uri, checkpoint_root=args.checkpoint_root,
                          examples=args.examples, num_indices=args.num_indices)
