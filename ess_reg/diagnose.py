@@ -71,8 +71,7 @@ def reachable_state(tss: torch.Tensor, indices: torch.Tensor, seq_len: int) -> t
     except RuntimeError:
         raise ValueError(f"tss of shape {tuple(tss.shape)} does not match indices of shape "
                          f"{tuple(indices.shape)}") from None
-    idx = indices.to(torch.float64)
-    return torch.minimum(torch.minimum(idx, seq_len - idx), tss.to(torch.float64))
+    return torch.minimum(growing_state_size(indices, seq_len).to(torch.float64), tss.to(torch.float64))
 
 
 def utilization(ess_per_index: torch.Tensor, reach: torch.Tensor) -> torch.Tensor:

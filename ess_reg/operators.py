@@ -36,8 +36,8 @@ def _check_floating(name: str, x: torch.Tensor) -> None:
 
 
 def _check_finite(name: str, x: torch.Tensor) -> None:
-    if not bool(torch.isfinite(x).all()):
-        bad = (~torch.isfinite(x)).sum().item()
+    bad = _nonfinite_count(x)  # slice by slice: no full-size temporary
+    if bad:
         raise ValueError(f"{name} has {bad} NaN/Inf entries")
 
 

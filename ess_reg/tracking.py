@@ -95,8 +95,8 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
 
 
 def _ensure_sqlite_dir(uri: str) -> None:
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+    path = _sqlite_path(uri)
+    if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
 
 
@@ -113,10 +113,10 @@ def _store_lock(uri: str):
         import fcntl
     except ImportError:  # no POSIX locks (Windows): no serialization
         fcntl = None
+    _ensure_sqlite_dir(uri)
     if path is None or fcntl is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{path}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -138,7 +138,6 @@ def open_store(uri: str) -> MlflowClient:
     """A client of a usable store at ``uri``. The first use of a SQLite store (which creates its
     schema) holds a lock, so concurrent first runs do not collide; a store whose creation was
     interrupted (it holds no run) is moved aside to ``<file>.broken-<time>`` and made anew."""
-    _ensure_sqlite_dir(uri)
     with _store_lock(uri):
         try:
             client = MlflowClient(uri)

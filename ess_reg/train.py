@@ -243,7 +243,7 @@ def _log_start(tracker: tracking.Tracker, plan: Plan) -> None:
         tracker.set_tags({f"resumed.{k}": f"{a} -> {b}" for k, (a, b) in plan.resumed_changes.items()})
 
 
-def _log_end(tracker: tracking.Tracker, plan: Plan, result: dict) -> None:
+def _log_end(tracker: tracking.Tracker, plan: Plan, result: dict, final_figure=None) -> None:
     reports: dict[str, LayerReport] = result["reports"]
     verdict, thresholds = result["verdict"], plan.probe.thresholds
     keys = layer_keys(reports)
@@ -259,7 +259,9 @@ def _log_end(tracker: tracking.Tracker, plan: Plan, result: dict) -> None:
     tracker.log_json(ess_table(reports, verdict, thresholds), "ess_table.json")
     import matplotlib.pyplot as plt
 
-    figure = ess_figure(reports, thresholds, f"final: {verdict.mode}")
+    # The final evaluation's figure (already drawn for its step), retitled: not drawn twice.
+    figure = final_figure if final_figure is not None else ess_figure(reports, thresholds)
+    figure.suptitle(f"final: {verdict.mode}", fontsize=10)
     tracker.log_figure(figure, "ess_vs_index.png")
     plt.close(figure)
     tracker.log_artifact(result["checkpoint"], "checkpoint")
@@ -289,12 +291,15 @@ def run(cfg: DictConfig) -> dict:
                      tracker.run_id, name, t["uri"], t["experiment"],
                      f", resuming at step {plan.resume_state['step']}" if resume_id else "")
 
+            figures = []  # the latest evaluation's figure, kept for the final artifact
+
             def on_evaluate(step, reports, metrics):
                 import matplotlib.pyplot as plt
 
-                figure = ess_figure(reports, probe.thresholds, f"step {step}")
-                tracker.log_image(figure, "ess_vs_index", step)
-                plt.close(figure)
+                while figures:
+                    plt.close(figures.pop())
+                figures.append(ess_figure(reports, probe.thresholds, f"step {step}"))
+                tracker.log_image(figures[-1], "ess_vs_index", step)
 
             try:
                 result = fit(plan.model, plan.task, plan.make_optimizer, trainer, probe, tracker,
@@ -315,7 +320,7 @@ def run(cfg: DictConfig) -> dict:
                 tracker.set_tags({"failure_reason": f"{type(err).__name__}: {err}"[:2000]})
                 tracker.finish("FAILED")
                 raise
-            _log_end(tracker, plan, result)
+            _log_end(tracker, plan, result, figures.pop() if figures else None)
             tracker.finish("FINISHED")
     finally:
         torch.set_num_threads(threads_before)
