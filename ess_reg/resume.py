@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from . import tracking
-from .build import ConfigError
+from .build import ConfigError, with_chosen_init
 
 __all__ = ["RESUMABLE_KEYS", "CHECKPOINT_NAME", "checkpoint_path", "locate_checkpoint", "load_checkpoint",
-           "config_differences"]
+           "config_differences", "check_resume"]
 
 CHECKPOINT_NAME = "last.pt"
 # The step budget and logging knobs may change when a run is resumed; nothing else may.
@@ -89,3 +89,31 @@ def config_differences(stored: Mapping, requested: Mapping, allowed=RESUMABLE_KE
 
 def scratch_dir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="ess-reg-")
+
+
+def check_resume(config: Mapping, max_steps: int) -> tuple[dict, dict, dict]:
+    """What ``trainer.resume`` in ``config`` resumes, checked before anything is written.
+
+    Returns ``(checkpoint state, the config to run, {changed allowed key: (old, new)})``. The
+    config to run carries the stored init search's choice; any other difference from the stored
+    config outside :data:`RESUMABLE_KEYS`, a budget below the checkpoint's step, or a run that is
+    not in the store raises :class:`ConfigError`."""
+    resume, t = config["trainer"]["resume"], config["tracking"]
+    with scratch_dir() as scratch:
+        state = load_checkpoint(locate_checkpoint(resume, config["trainer"]["checkpoint_dir"], t["uri"], scratch))
+    stored = state["config"]
+    chosen = (stored.get("init") or {}).get("chosen")
+    requested = with_chosen_init(config, chosen) if chosen and not config["init"].get("chosen") else dict(config)
+    differences = config_differences(stored, requested)
+    if differences:
+        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in differences.items())
+        raise ConfigError(f"trainer.resume={resume}: the config differs from the run's in {listed}. Only the step "
+                          "budget and logging knobs may change on resume; start a new run for anything else")
+    if max_steps < int(state["step"]):
+        raise ConfigError(f"trainer.max_steps={max_steps} is below the step {state['step']} the checkpoint of "
+                          f"trainer.resume={resume} reached")
+    if tracking.get_run(t["uri"], state["run_id"]) is None:
+        raise ConfigError(f"trainer.resume: run {state['run_id']} of that checkpoint is not in the store {t['uri']}")
+    changes = config_differences(stored, requested, allowed=())
+    changes.pop("trainer.resume", None)
+    return state, requested, changes

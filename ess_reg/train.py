@@ -29,10 +29,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from . import tracking
-from .build import ConfigError, build_task, initial_model, probe_settings, trainer_settings, with_chosen_init
+from .build import ConfigError, build_task, initial_model, probe_settings, trainer_settings
 from .diagnose import LayerReport
 from .reporting import ess_figure, ess_table, format_report
-from .resume import checkpoint_path, config_differences, load_checkpoint, locate_checkpoint, scratch_dir
+from .resume import check_resume, checkpoint_path
 from .runinfo import run_name, run_tags
 from .tasks import Task
 from .training import (ProbeSettings, TrainerSettings, TrainingDiverged, TrainingInterrupted, fit, layer_keys,
@@ -135,28 +135,7 @@ def prepare(cfg: DictConfig) -> Plan:
     make_optimizer = _make_optimizer(cfg)
     resume_state, changes = None, {}
     if config["trainer"].get("resume"):
-        with scratch_dir() as scratch:
-            path = locate_checkpoint(config["trainer"]["resume"], config["trainer"]["checkpoint_dir"],
-                                     config["tracking"]["uri"], scratch)
-            resume_state = load_checkpoint(path)
-        stored = resume_state["config"]
-        chosen = (stored.get("init") or {}).get("chosen")
-        requested = with_chosen_init(config, chosen) if chosen and not config["init"].get("chosen") else config
-        differences = config_differences(stored, requested)
-        if differences:
-            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in differences.items()))
-            raise ConfigError(f"trainer.resume={config['trainer']['resume']}: the config differs from the run's "
-                              f"in {listed}. Only the step budget and logging knobs may change on resume; "
-                              "start a new run for anything else")
-        if trainer.max_steps < int(resume_state["step"]):
-            raise ConfigError(f"trainer.max_steps={trainer.max_steps} is below the step {resume_state['step']} the "
-                              f"checkpoint of trainer.resume={config['trainer']['resume']} reached")
-        changes = config_differences(stored, requested, allowed=())
-        changes.pop("trainer.resume", None)
-        config = requested
-        if tracking.get_run(config["tracking"]["uri"], resume_state["run_id"]) is None:
-            raise ConfigError(f"trainer.resume: run {resume_state['run_id']} of that checkpoint is not in the store "
-                              f"{config['tracking']['uri']}")
+        resume_state, config, changes = check_resume(config, trainer.max_steps)
 
     inputs = probe_batch(task, probe.examples, config["seed"])
 
