@@ -76,7 +76,7 @@ def measure(name: str, length: int, with_ess: bool, repeats: int) -> dict:
     """Runs inside the subprocess: one mixer at one length."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     from ess_reg import entropy_ess
-    from models import build_mixer
+    from ess_reg.models import build_mixer
 
     torch.manual_seed(0)
     mixer = build_mixer(name, D_MODEL, **CONFIGS[name])

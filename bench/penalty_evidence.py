@@ -20,8 +20,8 @@ import torch
 from hydra.utils import instantiate
 
 from ess_reg.init_search import select_init
-from ess_reg.train import compose_config, run
-from ess_reg.training import probe_indices
+from ess_reg.harness.app import compose_config, run
+from ess_reg.harness.training import probe_indices
 
 HARD = ["model=gla", "model.mixer_kwargs.feature_dim=8", "task.num_kv_pairs=12", "task.seq_len=64",
         "task.vocab_size=256", "tracking.experiment=penalty-evidence", "trainer.progress=false"]

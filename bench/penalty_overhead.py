@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from ess_reg.tasks import IGNORE
-from ess_reg.build import probe_settings, trainer_settings
-from ess_reg.train import compose_config
+from ess_reg.harness.build import probe_settings, trainer_settings
+from ess_reg.harness.app import compose_config
 from train_speed import L256
 
 MIXERS = ["gla", "s6", "sa"]

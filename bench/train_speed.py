@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from ess_reg.tasks import IGNORE
-from ess_reg.build import probe_settings, trainer_settings
-from ess_reg.train import compose_config
-from ess_reg.training import probe_report
+from ess_reg.harness.build import probe_settings, trainer_settings
+from ess_reg.harness.app import compose_config
+from ess_reg.harness.training import probe_report
 
 L256 = ["task.seq_len=256", "task.vocab_size=512", "task.num_kv_pairs=16"]
 SETUPS = {

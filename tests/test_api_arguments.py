@@ -21,7 +21,7 @@ from ess_reg.probe import Adapter, capture_operators, ess_layers, measure, regis
 from ess_reg.scan import scan_apply
 from ess_reg.spectra import resolve_indices
 from ess_reg.tasks import MQAR, Compression, SelectiveCopy
-from models.lm import LanguageModel
+from ess_reg.models.lm import LanguageModel
 
 L = 8
 NAN, INF = float("nan"), float("inf")

@@ -5,9 +5,9 @@ import torch
 
 from ess_reg import DenseOperator, StateSpaceOperator, tolerance_ess
 from ess_reg.diagnose import tss_at
-from models import MIXERS, build_mixer
-from models.lm import LanguageModel
-from models.sa import SoftmaxAttention
+from ess_reg.models import MIXERS, build_mixer
+from ess_reg.models.lm import LanguageModel
+from ess_reg.models.sa import SoftmaxAttention
 
 D, L = 8, 40
 # name -> (registry name, kwargs): small instances, several chunks long (chunk sizes < L).

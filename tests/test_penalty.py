@@ -6,7 +6,7 @@ from ess_reg import StateSpaceOperator
 from ess_reg.init_search import select_init
 from ess_reg.penalty import DecayIdentityPenalty, ESSPenalty
 from ess_reg.tasks import MQAR
-from models.lm import LanguageModel
+from ess_reg.models.lm import LanguageModel
 
 KWARGS = {"gla": {"num_heads": 2, "feature_dim": 8}, "s6": {"d_state": 8}, "sa": {"num_heads": 2}}
 
@@ -106,7 +106,7 @@ def test_decay_identity_pulls_decays_toward_one(mixer):
 
 
 class LearnedDecay(nn.Module):
-    """A user's own recurrence (not from models/): x_i = a x_{i-1} + B u_i, learned a and B."""
+    """A user's own recurrence (not from the zoo): x_i = a x_{i-1} + B u_i, learned a and B."""
 
     def __init__(self, d, n=4):
         super().__init__()

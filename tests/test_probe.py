@@ -9,7 +9,7 @@ from ess_reg.probe import Adapter, capture_operators, ess_layers, measure, regis
 
 
 class DelayLine(nn.Module):
-    """A user's own mixer (not from models/): y_i = x_{i-k}, TSS k. Implements the contract."""
+    """A user's own mixer (not from the zoo): y_i = x_{i-k}, TSS k. Implements the contract."""
 
     def __init__(self, k):
         super().__init__()
@@ -130,7 +130,7 @@ def test_the_verdict_is_the_model_s_and_agrees_with_the_task():
 
 
 def test_state_space_mixers_hand_over_the_operator_of_their_forward_pass(monkeypatch):
-    from models.lm import LanguageModel
+    from ess_reg.models.lm import LanguageModel
 
     torch.manual_seed(0)
     model = LanguageModel(16, 8, 2, "gla", {"num_heads": 2, "feature_dim": 4})

@@ -5,9 +5,9 @@ import pathlib
 import pytest
 import torch
 
-from ess_reg.analyze import analyze
-from ess_reg.build import ConfigError
-from ess_reg.train import compose_config, run
+from ess_reg.harness.analyze import analyze
+from ess_reg.harness.build import ConfigError
+from ess_reg.harness.app import compose_config, run
 
 
 class Payload:

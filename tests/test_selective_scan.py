@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.selective_scan import _chunk_bounds, selective_scan, selective_scan_reference
+from ess_reg.models.selective_scan import _chunk_bounds, selective_scan, selective_scan_reference
 
 
 def streams(batch=2, length=70, channels=3, state=4, dt_shift=-2.0, a_max=4.0, dtype=torch.float64, seed=0):

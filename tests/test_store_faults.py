@@ -9,11 +9,11 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ess_reg import tracking
+from ess_reg.harness import tracking
 
 OPEN_AND_RUN = """
 import sys
-from ess_reg import tracking
+from ess_reg.harness import tracking
 t = tracking.Tracker(sys.argv[1], "race", None, run_name=sys.argv[2])
 t.log_metrics({"x": 1.0}, 0)
 t.finish("FINISHED")

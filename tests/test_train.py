@@ -13,12 +13,12 @@ from omegaconf import OmegaConf
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
-from ess_reg import tracking
-from ess_reg.analyze import analyze
-from ess_reg.analyze import main as analyze_main
-from ess_reg.build import build_model
-from ess_reg.train import ConfigError, compose_config, run
-from models import MIXERS
+from ess_reg.harness import tracking
+from ess_reg.harness.analyze import analyze
+from ess_reg.harness.analyze import main as analyze_main
+from ess_reg.harness.build import build_model
+from ess_reg.harness.app import ConfigError, compose_config, run
+from ess_reg.models import MIXERS
 
 TASKS = ["mqar", "selective_copy", "compression"]
 
@@ -213,7 +213,7 @@ def test_resume_with_a_changed_key_is_refused_and_writes_nothing(store):
 
 
 def test_divergence_marks_the_run_failed(store):
-    from ess_reg.training import TrainingDiverged
+    from ess_reg.harness.training import TrainingDiverged
 
     for extra in ([], ["penalty=ess_max"]):
         with pytest.raises(TrainingDiverged, match="non-finite"):
@@ -271,7 +271,7 @@ def test_mlflow_server_serves_the_run(store):
 
 def test_multirun_with_two_parallel_jobs_groups_children_under_one_parent(store):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    cmd = [sys.executable, "-m", "ess_reg.train", "-m", *tiny(store), "seed=0,1", "hydra/launcher=joblib",
+    cmd = [sys.executable, "-m", "ess_reg.harness.app", "-m", *tiny(store), "seed=0,1", "hydra/launcher=joblib",
            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={store['dir']}/sweep"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -299,7 +299,7 @@ def test_multirun_with_two_parallel_jobs_groups_children_under_one_parent(store)
 
 def test_a_sweep_whose_job_fails_still_closes_its_parent(store):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    cmd = [sys.executable, "-m", "ess_reg.train", "-m", *tiny(store), "optimizer=sgd", "trainer.grad_clip=null",
+    cmd = [sys.executable, "-m", "ess_reg.harness.app", "-m", *tiny(store), "optimizer=sgd", "trainer.grad_clip=null",
            "optimizer.lr=0.01,1e30", f"hydra.sweep.dir={store['dir']}/sweep"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode != 0
@@ -405,7 +405,7 @@ def test_a_signal_ends_the_run_killed_and_resuming_finishes_it_with_contiguous_s
 
     overrides = tiny(store, "trainer.log_every=1", "trainer.eval_every=100000", "trainer.checkpoint_every=5")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    process = subprocess.Popen([sys.executable, "-m", "ess_reg.train", *overrides, "trainer.max_steps=100000",
+    process = subprocess.Popen([sys.executable, "-m", "ess_reg.harness.app", *overrides, "trainer.max_steps=100000",
                                 f"hydra.run.dir={store['dir']}/hydra"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -435,7 +435,7 @@ def test_a_signal_ends_the_run_killed_and_resuming_finishes_it_with_contiguous_s
 
 def test_the_command_line_names_a_bad_setting_in_one_line_with_exit_code_2(store):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    done = subprocess.run([sys.executable, "-m", "ess_reg.train", *tiny(store, "probe.kind=bogus"),
+    done = subprocess.run([sys.executable, "-m", "ess_reg.harness.app", *tiny(store, "probe.kind=bogus"),
                            f"hydra.run.dir={store['dir']}/hydra"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [

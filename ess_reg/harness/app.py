@@ -30,17 +30,27 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import tracking
 from .build import ConfigError, build_task, initial_model, probe_settings, trainer_settings
-from .diagnose import LayerReport
+from ..diagnose import LayerReport
 from .reporting import ess_figure, ess_table, format_report
 from .resume import check_resume, checkpoint_path
 from .runinfo import run_name, run_tags
-from .tasks import Task
+from ..tasks import Task
 from .training import (ProbeSettings, TrainerSettings, TrainingDiverged, TrainingInterrupted, fit, layer_keys,
                        probe_batch, resolve_device, resolve_threads)
 
 __all__ = ["compose_config", "prepare", "run", "main", "ConfigError"]
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+def _config_dir() -> str:
+    """``conf/`` ships inside the installed package (``ess_reg/conf``); in a source checkout
+    (an editable install) it is the repository's top-level ``conf/``."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"ess-reg's configs are missing: no conf/config.yaml in {package} or {package.parent}")
+
+
+CONFIG_DIR = _config_dir()
 log = logging.getLogger("ess_reg")
 
 
@@ -247,7 +257,7 @@ def _log_end(tracker: tracking.Tracker, plan: Plan, result: dict, final_figure=N
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train as ``cfg`` says and log everything; returns :func:`ess_reg.training.fit`'s result
+    """Train as ``cfg`` says and log everything; returns :func:`ess_reg.harness.training.fit`'s result
     with the MLflow ``run_id`` added."""
     _console_logging()
     plan = prepare(cfg)

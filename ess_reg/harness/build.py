@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .diagnose import FailureThresholds
-from .tasks import TASKS, Task
+from ..diagnose import FailureThresholds
+from ..tasks import TASKS, Task
 from .training import ProbeSettings, TrainerSettings, probe_indices
 
 __all__ = ["ConfigError", "MODEL_TARGETS", "TASK_TARGETS", "build_task", "build_model", "trainer_settings",
@@ -30,12 +30,13 @@ class ConfigError(ValueError):
 
 
 def _model_class():
-    from models.lm import LanguageModel
+    from ..models.lm import LanguageModel
 
     return LanguageModel
 
 
-MODEL_TARGETS = {"models.lm.LanguageModel": _model_class}
+# The second name is the one runs logged before the zoo moved under ess_reg: their configs still load.
+MODEL_TARGETS = {"ess_reg.models.lm.LanguageModel": _model_class, "models.lm.LanguageModel": _model_class}
 TASK_TARGETS = {f"ess_reg.tasks.{cls.__name__}": cls for cls in TASKS.values()}
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -125,7 +126,7 @@ def initial_model(config: Mapping, task: Task, probe: ProbeSettings, probe_input
         torch.manual_seed(int(config["seed"]))
         return build_model(config["model"]), dict(config), None
 
-    from .init_search import select_init
+    from ..init_search import select_init
 
     schemes = [dict(s) for s in (init.get("schemes") or [{}])]
     candidates = [{"seed": int(seed), "scheme": scheme} for seed in init["seeds"] for scheme in schemes]

@@ -1,6 +1,6 @@
 """The training loop: task batches in, ESS / TSS / accuracy / failure modes out to a tracker.
 
-Plain Python on purpose (no Hydra here): :mod:`ess_reg.train` composes the config and calls
+Plain Python on purpose (no Hydra here): :mod:`ess_reg.harness.app` composes the config and calls
 :func:`fit`; tests call it directly.
 """
 
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .diagnose import FailureThresholds, LayerReport, diagnose, model_summary
-from .probe import measure
-from .tasks import IGNORE, Task
+from ..diagnose import FailureThresholds, LayerReport, diagnose, model_summary
+from ..probe import measure
+from ..tasks import IGNORE, Task
 
 __all__ = ["TrainerSettings", "ProbeSettings", "TrainingDiverged", "TrainingInterrupted", "fit", "resolve_device",
            "resolve_threads", "probe_indices", "probe_batch", "probe_report", "evaluate", "layer_keys",
@@ -186,7 +186,7 @@ def fit(
     on_checkpoint: Callable[[int], None] | None = None,
     stop: Callable[[], str | None] | None = None,
 ) -> dict:
-    """Train ``model`` on ``task``; log to ``tracker`` (an :class:`ess_reg.tracking.Tracker`).
+    """Train ``model`` on ``task``; log to ``tracker`` (an :class:`ess_reg.harness.tracking.Tracker`).
 
     Evaluates (accuracy, ESS probe) at step 0, every ``eval_every`` steps and at the end;
     checkpoints to ``checkpoint_path`` (atomically). ``resume_state`` (a loaded checkpoint)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .build import ConfigError, build_model, build_task, probe_settings
-from .diagnose import LayerReport, Verdict, diagnose
+from ..diagnose import LayerReport, Verdict, diagnose
 from .reporting import format_report
 from .resume import load_checkpoint, locate_checkpoint, scratch_dir
 from .training import ProbeSettings, evaluate, probe_batch, probe_report, resolve_threads
