@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 
 from ess_reg.init_search import select_init
 from ess_reg.harness.app import compose_config, run
-from ess_reg.harness.training import probe_indices
+from ess_reg.indices import EvenIndices
 
 HARD = ["model=gla", "model.mixer_kwargs.feature_dim=8", "task.num_kv_pairs=12", "task.seq_len=64",
         "task.vocab_size=256", "tracking.experiment=penalty-evidence", "trainer.progress=false"]
@@ -32,7 +32,7 @@ def mean_spread(values):
 
 
 def layer_means(result):
-    reports = result["reports"].values()
+    reports = result.reports.values()
     return (sum(r.utilization for r in reports) / len(reports),
             sum(r.ess_per_item for r in reports) / len(reports))
 
@@ -41,15 +41,15 @@ def regularizers(seeds: int, steps: int, penalties: list[str]) -> None:
     print(f"gla, feature_dim 8 (TSS 8 per value channel), MQAR kv=12, L=64, V=256, {steps} steps, {seeds} seeds")
     print(f"{'penalty':<20} {'accuracy':>16} {'ESS/reach':>16} {'ESS/kv':>16}")
     for spec in penalties:
-        penalty, _, weight = spec.partition(":")  # e.g. "ess_max:0.01" sets penalty.weight
-        extra = [f"penalty.weight={weight}"] if weight else []
+        penalty, _, weight = spec.partition(":")  # e.g. "ess_max:0.01" sets penalty.schedule.weight
+        extra = [f"penalty.schedule.weight={weight}"] if weight else []
         acc, util, per_kv = [], [], []
         for seed in range(seeds):
             tag = spec.replace(":", "-w")
             cfg = compose_config([*HARD, f"penalty={penalty}", *extra, f"seed={seed}", f"trainer.max_steps={steps}"])
             result = run(cfg)
             u, k = layer_means(result)
-            acc.append(result["metrics"]["valid/accuracy"]), util.append(u), per_kv.append(k)
+            acc.append(result.metrics["valid/accuracy"]), util.append(u), per_kv.append(k)
         cells = [f"{m:.3f} +- {s:.3f}" for m, s in (mean_spread(acc), mean_spread(util), mean_spread(per_kv))]
         print(f"{spec:<20} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16}", flush=True)
 
@@ -77,13 +77,13 @@ def init_search(steps: int) -> None:
     def factory(c):
         return instantiate(base.model, mixer_kwargs={"num_heads": 2, "feature_dim": 8, "gate_normalizer": c["gate_normalizer"]})
 
-    search = select_init(factory, candidates, inputs, indices=probe_indices(task, 16),
+    search = select_init(factory, candidates, inputs, indices=EvenIndices(16),
                          context_end=task.context_end, items_to_recall=task.items_to_recall)
     accuracies = []
     for c in candidates:
         cfg = compose_config([*HARD, f"trainer.max_steps={steps}", f"seed={c['seed']}",
                            f"model.mixer_kwargs.gate_normalizer={c['gate_normalizer']}"])
-        accuracies.append(run(cfg)["metrics"]["valid/accuracy"])
+        accuracies.append(run(cfg).accuracy)
     print(f"\ninit search: K={len(candidates)} gla candidates (seed x gate_normalizer), {steps} steps each")
     print(f"{'candidate':<36} {'ESS/reach at init':>16} {'final accuracy':>15}")
     for c, s, a in zip(candidates, search.scores, accuracies):

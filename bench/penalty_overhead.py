@@ -30,7 +30,7 @@ ONLY = os.environ.get("BENCH_MIXERS")
 
 
 def step_time(mixer: str, with_penalty: bool, steps: int, batch_limit: int) -> float:
-    cfg = compose_config([f"model={mixer}", *L256, "penalty=ess_max", f"penalty.batch_limit={batch_limit}"])
+    cfg = compose_config([f"model={mixer}", *L256, "penalty=ess_max", f"penalty.budget.batch_limit={batch_limit}"])
     trainer = trainer_settings(cfg.trainer)
     torch.manual_seed(0)
     task, model = instantiate(cfg.task), instantiate(cfg.model)

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from ess_reg.tasks import IGNORE
 from ess_reg.harness.build import probe_settings, trainer_settings
 from ess_reg.harness.app import compose_config
-from ess_reg.harness.training import probe_report
+from ess_reg.harness.run_probe import RunProbe
 
 L256 = ["task.seq_len=256", "task.vocab_size=512", "task.num_kv_pairs=16"]
 SETUPS = {
@@ -56,13 +56,13 @@ def measure(overrides, steps: int) -> dict:
         step(i + 3)
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
-    probe_inputs = task.test_set(probe.examples).inputs
+    run_probe = RunProbe(task, probe, seed=0)
     model.eval()
-    probe_report(model, task, probe_inputs, probe)  # warm-up
+    run_probe.report(model)  # warm-up
     probes = []
     for _ in range(3):
         start = time.perf_counter()
-        probe_report(model, task, probe_inputs, probe)
+        run_probe.report(model)
         probes.append(time.perf_counter() - start)
     probe_s = statistics.median(probes)
     return {"step_s": step_s, "probe_s": probe_s, "eval_every": trainer.eval_every}

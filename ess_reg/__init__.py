@@ -1,5 +1,14 @@
-"""ess-reg: effective state-size (ESS) of sequence models, measured and used as training signal."""
+"""ess-reg: effective state-size (ESS) of sequence models, measured and used as training signal.
 
+The core needs torch alone::
+
+    from ess_reg import measure, diagnose, ESSPenalty, select_init
+
+The experiment harness (``ess-train``, MLflow, Hydra) is :mod:`ess_reg.harness`, behind the
+``train`` extra; the reference zoo of mixers is :mod:`ess_reg.models`.
+"""
+
+from .diagnose import MEASURES, FailureThresholds, LayerReport, Verdict, diagnose, model_summary
 from .ess import (
     LayerESS,
     average_ess,
@@ -12,16 +21,22 @@ from .ess import (
     tolerance_ess_from_svdvals,
     total_ess,
 )
+from .indices import AllIndices, ContextEnd, EvenIndices, GivenIndices, RandomIndices
+from .init_search import select_init
 from .operators import DenseOperator, StateSpaceOperator, as_operator
+from .penalty import Budget, DecayIdentityPenalty, ESSPenalty, Schedule, Target
+from .probe import Adapter, Probe, measure, register_adapter
 from .spectra import hankel_svdvals
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # operators and their spectra
     "DenseOperator",
     "StateSpaceOperator",
     "as_operator",
     "hankel_svdvals",
+    # ESS of an operator
     "entropy_ess",
     "entropy_ess_from_svdvals",
     "tolerance_ess",
@@ -32,4 +47,27 @@ __all__ = [
     "total_ess",
     "LayerESS",
     "layer_ess",
+    # ESS of a model's layers, and the diagnosis
+    "Probe",
+    "measure",
+    "Adapter",
+    "register_adapter",
+    "AllIndices",
+    "EvenIndices",
+    "RandomIndices",
+    "ContextEnd",
+    "GivenIndices",
+    "LayerReport",
+    "MEASURES",
+    "FailureThresholds",
+    "Verdict",
+    "diagnose",
+    "model_summary",
+    # ESS as training signal
+    "ESSPenalty",
+    "DecayIdentityPenalty",
+    "Target",
+    "Schedule",
+    "Budget",
+    "select_init",
 ]

@@ -1,13 +1,17 @@
 """Argument checks shared by the public functions: each names the argument and what it allows.
 
 Every check raises ``ValueError`` (as the checks of this package always have, whatever was wrong
-with the value: its type or its range), with the argument's name first in the message.
+with the value: its type or its range), with the argument's name first in the message; only
+``check_floating`` raises ``TypeError`` for a value that is no tensor at all, as the operators
+always have.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+
+import torch
 
 # What torch.Generator.manual_seed accepts at the top (it wraps negative seeds, which we refuse).
 MAX_SEED = 2**64 - 1
@@ -51,3 +55,12 @@ def check_seed(name: str, value, maximum: int = MAX_SEED) -> int:
     if value > maximum:
         raise ValueError(f"{name} must be an int in 0..{maximum}, got {value!r}")
     return value
+
+
+def check_floating(name: str, x) -> torch.Tensor:
+    """A real floating-point tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a real floating-point tensor, got dtype {x.dtype}")
+    return x

@@ -12,7 +12,7 @@ from .ess import LayerESS
 from .spectra import resolve_indices
 
 __all__ = ["StateSize", "growing_state_size", "tss_at", "reachable_state", "utilization", "FailureThresholds",
-           "LayerReport", "Verdict", "diagnose", "model_summary", "SATURATION", "COLLAPSE", "HEALTHY",
+           "LayerReport", "MEASURES", "layer_utilization", "layer_ess_per_item", "layer_mean_ess", "Verdict", "diagnose", "model_summary", "SATURATION", "COLLAPSE", "HEALTHY",
            "INCONCLUSIVE", "VERDICTS"]
 
 # A mixer's TSS per channel: a number (SSM state N, linear-attention feature size, SWA window),
@@ -142,8 +142,9 @@ class LayerReport:
 
     @property
     def ess_per_index(self) -> torch.Tensor:
-        """Mean ESS per operator at each probed index ``(len(indices),)`` (float64, CPU)."""
-        return self.ess.values.mean(dim=tuple(range(self.ess.values.dim() - 1))).double().cpu()
+        """Mean ESS per operator at each probed index ``(len(indices),)`` (float64; keeps the
+        graph when the ESS was measured with gradients)."""
+        return self.ess.values.mean(dim=tuple(range(self.ess.values.dim() - 1))).double()
 
     @property
     def reach(self) -> torch.Tensor:
@@ -170,7 +171,7 @@ class LayerReport:
     @property
     def utilization(self) -> float:
         """ESS over the reachable state, summed over the probed indices (see :func:`utilization`)."""
-        return utilization(self.ess_per_index, self.reach).item()
+        return layer_utilization(self).item()
 
     def _context_end_position(self) -> int | None:
         if self.context_end is None:
@@ -186,8 +187,9 @@ class LayerReport:
     @property
     def ess_per_item(self) -> float | None:
         """Per-operator ESS at the end of the context per item to recall (ESS/kv on MQAR)."""
-        at_end = self.ess_at_context_end
-        return None if at_end is None or not self.items_to_recall else at_end / self.items_to_recall
+        if self._context_end_position() is None or not self.items_to_recall:
+            return None
+        return layer_ess_per_item(self).item()
 
     @property
     def tss_per_item(self) -> float | None:
@@ -208,6 +210,41 @@ class LayerReport:
             out["per_kv"] = self.ess_per_item
             out["tss_kv"] = self.tss_per_item
         return out
+
+
+# ---- what to read off a layer: the measures, as differentiable tensors -----------------------
+# One definition each, used alike by the reports' numbers, the init search's scores and the
+# penalty's objective (which keeps their gradients).
+
+
+def layer_utilization(report: LayerReport) -> torch.Tensor:
+    """ESS over the reachable state ``min(i, L - i, TSS)``, a ratio of sums over the indices."""
+    try:
+        return utilization(report.ess_per_index, report.reach)
+    except ValueError as err:
+        raise ValueError(f"layer {report.name!r}: {err}") from None
+
+
+def layer_ess_per_item(report: LayerReport) -> torch.Tensor:
+    """Per-operator ESS at the end of the context per item to recall: ESS/kv on MQAR."""
+    k = report._context_end_position()
+    if k is None or not report.items_to_recall:
+        raise ValueError(f"layer {report.name!r}: ESS per item is read at the end of the context: it needs "
+                         "context_end among the measured indices and items_to_recall (pass a task)")
+    return report.ess_per_index[k] / report.items_to_recall
+
+
+def layer_mean_ess(report: LayerReport) -> torch.Tensor:
+    """ESS per operator, averaged over batch, operators and indices."""
+    return report.ess.values.mean()
+
+
+#: measure name -> function of a :class:`LayerReport` giving a scalar tensor
+MEASURES: dict[str, Callable[[LayerReport], torch.Tensor]] = {
+    "utilization": layer_utilization,
+    "per_item": layer_ess_per_item,
+    "ess": layer_mean_ess,
+}
 
 
 @dataclass

@@ -18,33 +18,26 @@ import torch
 from torch import nn
 
 from ._checks import check_limit, check_seed
-from .diagnose import LayerReport
+from .diagnose import MEASURES, LayerReport
+from .indices import index_rule
 from .probe import measure
-from .spectra import _index_tensor
 
 __all__ = ["select_init", "InitSearchResult", "SCORES"]
 
 
-def _utilization(reports: Mapping[str, LayerReport]) -> float:
-    return sum(r.utilization for r in reports.values()) / len(reports)
+def _mean_over_layers(name: str) -> Callable[[Mapping[str, LayerReport]], float]:
+    measure = MEASURES[name]
+
+    def score(reports: Mapping[str, LayerReport]) -> float:
+        return sum(measure(r).item() for r in reports.values()) / len(reports)
+
+    score.__name__ = name
+    return score
 
 
-def _per_item(reports: Mapping[str, LayerReport]) -> float:
-    values = [r.ess_per_item for r in reports.values()]
-    if any(v is None for v in values):
-        raise ValueError("score='per_item' needs context_end and items_to_recall (ESS/kv is read at the context end)")
-    return sum(values) / len(values)
-
-
-def _ess_avg(reports: Mapping[str, LayerReport]) -> float:
-    return sum(r.ess_avg for r in reports.values()) / len(reports)
-
-
-SCORES: dict[str, Callable[[Mapping[str, LayerReport]], float]] = {
-    "utilization": _utilization,  # mean ESS/TSS over layers
-    "per_item": _per_item,  # mean ESS/kv at the end of the context over layers
-    "ess": _ess_avg,  # mean ESS per operator
-}
+# The measures the diagnostics report and the penalty acts on, averaged over layers:
+# utilization (ESS / reachable state), per_item (ESS/kv at the end of the context), ess.
+SCORES: dict[str, Callable[[Mapping[str, LayerReport]], float]] = {name: _mean_over_layers(name) for name in MEASURES}
 
 
 @dataclass
@@ -66,7 +59,8 @@ def select_init(
     probe_inputs: torch.Tensor,
     *,
     score: "str | Callable[[Mapping[str, LayerReport]], float]" = "utilization",
-    indices: "Sequence[int] | torch.Tensor | None" = None,
+    indices=None,
+    kind: str = "entropy",
     context_end: int | None = None,
     items_to_recall: int | None = None,
     maximize: bool = True,
@@ -74,7 +68,9 @@ def select_init(
 ) -> InitSearchResult:
     """Build every candidate, score its ESS on ``probe_inputs``, keep the best.
 
-    ``score`` is a name from :data:`SCORES` or a function of the per-layer reports;
+    ``score`` is a name from :data:`SCORES` (the measures of :data:`ess_reg.diagnose.MEASURES`,
+    averaged over layers) or a function of the per-layer reports; ``indices`` an index rule or
+    its short form (default all); ``kind`` the ESS;
     ``on_candidate(i, candidate, score, reports)`` is called after each one (logging, progress).
     """
     if not callable(factory):
@@ -95,8 +91,7 @@ def select_init(
         score_fn = score
     else:
         raise TypeError(f"score must be one of {sorted(SCORES)} or a function of the reports, got {score!r}")
-    if indices is not None:
-        _index_tensor(indices)  # type and emptiness now; the range once the model's L is known
+    indices = index_rule(indices)  # its form now; the range once the model's L is known
     check_limit("context_end", context_end)
     check_limit("items_to_recall", items_to_recall)
     if on_candidate is not None and not callable(on_candidate):
@@ -108,7 +103,7 @@ def select_init(
         if not isinstance(model, nn.Module):
             raise TypeError(f"factory must return a torch.nn.Module, got {type(model).__name__} for candidate {i}")
         with torch.no_grad():
-            reports = measure(model.eval(), probe_inputs, indices, context_end=context_end,
+            reports = measure(model.eval(), probe_inputs, indices, kind=kind, context_end=context_end,
                               items_to_recall=items_to_recall, dtype=torch.float32)
         value = float(score_fn(reports))
         if not math.isfinite(value):

@@ -20,19 +20,14 @@ from collections.abc import Iterator
 
 import torch
 
-from ._checks import check_number
+from ._checks import check_floating, check_number
+from .kernels.scan import scan_apply
+from .kernels.segments import segment_sums
 
 __all__ = ["DenseOperator", "StateSpaceOperator", "as_operator", "Operator"]
 
 # A dense T counts as causal when max|T above the diagonal| <= CAUSAL_RTOL * max|T|.
 CAUSAL_RTOL = 1e-6
-
-
-def _check_floating(name: str, x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a real floating-point tensor, got dtype {x.dtype}")
 
 
 def _check_finite(name: str, x: torch.Tensor) -> None:
@@ -45,34 +40,6 @@ def _check_multiplicity(multiplicity: int) -> int:
     if isinstance(multiplicity, bool) or not isinstance(multiplicity, int) or multiplicity < 1:
         raise ValueError(f"multiplicity must be a positive int, got {multiplicity!r}")
     return multiplicity
-
-
-def _segment_sums(log_decay: torch.Tensor) -> torch.Tensor:
-    """``seg[..., i, j, n] = sum_{t=j+1..i} log_decay[..., t, n]`` for ``j <= i``, ``-inf`` above.
-
-    Summed directly per segment (masked cumsum), not as a difference of two prefix sums:
-    with strong decays the prefix sums reach ``-20 L`` and their difference would lose the
-    short segments' precision.  Costs ``L^2 N``; used for materializing and small chunks.
-    """
-    length = log_decay.shape[-2]
-    ones = torch.ones(length, length, dtype=torch.bool, device=log_decay.device)
-    strictly_after = torch.tril(ones, diagonal=-1)  # [t, j]: t > j
-    # x[..., j, t, n] = log_decay[t, n] for t > j, else 0; cumsum over t gives the segment sums.
-    x = log_decay.unsqueeze(-3) * strictly_after.transpose(0, 1).unsqueeze(-1).to(log_decay.dtype)
-    seg = torch.cumsum(x, dim=-2).transpose(-3, -2)  # [..., i, j, n]
-    causal = torch.tril(ones).unsqueeze(-1)
-    return seg.masked_fill(~causal, float("-inf"))
-
-
-def _decayed_columns(log_decay: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """Inputs of a segment carried to its last step: ``exp(sum_{t=q+1..end} log_decay_t) B_q``.
-
-    ``(..., steps, N)`` inputs -> ``(..., N, steps)``.  The exponent is a reversed cumsum of the
-    steps after ``q``, not a difference of prefix sums (exact at any decay strength).
-    """
-    after = torch.nn.functional.pad(log_decay[..., 1:, :], (0, 0, 0, 1))
-    to_end = torch.flip(torch.cumsum(torch.flip(after, dims=[-2]), dim=-2), dims=[-2])
-    return (to_end.exp() * B).transpose(-1, -2)
 
 
 # Validation scans a dense T in slices of at most this many bytes (at least one row), so its
@@ -162,7 +129,7 @@ class DenseOperator:
     def __init__(
         self, T: torch.Tensor, multiplicity: int = 1, *, causal_rtol: float = CAUSAL_RTOL, check_values: bool = True
     ):
-        _check_floating("T", T)
+        check_floating("T", T)
         if T.dim() < 2:
             raise ValueError(f"T must have shape (..., L, L), got a {T.dim()}-d tensor")
         if T.shape[-1] != T.shape[-2]:
@@ -229,7 +196,7 @@ class StateSpaceOperator:
         check_values: bool = True,
     ):
         for name, x in (("log_decay", log_decay), ("B", B), ("C", C)):
-            _check_floating(name, x)
+            check_floating(name, x)
             if x.dim() < 2:
                 raise ValueError(f"{name} must have shape (..., L, N), got a {x.dim()}-d tensor")
         shapes = {"log_decay": tuple(log_decay.shape), "B": tuple(B.shape), "C": tuple(C.shape)}
@@ -301,7 +268,7 @@ class StateSpaceOperator:
 
     def materialize(self) -> torch.Tensor:
         """The dense ``(..., L, L)`` matrix; costs ``L^2 N`` memory per batch element."""
-        seg = _segment_sums(self.log_decay)  # (..., L, L, N)
+        seg = segment_sums(self.log_decay)  # (..., L, L, N)
         return torch.einsum("...in,...ijn,...jn->...ij", self.C, seg.exp(), self.B)
 
     def apply(self, v: torch.Tensor, chunk_size: int = 32, method: str = "chunked") -> torch.Tensor:
@@ -309,10 +276,8 @@ class StateSpaceOperator:
 
         ``method``: ``"chunked"`` (exact at any decay strength), ``"factored"`` (one matmul per
         chunk, chunks sized from the data; fastest) or ``"sequential"`` (the reference); see
-        :mod:`ess_reg.scan`.
+        :mod:`ess_reg.kernels.scan`.
         """
-        from .scan import scan_apply
-
         _check_values(v, self.seq_len)
         return scan_apply(self.log_decay, self.B, self.C, v, method=method, chunk_size=chunk_size)
 
@@ -355,7 +320,7 @@ def _select(x: torch.Tensor, dim: int, index: torch.Tensor, batch_rank: int) -> 
 
 
 def _check_values(v: torch.Tensor, length: int) -> None:
-    _check_floating("v", v)
+    check_floating("v", v)
     if v.dim() < 2 or v.shape[-2] != length:
         raise ValueError(f"v must have shape (..., L={length}, K), got {tuple(v.shape)}")
 

@@ -2,7 +2,7 @@
 
 Both regularizers read the operators of the forward pass you already run::
 
-    penalty = ESSPenalty(model, mode="maximize", weight=0.1)
+    penalty = ESSPenalty(model, objective="maximize", schedule=0.1)
     with penalty.capture():
         logits = model(x)                      # the one forward pass; layer inputs are recorded
     loss = task_loss(logits) + penalty.compute(step)
@@ -10,86 +10,184 @@ Both regularizers read the operators of the forward pass you already run::
 Each layer's operator is rebuilt from its recorded input (one extra projection per layer, no
 second forward of the model), so gradients reach every mixer parameter through its operator.
 ``penalty(x, step)`` does the forward itself, for when the logits are not needed.
+
+The ESS penalty is a small composition, each part replaceable and each built by Hydra from a
+nested config:
+
+* **what to measure**: a name from :data:`ess_reg.diagnose.MEASURES` (``"utilization"``,
+  ``"per_item"``, ``"ess"``) or a function of a layer's report, with the ESS ``kind``;
+* **which indices**: an index rule (:mod:`ess_reg.indices`);
+* **the objective**: :class:`Maximize`, :class:`Minimize` or :class:`Target` (with its hinge);
+* **the budget**: :class:`Budget` (examples and operators per step);
+* **the schedule**: :class:`Schedule` (weight, warm-up, ramp).
+
+Measuring goes through the same :class:`~ess_reg.probe.Probe` as the diagnostics and the init
+search, so a penalty on ``"utilization"`` moves exactly the number the run reports.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ._checks import check_int, check_limit, check_number, check_seed
-from .diagnose import reachable_state, tss_at, utilization
-from .ess import _check_temperature, _check_tol, entropy_ess_from_svdvals, soft_tolerance_ess_from_svdvals
+from ._checks import check_int, check_limit, check_number
+from .diagnose import MEASURES, LayerReport
+from .indices import ContextEnd, EvenIndices, GivenIndices, index_rule
 from .operators import StateSpaceOperator
-from .probe import _adapter_for, capture_operators
-from .spectra import _index_tensor, hankel_svdvals, resolve_indices
+from .probe import Probe, capture_operators
 
-__all__ = ["ESSPenalty", "DecayIdentityPenalty", "MODES", "INDEX_CHOICES"]
+__all__ = ["ESSPenalty", "DecayIdentityPenalty", "Maximize", "Minimize", "Target", "Schedule", "Budget",
+           "OBJECTIVES", "HINGES", "DIFFERENTIABLE_KINDS"]
 
-MODES = ("maximize", "minimize", "target")
-INDEX_CHOICES = ("random", "all", "context_end")
 HINGES = ("two_sided", "below", "above")
+DIFFERENTIABLE_KINDS = ("entropy", "soft_tolerance")
 
 
-def _check_task(task) -> None:
-    """A task (or anything with its ``context_end`` and ``items_to_recall``), or None."""
-    if task is not None and not all(hasattr(task, a) for a in ("context_end", "items_to_recall")):
-        raise TypeError(f"task must be a task (with context_end and items_to_recall) or None, got {task!r}")
+# ---- the objective: from the measured value to the term --------------------------------------
+
+@dataclass(frozen=True)
+class Maximize:
+    """``-value``: reward the measure (e.g. utilization, against state collapse)."""
+
+    def __call__(self, value: torch.Tensor) -> torch.Tensor:
+        return -value
 
 
-class _OperatorRegularizer(nn.Module):
-    """Shared plumbing: which layers, the weight schedule, capture of the forward pass."""
+@dataclass(frozen=True)
+class Minimize:
+    """``value``: penalize the measure (compressible, distillation-friendly models)."""
 
-    def __init__(self, model: nn.Module, weight: float, layers: Sequence[str] | None,
-                 warmup_steps: int, ramp_steps: int, batch_limit: int | None, task=None):
-        super().__init__()
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
-        for name, value in (("warmup_steps", warmup_steps), ("ramp_steps", ramp_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        check_limit("batch_limit", batch_limit)
-        _check_task(task)
-        self.model = [model]  # a list: not registered as a submodule (no double parameters)
-        self.weight, self.warmup_steps, self.ramp_steps = float(weight), warmup_steps, ramp_steps
-        self.batch_limit = batch_limit
-        self.layer_names = layers
-        self.task = task  # optional: where the context ends and how many items it holds
-        self._capture = capture_operators(model, layers)  # validates: raises without ESS-capable layers
+    def __call__(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+
+@dataclass(frozen=True)
+class Target:
+    """Pull the measure toward ``value``: the gap ``measure - value``, through ``hinge``
+    (``"below"`` penalizes only falling short, ``"above"`` only overshooting), squared or
+    absolute."""
+
+    value: float
+    hinge: str = "two_sided"
+    squared: bool = True
+
+    def __post_init__(self):
+        check_number("target value", self.value, minimum=0)
+        if not isinstance(self.hinge, str) or self.hinge not in HINGES:
+            raise ValueError(f"unknown hinge {self.hinge!r}; choose one of {HINGES}")
+        if not isinstance(self.squared, bool):
+            raise ValueError(f"squared must be True or False, got {self.squared!r}")
+
+    def __call__(self, value: torch.Tensor) -> torch.Tensor:
+        gap = value - self.value
+        if self.hinge == "below":
+            gap = gap.clamp(max=0)
+        elif self.hinge == "above":
+            gap = gap.clamp(min=0)
+        return gap.square() if self.squared else gap.abs()
+
+
+OBJECTIVES = {"maximize": Maximize, "minimize": Minimize}
+
+
+def _objective(spec) -> Callable[[torch.Tensor], torch.Tensor]:
+    if isinstance(spec, str):
+        if spec not in OBJECTIVES:
+            raise ValueError(f"unknown objective {spec!r}; choose one of {sorted(OBJECTIVES)} or give "
+                             "Target(value, hinge) or a function of the measured value")
+        return OBJECTIVES[spec]()
+    if callable(spec):
+        return spec
+    raise ValueError(f"objective must be 'maximize', 'minimize', a Target or a function, got {spec!r}")
+
+
+# ---- the schedule and the budget -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Schedule:
+    """The term's weight over training: 0 for steps ``1..warmup_steps`` (steps count from 1,
+    as in the training loop), then a linear ramp reaching ``weight`` at step
+    ``warmup_steps + ramp_steps``."""
+
+    weight: float
+    warmup_steps: int = 0
+    ramp_steps: int = 0
+
+    def __post_init__(self):
+        check_number("weight", self.weight, minimum=0)
+        check_int("warmup_steps", self.warmup_steps, 0)
+        check_int("ramp_steps", self.ramp_steps, 0)
 
     def weight_at(self, step: int | None) -> float:
-        """0 for steps ``1..warmup_steps`` (steps count from 1, as in the training loop), then a
-        linear ramp reaching ``weight`` at step ``warmup_steps + ramp_steps``."""
         if step is None:
-            return self.weight
+            return float(self.weight)
         check_int("step", step, 0)
         if self.warmup_steps and step <= self.warmup_steps:
             return 0.0
         if self.ramp_steps == 0:
-            return self.weight
+            return float(self.weight)
         return self.weight * min(1.0, (step - self.warmup_steps) / self.ramp_steps)
 
+
+def _schedule(spec) -> Schedule:
+    if isinstance(spec, Schedule):
+        return spec
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return Schedule(spec)
+    raise ValueError(f"schedule must be a Schedule or a constant weight (a number >= 0), got {spec!r}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one step may cost: the first ``batch_limit`` examples of the batch, and
+    ``channel_limit`` random operators (heads, SSM channels) of each layer (None: all)."""
+
+    batch_limit: int | None = None
+    channel_limit: int | None = None
+
+    def __post_init__(self):
+        check_limit("batch_limit", self.batch_limit)
+        check_limit("channel_limit", self.channel_limit)
+
+
+def _budget(spec) -> Budget:
+    if spec is None:
+        return Budget()
+    if isinstance(spec, Budget):
+        return spec
+    raise ValueError(f"budget must be a Budget or None, got {spec!r}")
+
+
+# ---- the regularizers --------------------------------------------------------------------------
+
+class _OperatorRegularizer(nn.Module):
+    """Shared plumbing: the probe that captures the forward pass, and the schedule."""
+
+    def __init__(self, probe: Probe, schedule):
+        super().__init__()
+        self.probe = probe
+        self.schedule = _schedule(schedule)
+        self.last: dict[str, float] = {}
+
+    @property
+    def weight(self) -> float:
+        return float(self.schedule.weight)
+
+    def weight_at(self, step: int | None) -> float:
+        return self.schedule.weight_at(step)
+
     def capture(self) -> capture_operators:
-        self._capture = capture_operators(self.model[0], self.layer_names)
-        return self._capture
-
-    def _operators(self) -> dict:
-        if not self._capture.inputs:
-            raise RuntimeError("no forward pass was captured: call the model inside `with penalty.capture():`")
-        return self._capture.operators(self.batch_limit, self._pick_channels)
-
-    def _pick_channels(self, num_channels: int) -> torch.Tensor | None:
-        return None
+        return self.probe.capture()
 
     def compute(self, step: int | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, inputs: torch.Tensor, step: int | None = None) -> torch.Tensor:
         with self.capture():
-            self.model[0](inputs)
+            self.probe.model(inputs)
         return self.compute(step)
 
     def check(self, inputs: torch.Tensor) -> None:
@@ -98,123 +196,71 @@ class _OperatorRegularizer(nn.Module):
         term's random state as it was."""
         if self.weight == 0:
             return
-        state = self._random_state()
+        state = self.probe.random_state()
         try:
             with torch.enable_grad():
                 value = self(inputs)
         finally:
-            self._set_random_state(state)
+            self.probe.set_random_state(state)
         if not value.requires_grad:
             raise ValueError(f"{type(self).__name__} has nothing to act on in this model: its value does not "
-                             f"depend on any parameter of the layers {sorted(self._capture.layers)}")
-
-    def _random_state(self):
-        return None
-
-    def _set_random_state(self, state) -> None:
-        pass
+                             f"depend on any parameter of the layers {sorted(self.probe.layers)}")
 
 
 class ESSPenalty(_OperatorRegularizer):
-    """A differentiable ESS term.
+    """A differentiable ESS term: ``weight(step) * objective(mean over layers of measure)``.
 
     Args:
-        mode: ``"maximize"`` utilization, ESS over the reachable state ``min(i, L - i, TSS)``
-            (:func:`ess_reg.diagnose.utilization`; counters state collapse), ``"minimize"`` it
-            (compressible, distillation-friendly models), or ``"target"``: pull utilization (or
-            ESS/kv with ``target_on="per_item"``) toward ``target``.
-        weight: multiplier (>= 0); scheduled by ``warmup_steps`` then a ``ramp_steps`` ramp.
-        indices: ``"random"`` (``num_indices`` fresh random indices per step), ``"all"``,
-            ``"context_end"`` (MQAR: where all key-value pairs have been read), or a list.
+        objective: ``"maximize"`` (default; counters state collapse), ``"minimize"``,
+            :class:`Target`, or a function of the measured value.
+        schedule: a :class:`Schedule`, or a number for a constant weight.
+        measure: what to read off each layer's report: ``"utilization"`` (ESS over the
+            reachable state ``min(i, L - i, TSS)``), ``"per_item"`` (ESS/kv at the end of the
+            context; needs ``indices="context_end"`` and a task), ``"ess"``, or a function of a
+            :class:`~ess_reg.diagnose.LayerReport` returning a scalar tensor.
+        indices: an index rule or its short form (default ``"random"``: 8 fresh indices per step).
+        kind: ``"entropy"`` (effective rank) or ``"soft_tolerance"`` (sigmoid-relaxed count);
+            ``ess_options`` go to it (``{"tol": 1e-3, "temperature": 0.5}`` for the latter).
+        budget: a :class:`Budget` (cost control).
         layers: names of the layers to use (default all ESS-capable layers).
-        kind: ``"entropy"`` (effective rank) or ``"soft_tolerance"`` (sigmoid-relaxed count).
-        hinge: for ``target``: ``"two_sided"``, ``"below"`` (only penalize falling short) or
-            ``"above"``; ``squared`` squares the gap.
-        batch_limit: use only the first examples of the batch (cost control).
-        channel_limit: use this many random channels (heads) of each layer per step (cost
-            control for layers with many channels, e.g. ``s6``'s ``expand * d_model``); the
-            mean over channels stays an unbiased estimate, as with random indices.
-        task: a task to read ``context_end`` / ``items_to_recall`` from (explicit values win).
+        task: a task to read ``context_end`` / ``items_to_recall`` from.
+        seed: seeds the random indices and channels.
     """
 
-    def __init__(self, model: nn.Module, mode: str = "maximize", weight: float = 0.01, *,
-                 indices: "str | Sequence[int]" = "random", num_indices: int = 8, layers: Sequence[str] | None = None,
-                 kind: str = "entropy", target: float | None = None, target_on: str = "utilization",
-                 hinge: str = "two_sided", squared: bool = True, context_end: int | None = None,
-                 items_to_recall: int | None = None, tol: float = 1e-2, temperature: float = 0.5,
-                 warmup_steps: int = 0, ramp_steps: int = 0, batch_limit: int | None = None,
-                 channel_limit: int | None = None, seed: int = 0, task=None):
-        super().__init__(model, weight, layers, warmup_steps, ramp_steps, batch_limit, task)
-        self.channel_limit = check_limit("channel_limit", channel_limit)
-        if task is not None:
-            context_end = task.context_end if context_end is None else context_end
-            items_to_recall = task.items_to_recall if items_to_recall is None else items_to_recall
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
-        if kind not in ("entropy", "soft_tolerance"):
-            raise ValueError(f"kind must be 'entropy' or 'soft_tolerance' (differentiable), got {kind!r}")
-        if isinstance(indices, str) and indices not in INDEX_CHOICES:
-            raise ValueError(f"unknown indices {indices!r}; choose one of {INDEX_CHOICES} or give a list")
-        if not isinstance(indices, str):  # a list: its upper end is checked per forward pass (L is not known yet)
-            listed = _index_tensor(indices)
-            if bool((listed < 1).any()):
-                raise ValueError(f"indices must lie in 1..L-1 (H_i = T[i:, :i] is empty otherwise); got "
-                                 f"{listed[listed < 1].tolist()[:8]}")
-            indices = listed.tolist() if isinstance(indices, torch.Tensor) else indices
-        check_limit("context_end", context_end)
-        check_limit("items_to_recall", items_to_recall)
-        if indices == "context_end" and context_end is None:
-            raise ValueError("indices='context_end' needs context_end (the index where the context ends)")
-        if isinstance(num_indices, bool) or not isinstance(num_indices, int) or num_indices < 1:
-            raise ValueError(f"num_indices must be a positive int, got {num_indices!r}")
-        if target_on not in ("utilization", "per_item"):
-            raise ValueError(f"target_on must be 'utilization' or 'per_item', got {target_on!r}")
-        if mode == "target" and target is None:
-            raise ValueError(f"mode='target' needs a finite target >= 0, got {target!r}")
-        if target is not None:
-            check_number("target", target, minimum=0)
-        if not isinstance(hinge, str) or hinge not in HINGES:
-            raise ValueError(f"unknown hinge {hinge!r}; choose one of {HINGES}")
-        _check_tol(tol, relative=True)
-        _check_temperature(temperature)
-        if target_on == "per_item" and (not items_to_recall or context_end is None):
-            raise ValueError("target_on='per_item' needs items_to_recall and context_end (ESS/kv is read there)")
-        self.mode, self.indices, self.num_indices, self.kind = mode, indices, num_indices, kind
-        self.target, self.target_on, self.hinge, self.squared = target, target_on, hinge, squared
-        self.context_end, self.items_to_recall, self.tol, self.temperature = context_end, items_to_recall, tol, temperature
-        self.generator = torch.Generator().manual_seed(check_seed("seed", seed))
-        self.last: dict[str, float] = {}
-
-    def _indices(self, seq_len: int) -> torch.Tensor:
-        if self.target_on == "per_item" or self.indices == "context_end":
-            if self.context_end > seq_len - 1:
-                raise ValueError(f"context_end={self.context_end} lies past the sequence (indices 1..L-1 = "
-                                 f"1..{seq_len - 1})")
-            return resolve_indices([self.context_end], seq_len)
-        if self.indices == "all":
-            return resolve_indices(None, seq_len)
-        if self.indices == "random":
-            k = min(self.num_indices, seq_len - 1)
-            return torch.randperm(seq_len - 1, generator=self.generator)[:k] + 1
-        return resolve_indices(list(self.indices), seq_len)
-
-    def _random_state(self):
-        return self.generator.get_state()
-
-    def _set_random_state(self, state) -> None:
-        self.generator.set_state(state)
-
-    def _pick_channels(self, num_channels: int) -> torch.Tensor | None:
-        """``channel_limit`` random channels of a layer, fresh each step (``None``: all)."""
-        if self.channel_limit is None or num_channels <= self.channel_limit:
-            return None
-        return torch.randperm(num_channels, generator=self.generator)[: self.channel_limit]
-
-    def _ess(self, op, idx: torch.Tensor) -> torch.Tensor:
-        sigma = hankel_svdvals(op, idx, dtype=torch.float32)
-        if self.kind == "entropy":
-            return entropy_ess_from_svdvals(sigma)
-        return soft_tolerance_ess_from_svdvals(sigma, self.tol, True, self.temperature)
+    def __init__(self, model: nn.Module, objective="maximize", schedule=0.01, *,
+                 measure: "str | Callable[[LayerReport], torch.Tensor]" = "utilization", indices="random",
+                 kind: str = "entropy", ess_options: Mapping | None = None, budget: Budget | None = None,
+                 layers: Sequence[str] | None = None, task=None, seed: int = 0):
+        if kind not in DIFFERENTIABLE_KINDS:
+            raise ValueError(f"kind must be one of {DIFFERENTIABLE_KINDS} (differentiable), got {kind!r}")
+        if isinstance(measure, str):
+            if measure not in MEASURES:
+                raise ValueError(f"unknown measure {measure!r}; choose one of {sorted(MEASURES)} or give a function "
+                                 "of a layer's report")
+            self.measure_name, measure_fn = measure, MEASURES[measure]
+        elif callable(measure):
+            self.measure_name, measure_fn = getattr(measure, "__name__", "custom"), measure
+        else:
+            raise ValueError(f"measure must be a name from {sorted(MEASURES)} or a function, got {measure!r}")
+        budget = _budget(budget)
+        rule = index_rule(indices)
+        probe = Probe(model, layers=layers, indices=rule, kind=kind, ess_options=ess_options,
+                      batch_limit=budget.batch_limit, channel_limit=budget.channel_limit, task=task, seed=seed,
+                      dtype=torch.float32)
+        if self.measure_name == "per_item":
+            if probe.context_end is None or not probe.items_to_recall:
+                raise ValueError("measure='per_item' needs context_end and items_to_recall (ESS/kv is read at the "
+                                 "end of the context): pass a task")
+            if not isinstance(rule, (ContextEnd, EvenIndices, GivenIndices)) or (
+                    isinstance(rule, GivenIndices) and probe.context_end not in rule.indices):
+                raise ValueError("measure='per_item' reads ESS at the end of the context: use indices='context_end' "
+                                 "(or indices that include it)")
+        if isinstance(rule, ContextEnd) and probe.context_end is None:
+            raise ValueError("indices='context_end' needs context_end (the index where the context ends): pass a task")
+        super().__init__(probe, schedule)
+        self.objective = _objective(objective)
+        self.measure = measure_fn
+        self.budget = budget
 
     def compute(self, step: int | None = None) -> torch.Tensor:
         """The weighted penalty for the captured forward pass (a scalar with gradients)."""
@@ -222,35 +268,11 @@ class ESSPenalty(_OperatorRegularizer):
         if weight == 0:  # warm-up: no spectra to compute
             self.last = {"weight": 0.0}
             return torch.zeros(())
-        terms = []
-        for name, op in self._operators().items():
-            idx = self._indices(op.seq_len)
-            ess = self._ess(op, idx)  # (..., channels, k)
-            per_index = ess.reshape(-1, ess.shape[-1]).mean(0)  # mean over batch and channels
-            if self.target_on == "per_item":
-                terms.append(per_index.mean() / self.items_to_recall)
-                continue
-            module = self._capture.layers[name]
-            tss = tss_at(_adapter_for(module).state_size(module), idx, op.seq_len)
-            try:
-                terms.append(utilization(per_index, reachable_state(tss, idx, op.seq_len)))
-            except ValueError as err:
-                raise ValueError(f"layer {name!r}: {err}") from None
-        value = torch.stack(terms).mean()
-        self.last = {"measure": value.item(), "weight": weight}
-        if self.mode == "maximize":
-            penalty = -value
-        elif self.mode == "minimize":
-            penalty = value
-        else:
-            gap = value - self.target
-            if self.hinge == "below":
-                gap = gap.clamp(max=0)
-            elif self.hinge == "above":
-                gap = gap.clamp(min=0)
-            penalty = gap.square() if self.squared else gap.abs()
-        self.last["value"] = penalty.item()
-        return weight * penalty
+        reports = self.probe.reports()
+        value = torch.stack([self.measure(r) for r in reports.values()]).mean()
+        penalty = self.objective(value)
+        self.last = {"measure": value.item(), "weight": weight, "value": penalty.item()}
+        return weight * penalty.float()  # the reports' float64 bookkeeping stays out of the loss
 
 
 class DecayIdentityPenalty(_OperatorRegularizer):
@@ -258,15 +280,16 @@ class DecayIdentityPenalty(_OperatorRegularizer):
     state-space layer (``gla``, ``wla``, ``s6``...), averaged over steps, channels and batch; pulls
     decays toward 1, i.e. toward plain linear attention."""
 
-    def __init__(self, model: nn.Module, weight: float = 0.1, *, layers: Sequence[str] | None = None,
-                 warmup_steps: int = 0, ramp_steps: int = 0, batch_limit: int | None = None, task=None):
-        super().__init__(model, weight, layers, warmup_steps, ramp_steps, batch_limit, task)
-        self.last: dict[str, float] = {}
+    def __init__(self, model: nn.Module, schedule=0.1, *, budget: Budget | None = None,
+                 layers: Sequence[str] | None = None, task=None):
+        budget = _budget(budget)
+        super().__init__(Probe(model, layers=layers, batch_limit=budget.batch_limit, task=task), schedule)
+        self.budget = budget
 
     def compute(self, step: int | None = None) -> torch.Tensor:
         weight = self.weight_at(step)
         norms = [torch.linalg.vector_norm(torch.expm1(op.log_decay), dim=-1).mean()
-                 for op in self._operators().values() if isinstance(op, StateSpaceOperator)]
+                 for op in self.probe.operators().values() if isinstance(op, StateSpaceOperator)]
         if not norms:
             raise ValueError("decay_identity needs state-space layers (gla, wla, s6, ...); this model has none")
         value = torch.stack(norms).mean()
@@ -275,3 +298,4 @@ class DecayIdentityPenalty(_OperatorRegularizer):
                              "parameter (la's decays are fixed at 1, so ||A - I|| is always 0)")
         self.last = {"value": value.item(), "measure": value.item(), "weight": weight}
         return weight * value
+

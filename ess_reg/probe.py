@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._checks import check_limit
+from ._checks import check_limit, check_seed
 from .diagnose import LayerReport, StateSize, tss_at
-from .ess import layer_ess
+from .ess import ESS_KINDS, _check_ess_options, layer_ess
+from .indices import index_rule
 from .operators import Operator
 
-__all__ = ["Adapter", "register_adapter", "ess_layers", "capture_operators", "measure"]
+__all__ = ["Adapter", "register_adapter", "ess_layers", "capture_operators", "Probe", "measure"]
 
 
 @dataclass
@@ -138,10 +139,115 @@ class capture_operators:
         return out
 
 
+class Probe:
+    """The one route from a model's operators to numbers: which layers, which indices, which
+    ESS, at what cost — shared by :func:`measure`, the penalty and the init search.
+
+    Call it on inputs (one forward pass), or capture a forward pass you run anyway and read the
+    reports afterwards::
+
+        probe = Probe(model, indices=EvenIndices(16), task=task)
+        reports = probe(x)                      # {layer name: LayerReport}
+        with probe.capture():
+            logits = model(x)                   # your training forward
+        reports = probe.reports()               # with gradients, if the forward had them
+
+    Args:
+        layers: names of the layers to measure (default: every ESS-capable layer).
+        indices: an index rule (:mod:`ess_reg.indices`) or its short form: ``None``/``"all"``,
+            ``"random"``, ``"context_end"``, a list.
+        kind: ``"entropy"``, ``"tolerance"`` or ``"soft_tolerance"``; ``ess_options`` go to it.
+        batch_limit: measure only the first examples of the batch (cost control).
+        channel_limit: measure this many random operators (heads, SSM channels) of each layer
+            per call; their mean stays an unbiased estimate (cost control for ``s6``).
+        context_end, items_to_recall: where the task's context ends and how many items it holds
+            (read from ``task`` unless given).
+        seed: seeds the generator of the random choices (indices, channels).
+        spectra_options: passed to :func:`~ess_reg.spectra.hankel_svdvals` (``dtype``...).
+    """
+
+    def __init__(self, model: nn.Module, *, layers: Sequence[str] | None = None, indices=None,
+                 kind: str = "entropy", ess_options: Mapping | None = None, batch_limit: int | None = None,
+                 channel_limit: int | None = None, context_end: int | None = None,
+                 items_to_recall: int | None = None, task=None, seed: int = 0, **spectra_options):
+        if task is not None and not all(hasattr(task, a) for a in ("context_end", "items_to_recall")):
+            raise TypeError(f"task must be a task (with context_end and items_to_recall) or None, got {task!r}")
+        if task is not None:
+            context_end = task.context_end if context_end is None else context_end
+            items_to_recall = task.items_to_recall if items_to_recall is None else items_to_recall
+        if not isinstance(kind, str) or kind not in ESS_KINDS:
+            raise ValueError(f"unknown ESS kind {kind!r}; choose one of {sorted(ESS_KINDS)}")
+        _check_ess_options(kind, ess_options)
+        if ess_options:  # their values, now: a bad tol would otherwise surface at the first measurement
+            ESS_KINDS[kind](torch.ones(1, dtype=torch.float64), **ess_options)
+        self.model = model
+        self.layer_names = layers
+        self.layers = ess_layers(model, layers)  # validates now: raises without ESS-capable layers
+        self.indices = index_rule(indices)
+        self.kind, self.ess_options, self.spectra_options = kind, dict(ess_options or {}), spectra_options
+        self.batch_limit = check_limit("batch_limit", batch_limit)
+        self.channel_limit = check_limit("channel_limit", channel_limit)
+        self.context_end = check_limit("context_end", context_end)
+        self.items_to_recall = check_limit("items_to_recall", items_to_recall)
+        self.generator = torch.Generator().manual_seed(check_seed("seed", seed))
+        self._capture: capture_operators | None = None
+
+    def capture(self) -> capture_operators:
+        """Context manager: a forward pass of the model inside it is what :meth:`reports` reads."""
+        self._capture = capture_operators(self.model, self.layer_names)
+        return self._capture
+
+    def operators(self) -> dict[str, Operator]:
+        """The captured layers' operators, within the batch and channel limits."""
+        if self._capture is None or not self._capture.inputs:
+            raise RuntimeError("no forward pass was captured: call the model inside `with probe.capture():`")
+        return self._capture.operators(self.batch_limit, self._pick_channels)
+
+    def _pick_channels(self, num_channels: int) -> torch.Tensor | None:
+        if self.channel_limit is None or num_channels <= self.channel_limit:
+            return None
+        return torch.randperm(num_channels, generator=self.generator)[: self.channel_limit]
+
+    def reports(self) -> dict[str, LayerReport]:
+        """ESS and TSS of every measured layer of the captured forward pass."""
+        operators = self.operators()
+        reports = {}
+        for name, op in operators.items():
+            idx = self.indices(op.seq_len, self.context_end, self.generator)
+            if self.context_end is not None and self.context_end > op.seq_len - 1:
+                raise ValueError(f"context_end={self.context_end} lies past the sequence of layer {name!r} "
+                                 f"(indices 1..L-1 = 1..{op.seq_len - 1})")
+            ess = layer_ess({name: op}, self.kind, idx, ess_options=self.ess_options, **self.spectra_options)[name]
+            module = self.layers[name]
+            reports[name] = LayerReport(
+                name=name,
+                ess=ess,
+                tss=tss_at(_adapter_for(module).state_size(module), ess.indices, op.seq_len),
+                # every channel of the operator serves `multiplicity` value channels
+                value_channels=op.batch_shape[-1] * op.multiplicity if op.batch_shape else op.multiplicity,
+                seq_len=op.seq_len,
+                context_end=self.context_end,
+                items_to_recall=self.items_to_recall,
+            )
+        return reports
+
+    def __call__(self, inputs: torch.Tensor) -> dict[str, LayerReport]:
+        """One forward pass on ``inputs``, then :meth:`reports`."""
+        with self.capture():
+            self.model(inputs)
+        return self.reports()
+
+    def random_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_random_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+
 def measure(
     model: nn.Module,
     inputs: torch.Tensor,
-    indices: "Sequence[int] | torch.Tensor | None" = None,
+    indices=None,
     *,
     kind: str = "entropy",
     layers: Sequence[str] | None = None,
@@ -150,29 +256,7 @@ def measure(
     ess_options: Mapping | None = None,
     **spectra_options,
 ) -> dict[str, LayerReport]:
-    """One forward pass on ``inputs``, then ESS and TSS of every ESS-capable layer."""
-    check_limit("context_end", context_end)
-    check_limit("items_to_recall", items_to_recall)
-    with capture_operators(model, layers) as capture:
-        model(inputs)
-    operators = capture.operators()
-    if context_end is not None:
-        for name, op in operators.items():
-            if context_end > op.seq_len - 1:
-                raise ValueError(f"context_end={context_end} lies past the sequence of layer {name!r} "
-                                 f"(indices 1..L-1 = 1..{op.seq_len - 1})")
-    layer_values = layer_ess(operators, kind, indices, ess_options=ess_options, **spectra_options)
-    reports = {}
-    for name, ess in layer_values.items():
-        module, op = capture.layers[name], operators[name]
-        reports[name] = LayerReport(
-            name=name,
-            ess=ess,
-            tss=tss_at(_adapter_for(module).state_size(module), ess.indices, op.seq_len),
-            # every channel of the operator serves `multiplicity` value channels
-            value_channels=op.batch_shape[-1] * op.multiplicity if op.batch_shape else op.multiplicity,
-            seq_len=op.seq_len,
-            context_end=context_end,
-            items_to_recall=items_to_recall,
-        )
-    return reports
+    """One forward pass on ``inputs``, then ESS and TSS of every ESS-capable layer
+    (a one-off :class:`Probe`; ``indices`` as there, default all)."""
+    return Probe(model, layers=layers, indices=indices, kind=kind, ess_options=ess_options,
+                 context_end=context_end, items_to_recall=items_to_recall, **spectra_options)(inputs)

@@ -40,15 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from ._checks import check_int, check_limit, check_number
-from .operators import (
-    DenseOperator,
-    Operator,
-    StateSpaceOperator,
-    _decayed_columns,
-    _nonfinite_count,
-    _segment_sums,
-    as_operator,
-)
+from .kernels.segments import decayed_columns, in_chunks, segment_sums
+from .operators import DenseOperator, Operator, StateSpaceOperator, _nonfinite_count, as_operator
 
 __all__ = ["hankel_svdvals", "resolve_indices", "DEFAULT_MEMORY_BUDGET", "METHODS"]
 
@@ -496,7 +489,7 @@ def _materialize_rows(
     of rows ``r0..r1-1``, ``seg[i, j] = carry[j] + sum_{t=r0..i} log_decay_t`` for ``j < r0``,
     where ``carry[j] = seg[r0 - 1, j]`` comes from the previous block; both terms are sums of
     non-positive numbers (no cancellation), so ``T`` equals ``materialize()``'s to round-off.
-    Columns ``j >= r0`` get the block's own segment sums (``_segment_sums``, as there).
+    Columns ``j >= r0`` get the block's own segment sums (``segment_sums``, as there).
     """
     batch, length, state = B.shape
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (log_decay, B, C))
@@ -505,7 +498,7 @@ def _materialize_rows(
     for r0 in range(0, length, rows):
         r1 = min(length, r0 + rows)
         block_decay = log_decay[:, r0:r1]
-        local = _segment_sums(block_decay)  # (batch, n, n, N), -inf above the diagonal
+        local = segment_sums(block_decay)  # (batch, n, n, N), -inf above the diagonal
         if grad:
             seg = local
             if carry is not None:
@@ -609,17 +602,12 @@ def _reachability_factors(
     compressed: one ``(batch, k, N, N + r)`` tensor per group, ``r`` the group's largest
     ``p mod c`` (positions with a smaller one get zero columns).
     """
-    batch, length, state = B.shape
+    batch, _, state = B.shape
     last_chunk = max(int(g.max()) for g in groups) // c  # the chain stops at the last position's chunk
-    num_chunks = math.ceil(length / c)
-    if num_chunks * c > length:  # zero steps at the end; no slicing (its backward zero-fills)
-        pad = (0, 0, 0, num_chunks * c - length)
-        log_decay, B = torch.nn.functional.pad(log_decay, pad), torch.nn.functional.pad(B, pad)
-    log_decay = log_decay.reshape(batch, num_chunks, c, state)
-    B = B.reshape(batch, num_chunks, c, state)
+    log_decay, B = in_chunks(c, log_decay, B)  # (batch, M, c, N), zero steps at the end
 
     # Chain over boundaries: F at the start of chunk m+1 from F at the start of chunk m.
-    end_columns = _decayed_columns(log_decay, B)  # (batch, M, N, c)
+    end_columns = decayed_columns(log_decay, B)  # (batch, M, N, c)
     chunk_decay = log_decay.sum(dim=2).exp().unsqueeze(-1)  # (batch, M, N, 1)
     boundary = [B.new_zeros(batch, state, state)]
     # unbind, not indexing in the loop: the backward of M slices would allocate M full-size grads.
@@ -645,5 +633,5 @@ def _reachability_factors(
             before_r = (torch.arange(width, device=B.device) < r_of.unsqueeze(1)).to(B.dtype).unsqueeze(-1)
             seen, inputs = seen * before_r, inputs * before_r
         start = start * seen.sum(dim=2).exp().unsqueeze(-1)
-        factors.append(torch.cat([start, _decayed_columns(seen, inputs)], dim=-1))
+        factors.append(torch.cat([start, decayed_columns(seen, inputs)], dim=-1))
     return factors

@@ -36,7 +36,7 @@ class Mixer(nn.Module):
     """Base class: subclasses implement ``operator_and_values``; state-space ones get
     ``forward`` for free (the operator applied by its chunked scan)."""
 
-    #: how ``forward`` applies a state-space operator (see ``ess_reg.scan``), and its chunk
+    #: how ``forward`` applies a state-space operator (see ``ess_reg.kernels.scan``), and its chunk
     apply_method: str = "factored"
     chunk_size: int = 64
 
@@ -129,23 +129,6 @@ class ShortConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         length = x.shape[1]
         return self.conv(x.transpose(1, 2))[..., :length].transpose(1, 2)
-
-
-def causal_fft_conv(u: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """``y[..., i] = sum_{j <= i} h[..., i - j] u[..., j]`` by FFT, over the last dim."""
-    length = u.shape[-1]
-    n = 2 * length  # zero padding to 2L turns the circular convolution into a linear one
-    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(h, n=n), n=n)
-    return y[..., :length]
-
-
-def toeplitz(h: torch.Tensor) -> torch.Tensor:
-    """Lower-triangular Toeplitz ``T[..., i, j] = h[..., i - j]`` for ``j <= i``."""
-    length = h.shape[-1]
-    lag = torch.arange(length, device=h.device)
-    lag = lag.unsqueeze(1) - lag.unsqueeze(0)
-    T = h[..., lag.clamp(min=0)]
-    return T * (lag >= 0).to(h.dtype)
 
 
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,9 @@ from torch import nn
 
 from ess_reg import DenseOperator
 from ess_reg.diagnose import growing_state_size
+from ess_reg.kernels import causal_fft_conv, toeplitz
 
-from .base import Mixer, MixerTrace, ShortConv, causal_fft_conv, channels_first, channels_last, check_positive, toeplitz
+from .base import Mixer, MixerTrace, ShortConv, channels_first, channels_last, check_positive
 
 FILTERS = ("mlp", "explicit")
 

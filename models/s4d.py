@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ess_reg import StateSpaceOperator
+from ess_reg.kernels import causal_fft_conv
 
-from .base import Mixer, MixerTrace, causal_fft_conv, channels_first, channels_last, check_positive, log_uniform
+from .base import Mixer, MixerTrace, channels_first, channels_last, check_positive, log_uniform
 from .s6 import init_log_neg_a
 
 

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ess_reg import StateSpaceOperator
+from ess_reg.kernels import selective_scan
 
 from .base import Mixer, MixerTrace, ShortConv, channels_first, channels_last, check_positive, inverse_softplus, log_uniform
-from .selective_scan import selective_scan
 
 A_INITS = ("s4d_real", "s4d_lin", "constant", "uniform")
 
@@ -90,8 +90,8 @@ class SelectiveSSM(Mixer):
         return MixerTrace(op, channels_first(u), lambda y: self._readout(channels_last(y), u, z))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The factored scan (models/selective_scan.py), not the generic operator apply: B, C and
-        # the decay's dt x A stay unexpanded.  The operator is built only when a probe asks.
+        # The factored scan (ess_reg.kernels.selective_scan), not the generic operator apply: B, C
+        # and the decay's dt x A stay unexpanded.  The operator is built only when a probe asks.
         u, z, dt, A, B, C = self._streams(x)
         if getattr(self, "_ess_record_operator", False):
             # A builder, not the operator: only the examples and channels a probe takes get

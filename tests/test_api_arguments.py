@@ -6,6 +6,7 @@ with an internal error before the checks were added)."""
 
 import functools
 import math
+import types
 
 import pytest
 import torch
@@ -16,9 +17,10 @@ from ess_reg.diagnose import growing_state_size, reachable_state, tss_at, utiliz
 from ess_reg.diagnose import diagnose as diagnose_reports
 from ess_reg.diagnose import model_summary
 from ess_reg.init_search import select_init
-from ess_reg.penalty import DecayIdentityPenalty, ESSPenalty
+from ess_reg.indices import EvenIndices, RandomIndices
+from ess_reg.penalty import Budget, DecayIdentityPenalty, ESSPenalty, Schedule, Target
 from ess_reg.probe import Adapter, capture_operators, ess_layers, measure, register_adapter
-from ess_reg.scan import scan_apply
+from ess_reg.kernels.scan import scan_apply
 from ess_reg.spectra import resolve_indices
 from ess_reg.tasks import MQAR, Compression, SelectiveCopy
 from ess_reg.models.lm import LanguageModel
@@ -57,6 +59,11 @@ def model():
 
 def tokens():
     return torch.randint(0, 32, (2, 12), generator=torch.Generator().manual_seed(3))
+
+
+def task_info(context_end=4, items_to_recall=2):
+    """What the penalty reads off a task, without a task."""
+    return types.SimpleNamespace(context_end=context_end, items_to_recall=items_to_recall)
 
 
 @functools.cache
@@ -141,7 +148,7 @@ CASES = {
     "resolve_indices-seq_len=bool": ("seq_len", lambda: resolve_indices([1], True)),
     "resolve_indices-seq_len=nan": ("seq_len", lambda: resolve_indices([1], NAN)),
     "resolve_indices-seq_len=1.5": ("seq_len", lambda: resolve_indices(None, 8.5)),
-    # ---- operators (ess_reg/operators.py) and their scans (ess_reg/scan.py)
+    # ---- operators (ess_reg/operators.py) and their scans (ess_reg/kernels/scan/)
     "DenseOperator-causal_rtol=nan": ("causal_rtol", lambda: DenseOperator(torch.ones(L, L), causal_rtol=NAN)),
     "DenseOperator-causal_rtol=-1": ("causal_rtol", lambda: DenseOperator(dense(), causal_rtol=-1.0)),
     "DenseOperator-causal_rtol=str": ("causal_rtol", lambda: DenseOperator(dense(), causal_rtol="x")),
@@ -151,8 +158,6 @@ CASES = {
     "StateSpaceOperator.apply-chunk_size=1.5": ("chunk_size", lambda: ssm().apply(torch.ones(L, 2), chunk_size=1.5)),
     "StateSpaceOperator.apply-chunk_size=inf": ("chunk_size", lambda: ssm().apply(torch.ones(L, 2), chunk_size=INF)),
     "StateSpaceOperator.apply-chunk_size=bool": ("chunk_size", lambda: ssm().apply(torch.ones(L, 2), chunk_size=True)),
-    "scan_apply-max_exponent=nan": ("max_exponent", lambda: scan_apply(*ssm().factors(), torch.ones(L, 2),
-                                                                       method="factored", max_exponent=NAN)),
     "scan_apply-v=list": ("v", lambda: scan_apply(*ssm().factors(), [[1.0]])),
     # ---- diagnose (ess_reg/diagnose.py)
     "growing_state_size-indices=0": ("indices", lambda: growing_state_size(torch.tensor([0, 2]), L)),
@@ -199,17 +204,34 @@ CASES = {
     "ESSPenalty-indices=float_list": ("indices", lambda: ESSPenalty(model(), indices=[1.5])),
     "ESSPenalty-indices=empty": ("indices", lambda: ESSPenalty(model(), indices=[])),
     "ESSPenalty-indices=0": ("indices", lambda: ESSPenalty(model(), indices=[0, 5])),
-    "ESSPenalty-context_end=str": ("context_end", lambda: ESSPenalty(model(), indices="context_end", context_end="x")),
+    "ESSPenalty-indices=unknown": ("indices", lambda: ESSPenalty(model(), indices="middle")),
+    "ESSPenalty-context_end=str": ("context_end", lambda: ESSPenalty(model(), indices="context_end",
+                                                                     task=task_info(context_end="x"))),
     "ESSPenalty-context_end=past_L":
-        ("context_end", lambda: ESSPenalty(model(), indices="context_end", context_end=100)(tokens())),
-    "ESSPenalty-items_to_recall=-1": ("items_to_recall", lambda: ESSPenalty(model(), items_to_recall=-1)),
-    "ESSPenalty-tol=nan": ("tol", lambda: ESSPenalty(model(), kind="soft_tolerance", tol=NAN)),
-    "ESSPenalty-temperature=0": ("temperature", lambda: ESSPenalty(model(), kind="soft_tolerance", temperature=0)),
-    "ESSPenalty-target=bool": ("target", lambda: ESSPenalty(model(), mode="target", target=True)),
-    "ESSPenalty-target=str": ("target", lambda: ESSPenalty(model(), mode="target", target="x")),
-    "ESSPenalty-hinge=unknown": ("hinge", lambda: ESSPenalty(model(), hinge="bogus")),
-    "ESSPenalty.weight_at-step=nan": ("step", lambda: ESSPenalty(model(), ramp_steps=4).weight_at(NAN)),
-    "ESSPenalty.weight_at-step=1.5": ("step", lambda: ESSPenalty(model(), ramp_steps=4).weight_at(1.5)),
+        ("context_end", lambda: ESSPenalty(model(), indices="context_end", task=task_info(context_end=100))(tokens())),
+    "ESSPenalty-items_to_recall=-1": ("items_to_recall", lambda: ESSPenalty(model(), task=task_info(items_to_recall=-1))),
+    "ESSPenalty-tol=nan": ("tol", lambda: ESSPenalty(model(), kind="soft_tolerance", ess_options={"tol": NAN})),
+    "ESSPenalty-temperature=0":
+        ("temperature", lambda: ESSPenalty(model(), kind="soft_tolerance", ess_options={"temperature": 0})),
+    "ESSPenalty-ess_options=unknown": ("ess_options", lambda: ESSPenalty(model(), ess_options={"tol": 1e-3})),
+    "ESSPenalty-objective=unknown": ("objective", lambda: ESSPenalty(model(), objective="balance")),
+    "ESSPenalty-measure=unknown": ("measure", lambda: ESSPenalty(model(), measure="rank")),
+    "ESSPenalty-measure=per_item_random":
+        ("per_item", lambda: ESSPenalty(model(), measure="per_item", task=task_info())),
+    "ESSPenalty-schedule=str": ("schedule", lambda: ESSPenalty(model(), schedule="x")),
+    "ESSPenalty-budget=dict": ("budget", lambda: ESSPenalty(model(), budget={"batch_limit": 2})),
+    "Target-value=bool": ("target", lambda: Target(True)),
+    "Target-value=str": ("target", lambda: Target("x")),
+    "Target-hinge=unknown": ("hinge", lambda: Target(0.5, hinge="bogus")),
+    "Schedule-weight=-1": ("weight", lambda: Schedule(-1.0)),
+    "Schedule-weight=nan": ("weight", lambda: Schedule(NAN)),
+    "Schedule-ramp_steps=1.5": ("ramp_steps", lambda: Schedule(1.0, ramp_steps=1.5)),
+    "Schedule.weight_at-step=nan": ("step", lambda: Schedule(1.0, ramp_steps=4).weight_at(NAN)),
+    "Schedule.weight_at-step=1.5": ("step", lambda: Schedule(1.0, ramp_steps=4).weight_at(1.5)),
+    "Budget-channel_limit=0": ("channel_limit", lambda: Budget(channel_limit=0)),
+    "Budget-batch_limit=1.5": ("batch_limit", lambda: Budget(batch_limit=1.5)),
+    "RandomIndices-count=0": ("count", lambda: RandomIndices(0)),
+    "EvenIndices-count=bool": ("count", lambda: EvenIndices(True)),
     "DecayIdentityPenalty-model=int": ("model", lambda: DecayIdentityPenalty(3)),
     "DecayIdentityPenalty-task=int": ("task", lambda: DecayIdentityPenalty(model(), task=3)),
     # ---- init search (ess_reg/init_search.py)
@@ -263,6 +285,6 @@ def test_valid_edge_values_still_pass():
     # target, step 0, an integer ESS tensor.
     assert hankel_svdvals(dense(), memory_budget=1e9).shape == (2, 3, L - 1, L // 2)
     assert DenseOperator(torch.ones(L, L), causal_rtol=INF).seq_len == L
-    penalty = ESSPenalty(model(), weight=1.0, indices=torch.tensor([2, 5]), mode="target", target=0)
+    penalty = ESSPenalty(model(), Target(0), 1.0, indices=torch.tensor([2, 5]))
     assert math.isfinite(penalty(tokens(), step=0).item())
     assert total_ess(torch.ones(2, 3, 4, dtype=torch.long), multiplicity=2).tolist() == [[6] * 4] * 2

@@ -2,9 +2,11 @@ import pytest
 import torch
 from torch import nn
 
-from ess_reg import StateSpaceOperator
+from ess_reg import StateSpaceOperator, entropy_ess
 from ess_reg.init_search import select_init
-from ess_reg.penalty import DecayIdentityPenalty, ESSPenalty
+from ess_reg.probe import measure
+from ess_reg.indices import RandomIndices
+from ess_reg.penalty import Budget, DecayIdentityPenalty, ESSPenalty, Schedule, Target
 from ess_reg.tasks import MQAR
 from ess_reg.models.lm import LanguageModel
 
@@ -23,7 +25,7 @@ def tokens(seed=1, batch=4, length=24):
 @pytest.mark.parametrize("mixer", ["gla", "s6", "sa"])
 def test_penalty_is_differentiable_and_reaches_every_mixer(mixer):
     model = lm(mixer)
-    penalty = ESSPenalty(model, weight=1.0, indices="all")
+    penalty = ESSPenalty(model, schedule=1.0, indices="all")
     with penalty.capture():
         model(tokens())
     penalty.compute().backward()
@@ -36,7 +38,7 @@ def test_penalty_is_differentiable_and_reaches_every_mixer(mixer):
 def test_finite_gradients_with_rank_deficient_blocks():
     # Indices 1 and L-1 are rank-1 blocks in a state of 8; an all-zero input stream makes more.
     model = lm("s6")
-    penalty = ESSPenalty(model, weight=1.0, indices=[1, 2, 22, 23])
+    penalty = ESSPenalty(model, schedule=1.0, indices=[1, 2, 22, 23])
     x = torch.zeros(2, 24, dtype=torch.long)
     penalty(x).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -66,39 +68,46 @@ def test_maximize_raises_and_minimize_lowers_utilization(mixer):
 @pytest.mark.parametrize("target", [0.05, 0.8])
 def test_target_moves_toward_the_target_from_both_sides(target):
     model = lm("gla")
-    history = optimize(model, ESSPenalty(model, "target", 1.0, target=target, indices="all"), steps=60)
+    history = optimize(model, ESSPenalty(model, Target(target), 1.0, indices="all"), steps=60)
     assert abs(history[-1] - target) < 0.5 * abs(history[0] - target)
 
 
 def test_one_sided_hinge_ignores_the_other_side():
     model = lm("gla")
-    penalty = ESSPenalty(model, "target", 1.0, target=0.0, hinge="below", indices="all")
+    penalty = ESSPenalty(model, Target(0.0, hinge="below"), 1.0, indices="all")
     assert penalty(tokens()).item() == 0.0  # utilization is above 0: nothing to pull up
 
 
 def test_context_end_and_per_item_targets_read_the_task():
     task = MQAR(vocab_size=32, seq_len=24, num_kv_pairs=3)
     model = lm("gla")
-    penalty = ESSPenalty(model, "target", 1.0, target=1.0, target_on="per_item", task=task)
-    value = penalty(task.test_set(4).inputs)
-    assert value.item() >= 0 and penalty.context_end == 6 and penalty.items_to_recall == 3
+    penalty = ESSPenalty(model, Target(1.0), 1.0, measure="per_item", indices="context_end", task=task)
+    x = task.test_set(4).inputs
+    value = penalty(x)
+    assert penalty.probe.context_end == 6 and penalty.probe.items_to_recall == 3
+    # The same number the diagnostics report as ESS/kv, through the same probe.
+    reports = measure(model, x, [6], context_end=6, items_to_recall=3, dtype=torch.float32)
+    per_kv = sum(r.ess_per_item for r in reports.values()) / len(reports)
+    assert abs(penalty.last["measure"] - per_kv) < 1e-6 and value.item() == pytest.approx((per_kv - 1.0) ** 2)
 
 
 def test_weight_schedule():
-    penalty = ESSPenalty(lm("gla"), weight=2.0, warmup_steps=10, ramp_steps=4)
+    penalty = ESSPenalty(lm("gla"), schedule=Schedule(2.0, warmup_steps=10, ramp_steps=4))
     assert [penalty.weight_at(s) for s in (1, 10, 11, 12, 14, 100)] == [0.0, 0.0, 0.5, 1.0, 2.0, 2.0]
     assert penalty(tokens(), step=5).item() == 0.0 and penalty.last == {"weight": 0.0}  # no spectra in warm-up
 
 
 def test_random_indices_are_reproducible():
     a, b = ESSPenalty(lm("gla"), seed=3), ESSPenalty(lm("gla"), seed=3)
-    assert torch.equal(a._indices(64), b._indices(64)) and len(a._indices(64)) == 8
+    drawn = [p.probe.indices(64, None, p.probe.generator) for p in (a, b)]
+    assert torch.equal(*drawn) and len(drawn[0]) == 8 and isinstance(a.probe.indices, RandomIndices)
+    assert not torch.equal(a.probe.indices(64, None, a.probe.generator), drawn[0])  # fresh at every step
 
 
 @pytest.mark.parametrize("mixer", ["gla", "s6"])  # s6 hands over an operator builder
 def test_decay_identity_pulls_decays_toward_one(mixer):
     model = lm(mixer)
-    penalty = DecayIdentityPenalty(model, weight=1.0)
+    penalty = DecayIdentityPenalty(model, schedule=1.0)
     history = optimize(model, penalty, steps=30, lr=5e-2)
     assert history[-1] < 0.5 * history[0]
     with pytest.raises(ValueError, match="needs state-space layers"):
@@ -155,22 +164,22 @@ def test_select_init_picks_the_best_and_is_deterministic():
 def test_channel_limit_averages_a_random_subset_of_channels():
     model = lm("s6")  # 2 x 16 = 32 channels per layer, TSS 8
     x = tokens()
-    full = ESSPenalty(model, weight=1.0, indices=[5, 12])
+    full = ESSPenalty(model, schedule=1.0, indices=[5, 12])
     full(x)
-    sampled = ESSPenalty(model, weight=1.0, indices=[5, 12], channel_limit=4, seed=3)
+    sampled = ESSPenalty(model, schedule=1.0, indices=[5, 12], budget=Budget(channel_limit=4), seed=3)
     picked = []
-    pick = sampled._pick_channels
-    sampled._pick_channels = lambda n: picked.append(pick(n)) or picked[-1]
+    pick = sampled.probe._pick_channels
+    sampled.probe._pick_channels = lambda n: picked.append(pick(n)) or picked[-1]
     value = sampled(x)
     assert [len(p) for p in picked] == [4, 4] and not torch.equal(picked[0], picked[1])
     # The same number as the exact penalty on the picked channels, taken from the full operators.
     with full.capture():
         model(x)
-    ops = full._capture.operators()
+    ops = full.probe.operators()
     idx = torch.tensor([5, 12])
     reach = torch.minimum(torch.minimum(idx, x.shape[1] - idx), torch.tensor(8))  # min(i, L - i, TSS)
     exact = torch.stack([
-        full._ess(op.index_batch(1, channels), idx).reshape(-1, 2).mean(0).sum() / reach.sum()
+        entropy_ess(op.index_batch(1, channels), idx, dtype=torch.float32).reshape(-1, 2).mean(0).sum() / reach.sum()
         for op, channels in zip(ops.values(), picked)
     ]).mean()
     assert torch.allclose(-value, exact)
@@ -181,10 +190,10 @@ def test_channel_limit_averages_a_random_subset_of_channels():
 
 def test_channel_limit_picks_heads_of_dense_layers_too():
     model = lm("sa", num_heads=4)
-    penalty = ESSPenalty(model, weight=1.0, indices=[5], channel_limit=2)
+    penalty = ESSPenalty(model, schedule=1.0, indices=[5], budget=Budget(channel_limit=2))
     with penalty.capture():
         model(tokens())
-    assert all(op.batch_shape[1] == 2 for op in penalty._operators().values())
+    assert all(op.batch_shape[1] == 2 for op in penalty.probe.operators().values())
 
 
 def test_index_batch_selects_operator_channels():
@@ -204,17 +213,19 @@ def test_index_batch_selects_operator_channels():
 def test_bad_arguments():
     model = lm("gla")
     with pytest.raises(ValueError, match="channel_limit"):
-        ESSPenalty(model, channel_limit=0)
-    with pytest.raises(ValueError, match="unknown mode"):
-        ESSPenalty(model, mode="balance")
+        ESSPenalty(model, budget=Budget(channel_limit=0))
+    with pytest.raises(ValueError, match="unknown objective"):
+        ESSPenalty(model, objective="balance")
     with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
-        ESSPenalty(model, weight=-1.0)
+        ESSPenalty(model, schedule=-1.0)
     with pytest.raises(ValueError, match=r"1\.\.L-1"):
         ESSPenalty(model, indices=[0, 5])(tokens())
     with pytest.raises(ValueError, match="unknown indices"):
         ESSPenalty(model, indices="middle")
-    with pytest.raises(ValueError, match="needs a finite target"):
-        ESSPenalty(model, mode="target")
+    with pytest.raises(TypeError, match="value"):
+        Target()
+    with pytest.raises(ValueError, match="reads ESS at the end of the context"):
+        ESSPenalty(model, measure="per_item", task=MQAR(vocab_size=32, seq_len=24, num_kv_pairs=3))
     with pytest.raises(ValueError, match="needs context_end"):
         ESSPenalty(model, indices="context_end")
     with pytest.raises(ValueError, match="differentiable"):

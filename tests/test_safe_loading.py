@@ -33,7 +33,7 @@ def test_a_crafted_pickle_is_refused_and_not_executed(tmp_path, trained):
     result, overrides = trained
     marker = tmp_path / "pwned.txt"
     crafted = tmp_path / "crafted.pt"
-    state = torch.load(result["checkpoint"], weights_only=True)
+    state = torch.load(result.checkpoint, weights_only=True)
     state["model"] = Payload(str(marker))
     torch.save(state, crafted)
     with pytest.raises(ConfigError, match="not a loadable ess-train checkpoint"):
@@ -47,7 +47,7 @@ def test_a_crafted_target_is_refused_and_nothing_is_called(tmp_path, trained):
     result, overrides = trained
     source, copy = tmp_path / "source.txt", tmp_path / "copy.txt"
     source.write_text("data")
-    state = torch.load(result["checkpoint"], weights_only=True)
+    state = torch.load(result.checkpoint, weights_only=True)
     state["config"]["model"] = {"_target_": "shutil.copyfile", "src": str(source), "dst": str(copy)}
     crafted = tmp_path / "crafted.pt"
     torch.save(state, crafted)
@@ -56,7 +56,7 @@ def test_a_crafted_target_is_refused_and_nothing_is_called(tmp_path, trained):
     with pytest.raises(ConfigError, match="the config differs from the run's"):
         run(compose_config([*overrides, f"trainer.resume={crafted}"]))
     # also below the top of the config: only plain data is passed on
-    state["config"]["model"] = {**torch.load(result["checkpoint"], weights_only=True)["config"]["model"],
+    state["config"]["model"] = {**torch.load(result.checkpoint, weights_only=True)["config"]["model"],
                                 "mixer_kwargs": {"_target_": "shutil.copyfile", "src": str(source), "dst": str(copy)}}
     torch.save(state, crafted)
     with pytest.raises(ConfigError, match="may not name a class"):

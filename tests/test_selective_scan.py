@@ -1,10 +1,11 @@
-"""S6's factored chunk scan (models/selective_scan.py) against the plain recurrence."""
+"""S6's factored chunk scan (ess_reg/kernels/selective_scan/) against the plain recurrence."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ess_reg.models.selective_scan import _chunk_bounds, selective_scan, selective_scan_reference
+from ess_reg.kernels.selective_scan import selective_scan, selective_scan_reference
+from ess_reg.kernels.selective_scan.chunked import _chunk_bounds
 
 
 def streams(batch=2, length=70, channels=3, state=4, dt_shift=-2.0, a_max=4.0, dtype=torch.float64, seed=0):

@@ -81,7 +81,10 @@ def test_unknown_config_key_is_an_error():
     ("task.num_kv_pairs=40", "task: num_kv_pairs=40 needs seq_len"),
     ("tracking.uri=sqlite:///", "keeps nothing"),
     ("trainer.resume=no-such-run", "neither a checkpoint file nor a run id"),
-    ("penalty=ess_max penalty.weight=-1", "penalty=ess_max: weight must be a finite number >= 0"),
+    ("penalty=ess_max penalty.schedule.weight=-1",
+     "penalty=ess_max: penalty.schedule: weight must be a finite number >= 0"),
+    ("penalty=ess_target penalty.objective.hinge=sideways", "penalty=ess_target: penalty.objective: unknown hinge"),
+    ("penalty=ess_max penalty.measure=per_item", "penalty=ess_max: measure='per_item' reads ESS at the end"),
     ("penalty=ess_max penalty.kind=bogus", "penalty=ess_max: kind must be"),
     ("tracking.uri=garbage://x", "unknown store scheme"),
     ("tracking.uri=http://127.0.0.1:9", "no tracking server answers"),
@@ -105,10 +108,10 @@ def test_end_to_end_run_is_read_back_from_mlflow(store, caplog):
     caplog.set_level("INFO", logger="ess_reg")
     result = run(compose_config(tiny(store)))
     client = MlflowClient(store["uri"])
-    r = client.get_run(result["run_id"])
+    r = client.get_run(result.run_id)
     assert r.info.status == "FINISHED" and r.info.run_name == "gla-mqar experiment=tiny"
     assert r.data.params["model.mixer"] == "gla" and r.data.params["task.num_kv_pairs"] == "4"
-    assert int(r.data.params["num_parameters"]) == sum(p.numel() for p in result["model"].parameters())
+    assert int(r.data.params["num_parameters"]) == sum(p.numel() for p in result.model.parameters())
     tags = r.data.tags
     assert tags["model"] == "gla" and tags["task"] == "mqar" and tags["penalty"] == "none"
     assert tags["overrides"].startswith("experiment=tiny tracking.uri=")
@@ -124,7 +127,7 @@ def test_end_to_end_run_is_read_back_from_mlflow(store, caplog):
     assert r.data.metrics["L0/tss"] == 16.0  # gla feature_dim 16
     assert 0 < r.data.metrics["L0/util"] <= 1 and r.data.metrics["ess/util"] == r.data.metrics["L0/util"]
     assert tags["layers"] == "L0=blocks.0.mixer" and tags["state.L0"] in ("full", "partial", "unused")
-    assert tags["verdict"] == result["verdict"].mode and tags["verdict.reason"] == result["verdict"].reason
+    assert tags["verdict"] == result.verdict.mode and tags["verdict.reason"] == result.verdict.reason
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"config.yaml", "ess_table.json", "ess_vs_index.png", "checkpoint", "images"} <= artifacts
     images = [a.path for a in client.list_artifacts(r.info.run_id, "images")]
@@ -133,7 +136,7 @@ def test_end_to_end_run_is_read_back_from_mlflow(store, caplog):
     assert table["verdict"]["mode"] == tags["verdict"] and table["thresholds"]["solved"] == 0.9
     assert table["layers"]["blocks.0.mixer"]["state"] == tags["state.L0"]
     checkpoint = store["dir"] / "ckpt" / r.info.run_id / "last.pt"  # under the run's own id
-    assert result["checkpoint"] == checkpoint and checkpoint.is_file()
+    assert result.checkpoint == checkpoint and checkpoint.is_file()
     assert "mlflow ui --backend-store-uri" in caplog.text and "verdict:" in caplog.text
 
     # ess-analyze reads the checkpoint back, by path and by run id, and reproduces the final ESS.
@@ -154,17 +157,17 @@ def test_runs_that_differ_only_in_penalty_never_share_a_name_or_checkpoint(store
     first = run(compose_config(tiny(store)))
     second = run(compose_config(tiny(store, "penalty=ess_max")))
     client = MlflowClient(store["uri"])
-    names = {client.get_run(r["run_id"]).info.run_name for r in (first, second)}
+    names = {client.get_run(r.run_id).info.run_name for r in (first, second)}
     assert names == {"gla-mqar experiment=tiny", "gla-mqar experiment=tiny penalty=ess_max"}
-    assert first["checkpoint"].parent != second["checkpoint"].parent
-    assert first["checkpoint"].is_file() and second["checkpoint"].is_file()
+    assert first.checkpoint.parent != second.checkpoint.parent
+    assert first.checkpoint.is_file() and second.checkpoint.is_file()
 
 
 def test_same_seed_same_run(store):
     first = run(compose_config(tiny(store, "tracking.experiment=a")))
     second = run(compose_config(tiny(store, "tracking.experiment=b")))
-    assert first["metrics"]["train/loss"] == second["metrics"]["train/loss"]
-    assert first["metrics"]["valid/loss"] == second["metrics"]["valid/loss"]
+    assert first.metrics["train/loss"] == second.metrics["train/loss"]
+    assert first.metrics["valid/loss"] == second.metrics["valid/loss"]
 
 
 def test_resume_after_a_kill_continues_the_same_run_without_duplicate_steps(store, monkeypatch):
@@ -186,7 +189,7 @@ def test_resume_after_a_kill_continues_the_same_run_without_duplicate_steps(stor
     assert f"trainer.resume={killed.info.run_id}" in killed.data.tags["failure_reason"]
 
     result = run(compose_config([*overrides, f"trainer.resume={killed.info.run_id}"]))
-    assert result["resumed_from"] == 3 and result["run_id"] == killed.info.run_id
+    assert result.resumed_from == 3 and result.run_id == killed.info.run_id
     (finished,) = all_runs(store)
     assert finished.info.status == "FINISHED" and "failure_reason" not in finished.data.tags
     assert metric_steps(client, killed.info.run_id, "train/loss") == [1, 2, 3, 4, 5, 6]
@@ -194,7 +197,7 @@ def test_resume_after_a_kill_continues_the_same_run_without_duplicate_steps(stor
 
     # A longer budget may follow; it is recorded, and the run goes on where it stopped.
     longer = run(compose_config([*overrides, "trainer.max_steps=8", f"trainer.resume={killed.info.run_id}"]))
-    assert longer["resumed_from"] == 6 and metric_steps(client, killed.info.run_id, "train/loss")[-2:] == [7, 8]
+    assert longer.resumed_from == 6 and metric_steps(client, killed.info.run_id, "train/loss")[-2:] == [7, 8]
     assert client.get_run(killed.info.run_id).data.tags["resumed.trainer.max_steps"] == "6 -> 8"
 
 
@@ -204,10 +207,10 @@ def test_resume_with_a_changed_key_is_refused_and_writes_nothing(store):
     for changed in ("penalty=ess_max", "optimizer.lr=0.01", "task.num_kv_pairs=2", "init=ess_search",
                     "tracking.experiment=other"):
         with pytest.raises(ConfigError, match="the config differs from the run's") as err:
-            run(compose_config(tiny(store, changed, f"trainer.resume={first['run_id']}")))
+            run(compose_config(tiny(store, changed, f"trainer.resume={first.run_id}")))
         assert "Only the step budget and logging knobs may change" in str(err.value)
     with pytest.raises(ConfigError, match=r"optimizer.lr: 0.003 -> 0.01"):
-        run(compose_config(tiny(store, "optimizer.lr=0.01", f"trainer.resume={first['checkpoint']}")))
+        run(compose_config(tiny(store, "optimizer.lr=0.01", f"trainer.resume={first.checkpoint}")))
     assert store_contents(store) == before
     assert MlflowClient(store["uri"]).get_experiment_by_name("other") is None
 
@@ -261,7 +264,7 @@ def test_mlflow_server_serves_the_run(store):
             f"{url}/api/2.0/mlflow/runs/search", data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
             headers={"Content-Type": "application/json"}, method="POST")
         runs = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
-        assert [r["info"]["run_id"] for r in runs] == [result["run_id"]]
+        assert [r["info"]["run_id"] for r in runs] == [result.run_id]
         metrics = {m["key"] for m in runs[0]["data"]["metrics"]}
         assert "valid/accuracy" in metrics and "ess/util" in metrics and "L0/util" in metrics
     finally:
@@ -313,14 +316,14 @@ def test_a_sweep_whose_job_fails_still_closes_its_parent(store):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_tiny_run_on_cuda(store):
     result = run(compose_config(tiny(store, "trainer.device=cuda")))
-    assert result["metrics"]["valid/accuracy"] >= 0
+    assert result.metrics["valid/accuracy"] >= 0
 
 
 @pytest.mark.parametrize("penalty", ["none", "ess_max", "ess_min", "ess_target", "decay_identity"])
 def test_penalty_configs_train_and_log(store, penalty):
     result = run(compose_config(tiny(store, f"penalty={penalty}")))
     client = MlflowClient(store["uri"])
-    r = client.get_run(result["run_id"])
+    r = client.get_run(result.run_id)
     if penalty == "none":
         assert "penalty/value" not in r.data.metrics and r.data.tags["penalty"] == "none"
         return
@@ -337,7 +340,7 @@ def test_init_search_logs_every_candidate_and_the_config_rebuilds_the_chosen_mod
                      "init.schemes=[{gate_normalizer: 1},{gate_normalizer: 64}]")
     result = run(compose_config(overrides))
     client = MlflowClient(store["uri"])
-    r = client.get_run(result["run_id"])
+    r = client.get_run(result.run_id)
     table = json.loads(Path(client.download_artifacts(r.info.run_id, "init_search.json", str(store["dir"]))).read_text())
     assert len(table) == 6 and sum(row["chosen"] for row in table) == 1
     chosen = next(row for row in table if row["chosen"])
@@ -349,52 +352,52 @@ def test_init_search_logs_every_candidate_and_the_config_rebuilds_the_chosen_mod
     gate = chosen["candidate"]["scheme"]["gate_normalizer"]
     assert logged["model"]["mixer_kwargs"]["gate_normalizer"] == gate
     assert r.data.params["model.mixer_kwargs.gate_normalizer"] == str(gate)
-    state = torch.load(result["checkpoint"], weights_only=True)
+    state = torch.load(result.checkpoint, weights_only=True)
     assert state["config"] == logged
     # The model rebuilt from the logged config and the checkpoint is the model that trained.
     rebuilt = build_model(logged["model"])
     rebuilt.load_state_dict(state["model"])
     x = torch.randint(0, 128, (2, 64))
-    assert torch.equal(rebuilt.eval()(x), result["model"].eval()(x))
-    analysis = analyze(str(result["checkpoint"]), uri=store["uri"])
+    assert torch.equal(rebuilt.eval()(x), result.model.eval()(x))
+    analysis = analyze(str(result.checkpoint), uri=store["uri"])
     for name, key in (("blocks.0.mixer", "L0"),):
         assert analysis.reports[name].ess_avg == pytest.approx(r.data.metrics[f"{key}/ess"], abs=1e-6)
 
 
 def verdict_of(store, *overrides):
     result = run(compose_config(tiny(store, *overrides)))
-    tags = MlflowClient(store["uri"]).get_run(result["run_id"]).data.tags
-    assert tags["verdict"] == result["verdict"].mode  # the tag says what the run found
+    tags = MlflowClient(store["uri"]).get_run(result.run_id).data.tags
+    assert tags["verdict"] == result.verdict.mode  # the tag says what the run found
     return result
 
 
 def test_a_starved_model_that_fails_is_saturated(store):
     # One key direction per head (TSS 1) for 8 pairs: the state is full and cannot hold the task.
     result = verdict_of(store, "model=la", "model.mixer_kwargs.feature_dim=1", "task.num_kv_pairs=8")
-    assert result["metrics"]["valid/accuracy"] < 0.9
-    assert result["verdict"].mode == "saturation" and ">= saturation 0.9" in result["verdict"].reason
-    assert all(r.utilization > 0.99 for r in result["reports"].values())
+    assert result.metrics["valid/accuracy"] < 0.9
+    assert result.verdict.mode == "saturation" and ">= saturation 0.9" in result.verdict.reason
+    assert all(r.utilization > 0.99 for r in result.reports.values())
 
 
 def test_a_model_whose_state_sits_unused_while_it_fails_is_collapsed(store):
     # Forgetting 50-90% of the state every step: 16 directions per head, about 1 in use.
     result = verdict_of(store, "model=wla", "+model.mixer_kwargs.decay_min=0.5", "+model.mixer_kwargs.decay_max=0.9",
                         "task.num_kv_pairs=8")
-    assert result["metrics"]["valid/accuracy"] < 0.9
-    assert result["verdict"].mode == "collapse" and "<= collapse 0.2" in result["verdict"].reason
+    assert result.metrics["valid/accuracy"] < 0.9
+    assert result.verdict.mode == "collapse" and "<= collapse 0.2" in result.verdict.reason
     # The same run under thresholds that call nothing collapsed: every output follows them.
     relaxed = verdict_of(store, "model=wla", "+model.mixer_kwargs.decay_min=0.5", "+model.mixer_kwargs.decay_max=0.9",
                          "task.num_kv_pairs=8", "probe.collapse=0.01", "probe.saturation=0.5")
-    assert relaxed["verdict"].mode == "inconclusive"
+    assert relaxed.verdict.mode == "inconclusive"
 
 
 @pytest.mark.slow
 def test_the_default_quickstart_run_solves_its_task_and_is_not_called_collapsed(store):
     result = run(compose_config([f"tracking.uri={store['uri']}", f"tracking.artifact_location={store['artifacts']}",
                                  f"trainer.checkpoint_dir={store['dir']}/ckpt", "trainer.progress=false"]))
-    assert result["metrics"]["valid/accuracy"] >= 0.9
-    assert result["verdict"].mode == "healthy" and "solves the task" in result["verdict"].reason
-    tags = MlflowClient(store["uri"]).get_run(result["run_id"]).data.tags
+    assert result.metrics["valid/accuracy"] >= 0.9
+    assert result.verdict.mode == "healthy" and "solves the task" in result.verdict.reason
+    tags = MlflowClient(store["uri"]).get_run(result.run_id).data.tags
     assert tags["verdict"] == "healthy" and tags["mlflow.runName"] == "gla-mqar"
 
 
@@ -427,7 +430,7 @@ def test_a_signal_ends_the_run_killed_and_resuming_finishes_it_with_contiguous_s
     with pytest.raises(ConfigError, match="is below the step"):
         run(compose_config([*overrides, "trainer.max_steps=1", f"trainer.resume={killed.info.run_id}"]))
     result = run(compose_config([*overrides, f"trainer.max_steps={end}", f"trainer.resume={killed.info.run_id}"]))
-    assert result["run_id"] == killed.info.run_id and result["resumed_from"] == state["step"]
+    assert result.run_id == killed.info.run_id and result.resumed_from == state["step"]
     (finished,) = all_runs(store)
     assert finished.info.status == "FINISHED" and "failure_reason" not in finished.data.tags
     assert metric_steps(client, killed.info.run_id, "train/loss") == list(range(1, end + 1))

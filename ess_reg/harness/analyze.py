@@ -21,8 +21,10 @@ import torch
 from .build import ConfigError, build_model, build_task, probe_settings
 from ..diagnose import LayerReport, Verdict, diagnose
 from .reporting import format_report
-from .resume import load_checkpoint, locate_checkpoint, scratch_dir
-from .training import ProbeSettings, evaluate, probe_batch, probe_report, resolve_threads
+from .checkpoints import load_checkpoint, locate_checkpoint, scratch_dir
+from .run_probe import ProbeSettings, RunProbe
+from .settings import resolve_threads
+from .training import evaluate
 
 __all__ = ["Analysis", "analyze", "main", "DEFAULT_URI"]
 
@@ -59,7 +61,7 @@ def analyze(target: str, *, uri: str | None = None, checkpoint_root: str = DEFAU
     seed = config["seed"]
     test = task.test_set(config["trainer"]["eval_examples"], seed=seed)
     accuracy = evaluate(model, test.inputs, test.labels, config["trainer"]["batch_size"])["accuracy"]
-    reports = probe_report(model, task, probe_batch(task, probe.examples, seed), probe)
+    reports = RunProbe(task, probe, seed).report(model)
     return Analysis(path, config, int(state["step"]), accuracy, probe, reports,
                     diagnose(reports, accuracy, probe.thresholds))
 

@@ -17,7 +17,8 @@ from torch import nn
 
 from ..diagnose import FailureThresholds
 from ..tasks import TASKS, Task
-from .training import ProbeSettings, TrainerSettings, probe_indices
+from .run_probe import ProbeSettings, RunProbe
+from .settings import TrainerSettings
 
 __all__ = ["ConfigError", "MODEL_TARGETS", "TASK_TARGETS", "build_task", "build_model", "trainer_settings",
            "probe_settings", "with_chosen_init", "initial_model"]
@@ -108,8 +109,7 @@ def with_chosen_init(config: Mapping, chosen: Mapping) -> dict:
     return out
 
 
-def initial_model(config: Mapping, task: Task, probe: ProbeSettings, probe_inputs: torch.Tensor,
-                  on_candidate=None) -> tuple[nn.Module, dict, Any]:
+def initial_model(config: Mapping, probe: RunProbe, on_candidate=None) -> tuple[nn.Module, dict, Any]:
     """The model a run starts from, and the config that rebuilds it.
 
     ``init.chosen`` set (a logged config, a resume): build under that seed. ``init.search``:
@@ -136,7 +136,7 @@ def initial_model(config: Mapping, task: Task, probe: ProbeSettings, probe_input
         node["mixer_kwargs"] = {**(node.get("mixer_kwargs") or {}), **candidate["scheme"]}
         return build_model(node)
 
-    result = select_init(factory, candidates, probe_inputs, score=init["score"],
-                         indices=probe_indices(task, probe.num_indices), context_end=task.context_end,
-                         items_to_recall=task.items_to_recall, on_candidate=on_candidate)
+    result = select_init(factory, candidates, probe.inputs, score=init["score"], indices=probe.indices,
+                         kind=probe.settings.kind, context_end=probe.task.context_end, items_to_recall=probe.task.items_to_recall,
+                         on_candidate=on_candidate)
     return result.model, with_chosen_init(config, result.candidate), result

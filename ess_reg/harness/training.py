@@ -12,69 +12,43 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diagnose import FailureThresholds, LayerReport, diagnose, model_summary
-from ..probe import measure
+from ..diagnose import LayerReport, Verdict, diagnose, model_summary
 from ..tasks import IGNORE, Task
+from .checkpoints import save_checkpoint
+from .run_probe import RunProbe
+from .settings import TrainerSettings, resolve_device
 
-__all__ = ["TrainerSettings", "ProbeSettings", "TrainingDiverged", "TrainingInterrupted", "fit", "resolve_device",
-           "resolve_threads", "probe_indices", "probe_batch", "probe_report", "evaluate", "layer_keys",
+__all__ = ["TrainingDiverged", "TrainingInterrupted", "FitResult", "fit", "evaluate", "layer_keys",
            "evaluation_metrics"]
 
 log = logging.getLogger("ess_reg")
-PROBES = ("entropy", "tolerance", "soft_tolerance")
 
 
 @dataclass
-class TrainerSettings:
-    max_steps: int = 1000
-    batch_size: int = 64
-    eval_every: int = 100
-    eval_examples: int = 512
-    log_every: int = 25
-    checkpoint_every: int = 500
-    device: str = "auto"
-    precision: str = "auto"
-    grad_clip: float | None = 1.0
-    threads: int | str = "auto"
-    progress: bool = True
+class FitResult:
+    """What :func:`fit` leaves: the last metrics, the final per-layer reports and verdict, the
+    checkpoint file and the trained model. ``ess-train`` adds the MLflow run id and the config."""
 
-    def __post_init__(self):
-        for name in ("max_steps", "batch_size", "eval_every", "eval_examples", "log_every", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"trainer.{name} must be a positive int, got {value!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"trainer.precision must be auto, fp32 or bf16, got {self.precision!r}")
-        clip = self.grad_clip
-        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
-                                 or not math.isfinite(clip) or clip <= 0):
-            raise ValueError(f"trainer.grad_clip must be a positive number or null (no clipping), got {clip!r}")
-        resolve_threads(self.threads)
+    metrics: dict[str, float]
+    reports: dict[str, LayerReport]
+    verdict: Verdict
+    checkpoint: Path
+    steps: int
+    resumed_from: int
+    model: nn.Module
+    run_id: str | None = None
+    config: dict | None = None
 
-
-@dataclass
-class ProbeSettings:
-    """The fixed probe batch on which ESS is measured at every evaluation."""
-
-    examples: int = 4
-    num_indices: int = 16  # evenly spaced in 1..L-1, plus the end of the task's context
-    kind: str = "entropy"
-    thresholds: FailureThresholds = field(default_factory=FailureThresholds)
-
-    def __post_init__(self):
-        for name in ("examples", "num_indices"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"probe.{name} must be a positive int, got {value!r}")
-        if self.kind not in PROBES:
-            raise ValueError(f"probe.kind must be one of {PROBES}, got {self.kind!r}")
+    @property
+    def accuracy(self) -> float | None:
+        return self.metrics.get("valid/accuracy")
 
 
 class TrainingDiverged(RuntimeError):
@@ -86,47 +60,10 @@ class TrainingInterrupted(KeyboardInterrupt):
     to the store or a checkpoint."""
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"trainer.device={device!r} but CUDA is not available here; use auto or cpu")
-    if device.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"trainer.device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
-
-
-def resolve_threads(threads: int | str) -> int:
-    """``trainer.threads``: a positive int, or ``auto`` = half the cores, at most 4.
-
-    Half, because on a shared machine torch's default (every core) makes each thread wait for
-    the slowest: with other processes busy, steps ran 10-40x slower; small models gain little
-    from more than a few threads anyway.
-    """
-    if threads == "auto":
-        return max(1, min(4, (os.cpu_count() or 2) // 2))
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"trainer.threads must be a positive int or auto, got {threads!r}")
-    return threads
-
-
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
-
-
-def probe_indices(task: Task, num_indices: int) -> torch.Tensor:
-    idx = torch.linspace(1, task.seq_len - 1, num_indices).round().long()
-    if task.context_end is not None and 1 <= task.context_end <= task.seq_len - 1:
-        idx = torch.cat([idx, torch.tensor([task.context_end])])
-    return idx.unique()
-
-
-def probe_batch(task: Task, examples: int, seed: int) -> torch.Tensor:
-    """The probe batch of a run: held-out inputs on which ESS is measured. The one definition,
-    used by training, ``ess-analyze`` and the init search alike."""
-    return task.test_set(examples, seed=seed).inputs
 
 
 def layer_keys(names) -> dict[str, str]:
@@ -156,12 +93,6 @@ def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
     return {"loss": total_loss / max(asked, 1), "accuracy": correct / max(asked, 1)}
 
 
-def probe_report(model: nn.Module, task: Task, probe_inputs: torch.Tensor, settings: ProbeSettings) -> dict[str, LayerReport]:
-    with torch.no_grad():
-        return measure(model, probe_inputs, probe_indices(task, settings.num_indices), kind=settings.kind,
-                       context_end=task.context_end, items_to_recall=task.items_to_recall, dtype=torch.float32)
-
-
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -174,7 +105,7 @@ def fit(
     task: Task,
     make_optimizer: Callable[[list], torch.optim.Optimizer],
     trainer: TrainerSettings,
-    probe: ProbeSettings,
+    probe: RunProbe,
     tracker,
     *,
     checkpoint_path: str | os.PathLike,
@@ -185,7 +116,7 @@ def fit(
     on_evaluate: Callable[[int, dict[str, LayerReport], dict[str, float]], None] | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
     stop: Callable[[], str | None] | None = None,
-) -> dict:
+) -> FitResult:
     """Train ``model`` on ``task``; log to ``tracker`` (an :class:`ess_reg.harness.tracking.Tracker`).
 
     Evaluates (accuracy, ESS probe) at step 0, every ``eval_every`` steps and at the end;
@@ -196,7 +127,7 @@ def fit(
     ``stop()``, asked before every step, returns a reason to stop (then
     :class:`TrainingInterrupted` is raised there) or None.
 
-    Returns the final metrics, the per-layer reports, the model's verdict and the model.
+    Returns a :class:`FitResult`.
     """
     device = resolve_device(trainer.device)
     autocast_dtype = _autocast_dtype(trainer.precision, device)
@@ -212,17 +143,13 @@ def fit(
         torch.set_rng_state(resume_state["rng"])
     test = task.test_set(trainer.eval_examples, seed=seed)
     test_inputs, test_labels = test.inputs.to(device), test.labels.to(device)
-    probe_inputs = probe_batch(task, probe.examples, seed).to(device)
+    probe.to(device)
     last = {"train/loss": float("nan")}
     reports: dict[str, LayerReport] = {}
     started = time.perf_counter()
 
-    def save_checkpoint(step: int) -> None:
-        checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = checkpoint_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "rng": torch.get_rng_state(), "run_id": tracker.run_id, "config": dict(config or {})}, tmp)
-        tmp.replace(checkpoint_path)  # atomic: a crash never leaves half a checkpoint
+    def checkpoint(step: int) -> None:
+        save_checkpoint(checkpoint_path, model, optimizer, step, tracker.run_id, config)
         if on_checkpoint is not None:
             on_checkpoint(step)
 
@@ -230,7 +157,7 @@ def fit(
         model.eval()
         metrics = {f"valid/{k}": v for k, v in evaluate(model, test_inputs, test_labels, trainer.batch_size).items()}
         start = time.perf_counter()
-        reports = probe_report(model, task, probe_inputs, probe)
+        reports = probe.report(model)
         metrics["time/ess_probe_s"] = time.perf_counter() - start
         metrics.update(evaluation_metrics(reports))
         tracker.log_metrics(metrics, step)
@@ -282,11 +209,11 @@ def fit(
         if step % trainer.eval_every == 0 or step == trainer.max_steps:
             reports = evaluate_and_log(step)
         if step % trainer.checkpoint_every == 0 or step == trainer.max_steps:
-            save_checkpoint(step)
+            checkpoint(step)
         if step % trainer.log_every == 0 or step == trainer.max_steps:
             progress(step)
     if not reports:  # resumed at the end: nothing was trained, measure once
         reports = evaluate_and_log(trainer.max_steps)
     verdict = diagnose(reports, last.get("valid/accuracy"), probe.thresholds)
-    return {"metrics": dict(last), "reports": reports, "verdict": verdict, "checkpoint": checkpoint_path,
-            "steps": trainer.max_steps, "resumed_from": start_step, "model": model}
+    return FitResult(metrics=dict(last), reports=reports, verdict=verdict, checkpoint=checkpoint_path,
+                     steps=trainer.max_steps, resumed_from=start_step, model=model)

@@ -18,8 +18,8 @@ import torch
 from . import tracking
 from .build import ConfigError, with_chosen_init
 
-__all__ = ["RESUMABLE_KEYS", "CHECKPOINT_NAME", "checkpoint_path", "locate_checkpoint", "load_checkpoint",
-           "config_differences", "check_resume"]
+__all__ = ["RESUMABLE_KEYS", "CHECKPOINT_NAME", "checkpoint_path", "save_checkpoint", "locate_checkpoint",
+           "load_checkpoint", "config_differences", "check_resume"]
 
 CHECKPOINT_NAME = "last.pt"
 # The step budget and logging knobs may change when a run is resumed; nothing else may.
@@ -30,6 +30,18 @@ RESUMABLE_KEYS = ("trainer.max_steps", "trainer.log_every", "trainer.eval_every"
 def checkpoint_path(root: str | os.PathLike, run_id: str) -> Path:
     """Where run ``run_id`` keeps its checkpoint: under its own id, shared with no other run."""
     return Path(root) / run_id / CHECKPOINT_NAME
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                    run_id: str | None, config: Mapping | None) -> None:
+    """Write what a resume needs (weights, optimizer state, step, RNG state, run id, config) to
+    ``path``, atomically: a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "rng": torch.get_rng_state(), "run_id": run_id, "config": dict(config or {})}, tmp)
+    tmp.replace(path)
 
 
 def locate_checkpoint(resume: str, checkpoint_root: str | os.PathLike, uri: str, scratch: str | os.PathLike) -> Path:

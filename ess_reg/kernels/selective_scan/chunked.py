@@ -11,13 +11,14 @@ and again in autograd's backward.  Here they stay factored:
 * inside a chunk the states are ``h_t = e^{A s_t} (a_0 h_start + cumsum_{j<=t} e^{-A s_j} w_j B_j)``
   with ``s_t = sum_{r=t_0+1..t} dt_r`` (the chunk's first step excluded), so only elementwise
   work and a cumsum run, no loop over positions.  The chunk is sized from the data so that
-  ``|A| s_t <= MAX_EXPONENT``: no factor overflows, and the rounding error is that of the
-  plain recurrence (every product ``e^{A s_t} e^{-A s_j} <= 1`` is formed before summing);
+  ``|A| s_t <= MAX_EXPONENT`` (the bound of every kernel, in ``segments``): no factor
+  overflows, and the rounding error is that of the plain recurrence (every product
+  ``e^{A s_t} e^{-A s_j} <= 1`` is formed before summing);
 * the backward pass is written out (the adjoint ``lambda_t = C_t gy_t + a_{t+1} lambda_{t+1}`` is
   the same scan run backwards), recomputing each chunk's states from the chunk's starting
   state, the only thing the forward keeps besides its inputs.
 
-``selective_scan_reference`` is the step-by-step recurrence it is tested against.
+``selective_scan_reference`` (:mod:`.naive`) is the step-by-step recurrence it is tested against.
 """
 
 from __future__ import annotations
@@ -27,11 +28,10 @@ import math
 
 import torch
 
-__all__ = ["selective_scan", "selective_scan_reference", "MAX_EXPONENT", "MAX_CHUNK"]
+from ..segments import bounded_chunk
 
-# e^40 ~ 2e17: a factor e^{-A s_j} times any sane w_j B_j summed over a chunk stays far below
-# float32's 3e38, and e^{A s_t} >= e^-40 stays far above its smallest normal number.
-MAX_EXPONENT = 40.0
+__all__ = ["selective_scan", "MAX_CHUNK"]
+
 MAX_CHUNK = 64  # longer chunks stop paying: their temporaries leave the cache
 BLOCK = 8  # the cumsum matmuls run on blocks of this many steps
 
@@ -52,16 +52,6 @@ def selective_scan(dt: torch.Tensor, A: torch.Tensor, w: torch.Tensor, B: torch.
     # Autocast would run the cumsum matmuls in half precision: 5e-3 relative error, measured.
     with torch.autocast(device_type=dt.device.type, enabled=False):
         return _SelectiveScan.apply(dt, A, w, B, C, bounds).transpose(0, 1)
-
-
-def selective_scan_reference(dt, A, w, B, C) -> torch.Tensor:
-    """The plain recurrence, one step per position (tests only); same layout as ``selective_scan``."""
-    h = dt.new_zeros(dt.shape[0], dt.shape[2], A.shape[-1])
-    out = []
-    for t in range(dt.shape[1]):
-        h = torch.exp(dt[:, t, :, None] * A) * h + w[:, t, :, None] * B[:, t, None, :]
-        out.append((h * C[:, t, None, :]).sum(-1))
-    return torch.stack(out, dim=1)
 
 
 def _check_shapes(dt, A, w, B, C) -> None:
@@ -89,7 +79,7 @@ def _chunk_bounds(dt: torch.Tensor, A: torch.Tensor, max_chunk: int) -> list[tup
         raise ValueError(f"dt must be >= 0 (a step size), got min {float(dt.amin()):.3g}")
     if A.numel() and float(A.amax()) > 0:
         raise ValueError(f"A must be <= 0 (a decay), got max {float(A.amax()):.3g}")
-    c = max_chunk if rate == 0 else max(1, min(max_chunk, 1 + math.floor(MAX_EXPONENT / rate)))
+    c = bounded_chunk(rate, max_chunk, first_step_free=True)  # s_t leaves out the chunk's first step
     if c > BLOCK:
         c -= c % BLOCK
     return [(t0, min(t0 + c, length)) for t0 in range(0, length, c)]

@@ -1,0 +1,131 @@
+"""Everything a run needs, built and checked before anything is written (:func:`prepare`)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ..tasks import Task
+from . import tracking
+from .build import ConfigError, build_task, initial_model, probe_settings, trainer_settings
+from .checkpoints import check_resume
+from .run_probe import RunProbe
+from .settings import TrainerSettings, resolve_device
+
+__all__ = ["Plan", "prepare"]
+
+log = logging.getLogger("ess_reg")
+
+
+@dataclass
+class Plan:
+    """Everything a run needs, built and checked before anything is written."""
+
+    config: dict  # resolved, exactly what trains (an init search's choice included)
+    trainer: TrainerSettings
+    probe: RunProbe
+    task: Task
+    model: torch.nn.Module
+    make_optimizer: Any
+    regularizer: Any
+    choices: dict[str, str]
+    overrides: list[str]
+    job: int | None  # the job's number in a sweep
+    search: Any = None  # the init search's result, if one ran
+    resume_state: dict | None = None
+    resumed_changes: dict = field(default_factory=dict)
+
+
+def _hydra_context() -> tuple[dict[str, str], list[str], int | None]:
+    if not HydraConfig.initialized():
+        return {}, [], None
+    hc = HydraConfig.get()
+    choices = {k: v for k, v in OmegaConf.to_container(hc.runtime.choices).items() if not k.startswith("hydra")}
+    job = hc.job.num if hc.mode == RunMode.MULTIRUN else None
+    return choices, list(hc.overrides.task), job
+
+
+def _check_outputs(config: dict) -> None:
+    """The store and the folders a run writes to, checked before anything is written."""
+    t = config["tracking"]
+    try:
+        tracking.check_store(t["uri"])
+        if t.get("artifact_location"):
+            tracking.check_writable_dir(t["artifact_location"], "tracking.artifact_location")
+        tracking.check_writable_dir(config["trainer"]["checkpoint_dir"], "trainer.checkpoint_dir")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _plain_error(err: Exception) -> str:
+    """The error a part of a nested config raised, with the key it came from: Hydra wraps it in
+    an InstantiationException whose text repeats the class path and the exception's repr."""
+    if isinstance(err, InstantiationException) and err.__cause__ is not None:
+        key = next((line.split(":", 1)[1].strip() for line in str(err).splitlines() if line.startswith("full_key:")),
+                   None)
+        return f"{key}: {err.__cause__}" if key else str(err.__cause__)
+    return str(err)
+
+
+def _make_optimizer(cfg: DictConfig):
+    try:
+        make = instantiate(cfg.optimizer)
+        make([torch.nn.Parameter(torch.zeros(1))])  # the optimizer checks its own arguments here
+    except Exception as err:  # an unknown class or a bad argument: name the group
+        raise ConfigError(f"optimizer: {str(err).strip().splitlines()[0]}") from None
+    return make
+
+
+def prepare(cfg: DictConfig) -> Plan:
+    """Check and build everything the run needs; raises :class:`ConfigError` naming the key.
+
+    Nothing is written: no MLflow run, no checkpoint folder. A resume is checked here too: its
+    checkpoint is found and loaded, and a config that differs from the stored one in anything
+    but the step budget and logging knobs is refused with the differing keys.
+    """
+    choices, overrides, job = _hydra_context()
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as err:
+        raise ConfigError(f"config: {err}") from None
+    trainer = trainer_settings(config["trainer"])
+    probe_config = probe_settings(config["probe"])
+    try:
+        resolve_device(trainer.device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    _check_outputs(config)
+    task = build_task(config["task"])
+    make_optimizer = _make_optimizer(cfg)
+    resume_state, changes = None, {}
+    if config["trainer"].get("resume"):
+        resume_state, config, changes = check_resume(config, trainer.max_steps)
+
+    probe = RunProbe(task, probe_config, config["seed"])
+
+    def candidate(i, cand, score, reports):
+        log.info("init search: candidate %s -> %s %.4f", cand, config["init"]["score"], score)
+
+    try:
+        model, config, search = initial_model(config, probe, on_candidate=candidate)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"init: {err}") from None
+    regularizer = None
+    if cfg.penalty.get("_target_"):
+        try:
+            regularizer = instantiate(cfg.penalty)(model, task=task)
+            regularizer.check(probe.inputs[:2])
+        except (TypeError, ValueError, InstantiationException) as err:
+            raise ConfigError(f"penalty={choices.get('penalty', cfg.penalty._target_)}: {_plain_error(err)}") from None
+    return Plan(config, trainer, probe, task, model, make_optimizer, regularizer, choices, overrides, job,
+                search, resume_state, changes)

@@ -1,0 +1,57 @@
+"""What a run writes to its MLflow run besides the metrics: at the start and at the end."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from . import tracking
+from .plan import Plan
+from .reporting import ess_figure, ess_table
+from .runinfo import run_tags
+from .training import FitResult, layer_keys
+
+__all__ = ["record_start", "record_end"]
+
+
+def record_start(tracker: tracking.Tracker, plan: Plan) -> None:
+    """Params, tags and the init search's table of a new run; the changed keys of a resumed one."""
+    model = plan.model
+    if plan.resume_state is None:
+        params = {k: v for k, v in tracking.flatten(plan.config).items()
+                  if not k.endswith("._partial_")}  # Hydra plumbing, not a setting (config.yaml keeps it)
+        tracker.log_params({**params, "num_parameters": sum(p.numel() for p in model.parameters())})
+        tracker.set_tags(run_tags(plan.choices, plan.overrides))
+        if plan.search is not None:
+            tracker.log_json(plan.search.table(), "init_search.json")
+            tracker.set_tags({"init.chosen": plan.config["init"]["chosen"],
+                              "init.chosen_score": plan.search.scores[plan.search.index]})
+    elif plan.resumed_changes:
+        tracker.set_tags({f"resumed.{k}": f"{a} -> {b}" for k, (a, b) in plan.resumed_changes.items()})
+
+
+def record_end(tracker: tracking.Tracker, plan: Plan, result: FitResult, final_figure=None) -> None:
+    """The verdict as tags and the run's description, the config, the ESS table and figure, the
+    checkpoint."""
+    reports, verdict, thresholds = result.reports, result.verdict, plan.probe.thresholds
+    keys = layer_keys(reports)
+    tracker.delete_tags("failure_reason")
+    tracker.set_tags({"verdict": verdict.mode, "verdict.reason": verdict.reason,
+                      "layers": ", ".join(f"{k}={name}" for name, k in keys.items()),
+                      **{f"state.{keys[name]}": use for name, use in verdict.layers.items()},
+                      "mlflow.note.content": f"**{verdict.mode}**: {verdict.reason}"})
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "config.yaml"
+        config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(plan.config)))
+        tracker.log_artifact(config_path)
+    tracker.log_json(ess_table(reports, verdict, thresholds), "ess_table.json")
+    import matplotlib.pyplot as plt
+
+    # The final evaluation's figure (already drawn for its step), retitled: not drawn twice.
+    figure = final_figure if final_figure is not None else ess_figure(reports, thresholds)
+    figure.suptitle(f"final: {verdict.mode}", fontsize=10)
+    tracker.log_figure(figure, "ess_vs_index.png")
+    plt.close(figure)
+    tracker.log_artifact(result.checkpoint, "checkpoint")
