@@ -1,7 +1,11 @@
 """A small language-model backbone around any mixer of the zoo (nanoGPT-like, pre-norm).
 
-tokens -> embedding (+ learned positions) -> N x [x + mixer(norm(x)) (+ short conv first);
+tokens -> embedding (+ learned positions) -> N x [x + mixer(short_conv(norm(x)));
 x + mlp(norm(x))] -> norm -> LM head.
+
+By default a block is the short conv and the mixer alone (``short_conv=4``, ``mlp_ratio=0``):
+the setting every ``ess-train`` model config runs (``conf/model/base/lm.yaml`` holds the same
+defaults, and a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, d_model: int, mixer: Mixer, mlp_ratio: int = 4, short_conv: int = 0):
+    def __init__(self, d_model: int, mixer: Mixer, mlp_ratio: int = 0, short_conv: int = 4):
         super().__init__()
         self.norm = RMSNorm(d_model)
         # The "Based recipe": a short causal conv before the mixer makes local token shifts cheap.
@@ -57,9 +61,17 @@ class LanguageModel(nn.Module):
         mixer: str = "sa",
         mixer_kwargs: Mapping | None = None,
         max_len: int | None = None,
-        mlp_ratio: int = 4,
-        short_conv: int = 0,
+        mlp_ratio: int = 0,
+        short_conv: int = 4,
     ):
+        """``vocab_size`` tokens in and out; ``n_layers`` blocks of width ``d_model``, each around
+        ``build_mixer(mixer, d_model, **mixer_kwargs)``.
+
+        ``max_len``: learned position embeddings for sequences up to that length (None: none).
+        ``mlp_ratio``: hidden width of an MLP after each mixer, in units of ``d_model`` (0: no
+        MLP). ``short_conv``: kernel size of a depthwise causal conv before each mixer, the
+        "Based recipe" that makes local token shifts cheap (0: off). Both must be >= 0.
+        """
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers)):
             check_positive(name, value)

@@ -1,0 +1,185 @@
+"""Every option of every config group composes and builds; the shared model base agrees with
+the Python backbone; every group is documented.
+
+Options are found by listing ``conf/<group>/*.yaml``, so a new config file is tested without
+touching this file. The penalty group is tested with the penalty itself (tests/test_penalty.py,
+tests/test_train.py).
+"""
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ess_reg.harness.app import CONFIG_DIR, compose_config, prepare
+from ess_reg.harness.build import MODEL_TARGETS, ConfigError
+from ess_reg.harness.run_probe import ProbeSettings
+from ess_reg.harness.settings import TrainerSettings
+from ess_reg.models import MIXERS
+from ess_reg.models.lm import LanguageModel
+
+CONF = Path(CONFIG_DIR)
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+MODEL_BASE = CONF / "model" / "base" / "lm.yaml"
+NOT_HERE = {"penalty"}  # being redesigned; its own tests build every penalty option
+
+
+def groups() -> list[str]:
+    return sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+GROUP_OPTIONS = [(g, o) for g in groups() if g not in NOT_HERE for o in options(g)]
+
+
+def cheap(tmp_path, *extra) -> list[str]:
+    """Overrides that make any run tiny and write only under ``tmp_path`` (as tests/test_train.py's
+    ``tiny()``), followed by ``extra``: the option under test comes last and wins."""
+    return ["model.d_model=16", "model.n_layers=1", "trainer.max_steps=1", "trainer.batch_size=2",
+            "trainer.eval_examples=2", "trainer.progress=false", "trainer.device=cpu",
+            "probe.examples=2", "probe.num_indices=2",
+            f"tracking.uri=sqlite:///{tmp_path}/m.db", f"tracking.artifact_location={tmp_path}/a",
+            f"trainer.checkpoint_dir={tmp_path}/c", *extra]
+
+
+def leaves(node, prefix=""):
+    """``{dotted.key: value}`` for every leaf of a plain nested dict."""
+    if isinstance(node, dict) and node:
+        out = {}
+        for key, value in node.items():
+            out.update(leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: node}
+
+
+def test_groups_and_options_are_found():
+    found = dict.fromkeys(groups())
+    assert {"model", "task", "optimizer", "trainer", "tracking", "probe", "init", "experiment"} <= found.keys()
+    assert set(MIXERS) <= set(options("model"))  # a model option for every mixer of the zoo
+    assert "base" not in options("model")
+
+
+@pytest.mark.parametrize("group, option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_option_composes_and_builds(group, option, tmp_path):
+    overrides = cheap(tmp_path, f"{group}={option}")
+    if group == "experiment":  # an experiment's own settings must survive: override only the outputs
+        overrides = [o for o in overrides if o.startswith(("tracking.", "trainer.checkpoint_dir", "trainer.device"))]
+        overrides.append(f"experiment={option}")
+    cfg = compose_config(overrides)
+    plan = prepare(cfg)
+    config = plan.config
+    assert plan.choices[group] == option
+
+    if group == "model":
+        mixers = plan.model.mixers()
+        assert len(mixers) == 1 and {type(m) for m in mixers.values()} == {MIXERS[config["model"]["mixer"]]}
+        if option in MIXERS:  # a model option named after a mixer builds that mixer
+            assert plan.model.mixer_name == option
+        assert plan.model.embedding.num_embeddings == plan.task.vocab_size
+        assert plan.model.embedding.embedding_dim == 16
+    elif group == "task":
+        assert type(plan.task).__name__ == cfg.task._target_.rsplit(".", 1)[1]
+        for key, value in config["task"].items():
+            if key != "_target_":
+                assert getattr(plan.task, key) == value, key
+        assert plan.probe.inputs.shape == (2, plan.task.seq_len)
+    elif group == "optimizer":
+        optimizer = plan.make_optimizer(plan.model.parameters())
+        assert type(optimizer).__name__ == cfg.optimizer._target_.rsplit(".", 1)[1]
+        assert isinstance(optimizer, torch.optim.Optimizer)
+        for key, value in config["optimizer"].items():
+            if not key.startswith("_"):
+                assert optimizer.defaults[key] == pytest.approx(value), key
+    elif group == "trainer":
+        assert isinstance(plan.trainer, TrainerSettings) and plan.trainer.max_steps == 1
+        for key, value in config["trainer"].items():
+            if key not in ("resume", "checkpoint_dir"):
+                assert getattr(plan.trainer, key) == value, key
+    elif group == "probe":
+        settings = plan.probe.settings
+        assert isinstance(settings, ProbeSettings) and settings.kind == config["probe"]["kind"]
+        assert (settings.thresholds.solved, settings.thresholds.saturation, settings.thresholds.collapse) == \
+            (config["probe"]["solved"], config["probe"]["saturation"], config["probe"]["collapse"])
+        assert len(plan.probe.index_tensor()) >= 2
+    elif group == "init":
+        if config["init"]["search"]:  # every candidate scored, the choice recorded so it rebuilds
+            assert len(plan.search.scores) == len(cfg.init.seeds) * len(cfg.init.schemes)
+            assert config["init"]["chosen"]["seed"] in list(cfg.init.seeds)
+        else:
+            assert plan.search is None and config["init"]["chosen"] is None
+    elif group == "tracking":
+        default = compose_config([f"tracking={option}"]).tracking  # the option's own store resolves
+        assert isinstance(OmegaConf.to_container(default, resolve=True)["uri"], str)
+        assert config["tracking"]["uri"] == f"sqlite:///{tmp_path}/m.db"
+    elif group == "experiment":
+        preset = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"))
+        preset.pop("defaults", None)
+        for key, value in leaves(preset).items():  # every value the preset sets is the one that runs
+            if not key.startswith(("tracking.", "trainer.checkpoint_dir", "trainer.device")):
+                assert OmegaConf.select(cfg, key) == value, key
+    else:
+        pytest.fail(f"no check for config group {group!r}: add one to {Path(__file__).name}")
+
+
+# -- the shared model base ---------------------------------------------------------------------
+
+
+def test_model_base_equals_the_backbone_defaults():
+    base = OmegaConf.load(MODEL_BASE)
+    assert base._target_ in MODEL_TARGETS
+    params = inspect.signature(LanguageModel.__init__).parameters
+    params = {name: p for name, p in params.items() if name != "self"}
+    assert set(base) - {"_target_"} == set(params), "the base names every LanguageModel argument, nothing else"
+    checked = []
+    for name, param in params.items():
+        if param.default is inspect.Parameter.empty or OmegaConf.is_missing(base, name):
+            continue  # vocab_size comes from the task; mixer is set by each model option
+        if OmegaConf.is_interpolation(base, name):
+            continue
+        assert base[name] == param.default, f"conf/model/base/lm.yaml {name}={base[name]!r}, " \
+                                            f"LanguageModel default {param.default!r}"
+        checked.append(name)
+    assert {"d_model", "n_layers", "mlp_ratio", "short_conv", "max_len", "mixer_kwargs"} <= set(checked)
+    assert OmegaConf.is_missing(base, "mixer")
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_model_option_is_the_base_plus_its_mixer(option):
+    base = OmegaConf.to_container(OmegaConf.load(MODEL_BASE))
+    own = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{option}.yaml"))
+    defaults = own.pop("defaults", [])
+    assert "base/lm@_here_" in defaults and defaults[-1] == "_self_", "model options build on the shared base"
+    assert own.get("mixer") in MIXERS
+    repeated = {k: v for k, v in own.items() if k not in ("mixer", "mixer_kwargs") and base.get(k) == v}
+    assert not repeated, f"conf/model/{option}.yaml repeats the base's {repeated}: set only what differs"
+
+    node = OmegaConf.to_container(compose_config([f"model={option}"]).model)  # lands at `model`, merged
+    assert list(node) == list(base)  # same keys, in the base's (LanguageModel's) order
+    assert node == {**base, **own}
+
+
+def test_a_model_option_without_a_mixer_is_refused_with_the_choices(tmp_path):
+    cfg = compose_config(cheap(tmp_path, "model=gla"))
+    cfg.model.mixer = "???"  # what the base leaves when an option forgets its mixer
+    with pytest.raises(ConfigError, match=r"model: unknown mixer '\?\?\?'; choose one of \['gla'"):
+        prepare(cfg)
+
+
+# -- the documentation -------------------------------------------------------------------------
+
+
+def config_dirs() -> list[str]:
+    return sorted(str(p.relative_to(CONF)) for p in CONF.rglob("*") if p.is_dir() and "__pycache__" not in p.parts)
+
+
+def test_every_config_group_and_option_is_documented():
+    text = DOCS.read_text()
+    missing = [d for d in config_dirs() if f"`{d}`" not in text]
+    assert not missing, f"docs/configuration.md does not document the config group(s) {missing}"
+    undocumented = [f"{g}={o}" for g, o in GROUP_OPTIONS if f"`{o}`" not in text]
+    assert not undocumented, f"docs/configuration.md does not document {undocumented}"
