@@ -2,8 +2,7 @@
 the Python backbone; every group is documented.
 
 Options are found by listing ``conf/<group>/*.yaml``, so a new config file is tested without
-touching this file. The penalty group is tested with the penalty itself (tests/test_penalty.py,
-tests/test_train.py).
+touching this file.
 """
 
 import inspect
@@ -13,17 +12,18 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ess_reg import RandomIndices
 from ess_reg.harness.app import CONFIG_DIR, compose_config, prepare
 from ess_reg.harness.build import MODEL_TARGETS, ConfigError
 from ess_reg.harness.run_probe import ProbeSettings
 from ess_reg.harness.settings import TrainerSettings
 from ess_reg.models import MIXERS
 from ess_reg.models.lm import LanguageModel
+from ess_reg.penalty import OBJECTIVES, Budget, ESSPenalty, Schedule, Target
 
 CONF = Path(CONFIG_DIR)
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 MODEL_BASE = CONF / "model" / "base" / "lm.yaml"
-NOT_HERE = {"penalty"}  # being redesigned; its own tests build every penalty option
 
 
 def groups() -> list[str]:
@@ -34,7 +34,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-GROUP_OPTIONS = [(g, o) for g in groups() if g not in NOT_HERE for o in options(g)]
+GROUP_OPTIONS = [(g, o) for g in groups() for o in options(g)]
 
 
 def cheap(tmp_path, *extra) -> list[str]:
@@ -122,6 +122,23 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
         for key, value in leaves(preset).items():  # every value the preset sets is the one that runs
             if not key.startswith(("tracking.", "trainer.checkpoint_dir", "trainer.device")):
                 assert OmegaConf.select(cfg, key) == value, key
+    elif group == "penalty":
+        preset = cfg.penalty
+        if preset._target_ is None:
+            assert plan.regularizer is None
+        else:  # every part built by Hydra, as the preset says
+            penalty = plan.regularizer
+            assert type(penalty).__name__ == preset._target_.rsplit(".", 1)[1]
+            assert penalty.schedule == Schedule(**{k: v for k, v in preset.schedule.items() if k != "_target_"})
+            assert penalty.budget == Budget(**{k: v for k, v in preset.budget.items() if k != "_target_"})
+            if isinstance(penalty, ESSPenalty):
+                assert penalty.measure_name == preset.measure and penalty.probe.kind == preset.kind
+                assert penalty.probe.indices == RandomIndices(preset.indices.count)
+                objective = preset.objective
+                assert penalty.objective == (Target(objective.value, objective.hinge, objective.squared)
+                                             if not isinstance(objective, str) else OBJECTIVES[objective]())
+            value = penalty(plan.probe.inputs, step=10_000)  # it acts on the model: a gradient path
+            assert value.requires_grad and torch.isfinite(value)
     else:
         pytest.fail(f"no check for config group {group!r}: add one to {Path(__file__).name}")
 
