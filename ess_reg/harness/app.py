@@ -29,11 +29,11 @@ from .build import ConfigError
 from .checkpoints import checkpoint_path
 from .plan import Plan, prepare
 from .process import JobTag, StopOnSignal, console_logging
-from .record import record_end, record_start
+from .record import record_end, record_start, run_status
 from .reporting import ess_figure, format_report
 from .runinfo import run_name
 from .settings import resolve_threads
-from .training import FitResult, TrainingDiverged, fit
+from .training import FitResult, fit
 
 __all__ = ["compose_config", "prepare", "run", "main", "ConfigError", "Plan"]
 
@@ -89,7 +89,7 @@ def run(cfg: DictConfig) -> FitResult:
     threads_before = torch.get_num_threads()
     torch.set_num_threads(resolve_threads(trainer.threads))
     try:
-        with StopOnSignal() as signals:
+        with StopOnSignal() as signals, run_status(tracker):
             record_start(tracker, plan)
             log.info("ess-train: %s -> MLflow run %s %r (%s, experiment %r)%s", config["model"]["mixer"],
                      tracker.run_id, name, t["uri"], t["experiment"],
@@ -105,27 +105,11 @@ def run(cfg: DictConfig) -> FitResult:
                 figures.append(ess_figure(reports, probe.thresholds, f"step {step}"))
                 tracker.log_image(figures[-1], "ess_vs_index", step)
 
-            try:
-                result = fit(plan.model, plan.task, plan.make_optimizer, trainer, probe, tracker,
-                             checkpoint_path=checkpoint_path(config["trainer"]["checkpoint_dir"], tracker.run_id),
-                             seed=config["seed"], config=config, resume_state=plan.resume_state,
-                             regularizer=plan.regularizer, on_evaluate=on_evaluate, stop=signals.reason)
-            except TrainingDiverged as err:
-                tracker.set_tags({"failure_reason": str(err)})
-                tracker.finish("FAILED")
-                log.error("ess-train: run %s FAILED: %s", tracker.run_id, err)
-                raise
-            except KeyboardInterrupt as err:
-                tracker.set_tags({"failure_reason": f"interrupted ({err or 'SIGINT'}); continue it with "
-                                                    f"trainer.resume={tracker.run_id}"})
-                tracker.finish("KILLED")
-                raise
-            except BaseException as err:
-                tracker.set_tags({"failure_reason": f"{type(err).__name__}: {err}"[:2000]})
-                tracker.finish("FAILED")
-                raise
+            result = fit(plan.model, plan.task, plan.make_optimizer, trainer, probe, tracker,
+                         checkpoint_path=checkpoint_path(config["trainer"]["checkpoint_dir"], tracker.run_id),
+                         seed=config["seed"], config=config, resume_state=plan.resume_state,
+                         regularizer=plan.regularizer, on_evaluate=on_evaluate, stop=signals.reason)
             record_end(tracker, plan, result, figures.pop() if figures else None)
-            tracker.finish("FINISHED")
     finally:
         torch.set_num_threads(threads_before)
         if job_tag is not None:

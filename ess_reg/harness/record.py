@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -11,9 +14,35 @@ from . import tracking
 from .plan import Plan
 from .reporting import ess_figure, ess_table
 from .runinfo import run_tags
-from .training import FitResult, layer_keys
+from .training import FitResult, TrainingDiverged, layer_keys
 
-__all__ = ["record_start", "record_end"]
+__all__ = ["record_start", "record_end", "run_status"]
+
+log = logging.getLogger("ess_reg")
+
+
+@contextmanager
+def run_status(tracker: tracking.Tracker) -> Iterator[None]:
+    """Close the run with the status that says how it ended, and why when it did not finish:
+    FINISHED; FAILED with the reason (a diverged loss, any error); KILLED on an interrupt, with
+    the command that continues it."""
+    try:
+        yield
+    except TrainingDiverged as err:
+        tracker.set_tags({"failure_reason": str(err)})
+        tracker.finish("FAILED")
+        log.error("ess-train: run %s FAILED: %s", tracker.run_id, err)
+        raise
+    except KeyboardInterrupt as err:
+        tracker.set_tags({"failure_reason": f"interrupted ({err or 'SIGINT'}); continue it with "
+                                            f"trainer.resume={tracker.run_id}"})
+        tracker.finish("KILLED")
+        raise
+    except BaseException as err:
+        tracker.set_tags({"failure_reason": f"{type(err).__name__}: {err}"[:2000]})
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
 
 
 def record_start(tracker: tracking.Tracker, plan: Plan) -> None:

@@ -324,3 +324,21 @@ def child_runs(uri: str, parent_run_id: str) -> list:
     runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                               max_results=5000)
     return sorted(runs, key=lambda r: r.info.start_time)
+
+
+def experiment_runs(uri: str, experiment: str) -> list:
+    """Every run of the experiment named ``experiment``, oldest first; a missing experiment is
+    an error naming the ones there are."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ValueError(f"no experiment {experiment!r} in {uri}; there are {names}")
+    runs = client.search_runs([found.experiment_id], max_results=50000)
+    return sorted(runs, key=lambda r: r.info.start_time)
+
+
+def first_metric(uri: str, run_id: str, key: str) -> float | None:
+    """The value of metric ``key`` at its first logged step (at initialization), or ``None``."""
+    history = MlflowClient(uri).get_metric_history(run_id, key)
+    return min(history, key=lambda m: (m.step, m.timestamp)).value if history else None
