@@ -28,11 +28,32 @@ MIXERS: dict[str, type[Mixer]] = {
 }
 
 
-def build_mixer(name: str, d_model: int, **kwargs) -> Mixer:
-    """A mixer by registry name, e.g. ``build_mixer("gla", 64, num_heads=2)``."""
+def build_mixer(name: str, d_model: int, state_size: int | None = None, **kwargs) -> Mixer:
+    """A mixer by registry name, e.g. ``build_mixer("gla", 64, num_heads=2)``.
+
+    ``state_size``: the TSS per value channel, set through the mixer's own knob
+    (:meth:`Mixer.state_kwargs`); giving that knob in ``kwargs`` too is an error unless they agree.
+    """
     if name not in MIXERS:
         raise ValueError(f"unknown mixer {name!r}; choose one of {sorted(MIXERS)}")
+    if state_size is not None:
+        knob = state_kwargs(name, state_size, **kwargs)
+        clash = {k: (kwargs[k], v) for k, v in knob.items() if k in kwargs and kwargs[k] != v}
+        if clash:
+            raise ValueError(f"state_size={state_size} sets {', '.join(f'{k}={v}' for k, (_, v) in clash.items())} "
+                             f"of {name}, but it is also given as {', '.join(f'{k}={a}' for k, (a, _) in clash.items())}")
+        kwargs = {**kwargs, **knob}
     return MIXERS[name](d_model, **kwargs)
 
 
-__all__ = ["MIXERS", "Mixer", "MixerTrace", "build_mixer", *(cls.__name__ for cls in MIXERS.values())]
+def state_kwargs(name: str, state_size: int, **kwargs) -> dict:
+    """The knob (``{"feature_dim": 8}``, ``{"d_state": 8}``, ``{"window": 9}``...) that gives
+    mixer ``name`` a TSS of ``state_size`` per value channel, given its other kwargs."""
+    if name not in MIXERS:
+        raise ValueError(f"unknown mixer {name!r}; choose one of {sorted(MIXERS)}")
+    if isinstance(state_size, bool) or not isinstance(state_size, int) or state_size < 1:
+        raise ValueError(f"state_size must be a positive int, got {state_size!r}")
+    return MIXERS[name].state_kwargs(state_size, **kwargs)
+
+
+__all__ = ["MIXERS", "Mixer", "MixerTrace", "build_mixer", "state_kwargs", *(cls.__name__ for cls in MIXERS.values())]

@@ -54,6 +54,15 @@ class Mixer(nn.Module):
     def state_size(self) -> StateSize:
         raise NotImplementedError
 
+    @classmethod
+    def state_kwargs(cls, state_size: int, **kwargs) -> dict:
+        """The constructor arguments that give this mixer a TSS of ``state_size`` per value
+        channel, given its other ``kwargs``: one knob for state size across the zoo (each mixer
+        names its own: ``feature_dim``, ``d_state``, ``window``). Mixers whose state grows with
+        the sequence have none."""
+        raise ValueError(f"{cls.__name__}'s state grows with the sequence (TSS min(i, L - i)): "
+                         "it has no state-size knob; leave state_size unset")
+
     @property
     def value_channels(self) -> int:
         """Value channels the layer runs, each with ``state_size()``: the TSS total's weight."""

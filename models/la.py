@@ -73,6 +73,19 @@ class LinearAttention(Mixer):
     def feature_size(self) -> int:
         return feature_size(self.feature_map, self.feature_dim)
 
+    @classmethod
+    def state_kwargs(cls, state_size: int, **kwargs) -> dict:
+        """``feature_dim`` whose feature map yields ``state_size`` features (TSS)."""
+        check_positive("state_size", state_size)
+        feature_map = kwargs.get("feature_map", "identity")
+        sizes = {d: feature_size(feature_map, d) for d in range(1, state_size + 1)}
+        dims = [d for d, n in sizes.items() if n == state_size]
+        if not dims:
+            reachable = sorted(n for n in set(sizes.values()) if n <= state_size)[-4:]
+            raise ValueError(f"state_size={state_size} is not a feature size of the {feature_map!r} feature map; "
+                             f"the nearest below are {reachable}")
+        return {"feature_dim": dims[0]}
+
     def log_decay(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Per-step log-decays ``(B, H, L, N)``; none for plain linear attention."""
         return x.new_zeros(()).expand(shape)

@@ -63,6 +63,7 @@ class LanguageModel(nn.Module):
         max_len: int | None = None,
         mlp_ratio: int = 0,
         short_conv: int = 4,
+        state_size: int | None = None,
     ):
         """``vocab_size`` tokens in and out; ``n_layers`` blocks of width ``d_model``, each around
         ``build_mixer(mixer, d_model, **mixer_kwargs)``.
@@ -71,6 +72,8 @@ class LanguageModel(nn.Module):
         ``mlp_ratio``: hidden width of an MLP after each mixer, in units of ``d_model`` (0: no
         MLP). ``short_conv``: kernel size of a depthwise causal conv before each mixer, the
         "Based recipe" that makes local token shifts cheap (0: off). Both must be >= 0.
+        ``state_size``: the mixer's TSS per value channel through its own knob
+        (``feature_dim``, ``d_state``, ``window``; see ``build_mixer``); None: the mixer's kwargs decide.
         """
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers)):
@@ -81,7 +84,7 @@ class LanguageModel(nn.Module):
         self.embedding = nn.Embedding(vocab_size, d_model)
         self.positions = nn.Embedding(max_len, d_model) if max_len else None
         self.blocks = nn.ModuleList(
-            Block(d_model, build_mixer(mixer, d_model, **dict(mixer_kwargs or {})), mlp_ratio, short_conv)
+            Block(d_model, build_mixer(mixer, d_model, state_size, **dict(mixer_kwargs or {})), mlp_ratio, short_conv)
             for _ in range(n_layers)
         )
         self.norm = RMSNorm(d_model)

@@ -64,3 +64,8 @@ class DiagonalSSM(Mixer):
 
     def state_size(self) -> int:
         return self.d_state
+
+    @classmethod
+    def state_kwargs(cls, state_size: int, **kwargs) -> dict:
+        check_positive("state_size", state_size)
+        return {"d_state": state_size}

@@ -109,6 +109,11 @@ class SelectiveSSM(Mixer):
     def state_size(self) -> int:
         return self.d_state
 
+    @classmethod
+    def state_kwargs(cls, state_size: int, **kwargs) -> dict:
+        check_positive("state_size", state_size)
+        return {"d_state": state_size}
+
     @property
     def value_channels(self) -> int:
         return self.d_inner

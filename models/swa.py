@@ -62,3 +62,9 @@ class SlidingWindowAttention(SoftmaxAttention):
 
     def state_size(self):
         return self.window - 1
+
+    @classmethod
+    def state_kwargs(cls, state_size: int, **kwargs) -> dict:
+        """A window of ``state_size + 1``: the cache carried between steps holds ``window - 1`` tokens."""
+        check_positive("state_size", state_size)
+        return {"window": state_size + 1}

@@ -20,7 +20,7 @@ from ..tasks import TASKS, Task
 from .run_probe import ProbeSettings, RunProbe
 from .settings import TrainerSettings
 
-__all__ = ["ConfigError", "MODEL_TARGETS", "TASK_TARGETS", "build_task", "build_model", "trainer_settings",
+__all__ = ["with_state_size", "ConfigError", "MODEL_TARGETS", "TASK_TARGETS", "build_task", "build_model", "trainer_settings",
            "probe_settings", "with_chosen_init", "initial_model"]
 
 log = logging.getLogger("ess_reg")
@@ -96,6 +96,25 @@ def probe_settings(node: Mapping) -> ProbeSettings:
     except (TypeError, ValueError, KeyError) as err:
         message = f"probe.{err.args[0]} is missing" if isinstance(err, KeyError) else str(err)
         raise ConfigError(message if message.startswith("probe.") else f"probe: {message}") from None
+
+
+def with_state_size(config: Mapping) -> dict:
+    """``config`` with ``model.state_size``, when set, written into the mixer's own knob in
+    ``model.mixer_kwargs`` (``feature_dim``, ``d_state``, ``window``), replacing the model
+    option's value: one sweep key sizes every mixer, and the logged config says what was built."""
+    model = config.get("model") or {}
+    if model.get("state_size") is None:
+        return dict(config)
+    from ..models import state_kwargs
+
+    kwargs = dict(model.get("mixer_kwargs") or {})
+    try:
+        knob = state_kwargs(model["mixer"], model["state_size"], **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model.state_size: {err}") from None
+    out = copy.deepcopy(dict(config))
+    out["model"] = {**out["model"], "mixer_kwargs": {**kwargs, **knob}}
+    return out
 
 
 def with_chosen_init(config: Mapping, chosen: Mapping) -> dict:

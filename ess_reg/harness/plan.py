@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..tasks import Task
 from . import tracking
-from .build import ConfigError, build_task, initial_model, probe_settings, trainer_settings
+from .build import ConfigError, build_task, initial_model, probe_settings, trainer_settings, with_state_size
 from .checkpoints import check_resume
 from .run_probe import RunProbe
 from .settings import TrainerSettings, resolve_device
@@ -96,6 +96,7 @@ def prepare(cfg: DictConfig) -> Plan:
         config = OmegaConf.to_container(cfg, resolve=True)
     except Exception as err:
         raise ConfigError(f"config: {err}") from None
+    config = with_state_size(config)
     trainer = trainer_settings(config["trainer"])
     probe_config = probe_settings(config["probe"])
     try:
