@@ -1,27 +1,36 @@
 """ESS speed: the state-space fast path and the batched dense path against the per-index loop.
 
-Every ratio is measured side by side in one run on one machine:
+Every ratio is measured in one run on one machine, each side timed on its own:
 
 * fast vs loop: entropy-ESS at every index 1..L-1 of one random StateSpaceOperator
   (N=16, 8 channels, float64, decays log-uniform in [-20, -1e-4] per step), fast path
-  (``method="state_space"``) against one SVD per index of the materialized T (``method="loop"``);
-  also the max |difference| of the two entropy-ESS tensors.
-* dense batched vs loop at the smallest length: ``method="dense"`` against ``method="loop"``.
+  (``method="state_space"``, best of ``--repeats`` after a warm-up) against one SVD per index of
+  the materialized T (``method="loop"``, best of ``--loop-repeats``, one by default: it takes
+  minutes at L=1024); also the fast path's forward+backward time and the max |difference| of the
+  two entropy-ESS tensors.
+* dense batched vs loop at the smallest length: ``method="dense"`` against the same loop timing.
+  The dense path spreads the per-index SVDs over ``--threads`` workers: on one thread it does
+  the loop's work.
 
-Usage: python bench/ess_speed.py [--lengths 256 512 1024] [--repeats 3]
-The loop at L=1024 takes a few minutes on a 2-core CPU.
+Every path runs once on a small operator first, so that no timing pays for first-call start-up.
+
+Usage: python bench/ess_speed.py [--lengths 256 512 1024] [--repeats 3] [--loop-repeats 1] [--threads N]
+The loop costs O(L^4): seconds at L=512, minutes at L=1024 on one thread of a 2-core CPU. With
+more threads than free cores (a shared machine) it runs many times slower.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import time
 
 import torch
 
-from common import cpu_name
+from common import Results, add_common_args, best_of, machine_line, setup
 from ess_reg import StateSpaceOperator, entropy_ess
+
+SUMMARY = ("Entropy-ESS at every index of a random state-space operator (N=16, 8 channels, float64): "
+           "the state-space fast path against one SVD per index of the materialized operator (the loop), "
+           "and the batched dense path against the loop.")
 
 
 def make_operator(length: int, state: int, channels: int, seed: int = 0) -> StateSpaceOperator:
@@ -33,64 +42,69 @@ def make_operator(length: int, state: int, channels: int, seed: int = 0) -> Stat
     return StateSpaceOperator(log_decay, B, C)
 
 
-def best_time(fn, repeats: int) -> tuple[float, torch.Tensor]:
-    out, best = None, float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
-
-
-def machine() -> str:
-    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--state", type=int, default=16)
     parser.add_argument("--channels", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3, help="timing repeats of the fast paths (best is kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls of the fast paths (best is kept)")
+    parser.add_argument("--loop-repeats", type=int, default=1, help="timed calls of the loop (best is kept)")
+    add_common_args(parser)
     args = parser.parse_args()
-    print(f"machine: {machine()}")
-    print(f"N={args.state}, {args.channels} channels, float64, entropy-ESS at every index 1..L-1\n")
+    setup(args)
+    results = Results("ess_speed", SUMMARY, {"lengths": args.lengths, "state": args.state,
+                                             "channels": args.channels, "repeats": args.repeats,
+                                             "loop_repeats": args.loop_repeats})
+    print(f"machine: {machine_line()}")
+    results.describe(f"N={args.state}, {args.channels} channels, float64, entropy-ESS at every index 1..L-1; "
+          f"fast paths best of {args.repeats}, loop best of {args.loop_repeats}")
 
     # Warm up every path once (first-call allocations and thread start-up are not what we measure).
     warm = make_operator(64, args.state, 2)
     for method in ("loop", "dense", "state_space"):
         entropy_ess(warm, method=method)
 
-    rows = []
-    print(f"{'L':>6} {'loop s':>9} {'fast s':>9} {'fast/loop speedup':>18} {'fast fwd+bwd s':>15} {'max |dESS|':>11}")
+    fast_table = results.table(["L", "loop s", "fast s", "fast/loop speedup", "fast fwd+bwd s", "max |dESS|"],
+                               title="state-space fast path vs the per-index loop", key=["fast/loop speedup"],
+                               widths=[6, 9, 9, 18, 15, 11])
+    loops = {}
     for length in args.lengths:
         op = make_operator(length, args.state, args.channels)
         T = op.materialize()  # outside the loop's timing: the baseline is only its SVDs
-        loop_s, loop_ess = best_time(lambda: entropy_ess(T, method="loop"), 1)
-        fast_s, fast_ess = best_time(lambda: entropy_ess(op, method="state_space"), args.repeats)
+        loop = best_of(lambda: entropy_ess(T, method="loop"), args.loop_repeats, warmup=0)
+        fast = best_of(lambda: entropy_ess(op, method="state_space"), args.repeats, warmup=1)
 
         def fast_backward():
             leaf = op.B.detach().requires_grad_()
             entropy_ess(StateSpaceOperator(op.log_decay, leaf, op.C)).sum().backward()
             return leaf.grad
 
-        grad_s, _ = best_time(fast_backward, args.repeats)
-        diff = (fast_ess - loop_ess).abs().max().item()
-        rows.append((length, loop_s, fast_s))
-        print(f"{length:>6} {loop_s:>9.2f} {fast_s:>9.3f} {loop_s / fast_s:>17.0f}x {grad_s:>15.3f} {diff:>11.1e}")
+        grad = best_of(fast_backward, args.repeats, warmup=1)
+        diff = (fast.result - loop.result).abs().max().item()
+        loops[length] = (T, loop)
+        fast_table.add(str(length), f"{loop.best:.2f}", f"{fast.best:.3f}", f"{loop.best / fast.best:.0f}x",
+                       f"{grad.best:.3f}", f"{diff:.1e}", length=length, loop_s=loop.best, fast_s=fast.best,
+                       fast_fwd_bwd_s=grad.best, max_diff=diff)
+    rows = fast_table.data
     if len(rows) > 1:
-        (l0, a0, b0), (l1, a1, b1) = rows[0], rows[-1]
-        growth = (a1 / b1) / (a0 / b0)
-        print(f"\nspeedup grows {growth:.1f}x from L={l0} to L={l1} ({l1 / l0:.0f}x longer)")
+        first, last = rows[0], rows[-1]
+        growth = (last["loop_s"] / last["fast_s"]) / (first["loop_s"] / first["fast_s"])
+        results.note(f"speedup grows {growth:.1f}x from L={first['length']} to L={last['length']} "
+                     f"({last['length'] / first['length']:.0f}x longer)")
 
     length = args.lengths[0]
-    op = make_operator(length, args.state, args.channels)
-    T = op.materialize()
-    loop_s, loop_ess = best_time(lambda: entropy_ess(T, method="loop"), args.repeats)
-    dense_s, dense_ess = best_time(lambda: entropy_ess(T, method="dense"), args.repeats)
-    diff = (dense_ess - loop_ess).abs().max().item()
-    print(f"\ndense batched vs loop at L={length} (materialized T): loop {loop_s:.2f} s, dense {dense_s:.2f} s, "
-          f"loop/dense = {loop_s / dense_s:.2f}x, max |dESS| = {diff:.1e}")
+    T, loop = loops[length]
+    dense = best_of(lambda: entropy_ess(T, method="dense"), args.repeats, warmup=1)
+    diff = (dense.result - loop.result).abs().max().item()
+    dense_table = results.table(["L", "loop s", "dense s", "loop/dense speedup", "max |dESS|"],
+                                title="dense batched vs the per-index loop (materialized T)",
+                                key=["loop/dense speedup"], widths=[6, 9, 9, 19, 11])
+    dense_table.add(str(length), f"{loop.best:.2f}", f"{dense.best:.2f}", f"{loop.best / dense.best:.2f}x",
+                    f"{diff:.1e}", length=length, loop_s=loop.best, dense_s=dense.best, max_diff=diff)
+    threads = torch.get_num_threads()
+    results.note(f"the dense path spreads the per-index SVDs over the torch threads ({threads} here)"
+                 + (": on one thread it does the loop's work" if threads == 1 else ""))
+    results.write(args.json)
 
 
 if __name__ == "__main__":

@@ -27,35 +27,30 @@ charged to no case; that call's growth is the fixed constant reported under the 
 measured growth includes the returned spectra (16 indices: under 0.1 MiB).
 
 Usage: python bench/memory.py [--lengths 512 1024 2048] [--budgets 16 64 256] [--kinds ...]
-       [--channels 4] [--threads 1]
-Peak use of the whole run is about 0.3 GiB (ssm-dense at L=2048 once took about 1 GiB per channel).
+       [--channels 4] [--threads 1]   (--threads: torch threads per worker, default 1)
+Peak use of the whole run is about 0.3 GiB.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import datetime
 import gc
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
-import time
 
-from common import cpu_name
+from common import Results, add_common_args, best_of, machine_line, setup
 
 KINDS = ("dense", "dense-bf16", "ssm-dense", "ssm")
 STATE = 16
 NUM_INDICES = 16
 WARMUP_LENGTH = 256  # large enough for LAPACK's blocked code paths (paged in once per process)
 MiB = 2**20
-
-
-def machine() -> str:
-    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+SUMMARY = ("Peak memory growth of building an operator / its input tensors, and of hankel_svdvals at 16 indices "
+           "/ its memory_budget (the goal: at most 1.25), float32 on CPU, each case in a fresh process.")
 
 
 class PeakMeter:
@@ -151,13 +146,13 @@ def measure(kind: str, length: int, budget: int, channels: int, threads: int) ->
         build_growth = meter.growth()
 
         meter.start()
-        start = time.perf_counter()
-        try:
-            sigma = hankel_svdvals(op, indices, method=method, memory_budget=budget)
+        try:  # one call: its peak is the measurement (a repeat would find the memory freed by the first)
+            timing = best_of(lambda: hankel_svdvals(op, indices, method=method, memory_budget=budget),
+                             repeats=1, warmup=0)
         except ValueError as err:  # a budget too small for one block: refused up front
             return {"refused": str(err), "input_bytes": sum(t.numel() * t.element_size() for t in inputs),
                     "build_bytes": build_growth, "warmup_bytes": warmup, "exact": meter.exact}
-        seconds = time.perf_counter() - start
+        sigma, seconds = timing.result, timing.best
         spectra_growth = meter.growth()
     return {
         "input_bytes": sum(t.numel() * t.element_size() for t in inputs),
@@ -177,25 +172,24 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[16, 64, 256], help="memory_budget values, MiB")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--channels", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (and SVD workers) per worker")
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "L", "BUDGET"), help=argparse.SUPPRESS)
+    add_common_args(parser, threads=1)  # torch threads (and SVD workers) per worker
     args = parser.parse_args()
     if args.worker:
         kind, length, budget = args.worker[0], int(args.worker[1]), int(args.worker[2])
         print(json.dumps(measure(kind, length, budget, args.channels, args.threads)))
         return
 
-    import torch
-
-    print(f"machine: {machine()}")
-    print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, torch {torch.__version__}, "
-          f"{args.threads} thread(s) per worker")
-    print(f"float32 (dense-bf16: bfloat16 T), {args.channels} channels, N={STATE}, "
-          f"{NUM_INDICES} evenly spaced indices, each case in a fresh process\n")
-    header = (f"{'kind':<11} {'L':>5} {'input MiB':>9} {'build MiB':>9} {'build/input':>11} "
-              f"{'budget MiB':>10} {'spectra MiB':>11} {'/budget':>8} {'seconds':>8}")
-    print(header)
-    results, refusals = [], []
+    setup(args)
+    results = Results("memory", SUMMARY, {"lengths": args.lengths, "budgets_mib": args.budgets, "kinds": args.kinds,
+                                          "channels": args.channels, "state": STATE, "indices": NUM_INDICES})
+    print(f"machine: {machine_line()}")
+    results.describe(f"float32 (dense-bf16: bfloat16 T), {args.channels} channels, N={STATE}, "
+          f"{NUM_INDICES} evenly spaced indices, each case in a fresh process with {args.threads} thread(s)")
+    table = results.table(["kind", "L", "input MiB", "build MiB", "build/input", "budget MiB", "spectra MiB",
+                           "/budget", "seconds"], key=["build/input", "/budget"],
+                          widths=[11, 5, 9, 9, 11, 10, 11, 8, 8])
+    measured, refusals = [], []
     for kind in args.kinds:
         for length in args.lengths:
             for budget_mib in args.budgets:
@@ -203,35 +197,41 @@ def main() -> None:
                        "--channels", str(args.channels), "--threads", str(args.threads)]
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode:
-                    print(f"{kind} at L={length}, budget {budget_mib} MiB failed:\n{out.stderr[-2000:]}")
+                    results.note(f"{kind} at L={length}, budget {budget_mib} MiB failed: "
+                                 f"{out.stderr.strip().splitlines()[-1:]}")
+                    print(out.stderr[-2000:], file=sys.stderr)
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 r.update(kind=kind, length=length, budget=budget_mib * MiB)
-                line = (f"{kind:<11} {length:>5} {r['input_bytes'] / MiB:>9.1f} {r['build_bytes'] / MiB:>9.1f} "
-                        f"{r['build_bytes'] / r['input_bytes']:>10.2f}x {budget_mib:>10} ")
+                measured.append(r)
+                cells = [kind, str(length), f"{r['input_bytes'] / MiB:.1f}", f"{r['build_bytes'] / MiB:.1f}",
+                         f"{r['build_bytes'] / r['input_bytes']:.2f}x", str(budget_mib)]
                 if "refused" in r:
                     refusals.append(r)
-                    print(line + f"{'refused':>11} {'-':>8} {'-':>8}", flush=True)
-                    continue
-                results.append(r)
-                print(line + f"{r['spectra_bytes'] / MiB:>11.1f} {r['spectra_bytes'] / r['budget']:>7.2f}x "
-                      f"{r['seconds']:>8.2f}", flush=True)
-    measured = results + refusals
+                    cells += ["refused", "-", "-"]
+                else:
+                    cells += [f"{r['spectra_bytes'] / MiB:.1f}", f"{r['spectra_bytes'] / r['budget']:.2f}x",
+                              f"{r['seconds']:.2f}"]
+                table.add(*cells, **r)
     if not measured:
+        results.write(args.json)
         return
-    print(f"\npeak measured as {'VmHWM after a reset (exact)' if all(r['exact'] for r in measured) else 'ru_maxrss'}")
-    print(f"fixed constant (growth of each worker's first call, L={WARMUP_LENGTH}, charged to no case; mostly "
-          "library code paged in): " + ", ".join(
-              f"{kind} {min(r['warmup_bytes'] for r in measured if r['kind'] == kind) / MiB:.1f}-"
-              f"{max(r['warmup_bytes'] for r in measured if r['kind'] == kind) / MiB:.1f} MiB"
-              for kind in args.kinds if any(r["kind"] == kind for r in measured)))
+    print()
+    results.note(f"peak measured as {'VmHWM after a reset (exact)' if all(r['exact'] for r in measured) else 'ru_maxrss'}")
+    results.note(f"fixed constant (growth of each worker's first call, L={WARMUP_LENGTH}, charged to no case; mostly "
+                 "library code paged in): " + ", ".join(
+                     f"{kind} {min(r['warmup_bytes'] for r in measured if r['kind'] == kind) / MiB:.1f}-"
+                     f"{max(r['warmup_bytes'] for r in measured if r['kind'] == kind) / MiB:.1f} MiB"
+                     for kind in args.kinds if any(r["kind"] == kind for r in measured)))
     for r in refusals:
-        print(f"refused: {r['kind']}, L={r['length']}, budget {r['budget'] // MiB} MiB: {r['refused']}")
-    if results:
-        worst = max(results, key=lambda r: r["spectra_bytes"] / r["budget"])
-        print(f"worst spectra/budget: {worst['spectra_bytes'] / worst['budget']:.2f}x "
-              f"({worst['kind']}, L={worst['length']}, budget {worst['budget'] // MiB} MiB); "
-              f"largest process peak: {max(r['max_rss_bytes'] for r in results) / MiB:.0f} MiB")
+        results.note(f"refused: {r['kind']}, L={r['length']}, budget {r['budget'] // MiB} MiB: {r['refused']}")
+    done = [r for r in measured if "refused" not in r]
+    if done:
+        worst = max(done, key=lambda r: r["spectra_bytes"] / r["budget"])
+        results.note(f"worst spectra/budget: {worst['spectra_bytes'] / worst['budget']:.2f}x "
+                     f"({worst['kind']}, L={worst['length']}, budget {worst['budget'] // MiB} MiB); "
+                     f"largest process peak: {max(r['max_rss_bytes'] for r in done) / MiB:.0f} MiB")
+    results.write(args.json)
 
 
 if __name__ == "__main__":

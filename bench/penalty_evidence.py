@@ -7,8 +7,10 @@
    ESS/reach at init, then trained for the same short budget: the Spearman correlation between the
    ESS score at init and the final accuracy.
 
+A study (tens of minutes), not a benchmark: bench/report.py runs it only with ``--only penalty_evidence``.
+
 Usage: python bench/penalty_evidence.py [--seeds 3] [--steps 800] [--init-steps 400] [--part 1|2|all]
-       [--penalties none decay_identity ess_max ess_max:0.01 ...]
+       [--penalties none decay_identity ess_max ess_max:0.01 ...] [--threads N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from __future__ import annotations
 import argparse
 import statistics
 
-import torch
 from hydra.utils import instantiate
 
-from ess_reg.init_search import select_init
+from common import Results, add_common_args, machine_line, setup
 from ess_reg.harness.app import compose_config, run
 from ess_reg.indices import EvenIndices
+from ess_reg.init_search import select_init
+
+SUMMARY = ("ESS as training signal: final accuracy and ESS of gla with a small state under each regularizer "
+           "(mean +- sample standard deviation over seeds), and the rank correlation between the ESS score "
+           "of an initialization and the accuracy it trains to.")
 
 HARD = ["model=gla", "model.mixer_kwargs.feature_dim=8", "task.num_kv_pairs=12", "task.seq_len=64",
         "task.vocab_size=256", "tracking.experiment=penalty-evidence", "trainer.progress=false"]
@@ -37,21 +43,22 @@ def layer_means(result):
             sum(r.ess_per_item for r in reports) / len(reports))
 
 
-def regularizers(seeds: int, steps: int, penalties: list[str]) -> None:
-    print(f"gla, feature_dim 8 (TSS 8 per value channel), MQAR kv=12, L=64, V=256, {steps} steps, {seeds} seeds")
-    print(f"{'penalty':<20} {'accuracy':>16} {'ESS/reach':>16} {'ESS/kv':>16}")
+def regularizers(results: Results, seeds: int, steps: int, penalties: list[str], threads: int) -> None:
+    table = results.table(["penalty", "accuracy", "ESS/reach", "ESS/kv"], key=["accuracy", "ESS/reach"],
+                          title=f"gla, feature_dim 8 (TSS 8 per value channel), MQAR kv=12, L=64, V=256, "
+                                f"{steps} steps, {seeds} seeds", widths=[20, 16, 16, 16])
     for spec in penalties:
         penalty, _, weight = spec.partition(":")  # e.g. "ess_max:0.01" sets penalty.schedule.weight
         extra = [f"penalty.schedule.weight={weight}"] if weight else []
         acc, util, per_kv = [], [], []
         for seed in range(seeds):
-            tag = spec.replace(":", "-w")
-            cfg = compose_config([*HARD, f"penalty={penalty}", *extra, f"seed={seed}", f"trainer.max_steps={steps}"])
+            cfg = compose_config([*HARD, f"penalty={penalty}", *extra, f"seed={seed}", f"trainer.max_steps={steps}",
+                                  f"trainer.threads={threads}"])
             result = run(cfg)
             u, k = layer_means(result)
             acc.append(result.metrics["valid/accuracy"]), util.append(u), per_kv.append(k)
         cells = [f"{m:.3f} +- {s:.3f}" for m, s in (mean_spread(acc), mean_spread(util), mean_spread(per_kv))]
-        print(f"{spec:<20} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16}", flush=True)
+        table.add(spec, *cells, penalty=spec, accuracy=acc, ess_per_reach=util, ess_per_kv=per_kv)
 
 
 def spearman(a, b) -> float:
@@ -67,7 +74,7 @@ def spearman(a, b) -> float:
     return cov / (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
 
 
-def init_search(steps: int) -> None:
+def init_search(results: Results, steps: int, threads: int) -> None:
     normalizers = [1, 4, 16, 64]
     candidates = [{"seed": s, "gate_normalizer": g} for s in (0, 1) for g in normalizers]
     base = compose_config([*HARD, f"trainer.max_steps={steps}"])
@@ -81,15 +88,16 @@ def init_search(steps: int) -> None:
                          context_end=task.context_end, items_to_recall=task.items_to_recall)
     accuracies = []
     for c in candidates:
-        cfg = compose_config([*HARD, f"trainer.max_steps={steps}", f"seed={c['seed']}",
-                           f"model.mixer_kwargs.gate_normalizer={c['gate_normalizer']}"])
+        cfg = compose_config([*HARD, f"trainer.max_steps={steps}", f"seed={c['seed']}", f"trainer.threads={threads}",
+                              f"model.mixer_kwargs.gate_normalizer={c['gate_normalizer']}"])
         accuracies.append(run(cfg).accuracy)
-    print(f"\ninit search: K={len(candidates)} gla candidates (seed x gate_normalizer), {steps} steps each")
-    print(f"{'candidate':<36} {'ESS/reach at init':>16} {'final accuracy':>15}")
+    table = results.table(["candidate", "ESS/reach at init", "final accuracy"],
+                          title=f"init search: K={len(candidates)} gla candidates (seed x gate_normalizer), "
+                                f"{steps} steps each", widths=[36, 17, 15])
     for c, s, a in zip(candidates, search.scores, accuracies):
-        print(f"{str(c):<36} {s:>16.3f} {a:>15.3f}")
-    print(f"Spearman(ESS/reach at init, final accuracy) = {spearman(search.scores, accuracies):.2f}; "
-          f"select_init chose {search.candidate}")
+        table.add(str(c), f"{s:.3f}", f"{a:.3f}", candidate=c, score=s, accuracy=a)
+    results.note(f"Spearman(ESS/reach at init, final accuracy) = {spearman(search.scores, accuracies):.2f}; "
+                 f"select_init chose {search.candidate}")
 
 
 def main() -> None:
@@ -101,11 +109,18 @@ def main() -> None:
     parser.add_argument("--penalties", nargs="+", default=["none", "decay_identity", "ess_max", "ess_max:0.01",
                                                            "ess_max:0.001"],
                         help="penalty configs, optionally with a weight: name[:weight]")
+    add_common_args(parser)
     args = parser.parse_args()
+    setup(args)
+    results = Results("penalty_evidence", SUMMARY, {"seeds": args.seeds, "steps": args.steps,
+                                                    "init_steps": args.init_steps, "part": args.part,
+                                                    "penalties": args.penalties})
+    print(f"machine: {machine_line()}")
     if args.part in ("1", "all"):
-        regularizers(args.seeds, args.steps, args.penalties)
+        regularizers(results, args.seeds, args.steps, args.penalties, args.threads)
     if args.part in ("2", "all"):
-        init_search(args.init_steps)
+        init_search(results, args.init_steps, args.threads)
+    results.write(args.json)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ import types
 import pytest
 import torch
 
-from ess_reg import (DenseOperator, LayerESS, StateSpaceOperator, average_ess, entropy_ess, entropy_ess_from_svdvals,
-                     hankel_svdvals, layer_ess, soft_tolerance_ess, soft_tolerance_ess_from_svdvals, total_ess)
-from ess_reg.diagnose import growing_state_size, reachable_state, tss_at, utilization
-from ess_reg.diagnose import diagnose as diagnose_reports
-from ess_reg.diagnose import model_summary
+from ess_reg import (DenseOperator, LayerESS, average_ess, entropy_ess, entropy_ess_from_svdvals, hankel_svdvals,
+                     layer_ess, soft_tolerance_ess, soft_tolerance_ess_from_svdvals, total_ess)
+from ess_reg.diagnosis import growing_state_size, reachable_state, tss_at, utilization
+from ess_reg.diagnosis import diagnose as diagnose_reports
+from ess_reg.diagnosis import model_summary
 from ess_reg.init_search import select_init
 from ess_reg.indices import EvenIndices, RandomIndices
 from ess_reg.penalty import Budget, DecayIdentityPenalty, ESSPenalty, Schedule, Target
@@ -23,22 +23,20 @@ from ess_reg.probe import Adapter, capture_operators, ess_layers, measure, regis
 from ess_reg.kernels.scan import scan_apply
 from ess_reg.spectra import resolve_indices
 from ess_reg.tasks import MQAR, Compression, SelectiveCopy
-from ess_reg.models.lm import LanguageModel
+
+from factories import lm, random_causal, random_state_space
+from factories import tokens as token_batch
 
 L = 8
 NAN, INF = float("nan"), float("inf")
 
 
 def dense():
-    return torch.tril(torch.randn(2, 3, L, L, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    return random_causal(2, 3, L, L, seed=0)
 
 
 def ssm():
-    g = torch.Generator().manual_seed(1)
-    shape = (2, 3, L, 4)
-    return StateSpaceOperator(-torch.rand(*shape, generator=g, dtype=torch.float64),
-                              torch.randn(*shape, generator=g, dtype=torch.float64),
-                              torch.randn(*shape, generator=g, dtype=torch.float64))
+    return random_state_space((2, 3), L, 4, seed=1)
 
 
 def nan_operator():
@@ -53,12 +51,11 @@ def sigma():
 
 @functools.cache
 def model():
-    torch.manual_seed(0)
-    return LanguageModel(32, 16, 1, "gla", {"num_heads": 2, "feature_dim": 8})
+    return lm("gla", n_layers=1)
 
 
 def tokens():
-    return torch.randint(0, 32, (2, 12), generator=torch.Generator().manual_seed(3))
+    return token_batch(seed=3, batch=2, length=12)
 
 
 def task_info(context_end=4, items_to_recall=2):
@@ -159,7 +156,7 @@ CASES = {
     "StateSpaceOperator.apply-chunk_size=inf": ("chunk_size", lambda: ssm().apply(torch.ones(L, 2), chunk_size=INF)),
     "StateSpaceOperator.apply-chunk_size=bool": ("chunk_size", lambda: ssm().apply(torch.ones(L, 2), chunk_size=True)),
     "scan_apply-v=list": ("v", lambda: scan_apply(*ssm().factors(), [[1.0]])),
-    # ---- diagnose (ess_reg/diagnose.py)
+    # ---- diagnose (ess_reg/diagnosis.py)
     "growing_state_size-indices=0": ("indices", lambda: growing_state_size(torch.tensor([0, 2]), L)),
     "growing_state_size-indices=float_tensor": ("indices", lambda: growing_state_size(torch.tensor([1.0]), L)),
     "growing_state_size-seq_len=nan": ("seq_len", lambda: growing_state_size(torch.tensor([1, 2]), NAN)),

@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 
@@ -18,7 +16,7 @@ from ess_reg import (
     total_ess,
 )
 
-from factories import DECAY_REGIMES, random_state_space
+from factories import DECAY_REGIMES, random_causal, random_state_space
 
 
 def lti_toeplitz(decays, weights, length):
@@ -87,8 +85,7 @@ def test_equal_singular_values_give_their_count():
 
 
 def test_entropy_ess_is_scale_free_and_bounded_by_rank():
-    torch.manual_seed(0)
-    T = torch.tril(torch.randn(3, 24, 24, dtype=torch.float64))
+    T = random_causal(3, 24, 24, seed=0)
     ess = entropy_ess(T)
     assert torch.allclose(entropy_ess(1e-8 * T), ess, rtol=1e-9)
     assert torch.allclose(entropy_ess(1e8 * T), ess, rtol=1e-9)
@@ -209,7 +206,7 @@ def test_soft_tolerance_tends_to_count():
 
 
 def test_bad_tolerances_and_temperatures():
-    T = torch.tril(torch.randn(6, 6))
+    T = random_causal(6, 6, dtype=torch.float32)
     for bad in (0, -1e-3, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="tol must be a positive finite number"):
             tolerance_ess(T, tol=bad)

@@ -4,10 +4,12 @@ import pytest
 import torch
 
 from ess_reg import DenseOperator, StateSpaceOperator, tolerance_ess
-from ess_reg.diagnose import tss_at
+from ess_reg.diagnosis import tss_at
 from ess_reg.models import MIXERS, build_mixer
 from ess_reg.models.lm import LanguageModel
 from ess_reg.models.sa import SoftmaxAttention
+
+from factories import tokens
 
 D, L = 8, 40
 # name -> (registry name, kwargs): small instances, several chunks long (chunk sizes < L).
@@ -114,12 +116,12 @@ def test_backbone_trains(mixer):
     torch.manual_seed(0)
     model = LanguageModel(vocab_size=12, d_model=16, n_layers=1, mixer=mixer,
                           mixer_kwargs={"max_len": 16} if mixer == "hyena" else None, short_conv=3)
-    tokens = torch.randint(0, 12, (8, 16), generator=torch.Generator().manual_seed(1))
+    seq = tokens(seed=1, batch=8, length=16, vocab_size=12)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(30):
-        logits = model(tokens[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 12), tokens[:, 1:].reshape(-1))
+        logits = model(seq[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 12), seq[:, 1:].reshape(-1))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -1,11 +1,9 @@
-import math
-
 import pytest
 import torch
 
 from ess_reg import DenseOperator, StateSpaceOperator, as_operator
 
-from factories import DECAY_REGIMES, random_state_space
+from factories import DECAY_REGIMES, random_causal, random_state_space
 
 
 def reference_matrix(op: StateSpaceOperator) -> torch.Tensor:
@@ -63,13 +61,13 @@ def test_apply_broadcasts_shared_factors():
 
 
 def test_dense_apply_is_matmul():
-    T = torch.tril(torch.randn(3, 10, 10))
+    T = random_causal(3, 10, 10, dtype=torch.float32)
     v = torch.randn(3, 10, 2)
     assert torch.allclose(DenseOperator(T).apply(v), T @ v)
 
 
 def test_as_operator():
-    T = torch.tril(torch.randn(5, 5))
+    T = random_causal(5, 5, dtype=torch.float32)
     assert isinstance(as_operator(T), DenseOperator)
     op = random_state_space((1,), 5, 2)
     assert as_operator(op) is op

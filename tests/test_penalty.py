@@ -10,16 +10,7 @@ from ess_reg.penalty import Budget, DecayIdentityPenalty, ESSPenalty, Schedule, 
 from ess_reg.tasks import MQAR
 from ess_reg.models.lm import LanguageModel
 
-KWARGS = {"gla": {"num_heads": 2, "feature_dim": 8}, "s6": {"d_state": 8}, "sa": {"num_heads": 2}}
-
-
-def lm(mixer, seed=0, **overrides):
-    torch.manual_seed(seed)
-    return LanguageModel(32, 16, 2, mixer, {**KWARGS[mixer], **overrides})
-
-
-def tokens(seed=1, batch=4, length=24):
-    return torch.randint(0, 32, (batch, length), generator=torch.Generator().manual_seed(seed))
+from factories import lm, tokens
 
 
 @pytest.mark.parametrize("mixer", ["gla", "s6", "sa"])
@@ -168,6 +159,7 @@ def test_channel_limit_averages_a_random_subset_of_channels():
     full(x)
     sampled = ESSPenalty(model, schedule=1.0, indices=[5, 12], budget=Budget(channel_limit=4), seed=3)
     picked = []
+    # Pins Probe._pick_channels, the random channel choice (no public route to the channels drawn).
     pick = sampled.probe._pick_channels
     sampled.probe._pick_channels = lambda n: picked.append(pick(n)) or picked[-1]
     value = sampled(x)

@@ -3,9 +3,11 @@ import torch
 from torch import nn
 
 from ess_reg import DenseOperator, LayerESS, StateSpaceOperator
-from ess_reg.diagnose import (COLLAPSE, HEALTHY, INCONCLUSIVE, SATURATION, FailureThresholds, LayerReport,
+from ess_reg.diagnosis import (COLLAPSE, HEALTHY, INCONCLUSIVE, SATURATION, FailureThresholds, LayerReport,
                               diagnose, model_summary, reachable_state, tss_at)
 from ess_reg.probe import Adapter, capture_operators, ess_layers, measure, register_adapter
+
+from factories import lm, tokens
 
 
 class DelayLine(nn.Module):
@@ -130,11 +132,8 @@ def test_the_verdict_is_the_model_s_and_agrees_with_the_task():
 
 
 def test_state_space_mixers_hand_over_the_operator_of_their_forward_pass(monkeypatch):
-    from ess_reg.models.lm import LanguageModel
-
-    torch.manual_seed(0)
-    model = LanguageModel(16, 8, 2, "gla", {"num_heads": 2, "feature_dim": 4})
-    x = torch.randint(0, 16, (5, 12))
+    model = lm("gla", vocab_size=16, d_model=8, feature_dim=4)
+    x = tokens(batch=5, length=12, vocab_size=16)
     with capture_operators(model) as capture:
         model(x)
     calls = []
@@ -146,7 +145,11 @@ def test_state_space_mixers_hand_over_the_operator_of_their_forward_pass(monkeyp
     rebuilt = model.blocks[1].mixer.operator(capture.inputs["blocks.1.mixer"][:3])
     assert ops["blocks.1.mixer"].batch_shape == (3, 2)
     assert torch.allclose(ops["blocks.1.mixer"].materialize(), rebuilt.materialize(), atol=1e-6)
-    assert not model.blocks[0].mixer._ess_record_operator  # switched off after the capture
+    # Recording is switched off after the capture: a later forward pass hands over nothing.
+    kept = [block.mixer.recorded_operator for block in model.blocks]
+    assert all(op is not None for op in kept)
+    model(x)
+    assert all(block.mixer.recorded_operator is op for block, op in zip(model.blocks, kept))
 
 
 def test_batch_head_keeps_shared_factors():

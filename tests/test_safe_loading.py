@@ -21,10 +21,9 @@ class Payload:
 
 
 @pytest.fixture
-def trained(tmp_path):
-    overrides = ["experiment=tiny", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-                 f"tracking.artifact_location={tmp_path}/artifacts", f"trainer.checkpoint_dir={tmp_path}/ckpt",
-                 "trainer.progress=false"]
+def trained(tiny):
+    """A finished tiny run (its checkpoint is what the tests craft from) and its overrides."""
+    overrides = tiny()
     result = run(compose_config(overrides))
     return result, overrides
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from ess_reg import DenseOperator, StateSpaceOperator, hankel_svdvals
+from ess_reg import StateSpaceOperator, hankel_svdvals
 from ess_reg.spectra import resolve_indices
 
-from factories import DECAY_REGIMES, random_state_space
+from factories import DECAY_REGIMES, random_causal, random_state_space
 
 
 def loop_reference(T: torch.Tensor, indices) -> list[torch.Tensor]:
@@ -13,8 +13,7 @@ def loop_reference(T: torch.Tensor, indices) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("method", ["dense", "loop"])
 def test_dense_paths_match_definition(method):
-    torch.manual_seed(0)
-    T = torch.tril(torch.randn(2, 3, 17, 17, dtype=torch.float64))
+    T = random_causal(2, 3, 17, 17, seed=0)
     sigma = hankel_svdvals(T, method=method)
     assert sigma.shape == (2, 3, 16, 8)  # width = max_i min(i, L - i) = 8
     for k, ref in enumerate(loop_reference(T, range(1, 17))):
@@ -83,10 +82,10 @@ def test_state_space_near_ends_exact_zeros():
 @pytest.mark.parametrize("span", [0, 3, 100])
 def test_dense_grouped_blocks_match_loop(span):
     # Grouping neighbouring indices into one zero-padded batch (the CUDA layout) changes nothing.
+    # Pins spectra._dense_svdvals's `span`: hankel_svdvals groups only on CUDA, with no public knob.
     from ess_reg.spectra import _dense_svdvals
 
-    torch.manual_seed(2)
-    T = torch.tril(torch.randn(2, 30, 30, dtype=torch.float64))
+    T = random_causal(2, 30, 30, seed=2)
     idx = torch.tensor([5, 1, 29, 6, 7, 15, 14, 22])
     expected = hankel_svdvals(T, idx, method="loop")
     assert torch.allclose(_dense_svdvals(T, idx, 2**28, span=span), expected, atol=1e-12)
@@ -94,7 +93,7 @@ def test_dense_grouped_blocks_match_loop(span):
 
 def test_dense_path_keeps_gradients_and_thread_setting():
     threads = torch.get_num_threads()
-    T = torch.tril(torch.randn(2, 20, 20, dtype=torch.float64)).requires_grad_()
+    T = random_causal(2, 20, 20).requires_grad_()
     hankel_svdvals(T).sum().backward()
     assert T.grad is not None and torch.isfinite(T.grad).all() and T.grad.abs().sum() > 0
     assert torch.get_num_threads() == threads
@@ -103,8 +102,7 @@ def test_dense_path_keeps_gradients_and_thread_setting():
 
 
 def test_dense_memory_budget_chunks_without_changing_the_answer():
-    torch.manual_seed(1)
-    T = torch.tril(torch.randn(3, 40, 40, dtype=torch.float64))
+    T = random_causal(3, 40, 40, seed=1)
     roomy = hankel_svdvals(T)
     tight = hankel_svdvals(T, memory_budget=40 * 40 * 8 * 4 * 2)  # about two blocks at once
     assert torch.allclose(roomy, tight, atol=1e-12)
@@ -122,7 +120,7 @@ def test_state_space_memory_budget_chunks_batch():
 
 
 def test_dtypes():
-    T = torch.tril(torch.randn(12, 12))
+    T = random_causal(12, 12, dtype=torch.float32)
     assert hankel_svdvals(T).dtype == torch.float32
     assert hankel_svdvals(T, dtype=torch.float64).dtype == torch.float64
     half = hankel_svdvals(T.to(torch.bfloat16))
@@ -153,7 +151,7 @@ def test_resolve_indices_errors():
 
 
 def test_method_errors():
-    T = torch.tril(torch.randn(6, 6))
+    T = random_causal(6, 6, dtype=torch.float32)
     with pytest.raises(ValueError, match="unknown method"):
         hankel_svdvals(T, method="fast")
     with pytest.raises(ValueError, match="needs a StateSpaceOperator"):

@@ -1,5 +1,4 @@
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -21,16 +20,12 @@ from ess_reg.harness.app import ConfigError, compose_config, run
 from ess_reg.models import MIXERS
 
 TASKS = ["mqar", "selective_copy", "compression"]
+ESS_TRAIN = [sys.executable, "-m", "ess_reg.harness.app"]  # the ess-train command, installed as a script or not
 
 
-@pytest.fixture
-def store(tmp_path):
-    return {"uri": f"sqlite:///{tmp_path}/mlflow.db", "artifacts": str(tmp_path / "artifacts"), "dir": tmp_path}
-
-
-def tiny(store, *extra):
-    return ["experiment=tiny", f"tracking.uri={store['uri']}", f"tracking.artifact_location={store['artifacts']}",
-            f"trainer.checkpoint_dir={store['dir']}/ckpt", "trainer.progress=false", *extra]
+def ess_train(env, *args, timeout=600):
+    """``ess-train ARGS`` in a child process with the environment ``env``; its output captured."""
+    return subprocess.run([*ESS_TRAIN, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def all_runs(store):
@@ -91,11 +86,11 @@ def test_unknown_config_key_is_an_error():
     ("trainer.checkpoint_dir=BLOCKER/ckpt", "trainer.checkpoint_dir=.*is a file, not a folder"),
     ("tracking.artifact_location=BLOCKER/art", "tracking.artifact_location=.*is a file, not a folder"),
 ] + ([] if torch.cuda.is_available() else [("trainer.device=cuda", "CUDA is not available")]))
-def test_bad_settings_fail_before_any_run_exists(store, override, message):
+def test_bad_settings_fail_before_any_run_exists(store, tiny, override, message):
     blocker = store["dir"] / "a-file"
     blocker.write_text("")
     with pytest.raises(ConfigError, match=message):
-        run(compose_config(tiny(store, *override.replace("BLOCKER", str(blocker)).split())))
+        run(compose_config(tiny(*override.replace("BLOCKER", str(blocker)).split())))
     assert not (store["dir"] / "mlflow.db").exists()  # no run, not even an empty store
     assert not (store["dir"] / "ckpt").exists()
 
@@ -104,9 +99,9 @@ def metric_steps(client, run_id, key):
     return [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
-def test_end_to_end_run_is_read_back_from_mlflow(store, caplog):
+def test_end_to_end_run_is_read_back_from_mlflow(store, tiny, caplog):
     caplog.set_level("INFO", logger="ess_reg")
-    result = run(compose_config(tiny(store)))
+    result = run(compose_config(tiny()))
     client = MlflowClient(store["uri"])
     r = client.get_run(result.run_id)
     assert r.info.status == "FINISHED" and r.info.run_name == "gla-mqar experiment=tiny"
@@ -153,9 +148,9 @@ def test_end_to_end_run_is_read_back_from_mlflow(store, caplog):
     assert analyze_main([str(store["dir"] / "missing.pt"), "--tracking-uri", store["uri"]]) == 2
 
 
-def test_runs_that_differ_only_in_penalty_never_share_a_name_or_checkpoint(store):
-    first = run(compose_config(tiny(store)))
-    second = run(compose_config(tiny(store, "penalty=ess_max")))
+def test_runs_that_differ_only_in_penalty_never_share_a_name_or_checkpoint(store, tiny):
+    first = run(compose_config(tiny()))
+    second = run(compose_config(tiny("penalty=ess_max")))
     client = MlflowClient(store["uri"])
     names = {client.get_run(r.run_id).info.run_name for r in (first, second)}
     assert names == {"gla-mqar experiment=tiny", "gla-mqar experiment=tiny penalty=ess_max"}
@@ -163,15 +158,15 @@ def test_runs_that_differ_only_in_penalty_never_share_a_name_or_checkpoint(store
     assert first.checkpoint.is_file() and second.checkpoint.is_file()
 
 
-def test_same_seed_same_run(store):
-    first = run(compose_config(tiny(store, "tracking.experiment=a")))
-    second = run(compose_config(tiny(store, "tracking.experiment=b")))
+def test_same_seed_same_run(tiny):
+    first = run(compose_config(tiny("tracking.experiment=a")))
+    second = run(compose_config(tiny("tracking.experiment=b")))
     assert first.metrics["train/loss"] == second.metrics["train/loss"]
     assert first.metrics["valid/loss"] == second.metrics["valid/loss"]
 
 
-def test_resume_after_a_kill_continues_the_same_run_without_duplicate_steps(store, monkeypatch):
-    overrides = tiny(store, "trainer.log_every=1", "trainer.eval_every=2", "trainer.checkpoint_every=3")
+def test_resume_after_a_kill_continues_the_same_run_without_duplicate_steps(store, tiny, monkeypatch):
+    overrides = tiny("trainer.log_every=1", "trainer.eval_every=2", "trainer.checkpoint_every=3")
     original = tracking.Tracker.log_metrics
 
     def killed_at_step_5(self, metrics, step):
@@ -201,26 +196,26 @@ def test_resume_after_a_kill_continues_the_same_run_without_duplicate_steps(stor
     assert client.get_run(killed.info.run_id).data.tags["resumed.trainer.max_steps"] == "6 -> 8"
 
 
-def test_resume_with_a_changed_key_is_refused_and_writes_nothing(store):
-    first = run(compose_config(tiny(store)))
+def test_resume_with_a_changed_key_is_refused_and_writes_nothing(store, tiny):
+    first = run(compose_config(tiny()))
     before = store_contents(store)
     for changed in ("penalty=ess_max", "optimizer.lr=0.01", "task.num_kv_pairs=2", "init=ess_search",
                     "tracking.experiment=other"):
         with pytest.raises(ConfigError, match="the config differs from the run's") as err:
-            run(compose_config(tiny(store, changed, f"trainer.resume={first.run_id}")))
+            run(compose_config(tiny(changed, f"trainer.resume={first.run_id}")))
         assert "Only the step budget and logging knobs may change" in str(err.value)
     with pytest.raises(ConfigError, match=r"optimizer.lr: 0.003 -> 0.01"):
-        run(compose_config(tiny(store, "optimizer.lr=0.01", f"trainer.resume={first.checkpoint}")))
+        run(compose_config(tiny("optimizer.lr=0.01", f"trainer.resume={first.checkpoint}")))
     assert store_contents(store) == before
     assert MlflowClient(store["uri"]).get_experiment_by_name("other") is None
 
 
-def test_divergence_marks_the_run_failed(store):
+def test_divergence_marks_the_run_failed(store, tiny):
     from ess_reg.harness.training import TrainingDiverged
 
     for extra in ([], ["penalty=ess_max"]):
         with pytest.raises(TrainingDiverged, match="non-finite"):
-            run(compose_config(tiny(store, "optimizer=sgd", "optimizer.lr=1e30", "trainer.grad_clip=null",
+            run(compose_config(tiny("optimizer=sgd", "optimizer.lr=1e30", "trainer.grad_clip=null",
                                     "trainer.max_steps=50", *extra)))
     runs = all_runs(store)
     assert len(runs) == 2
@@ -228,9 +223,9 @@ def test_divergence_marks_the_run_failed(store):
         assert r.info.status == "FAILED" and "non-finite training loss" in r.data.tags["failure_reason"]
 
 
-def test_a_penalty_with_nothing_to_act_on_is_refused_before_the_run(store):
+def test_a_penalty_with_nothing_to_act_on_is_refused_before_the_run(store, tiny):
     with pytest.raises(ConfigError, match="decay_identity has nothing to act on.*la's decays are fixed at 1"):
-        run(compose_config(tiny(store, "model=la", "penalty=decay_identity")))
+        run(compose_config(tiny("model=la", "penalty=decay_identity")))
     assert all_runs(store) == []
 
 
@@ -240,8 +235,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_mlflow_server_serves_the_run(store):
-    result = run(compose_config(tiny(store)))
+def test_mlflow_server_serves_the_run(store, tiny):
+    result = run(compose_config(tiny()))
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store["uri"], "--host", "127.0.0.1",
@@ -272,11 +267,9 @@ def test_mlflow_server_serves_the_run(store):
         server.wait(timeout=30)
 
 
-def test_multirun_with_two_parallel_jobs_groups_children_under_one_parent(store):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    cmd = [sys.executable, "-m", "ess_reg.harness.app", "-m", *tiny(store), "seed=0,1", "hydra/launcher=joblib",
-           "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={store['dir']}/sweep"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+def test_multirun_with_two_parallel_jobs_groups_children_under_one_parent(store, tiny, child_env):
+    done = ess_train(child_env, "-m", *tiny(), "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                     f"hydra.sweep.dir={store['dir']}/sweep")
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(store["uri"])
     runs = all_runs(store)
@@ -300,11 +293,9 @@ def test_multirun_with_two_parallel_jobs_groups_children_under_one_parent(store)
     assert "[job " in done.stdout  # parallel jobs' lines say which job
 
 
-def test_a_sweep_whose_job_fails_still_closes_its_parent(store):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    cmd = [sys.executable, "-m", "ess_reg.harness.app", "-m", *tiny(store), "optimizer=sgd", "trainer.grad_clip=null",
-           "optimizer.lr=0.01,1e30", f"hydra.sweep.dir={store['dir']}/sweep"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+def test_a_sweep_whose_job_fails_still_closes_its_parent(store, tiny, child_env):
+    done = ess_train(child_env, "-m", *tiny(), "optimizer=sgd", "trainer.grad_clip=null", "optimizer.lr=0.01,1e30",
+                     f"hydra.sweep.dir={store['dir']}/sweep")
     assert done.returncode != 0
     runs = all_runs(store)
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -314,14 +305,14 @@ def test_a_sweep_whose_job_fails_still_closes_its_parent(store):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_tiny_run_on_cuda(store):
-    result = run(compose_config(tiny(store, "trainer.device=cuda")))
+def test_tiny_run_on_cuda(tiny):
+    result = run(compose_config(tiny("trainer.device=cuda")))
     assert result.metrics["valid/accuracy"] >= 0
 
 
 @pytest.mark.parametrize("penalty", ["none", "ess_max", "ess_min", "ess_target", "decay_identity"])
-def test_penalty_configs_train_and_log(store, penalty):
-    result = run(compose_config(tiny(store, f"penalty={penalty}")))
+def test_penalty_configs_train_and_log(store, tiny, penalty):
+    result = run(compose_config(tiny(f"penalty={penalty}")))
     client = MlflowClient(store["uri"])
     r = client.get_run(result.run_id)
     if penalty == "none":
@@ -335,8 +326,8 @@ def test_penalty_configs_train_and_log(store, penalty):
     assert r.data.tags["penalty"] == penalty
 
 
-def test_init_search_logs_every_candidate_and_the_config_rebuilds_the_chosen_model(store):
-    overrides = tiny(store, "init=ess_search", "init.seeds=[0,1,2]",
+def test_init_search_logs_every_candidate_and_the_config_rebuilds_the_chosen_model(store, tiny):
+    overrides = tiny("init=ess_search", "init.seeds=[0,1,2]",
                      "init.schemes=[{gate_normalizer: 1},{gate_normalizer: 64}]")
     result = run(compose_config(overrides))
     client = MlflowClient(store["uri"])
@@ -364,30 +355,29 @@ def test_init_search_logs_every_candidate_and_the_config_rebuilds_the_chosen_mod
         assert analysis.reports[name].ess_avg == pytest.approx(r.data.metrics[f"{key}/ess"], abs=1e-6)
 
 
-def verdict_of(store, *overrides):
-    result = run(compose_config(tiny(store, *overrides)))
+def verdict_of(store, tiny, *overrides):
+    result = run(compose_config(tiny(*overrides)))
     tags = MlflowClient(store["uri"]).get_run(result.run_id).data.tags
     assert tags["verdict"] == result.verdict.mode  # the tag says what the run found
     return result
 
 
-def test_a_starved_model_that_fails_is_saturated(store):
+def test_a_starved_model_that_fails_is_saturated(store, tiny):
     # One key direction per head (TSS 1) for 8 pairs: the state is full and cannot hold the task.
-    result = verdict_of(store, "model=la", "model.mixer_kwargs.feature_dim=1", "task.num_kv_pairs=8")
+    result = verdict_of(store, tiny, "model=la", "model.mixer_kwargs.feature_dim=1", "task.num_kv_pairs=8")
     assert result.metrics["valid/accuracy"] < 0.9
     assert result.verdict.mode == "saturation" and ">= saturation 0.9" in result.verdict.reason
     assert all(r.utilization > 0.99 for r in result.reports.values())
 
 
-def test_a_model_whose_state_sits_unused_while_it_fails_is_collapsed(store):
+def test_a_model_whose_state_sits_unused_while_it_fails_is_collapsed(store, tiny):
     # Forgetting 50-90% of the state every step: 16 directions per head, about 1 in use.
-    result = verdict_of(store, "model=wla", "+model.mixer_kwargs.decay_min=0.5", "+model.mixer_kwargs.decay_max=0.9",
-                        "task.num_kv_pairs=8")
+    wla = ["model=wla", "+model.mixer_kwargs.decay_min=0.5", "+model.mixer_kwargs.decay_max=0.9", "task.num_kv_pairs=8"]
+    result = verdict_of(store, tiny, *wla)
     assert result.metrics["valid/accuracy"] < 0.9
     assert result.verdict.mode == "collapse" and "<= collapse 0.2" in result.verdict.reason
     # The same run under thresholds that call nothing collapsed: every output follows them.
-    relaxed = verdict_of(store, "model=wla", "+model.mixer_kwargs.decay_min=0.5", "+model.mixer_kwargs.decay_max=0.9",
-                         "task.num_kv_pairs=8", "probe.collapse=0.01", "probe.saturation=0.5")
+    relaxed = verdict_of(store, tiny, *wla, "probe.collapse=0.01", "probe.saturation=0.5")
     assert relaxed.verdict.mode == "inconclusive"
 
 
@@ -403,13 +393,13 @@ def test_the_default_quickstart_run_solves_its_task_and_is_not_called_collapsed(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
-def test_a_signal_ends_the_run_killed_and_resuming_finishes_it_with_contiguous_steps(store, signal_name):
+def test_a_signal_ends_the_run_killed_and_resuming_finishes_it_with_contiguous_steps(store, tiny, child_env,
+                                                                                     signal_name):
     import signal
 
-    overrides = tiny(store, "trainer.log_every=1", "trainer.eval_every=100000", "trainer.checkpoint_every=5")
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    process = subprocess.Popen([sys.executable, "-m", "ess_reg.harness.app", *overrides, "trainer.max_steps=100000",
-                                f"hydra.run.dir={store['dir']}/hydra"], env=env,
+    overrides = tiny("trainer.log_every=1", "trainer.eval_every=100000", "trainer.checkpoint_every=5")
+    process = subprocess.Popen([*ESS_TRAIN, *overrides, "trainer.max_steps=100000",
+                                f"hydra.run.dir={store['dir']}/hydra"], env=child_env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list((store["dir"] / "ckpt").glob("*/last.pt")):
@@ -436,10 +426,8 @@ def test_a_signal_ends_the_run_killed_and_resuming_finishes_it_with_contiguous_s
     assert metric_steps(client, killed.info.run_id, "train/loss") == list(range(1, end + 1))
 
 
-def test_the_command_line_names_a_bad_setting_in_one_line_with_exit_code_2(store):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    done = subprocess.run([sys.executable, "-m", "ess_reg.harness.app", *tiny(store, "probe.kind=bogus"),
-                           f"hydra.run.dir={store['dir']}/hydra"], capture_output=True, text=True, env=env, timeout=300)
+def test_the_command_line_names_a_bad_setting_in_one_line_with_exit_code_2(store, tiny, child_env):
+    done = ess_train(child_env, *tiny("probe.kind=bogus"), f"hydra.run.dir={store['dir']}/hydra", timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "ess-train: error: probe.kind must be one of ('entropy', 'tolerance', 'soft_tolerance'), got 'bogus'"]
