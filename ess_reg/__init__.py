@@ -8,7 +8,7 @@ The experiment harness (``ess-train``, MLflow, Hydra) is :mod:`ess_reg.harness`,
 ``train`` extra; the reference zoo of mixers is :mod:`ess_reg.models`.
 """
 
-from .diagnose import MEASURES, FailureThresholds, LayerReport, Verdict, diagnose, model_summary
+from .diagnosis import MEASURES, FailureThresholds, LayerReport, Verdict, diagnose, model_summary
 from .ess import (
     LayerESS,
     average_ess,

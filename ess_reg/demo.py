@@ -47,7 +47,7 @@ def examples(seq_len: int = 128, channels: int = 4, seed: int = 0) -> list[Examp
     shift = 3
     return [
         Example(f"LTI SSM, order {order}", lti, _constant_tss(order), "real modes: Hankel spectrum decays fast, ESS < N"),
-        Example(f"same LTI, materialized", DenseOperator(lti.materialize()), _constant_tss(order), "dense path, same answer"),
+        Example("same LTI, materialized", DenseOperator(lti.materialize()), _constant_tss(order), "dense path, same answer"),
         Example(
             f"softmax attention, d={d_k}", DenseOperator(attention),
             lambda idx: torch.minimum(idx, L - idx).to(torch.float64), "KV cache grows: TSS = min(i, L-i)",

@@ -14,7 +14,7 @@ second forward of the model), so gradients reach every mixer parameter through i
 The ESS penalty is a small composition, each part replaceable and each built by Hydra from a
 nested config:
 
-* **what to measure**: a name from :data:`ess_reg.diagnose.MEASURES` (``"utilization"``,
+* **what to measure**: a name from :data:`ess_reg.diagnosis.MEASURES` (``"utilization"``,
   ``"per_item"``, ``"ess"``) or a function of a layer's report, with the ESS ``kind``;
 * **which indices**: an index rule (:mod:`ess_reg.indices`);
 * **the objective**: :class:`Maximize`, :class:`Minimize` or :class:`Target` (with its hinge);
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ._checks import check_int, check_limit, check_number
-from .diagnose import MEASURES, LayerReport
+from .diagnosis import MEASURES, LayerReport
 from .indices import ContextEnd, EvenIndices, GivenIndices, index_rule
 from .operators import StateSpaceOperator
 from .probe import Probe, capture_operators
@@ -217,7 +217,7 @@ class ESSPenalty(_OperatorRegularizer):
         measure: what to read off each layer's report: ``"utilization"`` (ESS over the
             reachable state ``min(i, L - i, TSS)``), ``"per_item"`` (ESS/kv at the end of the
             context; needs ``indices="context_end"`` and a task), ``"ess"``, or a function of a
-            :class:`~ess_reg.diagnose.LayerReport` returning a scalar tensor.
+            :class:`~ess_reg.diagnosis.LayerReport` returning a scalar tensor.
         indices: an index rule or its short form (default ``"random"``: 8 fresh indices per step).
         kind: ``"entropy"`` (effective rank) or ``"soft_tolerance"`` (sigmoid-relaxed count);
             ``ess_options`` go to it (``{"tol": 1e-3, "temperature": 0.5}`` for the latter).

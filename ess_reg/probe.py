@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ._checks import check_limit, check_seed
-from .diagnose import LayerReport, StateSize, tss_at
+from .diagnosis import LayerReport, StateSize, tss_at
 from .ess import ESS_KINDS, _check_ess_options, layer_ess
 from .indices import index_rule
 from .operators import Operator

@@ -41,7 +41,7 @@ import torch
 
 from ._checks import check_int, check_limit, check_number
 from .kernels.segments import decayed_columns, in_chunks, segment_sums
-from .operators import DenseOperator, Operator, StateSpaceOperator, _nonfinite_count, as_operator
+from .operators import Operator, StateSpaceOperator, _nonfinite_count, as_operator
 
 __all__ = ["hankel_svdvals", "resolve_indices", "DEFAULT_MEMORY_BUDGET", "METHODS"]
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ess_reg import DenseOperator, StateSpaceOperator
-from ess_reg.diagnose import StateSize
+from ess_reg.diagnosis import StateSize
 
 
 class MixerTrace(NamedTuple):

@@ -7,7 +7,6 @@ variants (``wla``, ``gla``), which only change :meth:`log_decay` and the readout
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

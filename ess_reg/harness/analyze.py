@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .build import ConfigError, build_model, build_task, probe_settings
-from ..diagnose import LayerReport, Verdict, diagnose
+from ..diagnosis import LayerReport, Verdict, diagnose
 from .reporting import format_report
 from .checkpoints import load_checkpoint, locate_checkpoint, scratch_dir
 from .run_probe import ProbeSettings, RunProbe
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-indices", type=int, default=None, help="evenly spaced indices (default: the run's)")
     args = parser.parse_args(argv)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(resolve_threads("auto"))  # the trainer's default for shared machines
     try:
         result = analyze(args.target, uri=args.tracking_uri, checkpoint_root=args.checkpoint_root,
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"ess-analyze: error: {err}", file=sys.stderr)
         return 2
+    finally:  # main() is also called in-process (tests, notebooks): leave torch as it was
+        torch.set_num_threads(threads_before)
     c = result.config
     print(f"{result.checkpoint}: {c['model']['mixer']} on {c['task']['_target_'].rsplit('.', 1)[-1]} "
           f"(L={c['task']['seq_len']}), step {result.step}, valid accuracy {result.accuracy:.3f}")

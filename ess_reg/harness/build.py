@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..diagnose import FailureThresholds
+from ..diagnosis import FailureThresholds
 from ..tasks import TASKS, Task
 from .run_probe import ProbeSettings, RunProbe
 from .settings import TrainerSettings

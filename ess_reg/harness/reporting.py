@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..diagnose import FailureThresholds, LayerReport, Verdict, model_summary
+from ..diagnosis import FailureThresholds, LayerReport, Verdict, model_summary
 from .training import layer_keys
 
 __all__ = ["format_report", "ess_table", "ess_figure"]

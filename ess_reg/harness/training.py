@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diagnose import LayerReport, Verdict, diagnose, model_summary
+from ..diagnosis import LayerReport, Verdict, diagnose, model_summary
 from ..tasks import IGNORE, Task
 from .checkpoints import save_checkpoint
 from .run_probe import RunProbe
