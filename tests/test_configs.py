@@ -201,3 +201,20 @@ def test_every_config_group_and_option_is_documented():
     assert not missing, f"docs/configuration.md does not document the config group(s) {missing}"
     undocumented = [f"{g}={o}" for g, o in GROUP_OPTIONS if f"`{o}`" not in text]
     assert not undocumented, f"docs/configuration.md does not document {undocumented}"
+
+
+def test_a_study_preset_sweep_is_what_the_parent_run_records():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ess_reg.harness.sweep import swept_keys, sweep_overrides
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose(config_name="config", overrides=["experiment=ess_vs_tss", "model=sa", "model.state_size=null"],
+                      return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    overrides = sweep_overrides(cfg)  # the preset's sweep, with the command line winning for its keys
+    assert "task.num_kv_pairs=4,8,16,32" in overrides and "model=sa" in overrides
+    assert not any(o.startswith(("model=la", "model.state_size=2")) for o in overrides)
+    assert swept_keys(overrides) == ["task.num_kv_pairs"]

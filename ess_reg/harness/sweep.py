@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import tracking
 
-__all__ = ["SweepCallback", "swept_keys", "summarize_sweep"]
+__all__ = ["SweepCallback", "swept_keys", "sweep_overrides", "summarize_sweep"]
 
 log = logging.getLogger("ess_reg")
 COLUMNS = ("valid/accuracy", "ess/util", "ess/per_kv", "ess/total")
@@ -34,6 +34,16 @@ def swept_keys(overrides: list[str]) -> list[str]:
         if "," in value or value.startswith(("range(", "choice(", "interval(", "glob(")):
             keys.append(key.lstrip("+~"))
     return keys
+
+
+def sweep_overrides(config: DictConfig) -> list[str]:
+    """What a multirun sweeps: the config's ``hydra.sweeper.params`` (a study preset's sweep),
+    then the command line's overrides, which win for the same key."""
+    command_line = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+    given = {o.partition("=")[0].lstrip("+~") for o in command_line}
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    from_config = [f"{k}={v}" for k, v in OmegaConf.to_container(params, resolve=False).items() if k not in given]
+    return from_config + command_line
 
 
 def summarize_sweep(uri: str, parent_run_id: str) -> dict:
@@ -90,7 +100,7 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         t = config.tracking
-        overrides = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+        overrides = sweep_overrides(config)
         keys = swept_keys(overrides)
         name = f"sweep {' '.join(keys) or '-'} {time.strftime('%Y-%m-%d %H:%M:%S')}"
         tracker = tracking.Tracker(t.uri, t.experiment, t.artifact_location, run_name=name)
