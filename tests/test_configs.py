@@ -215,6 +215,6 @@ def test_a_study_preset_sweep_is_what_the_parent_run_records():
                       return_hydra_config=True)
     GlobalHydra.instance().clear()
     overrides = sweep_overrides(cfg)  # the preset's sweep, with the command line winning for its keys
-    assert "task.num_kv_pairs=4,8,16,32" in overrides and "model=sa" in overrides
+    assert "task.num_kv_pairs=2,4,8,16" in overrides and "model=sa" in overrides
     assert not any(o.startswith(("model=la", "model.state_size=2")) for o in overrides)
     assert swept_keys(overrides) == ["task.num_kv_pairs"]
