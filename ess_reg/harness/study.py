@@ -16,6 +16,7 @@ import argparse
 import logging
 import math
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -108,6 +109,11 @@ def _overrides(record: RunRecord) -> set[str]:
     return {o for o in tag.split() if o != "(none)" and not o.startswith("seed=")}
 
 
+def _natural(label: str) -> list:
+    """Sort key that orders ``state_size=2`` before ``state_size=16``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", label)]
+
+
 def group_runs(records: Sequence[RunRecord]) -> list[Group]:
     """Runs with the same configuration but the seed, grouped by their params and labelled by
     the command-line overrides that tell the groups apart (``model=gla task.num_kv_pairs=8``);
@@ -122,7 +128,7 @@ def group_runs(records: Sequence[RunRecord]) -> list[Group]:
     if len(set(labels)) < len(labels) or not all(labels):
         varying = sorted({k for key in keys for k, _ in key if len({dict(other).get(k) for other in keys}) > 1})
         labels = [" ".join(f"{k}={dict(key).get(k, '-')}" for k in varying) or "all runs" for key in keys]
-    return sorted((Group(label, by_key[key]) for label, key in zip(labels, keys)), key=lambda g: g.label)
+    return sorted((Group(label, by_key[key]) for label, key in zip(labels, keys)), key=lambda g: _natural(g.label))
 
 
 @dataclass
