@@ -218,3 +218,7 @@ def test_a_study_preset_sweep_is_what_the_parent_run_records():
     assert "task.num_kv_pairs=2,4,8,16" in overrides and "model=sa" in overrides
     assert not any(o.startswith(("model=la", "model.state_size=2")) for o in overrides)
     assert swept_keys(overrides) == ["task.num_kv_pairs"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):  # no preset: the command line alone
+        plain = compose(config_name="config", overrides=["seed=0"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert sweep_overrides(plain) == ["seed=0"]

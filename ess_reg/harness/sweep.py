@@ -41,8 +41,9 @@ def sweep_overrides(config: DictConfig) -> list[str]:
     then the command line's overrides, which win for the same key."""
     command_line = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
     given = {o.partition("=")[0].lstrip("+~") for o in command_line}
-    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    from_config = [f"{k}={v}" for k, v in OmegaConf.to_container(params, resolve=False).items() if k not in given]
+    params = OmegaConf.select(config, "hydra.sweeper.params")
+    params = OmegaConf.to_container(params, resolve=False) if params is not None else {}
+    from_config = [f"{k}={v}" for k, v in params.items() if k not in given]
     return from_config + command_line
 
 
