@@ -12,7 +12,7 @@ from .ess import LayerESS
 from .spectra import resolve_indices
 
 __all__ = ["StateSize", "growing_state_size", "tss_at", "reachable_state", "utilization", "FailureThresholds",
-           "LayerReport", "MEASURES", "layer_utilization", "layer_ess_per_item", "layer_mean_ess", "Verdict", "diagnose", "model_summary", "SATURATION", "COLLAPSE", "HEALTHY",
+           "LayerReport", "MEASURES", "mean_over_layers", "layer_utilization", "layer_ess_per_item", "layer_mean_ess", "Verdict", "diagnose", "model_summary", "SATURATION", "COLLAPSE", "HEALTHY",
            "INCONCLUSIVE", "VERDICTS"]
 
 # A mixer's TSS per channel: a number (SSM state N, linear-attention feature size, SWA window),
@@ -283,14 +283,18 @@ def model_summary(reports: "Mapping[str, LayerReport]") -> dict[str, float]:
     """Model-wide figures, means over layers: ``util`` (ESS / reachable state), ``per_kv``
     (per-operator ESS per item at the end of the context), ``ess`` (ESS per operator) and
     ``total`` (total ESS, summed over layers)."""
-    reports = list(_check_reports(reports).values())
-    out = {"util": sum(r.utilization for r in reports) / len(reports),
-           "ess": sum(r.ess_avg for r in reports) / len(reports),
-           "total": sum(r.ess_total for r in reports)}
-    per_kv = [r.ess_per_item for r in reports]
-    if all(v is not None for v in per_kv):
-        out["per_kv"] = sum(per_kv) / len(per_kv)
+    _check_reports(reports)
+    out = {"util": mean_over_layers(reports, "utilization"), "ess": mean_over_layers(reports, "ess"),
+           "total": sum(r.ess_total for r in reports.values())}
+    if all(r.ess_per_item is not None for r in reports.values()):
+        out["per_kv"] = mean_over_layers(reports, "per_item")
     return out
+
+
+def mean_over_layers(reports: "Mapping[str, LayerReport]", measure: str) -> float:
+    """The mean over layers of one of :data:`MEASURES`: the model-wide figures and the init
+    search's scores."""
+    return sum(MEASURES[measure](r).item() for r in reports.values()) / len(reports)
 
 
 def diagnose(reports: "Mapping[str, LayerReport]", accuracy: float | None = None,

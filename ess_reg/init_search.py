@@ -18,18 +18,16 @@ import torch
 from torch import nn
 
 from ._checks import check_limit, check_seed
-from .diagnosis import MEASURES, LayerReport
+from .diagnosis import MEASURES, LayerReport, mean_over_layers
 from .indices import index_rule
 from .probe import measure
 
 __all__ = ["select_init", "InitSearchResult", "SCORES"]
 
 
-def _mean_over_layers(name: str) -> Callable[[Mapping[str, LayerReport]], float]:
-    measure = MEASURES[name]
-
+def _score(name: str) -> Callable[[Mapping[str, LayerReport]], float]:
     def score(reports: Mapping[str, LayerReport]) -> float:
-        return sum(measure(r).item() for r in reports.values()) / len(reports)
+        return mean_over_layers(reports, name)
 
     score.__name__ = name
     return score
@@ -37,7 +35,7 @@ def _mean_over_layers(name: str) -> Callable[[Mapping[str, LayerReport]], float]
 
 # The measures the diagnostics report and the penalty acts on, averaged over layers:
 # utilization (ESS / reachable state), per_item (ESS/kv at the end of the context), ess.
-SCORES: dict[str, Callable[[Mapping[str, LayerReport]], float]] = {name: _mean_over_layers(name) for name in MEASURES}
+SCORES: dict[str, Callable[[Mapping[str, LayerReport]], float]] = {name: _score(name) for name in MEASURES}
 
 
 @dataclass
