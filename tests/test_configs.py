@@ -15,6 +15,8 @@ from omegaconf import OmegaConf
 from ess_reg import RandomIndices
 from ess_reg.harness.app import CONFIG_DIR, compose_config, prepare
 from ess_reg.harness.build import MODEL_TARGETS, ConfigError
+from ess_reg.harness.checkpoints import save_checkpoint
+from ess_reg.harness.distill import DistillSettings
 from ess_reg.harness.run_probe import ProbeSettings
 from ess_reg.harness.settings import TrainerSettings
 from ess_reg.models import MIXERS
@@ -70,6 +72,11 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
     if group == "experiment":  # an experiment's own settings must survive: override only the outputs
         overrides = [o for o in overrides if o.startswith(("tracking.", "trainer.checkpoint_dir", "trainer.device"))]
         overrides.append(f"experiment={option}")
+    if (group, option) == ("distill", "teacher"):  # a teacher to learn from: a checkpoint of a cheap model
+        teacher_plan = prepare(compose_config(cheap(tmp_path)))
+        save_checkpoint(tmp_path / "teacher.pt", teacher_plan.model, torch.optim.SGD(teacher_plan.model.parameters()),
+                        1, None, teacher_plan.config)
+        overrides.append(f"distill.teacher={tmp_path / 'teacher.pt'}")
     cfg = compose_config(overrides)
     plan = prepare(cfg)
     config = plan.config
@@ -140,6 +147,15 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
                                              if not isinstance(objective, str) else OBJECTIVES[objective]())
             value = penalty(plan.probe.inputs, step=10_000)  # it acts on the model: a gradient path
             assert value.requires_grad and torch.isfinite(value)
+    elif group == "distill":
+        if config["distill"]["teacher"] is None:
+            assert plan.teacher is None
+        else:  # the teacher rebuilt from its checkpoint, frozen, with the preset's settings
+            assert plan.teacher.settings == DistillSettings(**config["distill"])
+            assert not any(p.requires_grad for p in plan.teacher.parameters())
+            x = plan.probe.inputs
+            assert plan.teacher.loss(x, plan.teacher(x), torch.zeros_like(x)).item() == \
+                pytest.approx(0.0, abs=1e-6)
     else:
         pytest.fail(f"no check for config group {group!r}: add one to {Path(__file__).name}")
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from .build import ConfigError, build_model, build_task, probe_settings
+from .build import ConfigError, build_task, probe_settings
 from ..diagnosis import LayerReport, Verdict, diagnose
 from .reporting import format_report
-from .checkpoints import load_checkpoint, locate_checkpoint, scratch_dir
+from .checkpoints import trained_model
 from .run_probe import ProbeSettings, RunProbe
 from .settings import resolve_threads
 from .training import evaluate
@@ -48,13 +48,9 @@ def analyze(target: str, *, uri: str | None = None, checkpoint_root: str = DEFAU
     """Analyze the run ``target`` names: a checkpoint file or folder, or a run id (its local
     checkpoint, else its ``checkpoint`` artifact in the store at ``uri``)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    with scratch_dir() as scratch:
-        path = locate_checkpoint(target, checkpoint_root, uri, scratch)
-        state = load_checkpoint(path)
+    model, state, path = trained_model(target, checkpoint_root, uri, key="target")
     config = state["config"]
-    task, model = build_task(config["task"]), build_model(config["model"])
-    model.load_state_dict(state["model"])
-    model.eval()
+    task = build_task(config["task"])
     probe = probe_settings(config["probe"])
     probe = dataclasses.replace(probe, examples=examples or probe.examples,
                                 num_indices=num_indices or probe.num_indices)  # checked again

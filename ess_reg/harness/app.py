@@ -108,7 +108,8 @@ def run(cfg: DictConfig) -> FitResult:
             result = fit(plan.model, plan.task, plan.make_optimizer, trainer, probe, tracker,
                          checkpoint_path=checkpoint_path(config["trainer"]["checkpoint_dir"], tracker.run_id),
                          seed=config["seed"], config=config, resume_state=plan.resume_state,
-                         regularizer=plan.regularizer, on_evaluate=on_evaluate, stop=signals.reason)
+                         regularizer=plan.regularizer, teacher=plan.teacher,
+                         on_evaluate=on_evaluate, stop=signals.reason)
             record_end(tracker, plan, result, figures.pop() if figures else None)
     finally:
         torch.set_num_threads(threads_before)

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from . import tracking
-from .build import ConfigError, with_chosen_init
+from .build import ConfigError, build_model, with_chosen_init
 
 __all__ = ["RESUMABLE_KEYS", "CHECKPOINT_NAME", "checkpoint_path", "save_checkpoint", "locate_checkpoint",
-           "load_checkpoint", "config_differences", "check_resume"]
+           "load_checkpoint", "trained_model", "config_differences", "check_resume"]
 
 CHECKPOINT_NAME = "last.pt"
 # The step budget and logging knobs may change when a run is resumed; nothing else may.
@@ -44,10 +44,11 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     tmp.replace(path)
 
 
-def locate_checkpoint(resume: str, checkpoint_root: str | os.PathLike, uri: str, scratch: str | os.PathLike) -> Path:
+def locate_checkpoint(resume: str, checkpoint_root: str | os.PathLike, uri: str, scratch: str | os.PathLike,
+                      key: str = "trainer.resume") -> Path:
     """The checkpoint file ``resume`` names: a path to a file, or a run id (its local checkpoint
     folder first, else the ``checkpoint/last.pt`` artifact of that run in the store at ``uri``,
-    downloaded into ``scratch``)."""
+    downloaded into ``scratch``). ``key`` is the config key that named it, for the errors."""
     resume = str(resume)
     as_path = Path(resume)
     if as_path.is_file():
@@ -61,9 +62,9 @@ def locate_checkpoint(resume: str, checkpoint_root: str | os.PathLike, uri: str,
         fetched = tracking.download_artifact(uri, resume, f"checkpoint/{CHECKPOINT_NAME}", scratch)
         if fetched is not None:
             return fetched
-        raise ConfigError(f"trainer.resume={resume}: run {resume} has no checkpoint, neither at {local} nor "
+        raise ConfigError(f"{key}={resume}: run {resume} has no checkpoint, neither at {local} nor "
                           "in the store's artifacts")
-    raise ConfigError(f"trainer.resume={resume}: neither a checkpoint file nor a run id of the store {uri} "
+    raise ConfigError(f"{key}={resume}: neither a checkpoint file nor a run id of the store {uri} "
                       f"(no {local})")
 
 
@@ -80,6 +81,23 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if missing:
         raise ConfigError(f"{path} is not an ess-train checkpoint (missing {missing})")
     return dict(state)
+
+
+def trained_model(target: str, checkpoint_root: str | os.PathLike, uri: str,
+                  key: str = "trainer.resume") -> tuple[torch.nn.Module, dict, Path]:
+    """The model of the run ``target`` names (as :func:`locate_checkpoint` finds it), rebuilt
+    from the config stored beside its weights through the project's registries, in eval mode.
+    Returns ``(model, checkpoint state, checkpoint path)``."""
+    with scratch_dir() as scratch:
+        path = locate_checkpoint(target, checkpoint_root, uri, scratch, key=key)
+        state = load_checkpoint(path)
+    model = build_model(state["config"].get("model") or {})
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise ConfigError(f"{key}={target}: the weights in {path} do not fit the model its config builds: "
+                          f"{str(err).splitlines()[0]}") from None
+    return model.eval(), state, path
 
 
 def _flat(config: Mapping, prefix: str = "") -> dict[str, Any]:

@@ -17,6 +17,7 @@ from ..tasks import Task
 from . import tracking
 from .build import ConfigError, build_task, initial_model, probe_settings, trainer_settings, with_state_size
 from .checkpoints import check_resume
+from .distill import DistillSettings, Teacher
 from .run_probe import RunProbe
 from .settings import TrainerSettings, resolve_device
 
@@ -42,6 +43,7 @@ class Plan:
     search: Any = None  # the init search's result, if one ran
     resume_state: dict | None = None
     resumed_changes: dict = field(default_factory=dict)
+    teacher: Any = None  # the frozen teacher of a distillation run
 
 
 def _hydra_context() -> tuple[dict[str, str], list[str], int | None]:
@@ -128,5 +130,10 @@ def prepare(cfg: DictConfig) -> Plan:
             regularizer.check(probe.inputs[:2])
         except (TypeError, ValueError, InstantiationException) as err:
             raise ConfigError(f"penalty={choices.get('penalty', cfg.penalty._target_)}: {_plain_error(err)}") from None
+    teacher = None
+    distill = DistillSettings.from_config(config.get("distill"))
+    if distill.teacher is not None:
+        teacher = Teacher.load(distill, checkpoint_root=config["trainer"]["checkpoint_dir"],
+                               uri=config["tracking"]["uri"], vocab_size=task.vocab_size)
     return Plan(config, trainer, probe, task, model, make_optimizer, regularizer, choices, overrides, job,
-                search, resume_state, changes)
+                search, resume_state, changes, teacher=teacher)

@@ -53,6 +53,11 @@ def record_start(tracker: tracking.Tracker, plan: Plan) -> None:
                   if not k.endswith("._partial_")}  # Hydra plumbing, not a setting (config.yaml keeps it)
         tracker.log_params({**params, "num_parameters": sum(p.numel() for p in model.parameters())})
         tracker.set_tags(run_tags(plan.choices, plan.overrides))
+        if plan.teacher is not None:
+            teacher_model = plan.teacher.config.get("model", {})
+            tracker.set_tags({"distill.teacher_checkpoint": plan.teacher.source,
+                              "distill.teacher_run": plan.teacher.run_id or "",
+                              "distill.teacher_mixer": teacher_model.get("mixer", "")})
         if plan.search is not None:
             tracker.log_json(plan.search.table(), "init_search.json")
             tracker.set_tags({"init.chosen": plan.config["init"]["chosen"],

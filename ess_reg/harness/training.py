@@ -25,8 +25,8 @@ from .checkpoints import save_checkpoint
 from .run_probe import RunProbe
 from .settings import TrainerSettings, resolve_device
 
-__all__ = ["TrainingDiverged", "TrainingInterrupted", "FitResult", "fit", "evaluate", "layer_keys",
-           "evaluation_metrics"]
+__all__ = ["TrainingDiverged", "TrainingInterrupted", "FitResult", "fit", "evaluate", "distillation_gap",
+           "layer_keys", "evaluation_metrics"]
 
 log = logging.getLogger("ess_reg")
 
@@ -93,6 +93,21 @@ def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
     return {"loss": total_loss / max(asked, 1), "accuracy": correct / max(asked, 1)}
 
 
+def distillation_gap(model: nn.Module, teacher, inputs: torch.Tensor, labels: torch.Tensor,
+                     batch_size: int) -> float:
+    """The teacher's distillation loss of ``model`` on held-out examples, averaged over the
+    positions the teacher's settings name (the quantity a distillation study compares)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(inputs), batch_size):
+            x, y = inputs[start : start + batch_size], labels[start : start + batch_size]
+            n = int(teacher.mask(y).sum())
+            if n:
+                total += teacher.loss(x, model(x), y).item() * n
+                count += n
+    return total / max(count, 1)
+
+
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -113,6 +128,7 @@ def fit(
     config: Mapping | None = None,
     resume_state: Mapping | None = None,
     regularizer=None,
+    teacher=None,
     on_evaluate: Callable[[int, dict[str, LayerReport], dict[str, float]], None] | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
     stop: Callable[[], str | None] | None = None,
@@ -123,7 +139,9 @@ def fit(
     checkpoints to ``checkpoint_path`` (atomically). ``resume_state`` (a loaded checkpoint)
     continues from its step. ``regularizer`` (an :class:`ess_reg.penalty.ESSPenalty` or
     ``DecayIdentityPenalty``) reads the operators of each training forward pass and adds its
-    term to the loss. ``on_evaluate(step, reports, metrics)`` runs after each evaluation.
+    term to the loss. ``teacher`` (an :class:`ess_reg.harness.distill.Teacher`) turns the task
+    loss into its blend of the labels and the teacher's outputs, and adds the held-out
+    distillation loss (``valid/distill_kl``) to each evaluation. ``on_evaluate(step, reports, metrics)`` runs after each evaluation.
     ``stop()``, asked before every step, returns a reason to stop (then
     :class:`TrainingInterrupted` is raised there) or None.
 
@@ -156,6 +174,8 @@ def fit(
     def evaluate_and_log(step: int) -> dict[str, LayerReport]:
         model.eval()
         metrics = {f"valid/{k}": v for k, v in evaluate(model, test_inputs, test_labels, trainer.batch_size).items()}
+        if teacher is not None:
+            metrics["valid/distill_kl"] = distillation_gap(model, teacher, test_inputs, test_labels, trainer.batch_size)
         start = time.perf_counter()
         reports = probe.report(model)
         metrics["time/ess_probe_s"] = time.perf_counter() - start
@@ -177,6 +197,13 @@ def fit(
                  last["train/loss"], last.get("valid/accuracy", float("nan")),
                  f"  ESS/reach {util:.2f}" if util is not None else "", rate, _duration(eta))
 
+    if teacher is not None:
+        teacher.to(device)
+        if start_step == 0:  # what the student learns from, once: the teacher's accuracy and ESS
+            teacher_metrics = {f"valid/{k}": v for k, v in
+                               evaluate(teacher.model, test_inputs, test_labels, trainer.batch_size).items()}
+            teacher_metrics.update(evaluation_metrics(probe.report(teacher.model)))
+            tracker.log_metrics({f"teacher/{k}": v for k, v in teacher_metrics.items()}, 0)
     if start_step == 0:
         reports = evaluate_and_log(0)  # ESS and accuracy at initialization
     model.train()
@@ -190,9 +217,15 @@ def fit(
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None), capture:
             logits = model(x)
         task_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
-        if not torch.isfinite(task_loss):  # before the penalty, whose spectra would fail on NaN operators
-            raise TrainingDiverged(f"non-finite training loss ({task_loss.item()}, the task loss) at step {step}")
-        loss = task_loss if regularizer is None else task_loss + regularizer.compute(step)
+        objective = task_loss
+        if teacher is not None:
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                kl = teacher.loss(x, logits, y)
+            objective = teacher.blend(task_loss, kl)
+            last["train/distill_kl"] = kl.item()
+        if not torch.isfinite(objective):  # before the penalty, whose spectra would fail on NaN operators
+            raise TrainingDiverged(f"non-finite training loss ({objective.item()}, the task loss) at step {step}")
+        loss = objective if regularizer is None else objective + regularizer.compute(step)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"non-finite training loss ({loss.item()}, from the penalty) at step {step}")
         optimizer.zero_grad(set_to_none=True)
