@@ -87,3 +87,57 @@ def test_a_sweep_report_is_logged_to_its_parent(study):
     assert report_main(["--parent", parent, "--tracking-uri", study["uri"], "--out", str(study["dir"] / "p"),
                         "--resamples", "200"]) == 0
     assert "report/report.md" in {a.path for a in client.list_artifacts(parent, "report")}
+
+
+def test_a_treatment_is_compared_with_the_baseline_of_its_own_stratum():
+    from types import SimpleNamespace as NS
+
+    from ess_reg.harness.comparison import compare_to_baseline
+
+    def group(label, values):
+        return NS(label=label, runs=[NS(value=v) for v in values])
+
+    groups = [group("none a", [0.10, 0.12, 0.11]), group("pen a", [0.50, 0.52, 0.51]),
+              group("none b", [0.80, 0.90]), group("pen b", [0.85, 0.75]), group("pen c", [0.3, 0.4])]
+    found = compare_to_baseline(groups, lambda g: g.label.startswith("none"), lambda g: g.label.split()[1],
+                                lambda r: r.value, resamples=500)
+    by = {c.label: c for c in found}
+    assert set(by) == {"pen a", "pen b"}  # "pen c" has no baseline under its settings
+    assert by["pen a"].baseline == "none a" and by["pen a"].difference == pytest.approx(0.40)
+    assert by["pen a"].verdict == "higher" and by["pen a"].interval[0] > 0.35
+    assert by["pen b"].difference == pytest.approx(-0.05) and by["pen b"].verdict == "no clear difference"
+    lo, hi = by["pen b"].interval
+    assert lo < -0.05 < hi
+    with pytest.raises(ValueError, match="two baseline groups"):
+        compare_to_baseline([*groups, group("none a", [0.2])], lambda g: g.label.startswith("none"),
+                            lambda g: g.label.split()[1], lambda r: r.value)
+
+
+def test_collapse_during_training_is_counted_with_its_steps():
+    from ess_reg.harness.comparison import collapse_steps, collapse_summary
+
+    recovers = [(0, 0.7), (100, 0.15), (200, 0.1), (300, 0.5), (400, 0.6)]
+    stays = [(0, 0.6), (100, 0.4), (200, 0.19), (300, 0.2)]
+    never = [(0, 0.1), (100, 0.5)]  # at initialization only: not a collapse during training
+    assert collapse_steps(recovers, 0.2) == [100, 200] and collapse_steps(never, 0.2) == []
+    c = collapse_summary([recovers, stays, never], 0.2)
+    assert (c.runs, c.collapsed, c.at_end) == (3, 2, 1)
+    assert c.first_steps == [100, 200] and c.recovered_steps == [300]
+
+
+def test_ess_report_compares_with_a_baseline_and_takes_another_target(study, capsys):
+    out = study["dir"] / "report-baseline"
+    assert report_main(["--experiment", "study", "--tracking-uri", study["uri"], "--out", str(out),
+                        "--resamples", "200", "--baseline", "model=la", "--target", "valid/loss"]) == 0
+    text = (out / "report.md").read_text()
+    records = load_runs(study["uri"], experiment="study")
+    mean = lambda m: sum(r.metrics["valid/loss"] for r in records if r.mixer == m) / 2  # noqa: E731
+    row = next(line for line in text.splitlines() if line.startswith("| model=gla | 2 | ") and "model=la" not in line
+               and line.count("|") == 9)
+    assert f"| {mean('gla') - mean('la'):+.2f} |" in row
+    assert "## valid/loss against each measure" in text and "## Collapse during training" in text
+    capsys.readouterr()
+    assert report_main(["--experiment", "study", "--tracking-uri", study["uri"], "--target", "valid/nope"]) == 2
+    assert "--target valid/nope: no run logged it" in capsys.readouterr().err
+    assert report_main(["--experiment", "study", "--tracking-uri", study["uri"], "--baseline", "penalty"]) == 2
+    assert "--baseline must be KEY=VALUE" in capsys.readouterr().err

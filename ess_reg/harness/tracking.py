@@ -338,7 +338,11 @@ def experiment_runs(uri: str, experiment: str) -> list:
     return sorted(runs, key=lambda r: r.info.start_time)
 
 
-def first_metric(uri: str, run_id: str, key: str) -> float | None:
-    """The value of metric ``key`` at its first logged step (at initialization), or ``None``."""
-    history = MlflowClient(uri).get_metric_history(run_id, key)
-    return min(history, key=lambda m: (m.step, m.timestamp)).value if history else None
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every logged value of metric ``key``, by step (the last write of a
+    step wins, as a resumed run may log its step again)."""
+    latest = {}
+    for m in sorted(MlflowClient(uri).get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
+        latest[m.step] = m.value
+    return sorted(latest.items())
+
