@@ -72,12 +72,13 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
     if group == "experiment":  # an experiment's own settings must survive: override only the outputs
         overrides = [o for o in overrides if o.startswith(("tracking.", "trainer.checkpoint_dir", "trainer.device"))]
         overrides.append(f"experiment={option}")
-    if (group, option) == ("distill", "teacher"):  # a teacher to learn from: a checkpoint of a cheap model
-        teacher_plan = prepare(compose_config(cheap(tmp_path)))
+    cfg = compose_config(overrides)
+    if OmegaConf.is_missing(cfg.distill, "teacher"):  # a teacher to learn from: a checkpoint of the same setup
+        teacher_plan = prepare(compose_config([*overrides, "distill=none"]))
         save_checkpoint(tmp_path / "teacher.pt", teacher_plan.model, torch.optim.SGD(teacher_plan.model.parameters()),
                         1, None, teacher_plan.config)
         overrides.append(f"distill.teacher={tmp_path / 'teacher.pt'}")
-    cfg = compose_config(overrides)
+        cfg = compose_config(overrides)
     plan = prepare(cfg)
     config = plan.config
     assert plan.choices[group] == option
