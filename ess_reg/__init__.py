@@ -8,6 +8,7 @@ The experiment harness (``ess-train``, MLflow, Hydra) is :mod:`ess_reg.harness`,
 ``train`` extra; the reference zoo of mixers is :mod:`ess_reg.models`.
 """
 
+from .contract import ESSLayer, hand_over
 from .diagnosis import MEASURES, FailureThresholds, LayerReport, Verdict, diagnose, model_summary
 from .ess import (
     LayerESS,
@@ -23,7 +24,7 @@ from .ess import (
 )
 from .indices import AllIndices, ContextEnd, EvenIndices, GivenIndices, RandomIndices
 from .init_search import select_init
-from .operators import DenseOperator, StateSpaceOperator, as_operator
+from .operators import DeferredOperator, DenseOperator, StateSpaceOperator, as_operator
 from .penalty import Budget, DecayIdentityPenalty, ESSPenalty, Schedule, Target
 from .probe import Adapter, Probe, measure, register_adapter
 from .spectra import hankel_svdvals
@@ -34,6 +35,7 @@ __all__ = [
     # operators and their spectra
     "DenseOperator",
     "StateSpaceOperator",
+    "DeferredOperator",
     "as_operator",
     "hankel_svdvals",
     # ESS of an operator
@@ -47,6 +49,9 @@ __all__ = [
     "total_ess",
     "LayerESS",
     "layer_ess",
+    # the contract a measurable layer implements
+    "ESSLayer",
+    "hand_over",
     # ESS of a model's layers, and the diagnosis
     "Probe",
     "measure",

@@ -1,8 +1,8 @@
 """Find the ESS-capable layers of any ``nn.Module`` and measure them on a batch.
 
-A layer is ESS-capable when it implements the contract — ``operator(x)`` returning an
-``ess_reg`` operator and ``state_size()`` — or when an adapter is registered for its class
-(:func:`register_adapter`), for modules you do not own.  Measuring takes one forward pass of
+A layer is ESS-capable when it implements the contract (:class:`ess_reg.contract.ESSLayer`:
+``operator(x)`` returning an ``ess_reg`` operator and ``state_size()``), or when an adapter is
+registered for its class (:func:`register_adapter`), for modules you do not own.  Measuring takes one forward pass of
 the model: forward pre-hooks record each layer's input, then each layer's ``operator`` is
 built from it (one extra projection per layer, no second forward of the whole model).
 """
@@ -19,7 +19,8 @@ from ._checks import check_limit, check_seed
 from .diagnosis import LayerReport, StateSize, tss_at
 from .ess import ESS_KINDS, _check_ess_options, layer_ess
 from .indices import index_rule
-from .operators import Operator
+from .contract import ESSLayer, listen
+from .operators import DeferredOperator, Operator, resolve
 
 __all__ = ["Adapter", "register_adapter", "ess_layers", "capture_operators", "Probe", "measure"]
 
@@ -48,7 +49,7 @@ def _adapter_for(module: nn.Module) -> Adapter | None:
     for cls in type(module).__mro__:
         if cls in _ADAPTERS:
             return _ADAPTERS[cls]
-    if callable(getattr(module, "operator", None)) and callable(getattr(module, "state_size", None)):
+    if isinstance(module, ESSLayer) and callable(module.operator) and callable(module.state_size):
         return Adapter(operator=lambda m, x: m.operator(x), state_size=lambda m: m.state_size())
     return None
 
@@ -80,27 +81,26 @@ class capture_operators:
     """Context manager: during ``model(...)`` inside it, record what each layer needs for its
     operator; afterwards ``operators()`` returns every layer's operator.
 
-    A layer that builds its operator in its own forward pass (the zoo's state-space mixers do)
-    hands it over: while ``_ess_record_operator`` is set on it, it stores in
-    ``recorded_operator`` the operator, or a builder ``(batch_limit, pick_channels) -> operator``
-    that builds it from its forward's tensors for the first ``batch_limit`` examples and the
-    channels ``pick_channels(num_channels)`` returns (``None``: all), so that a large operator
-    is expanded only where it is looked at; nothing is recomputed.  Other layers get
+    A layer that builds its operator in its own forward pass hands it over
+    (:func:`ess_reg.contract.hand_over`; the zoo's mixers do): that operator is used, narrowed to
+    the examples and channels asked, and nothing is recomputed. Other layers get
     ``operator(input)`` from their recorded input: one extra projection, never a second forward
-    of the model.
+    of the model. Nothing is set on the layers.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str] | None = None):
         self.layers = ess_layers(model, layers)
         self.inputs: dict[str, torch.Tensor] = {}
+        self.handed: dict[str, Operator | DeferredOperator] = {}
         self._handles = []
+        self._listeners: list[listen] = []
 
     def __enter__(self) -> "capture_operators":
         self.inputs.clear()
+        self.handed.clear()
         for name, module in self.layers.items():
-            module.recorded_operator = None
-            module._ess_record_operator = True
             self._handles.append(module.register_forward_pre_hook(self._recorder(name)))
+            self._listeners.append(listen(module, self._receiver(name)).__enter__())
         return self
 
     def _recorder(self, name: str):
@@ -108,12 +108,18 @@ class capture_operators:
             self.inputs[name] = args[0]
         return hook
 
+    def _receiver(self, name: str):
+        def receive(operator):
+            self.handed[name] = operator
+        return receive
+
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for module in self.layers.values():
-            module._ess_record_operator = False
+        for listener in self._listeners:
+            listener.__exit__()
+        self._listeners.clear()
 
     def operators(self, batch_limit: int | None = None, pick_channels=None) -> dict[str, Operator]:
         """Every layer's operator; with ``batch_limit``, of the first examples of the batch only;
@@ -125,17 +131,14 @@ class capture_operators:
             raise RuntimeError(f"layers {missing} were not called during the captured forward pass")
         out = {}
         for name, module in self.layers.items():
-            recorded = getattr(module, "recorded_operator", None)
-            if callable(recorded):
-                out[name] = recorded(batch_limit, pick_channels)
-                continue
-            if recorded is not None:
-                op = recorded if batch_limit is None else recorded.batch_head(batch_limit)
-            else:
+            op = self.handed.get(name)
+            if op is None:
                 x = self.inputs[name] if batch_limit is None else self.inputs[name][:batch_limit]
                 op = _adapter_for(module).operator(module, x)
+            elif batch_limit is not None:
+                op = op.batch_head(batch_limit)
             channels = pick_channels(op.batch_shape[1]) if pick_channels and len(op.batch_shape) >= 2 else None
-            out[name] = op if channels is None else op.index_batch(1, channels)
+            out[name] = resolve(op if channels is None else op.index_batch(1, channels))
         return out
 
 

@@ -1,8 +1,10 @@
 """What every mixer of the zoo shares: the ESS contract and a few small layers.
 
-The contract (``ess_reg`` never imports this package; anyone's mixer can implement it):
+Every mixer is an ``ess_reg.contract.ESSLayer`` (``ess_reg`` never imports this package;
+anyone's layer can implement the contract):
 
-* ``forward(x)``: ``(B, L, D) -> (B, L, D)``.
+* ``forward(x)``: ``(B, L, D) -> (B, L, D)``; it hands the operator it applied to a capturing
+  probe (``ess_reg.contract.hand_over``).
 * ``operator(x)``: the causal operator the mixer applied to ``x``, an ``ess_reg`` operator of
   batch shape ``(B, C)`` (C = heads or channels).
 * ``state_size()``: the theoretical state size (TSS) per value channel: a number, or a function
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from ess_reg import DenseOperator, StateSpaceOperator
+from ess_reg.contract import hand_over
 from ess_reg.diagnosis import StateSize
 
 
@@ -70,8 +73,7 @@ class Mixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         trace = self.operator_and_values(x, check_values=False)
-        if getattr(self, "_ess_record_operator", False):  # ess_reg.probe.capture_operators asks for it
-            self.recorded_operator = trace.operator
+        hand_over(self, trace.operator)  # to a probe capturing this forward, if one is
         return trace.readout(trace.operator.apply(trace.values, chunk_size=self.chunk_size, method=self.apply_method))
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:

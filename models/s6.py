@@ -8,12 +8,15 @@ is its own operator with state ``d_state`` (TSS ``d_state`` per channel).
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ess_reg import StateSpaceOperator
+from ess_reg.contract import capturing, hand_over
+from ess_reg.operators import DeferredOperator
 from ess_reg.kernels import selective_scan
 
 from .base import Mixer, MixerTrace, ShortConv, channels_first, channels_last, check_positive, inverse_softplus, log_uniform
@@ -84,6 +87,15 @@ class SelectiveSSM(Mixer):
         return StateSpaceOperator(dt * A[None, :, None, :], dt * B.unsqueeze(1), C.unsqueeze(1).expand(shape),
                                   check_values=check_values)
 
+    @classmethod
+    def _narrowed_operator(cls, dt, A, B, C, examples: int | None, channels: torch.Tensor | None):
+        """The operator of the first ``examples`` examples and the ``channels`` asked (None: all)."""
+        head = slice(None, examples)
+        dt, B, C = dt[head], B[head], C[head]
+        if channels is not None:
+            dt, A = dt[..., channels], A[channels]
+        return cls._operator(dt, A, B, C, check_values=False)
+
     def operator_and_values(self, x: torch.Tensor, check_values: bool = True) -> MixerTrace:
         u, z, dt, A, B, C = self._streams(x)
         op = self._operator(dt, A, B, C, check_values)
@@ -93,16 +105,9 @@ class SelectiveSSM(Mixer):
         # The factored scan (ess_reg.kernels.selective_scan), not the generic operator apply: B, C
         # and the decay's dt x A stay unexpanded.  The operator is built only when a probe asks.
         u, z, dt, A, B, C = self._streams(x)
-        if getattr(self, "_ess_record_operator", False):
-            # A builder, not the operator: only the examples and channels a probe takes get
-            # expanded to (b, e, L, N) (see ess_reg.probe.capture_operators).
-            def build(batch_limit: int | None = None, pick_channels=None) -> StateSpaceOperator:
-                head = slice(None, batch_limit)
-                channels = pick_channels(A.shape[0]) if pick_channels else None
-                dt_h, A_h = (dt[head], A) if channels is None else (dt[head][..., channels], A[channels])
-                return self._operator(dt_h, A_h, B[head], C[head], check_values=False)
-
-            self.recorded_operator = build
+        if capturing(self):  # deferred: only the examples and channels a probe takes get expanded
+            hand_over(self, DeferredOperator(partial(self._narrowed_operator, dt, A, B, C),
+                                             (dt.shape[0], A.shape[0]), dt.shape[1]))
         y = selective_scan(dt, A, dt * u, B, C)
         return self._readout(y.to(x.dtype), u, z)
 

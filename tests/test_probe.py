@@ -5,6 +5,7 @@ from torch import nn
 from ess_reg import DenseOperator, LayerESS, StateSpaceOperator
 from ess_reg.diagnosis import (COLLAPSE, HEALTHY, INCONCLUSIVE, SATURATION, FailureThresholds, LayerReport,
                               diagnose, model_summary, reachable_state, tss_at)
+from ess_reg.contract import capturing
 from ess_reg.probe import Adapter, capture_operators, ess_layers, measure, register_adapter
 
 from factories import lm, tokens
@@ -145,11 +146,14 @@ def test_state_space_mixers_hand_over_the_operator_of_their_forward_pass(monkeyp
     rebuilt = model.blocks[1].mixer.operator(capture.inputs["blocks.1.mixer"][:3])
     assert ops["blocks.1.mixer"].batch_shape == (3, 2)
     assert torch.allclose(ops["blocks.1.mixer"].materialize(), rebuilt.materialize(), atol=1e-6)
-    # Recording is switched off after the capture: a later forward pass hands over nothing.
-    kept = [block.mixer.recorded_operator for block in model.blocks]
-    assert all(op is not None for op in kept)
+    # The capture listens only while open, and leaves nothing on the layers.
+    kept = dict(capture.handed)
+    assert set(kept) == {"blocks.0.mixer", "blocks.1.mixer"}
     model(x)
-    assert all(block.mixer.recorded_operator is op for block, op in zip(model.blocks, kept))
+    assert capture.handed == kept
+    assert not any(capturing(block.mixer) for block in model.blocks)
+    assert all(set(vars(block.mixer)) == set(vars(fresh.mixer)) for block, fresh in
+               zip(model.blocks, lm("gla", vocab_size=16, d_model=8, feature_dim=4).blocks))
 
 
 def test_batch_head_keeps_shared_factors():
