@@ -108,6 +108,19 @@ def test_a_treatment_is_compared_with_the_baseline_of_its_own_stratum():
     assert by["pen b"].difference == pytest.approx(-0.05) and by["pen b"].verdict == "no clear difference"
     lo, hi = by["pen b"].interval
     assert lo < -0.05 < hi
+    # Paired by seed: the same seeds on both sides, each seed's difference is what is resampled.
+    def seeded(label, values):
+        return NS(label=label, runs=[NS(value=v, seed=i) for i, v in enumerate(values)])
+
+    base, treated = seeded("none x", [0.2, 0.5, 0.8, 0.4]), seeded("pen x", [0.25, 0.56, 0.83, 0.47])
+    paired = compare_to_baseline([base, treated], lambda g: g.label.startswith("none"), lambda g: "x",
+                                 lambda r: r.value, pair=lambda r: r.seed, resamples=500)[0]
+    unpaired = compare_to_baseline([base, treated], lambda g: g.label.startswith("none"), lambda g: "x",
+                                   lambda r: r.value, resamples=500)[0]
+    assert paired.paired and paired.higher_pairs == 4 and not unpaired.paired
+    assert paired.difference == pytest.approx(0.0525) == unpaired.difference
+    assert paired.interval[0] >= 0.03 and paired.verdict == "higher"  # each seed: +0.03..+0.07
+    assert unpaired.verdict == "no clear difference"  # the seeds' spread hides it without pairing
     with pytest.raises(ValueError, match="two baseline groups"):
         compare_to_baseline([*groups, group("none a", [0.2])], lambda g: g.label.startswith("none"),
                             lambda g: g.label.split()[1], lambda r: r.value)
@@ -133,7 +146,7 @@ def test_ess_report_compares_with_a_baseline_and_takes_another_target(study, cap
     records = load_runs(study["uri"], experiment="study")
     mean = lambda m: sum(r.metrics["valid/loss"] for r in records if r.mixer == m) / 2  # noqa: E731
     row = next(line for line in text.splitlines() if line.startswith("| model=gla | 2 | ") and "model=la" not in line
-               and line.count("|") == 9)
+               and line.count("|") == 10)
     assert f"| {mean('gla') - mean('la'):+.2f} |" in row
     assert "## valid/loss against each measure" in text and "## Collapse during training" in text
     capsys.readouterr()

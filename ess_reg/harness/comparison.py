@@ -27,6 +27,8 @@ class Comparison:
     mean: float
     baseline_mean: float
     interval: tuple[float, float]  # of mean - baseline_mean, 95%
+    paired: bool = False  # by seed: each seed's difference (same init and batches on both sides)
+    higher_pairs: int | None = None  # paired: how many seeds came out higher than their baseline
 
     @property
     def difference(self) -> float:
@@ -54,12 +56,26 @@ def _difference_interval(a: list[float], b: list[float], resamples: int, seed: i
     return float(torch.quantile(diffs, tail)), float(torch.quantile(diffs, 1 - tail))
 
 
+def _paired_interval(differences: list[float], resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap of the mean of paired differences (the pairs resampled)."""
+    if len(differences) < 2:
+        return math.nan, math.nan
+    g = torch.Generator().manual_seed(seed)
+    d = torch.tensor(differences, dtype=torch.float64)
+    means = d[torch.randint(len(d), (resamples, len(d)), generator=g)].mean(1)
+    tail = (1 - level) / 2
+    return float(torch.quantile(means, tail)), float(torch.quantile(means, 1 - tail))
+
+
 def compare_to_baseline(groups: Sequence, is_baseline: Callable[[object], bool], stratum: Callable[[object], tuple],
-                        value: Callable[[object], float | None], *, resamples: int = 2000,
-                        seed: int = 0) -> list[Comparison]:
+                        value: Callable[[object], float | None], *, pair: Callable[[object], object] | None = None,
+                        resamples: int = 2000, seed: int = 0) -> list[Comparison]:
     """Each group that is not a baseline against the baseline group of its stratum (the group with
     the same other settings). ``groups`` have ``.label`` and ``.runs``; ``is_baseline(group)``,
-    ``stratum(group)`` and ``value(run)`` say which is which and what is compared."""
+    ``stratum(group)`` and ``value(run)`` say which is which and what is compared. With
+    ``pair(run)`` (the seed), two groups whose runs have the same pair keys are compared pair by
+    pair: the interval is of the mean paired difference, which removes what the pairs share (the
+    initialization and the batches of a seed) from the noise."""
     baselines = {}
     for g in groups:
         if is_baseline(g):
@@ -72,12 +88,22 @@ def compare_to_baseline(groups: Sequence, is_baseline: Callable[[object], bool],
         base = baselines.get(stratum(g))
         if base is None or base is g:
             continue
-        a = [v for v in (value(r) for r in g.runs) if v is not None]
-        b = [v for v in (value(r) for r in base.runs) if v is not None]
+        a = {id(r): value(r) for r in g.runs if value(r) is not None}
+        b = {id(r): value(r) for r in base.runs if value(r) is not None}
         if not a or not b:
             continue
-        out.append(Comparison(g.label, base.label, len(a), len(b), sum(a) / len(a), sum(b) / len(b),
-                              _difference_interval(a, b, resamples, seed)))
+        mean, base_mean = sum(a.values()) / len(a), sum(b.values()) / len(b)
+        keys_a = [pair(r) for r in g.runs if id(r) in a] if pair else None
+        keys_b = [pair(r) for r in base.runs if id(r) in b] if pair else None
+        if pair and len(set(keys_a)) == len(keys_a) and sorted(map(str, keys_a)) == sorted(map(str, keys_b)):
+            by_key = {str(pair(r)): a[id(r)] for r in g.runs if id(r) in a}
+            diffs = [by_key[str(pair(r))] - b[id(r)] for r in base.runs if id(r) in b]
+            out.append(Comparison(g.label, base.label, len(a), len(b), mean, base_mean,
+                                  _paired_interval(diffs, resamples, seed), paired=True,
+                                  higher_pairs=sum(d > 0 for d in diffs)))
+        else:
+            out.append(Comparison(g.label, base.label, len(a), len(b), mean, base_mean,
+                                  _difference_interval(list(a.values()), list(b.values()), resamples, seed)))
     return out
 
 

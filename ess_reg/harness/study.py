@@ -253,17 +253,21 @@ def _baseline_rule(spec: str):
 
 def _comparison_lines(groups: list[Group], baseline: str, target: str, resamples: int) -> list[str]:
     is_baseline, stratum = _baseline_rule(baseline)
-    found = compare_to_baseline(groups, is_baseline, stratum, lambda r: r.metrics.get(target), resamples=resamples)
+    found = compare_to_baseline(groups, is_baseline, stratum, lambda r: r.metrics.get(target),
+                                pair=lambda r: r.params.get("seed"), resamples=resamples)
     lines = [f"## Against the baseline ({baseline})", "",
              f"Each configuration against the {baseline} runs under the same other settings: the difference of "
-             f"mean {target} with a 95% bootstrap interval (each side's seeds resampled on their own).", "",
-             "| configuration | seeds | mean | baseline | seeds | difference | 95% interval | reading |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"mean {target} with a 95% bootstrap interval. Where both sides ran the same seeds (same "
+             "initialization and batches), the interval is of the mean per-seed difference (paired); otherwise each "
+             "side's seeds are resampled on their own.", "",
+             "| configuration | seeds | mean | baseline | seeds | difference | 95% interval | paired | reading |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in found:
         lines.append(f"| {c.label} | {c.n} | {c.mean:.3f} | {c.baseline_mean:.3f} | {c.n_baseline} | "
-                     f"{_num(c.difference)} | [{_num(c.interval[0])}, {_num(c.interval[1])}] | {c.verdict} |")
+                     f"{_num(c.difference)} | [{_num(c.interval[0])}, {_num(c.interval[1])}] | "
+                     f"{f'yes, {c.higher_pairs}/{c.n} seeds higher' if c.paired else 'no'} | {c.verdict} |")
     if not found:
-        lines.append(f"| (no configuration has a {baseline} group under the same other settings) |||||||| ")
+        lines.append(f"| (no configuration has a {baseline} group under the same other settings) ||||||||| ")
     return lines + [""]
 
 
