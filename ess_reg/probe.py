@@ -19,6 +19,7 @@ from ._checks import check_limit, check_seed
 from .diagnosis import LayerReport, StateSize, tss_at
 from .ess import ESS_KINDS, _check_ess_options, layer_ess
 from .indices import index_rule
+from .adapters import register_for
 from .contract import ESSLayer, listen
 from .operators import DeferredOperator, Operator, resolve
 
@@ -46,6 +47,7 @@ def register_adapter(cls: type, adapter: Adapter) -> None:
 
 
 def _adapter_for(module: nn.Module) -> Adapter | None:
+    register_for(type(module))  # a library's adapters load when the probe first meets its modules
     for cls in type(module).__mro__:
         if cls in _ADAPTERS:
             return _ADAPTERS[cls]
@@ -263,3 +265,12 @@ def measure(
     (a one-off :class:`Probe`; ``indices`` as there, default all)."""
     return Probe(model, layers=layers, indices=indices, kind=kind, ess_options=ess_options,
                  context_end=context_end, items_to_recall=items_to_recall, **spectra_options)(inputs)
+
+
+def _register_builtin_adapters() -> None:
+    from .adapters import torch_attention
+
+    torch_attention._register()
+
+
+_register_builtin_adapters()
