@@ -12,7 +12,7 @@ import importlib
 __all__ = ["register_for"]
 
 # top-level package of a module's class -> the adapter module that registers its classes
-_LAZY = {}
+_LAZY = {"transformers": "ess_reg.adapters.hf"}
 _loaded: set[str] = set()
 
 
