@@ -20,7 +20,7 @@ from .diagnosis import LayerReport, StateSize, tss_at
 from .ess import ESS_KINDS, _check_ess_options, layer_ess
 from .indices import index_rule
 from .adapters import register_for
-from .contract import ESSLayer, listen
+from .contract import ESSLayer, hand_over, listen
 from .operators import DeferredOperator, Operator, resolve
 
 __all__ = ["Adapter", "register_adapter", "ess_layers", "capture_operators", "Probe", "measure"]
@@ -28,10 +28,16 @@ __all__ = ["Adapter", "register_adapter", "ess_layers", "capture_operators", "Pr
 
 @dataclass
 class Adapter:
-    """How to get the operator and TSS of a module class that does not implement the contract."""
+    """How to get the operator and TSS of a module class that does not implement the contract.
 
-    operator: Callable[[nn.Module, torch.Tensor], Operator]
+    ``operator(module, x)`` builds the operator from the module's input; ``from_forward(module,
+    args, kwargs, output)``, for a module whose operator is a by-product of its own forward (the
+    attention probabilities a Hugging Face attention layer returns), reads it from a forward
+    pass the probe captures. Give at least one."""
+
+    operator: Callable[[nn.Module, torch.Tensor], Operator] | None
     state_size: Callable[[nn.Module], StateSize]
+    from_forward: Callable[[nn.Module, tuple, dict, object], Operator] | None = None
 
 
 _ADAPTERS: dict[type, Adapter] = {}
@@ -41,8 +47,10 @@ def register_adapter(cls: type, adapter: Adapter) -> None:
     """Make every instance of ``cls`` ESS-capable through ``adapter``."""
     if not isinstance(cls, type):
         raise TypeError(f"cls must be a class, got {cls!r}")
-    if not (callable(getattr(adapter, "operator", None)) and callable(getattr(adapter, "state_size", None))):
-        raise TypeError(f"adapter must be an Adapter (with callable operator and state_size), got {adapter!r}")
+    if not (callable(getattr(adapter, "state_size", None))
+            and (callable(getattr(adapter, "operator", None)) or callable(getattr(adapter, "from_forward", None)))):
+        raise TypeError(f"adapter must be an Adapter (a callable state_size, and operator or from_forward), "
+                        f"got {adapter!r}")
     _ADAPTERS[cls] = adapter
 
 
@@ -79,6 +87,12 @@ def ess_layers(model: nn.Module, names: Sequence[str] | None = None) -> dict[str
     return layers
 
 
+def _handing_over(from_forward):
+    def hook(module, args, kwargs, output):
+        hand_over(module, from_forward(module, args, kwargs, output))
+    return hook
+
+
 class capture_operators:
     """Context manager: during ``model(...)`` inside it, record what each layer needs for its
     operator; afterwards ``operators()`` returns every layer's operator.
@@ -101,13 +115,19 @@ class capture_operators:
         self.inputs.clear()
         self.handed.clear()
         for name, module in self.layers.items():
-            self._handles.append(module.register_forward_pre_hook(self._recorder(name)))
+            self._handles.append(module.register_forward_pre_hook(self._recorder(name), with_kwargs=True))
             self._listeners.append(listen(module, self._receiver(name)).__enter__())
+            from_forward = _adapter_for(module).from_forward
+            if from_forward is not None:
+                self._handles.append(module.register_forward_hook(_handing_over(from_forward), with_kwargs=True))
         return self
 
     def _recorder(self, name: str):
-        def hook(module, args):
-            self.inputs[name] = args[0]
+        def hook(module, args, kwargs):
+            # the input: the first positional argument, else the hidden states passed by keyword
+            first = args[0] if args else kwargs.get("hidden_states",
+                                                    next((v for v in kwargs.values() if torch.is_tensor(v)), None))
+            self.inputs[name] = first
         return hook
 
     def _receiver(self, name: str):
@@ -135,8 +155,12 @@ class capture_operators:
         for name, module in self.layers.items():
             op = self.handed.get(name)
             if op is None:
+                adapter = _adapter_for(module)
+                if adapter.operator is None:
+                    raise RuntimeError(f"layer {name!r} ({type(module).__name__}) handed over no operator during the "
+                                       "captured forward pass, and its adapter cannot build one from the input")
                 x = self.inputs[name] if batch_limit is None else self.inputs[name][:batch_limit]
-                op = _adapter_for(module).operator(module, x)
+                op = adapter.operator(module, x)
             elif batch_limit is not None:
                 op = op.batch_head(batch_limit)
             channels = pick_channels(op.batch_shape[1]) if pick_channels and len(op.batch_shape) >= 2 else None

@@ -53,3 +53,56 @@ def test_the_penalty_moves_a_mamba_models_ess_its_way():
         assert model.backbone.layers[0].mixer.A_log.grad.abs().sum() > 0  # gradients reach the layer
         optimizer.step()
     assert penalty(ids, step=16).item() < before  # maximize: the penalty (-ESS) falls, ESS rises
+
+
+def tiny_llama(attn="eager", seed=0):
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      attn_implementation=attn)
+    return transformers.LlamaForCausalLM(config).double().eval()
+
+
+def test_llama_attention_operator_reproduces_the_layer():
+    model = tiny_llama()
+    ids = torch.randint(0, 32, (2, 12))
+    attn = model.model.layers[1].self_attn
+    seen = {}
+    handle = attn.register_forward_pre_hook(lambda m, a, k: seen.update(h=k["hidden_states"]), with_kwargs=True)
+    with ess_reg.probe.capture_operators(model) as capture:
+        model(ids)
+    handle.remove()
+    op = capture.operators()["model.layers.1.self_attn"]
+    assert op.batch_shape == (2, 4) and op.multiplicity == 4  # 4 query heads of 4 channels
+    values = attn.v_proj(seen["h"]).view(2, 12, 2, 4).transpose(1, 2).repeat_interleave(2, dim=1)  # GQA: 2 groups
+    heads = op.materialize() @ values
+    out = attn.o_proj(heads.transpose(1, 2).reshape(2, 12, 16))
+    cos_sin = model.model.rotary_emb(seen["h"], torch.arange(12)[None])
+    causal = torch.full((12, 12), float("-inf"), dtype=torch.float64).triu(1)[None, None]  # the eager path adds it
+    expected = attn(seen["h"], position_embeddings=cos_sin, attention_mask=causal)[0]
+    assert torch.allclose(out, expected, atol=1e-10)
+
+
+def test_a_llama_model_is_measured_per_head_and_sdpa_is_named():
+    reports = ess_reg.measure(tiny_llama(), torch.randint(0, 32, (2, 16)), kind="tolerance")
+    assert set(reports) == {"model.layers.0.self_attn", "model.layers.1.self_attn"}
+    for report in reports.values():
+        assert report.ess.values.shape[:2] == (2, 4)  # per example, per head
+        tss = ess_reg.diagnosis.growing_state_size(report.ess.indices, 16).to(torch.float64)
+        assert torch.all(report.ess.values <= tss + 1e-9)
+    with pytest.raises(RuntimeError, match="attn_implementation='eager'"):
+        ess_reg.measure(tiny_llama("sdpa"), torch.randint(0, 32, (2, 16)))
+
+
+def test_the_penalty_moves_a_llama_models_attention_ess_its_way():
+    model = tiny_llama(seed=1).train()
+    ids = torch.randint(0, 32, (4, 16), generator=torch.Generator().manual_seed(0))
+    penalty = ess_reg.ESSPenalty(model, "minimize", measure="ess", schedule=ess_reg.Schedule(weight=1.0, ramp_steps=0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = penalty(ids, step=1).item()
+    for step in range(10):
+        optimizer.zero_grad()
+        penalty(ids, step=step + 1).backward()
+        assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+        optimizer.step()
+    assert penalty(ids, step=11).item() < before  # minimize: the attention's ESS falls

@@ -2,7 +2,8 @@
 
 ``torch.nn.MultiheadAttention`` is registered when :mod:`ess_reg.probe` loads (torch is always
 there). Adapters for other libraries are imported the first time the probe meets a module of
-that library, so ``import ess_reg`` never imports them.
+that library, so ``import ess_reg`` never imports them; such a module offers
+``maybe_register(cls)``, asked once per class the probe meets.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import importlib
 
 __all__ = ["register_for"]
 
-# top-level package of a module's class -> the adapter module that registers its classes
+# top-level package of a module's class -> the adapter module for that library
 _LAZY = {"transformers": "ess_reg.adapters.hf"}
-_loaded: set[str] = set()
+_seen: set[type] = set()
 
 
 def register_for(module_class: type) -> None:
-    """Import the adapter module for ``module_class``'s library once, if there is one."""
-    package = module_class.__module__.split(".", 1)[0]
-    target = _LAZY.get(package)
-    if target is not None and target not in _loaded:
-        _loaded.add(target)
-        importlib.import_module(target)
+    """Let the adapter module of ``module_class``'s library register it, once per class."""
+    if module_class in _seen:
+        return
+    _seen.add(module_class)
+    target = _LAZY.get(module_class.__module__.split(".", 1)[0])
+    if target is not None:
+        importlib.import_module(target).maybe_register(module_class)
