@@ -1,7 +1,7 @@
 """Adapters for ``transformers`` modules; imported by the probe the first time it meets one (so
 ``import ess_reg`` never imports ``transformers``), then asked about each class it meets.
 
-- ``MambaMixer``: its selective SSM (:mod:`ess_reg.adapters.hf_mamba`).
+- ``MambaMixer`` and ``Mamba2Mixer``: their selective SSMs (:mod:`ess_reg.adapters.hf_mamba`).
 - Attention layers (a class named ``...Attention`` whose forward returns ``(output, weights)``,
   as Llama, Qwen, Mistral, GPT-2 and most decoders do): the per-head attention probabilities it
   returns when the model runs with ``attn_implementation="eager"``, as dense operators of batch
@@ -15,7 +15,7 @@ import torch
 from ..diagnosis import growing_state_size
 from ..operators import DenseOperator
 from ..probe import Adapter, register_adapter
-from .hf_mamba import mamba_operator
+from .hf_mamba import mamba2_operator, mamba_operator
 
 __all__ = ["maybe_register", "attention_from_forward"]
 
@@ -39,6 +39,8 @@ def _is_attention(cls: type) -> bool:
 def maybe_register(cls: type) -> None:
     if cls.__name__ == "MambaMixer":
         register_adapter(cls, Adapter(operator=mamba_operator, state_size=lambda m: m.ssm_state_size))
+    elif cls.__name__ == "Mamba2Mixer":
+        register_adapter(cls, Adapter(operator=mamba2_operator, state_size=lambda m: m.ssm_state_size))
     elif _is_attention(cls):
         register_adapter(cls, Adapter(operator=None, state_size=lambda m: growing_state_size,
                                       from_forward=attention_from_forward))

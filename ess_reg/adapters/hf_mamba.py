@@ -38,3 +38,38 @@ def mamba_readout(module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The mixer's output from the operator's output ``y`` ``(B, E, L)``: skip, gate, projection."""
     u, gate, *_ = mamba_streams(module, x)
     return module.out_proj((y.transpose(1, 2) + module.D.to(x.dtype) * u) * module.act(gate))
+
+
+def mamba2_streams(module, x: torch.Tensor):
+    """What ``Mamba2Mixer.forward`` computes before its scan: ``gate`` ``(B, L, E)``, values
+    ``(B, H, L, head_dim)``, ``dt`` ``(B, L, H)``, ``A`` ``(H,)``, ``B, C`` ``(B, L, G, N)``."""
+    b, length, _ = x.shape
+    gate, xbc, dt = module.in_proj(x).split([module.intermediate_size, module.conv_dim, module.num_heads], dim=-1)
+    xbc = module.act(module.conv1d(xbc.transpose(1, 2))[..., :length]).transpose(1, 2)
+    groups_n = module.n_groups * module.ssm_state_size
+    values, B, C = xbc.split([module.intermediate_size, groups_n, groups_n], dim=-1)
+    values = values.view(b, length, module.num_heads, module.head_dim).transpose(1, 2)
+    low, high = module.time_step_limit
+    dt = torch.clamp(F.softplus(dt + module.dt_bias.to(x.dtype)), min=low, max=high)
+    shape = (b, length, module.n_groups, module.ssm_state_size)
+    return gate, values, dt, -torch.exp(module.A_log.to(x.dtype)), B.view(shape), C.view(shape)
+
+
+def mamba2_operator(module, x: torch.Tensor) -> StateSpaceOperator:
+    """``T`` per head (batch shape ``(B, H)``, each serving ``head_dim`` value channels): one
+    scalar decay ``exp(dt_h A_h)`` for all ``N`` states, input ``dt_h B_g``, output ``C_g`` of the
+    head's group ``g``."""
+    _, _, dt, A, B, C = mamba2_streams(module, x)
+    per_group = module.num_heads // module.n_groups
+    B, C = (t.repeat_interleave(per_group, dim=2).transpose(1, 2) for t in (B, C))  # (B, H, L, N)
+    dt = dt.transpose(1, 2).unsqueeze(-1)  # (B, H, L, 1)
+    log_decay = (dt * A[None, :, None, None]).expand(B.shape)
+    return StateSpaceOperator(log_decay, dt * B, C, multiplicity=module.head_dim, check_values=False)
+
+
+def mamba2_readout(module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The mixer's output from the operator's output ``y`` ``(B, H, L, head_dim)``: skip, gated
+    norm, projection."""
+    gate, values, *_ = mamba2_streams(module, x)
+    y = y + module.D.to(x.dtype)[None, :, None, None] * values
+    return module.out_proj(module.norm(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1), gate).to(x.dtype))
