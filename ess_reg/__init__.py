@@ -8,6 +8,8 @@ The experiment harness (``ess-train``, MLflow, Hydra) is :mod:`ess_reg.harness`,
 ``train`` extra; the reference zoo of mixers is :mod:`ess_reg.models`.
 """
 
+from .analysis import Analysis, analyze
+from .boundaries import boundary_modulation, boundary_profile
 from .contract import ESSLayer, hand_over
 from .diagnosis import MEASURES, FailureThresholds, LayerReport, Verdict, diagnose, model_summary
 from .ess import (
@@ -53,6 +55,10 @@ __all__ = [
     "ESSLayer",
     "hand_over",
     # ESS of a model's layers, and the diagnosis
+    "analyze",
+    "Analysis",
+    "boundary_profile",
+    "boundary_modulation",
     "Probe",
     "measure",
     "Adapter",

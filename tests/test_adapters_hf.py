@@ -147,3 +147,14 @@ def test_a_mamba2_model_is_measured_and_penalized():
         assert model.backbone.layers[0].mixer.A_log.grad.abs().sum() > 0
         optimizer.step()
     assert penalty(ids, step=11).item() < before
+
+
+def test_analyze_gives_a_per_head_report_of_a_hugging_face_model():
+    ids = torch.randint(1, 32, (2, 20), generator=torch.Generator().manual_seed(0))
+    ids[:, 10] = 0  # a separator
+    result = ess_reg.analyze(tiny_llama(), ids, separators=[0], kind="tolerance")
+    assert set(result.per_head) == {"model.layers.0.self_attn", "model.layers.1.self_attn"}
+    assert all(h.shape == (4,) for h in result.per_head.values())  # one value per head
+    assert all(-10 < m <= 1 for m in result.modulation.values())
+    mamba = ess_reg.analyze(tiny_mamba(), ids[:, :12])
+    assert all(h.shape == (32,) for h in mamba.per_head.values())  # one per inner channel

@@ -1,0 +1,82 @@
+"""Boundary modulation: a layer that resets its memory at separators is told apart from one that does not."""
+
+import pytest
+import torch
+from torch import nn
+
+import ess_reg
+from ess_reg.boundaries import boundary_modulation, boundary_profile
+
+SEP = 0
+
+
+class ToyAttention(nn.Module):
+    """Uniform causal attention over token embeddings; with ``resets``, a token attends only to
+    positions after the last separator before it (the separator closes its segment)."""
+
+    def __init__(self, resets: bool, vocab: int = 8, dim: int = 4):
+        super().__init__()
+        self.resets = resets
+        self.embed = nn.Embedding(vocab, dim)
+        self.tokens = None
+
+    def operator(self, x):
+        tokens = self.tokens
+        b, length = tokens.shape
+        allowed = torch.ones(length, length, dtype=torch.bool).tril().expand(b, length, length).clone()
+        if self.resets:
+            # segment id: how many separators lie strictly before each position
+            segment = torch.cumsum((tokens == SEP).long(), dim=1) - (tokens == SEP).long()
+            allowed &= segment[:, :, None] == segment[:, None, :]
+        scores = torch.randn(b, length, length, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+        return ess_reg.DenseOperator(weights.unsqueeze(1))  # (B, 1, L, L): one head
+
+    def state_size(self):
+        return ess_reg.diagnosis.growing_state_size
+
+    def forward(self, tokens):
+        self.tokens = tokens
+        x = self.embed(tokens).double()
+        return self.operator(x).materialize()[:, 0] @ x
+
+
+def test_a_layer_that_resets_at_separators_is_told_apart_from_one_that_does_not():
+    torch.manual_seed(0)
+    tokens = torch.randint(1, 8, (3, 40))
+    tokens[:, [9, 21, 30]] = SEP
+    resetting, plain = ToyAttention(True), ToyAttention(False)
+    reports = {name: ess_reg.measure(layer, tokens, kind="tolerance")[""]
+               for name, layer in (("resets", resetting), ("plain", plain))}
+    profile = boundary_profile(reports["resets"], tokens, [SEP], window=3)
+    assert profile.shape == (7,) and profile[3] == pytest.approx(0.0, abs=1e-9)  # nothing crosses the boundary
+    assert profile[:3].min() >= 1  # before it, the segment so far is carried
+    assert boundary_modulation(reports["resets"], tokens, [SEP], window=3) > 0.6
+    assert abs(boundary_modulation(reports["plain"], tokens, [SEP], window=3)) < 0.2
+
+
+def test_boundaries_that_are_not_there_or_not_measured_are_named():
+    tokens = torch.randint(1, 8, (2, 16))
+    report = ess_reg.measure(ToyAttention(False), tokens, kind="tolerance")[""]
+    with pytest.raises(ValueError, match="no measured index lies within"):
+        boundary_profile(report, tokens, [SEP])
+    with pytest.raises(ValueError, match="separators must be a non-empty collection"):
+        boundary_profile(report, tokens, [])
+    with pytest.raises(ValueError, match="token ids of shape"):
+        boundary_profile(report, tokens.double(), [SEP])
+
+
+def test_analyze_reports_per_head_and_the_boundary_drop():
+    torch.manual_seed(0)
+    tokens = torch.randint(1, 8, (3, 40))
+    tokens[:, [9, 21, 30]] = SEP
+    model = nn.ModuleDict({"resets": ToyAttention(True), "plain": ToyAttention(False)})
+    model.forward = lambda t: [model["resets"](t), model["plain"](t)]
+    result = ess_reg.analyze(model, tokens, separators=[SEP], window=3, kind="tolerance")
+    assert set(result.reports) == {"resets", "plain"}
+    for name, report in result.reports.items():
+        assert torch.allclose(result.per_head[name], report.ess.values.mean(dim=(0, 2)))
+        assert len(report.ess.indices) == 39  # every index
+    assert result.modulation["resets"] == pytest.approx(1.0) and abs(result.modulation["plain"]) < 0.2
+    table = result.table()
+    assert "boundary drop" in table and table.count("\n") == 2
