@@ -26,7 +26,8 @@ from .ess import (
 )
 from .indices import AllIndices, ContextEnd, EvenIndices, GivenIndices, RandomIndices
 from .init_search import select_init
-from .operators import DeferredOperator, DenseOperator, StateSpaceOperator, as_operator
+from .jacobian import jacobian_ess, jacobian_operator
+from .operators import DeferredOperator, DenseOperator, JacobianOperator, StateSpaceOperator, as_operator
 from .penalty import Budget, DecayIdentityPenalty, ESSPenalty, Schedule, Target
 from .probe import Adapter, Probe, measure, register_adapter
 from .spectra import hankel_svdvals
@@ -38,6 +39,7 @@ __all__ = [
     "DenseOperator",
     "StateSpaceOperator",
     "DeferredOperator",
+    "JacobianOperator",
     "as_operator",
     "hankel_svdvals",
     # ESS of an operator
@@ -51,6 +53,8 @@ __all__ = [
     "total_ess",
     "LayerESS",
     "layer_ess",
+    "jacobian_ess",
+    "jacobian_operator",
     # the contract a measurable layer implements
     "ESSLayer",
     "hand_over",

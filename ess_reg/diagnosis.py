@@ -56,11 +56,13 @@ VERDICTS = (HEALTHY, SATURATION, COLLAPSE, INCONCLUSIVE)
 FULL, PARTIAL, UNUSED = "full", "partial", "unused"
 
 
-def reachable_state(tss: torch.Tensor, indices: torch.Tensor, seq_len: int) -> torch.Tensor:
+def reachable_state(tss: torch.Tensor, indices: torch.Tensor, seq_len: int,
+                    io_width: tuple[int, int] = (1, 1)) -> torch.Tensor:
     """The most rank any block ``H_i`` of the operator can have: ``min(i, L - i, TSS_i)``.
 
     ``H_i`` is ``(L - i) x i``, so even a full state cannot show more than ``min(i, L - i)``
-    there: at ``i = 1`` a state of 16 reaches 1.
+    there: at ``i = 1`` a state of 16 reaches 1. A multi-channel operator (a Jacobian, with
+    ``io_width = (D_in, D_out)`` channels in and out) has blocks ``((L - i) D_out) x (i D_in)``.
     """
     for name, value in (("tss", tss), ("indices", indices)):
         if not isinstance(value, torch.Tensor):
@@ -71,7 +73,12 @@ def reachable_state(tss: torch.Tensor, indices: torch.Tensor, seq_len: int) -> t
     except RuntimeError:
         raise ValueError(f"tss of shape {tuple(tss.shape)} does not match indices of shape "
                          f"{tuple(indices.shape)}") from None
-    return torch.minimum(growing_state_size(indices, seq_len).to(torch.float64), tss.to(torch.float64))
+    d_in, d_out = io_width
+    if io_width == (1, 1):
+        shape = growing_state_size(indices, seq_len).to(torch.float64)
+    else:
+        shape = torch.minimum(indices * d_in, (seq_len - indices) * d_out).to(torch.float64)
+    return torch.minimum(shape, tss.to(torch.float64))
 
 
 def utilization(ess_per_index: torch.Tensor, reach: torch.Tensor) -> torch.Tensor:
@@ -139,6 +146,7 @@ class LayerReport:
     seq_len: int
     context_end: int | None = None  # index where the task's context ends (ESS/kv is read there)
     items_to_recall: int | None = None
+    io_width: tuple[int, int] = (1, 1)  # (channels in, channels out) of one operator: a Jacobian's (D_in, D_out)
 
     @property
     def ess_per_index(self) -> torch.Tensor:
@@ -149,7 +157,7 @@ class LayerReport:
     @property
     def reach(self) -> torch.Tensor:
         """Reachable state per operator at each probed index, ``min(i, L - i, TSS)``."""
-        return reachable_state(self.tss.cpu(), self.ess.indices.cpu(), self.seq_len)
+        return reachable_state(self.tss.cpu(), self.ess.indices.cpu(), self.seq_len, self.io_width)
 
     @property
     def ess_avg(self) -> float:

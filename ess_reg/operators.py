@@ -24,7 +24,7 @@ from ._checks import check_floating, check_number
 from .kernels.scan import scan_apply
 from .kernels.segments import segment_sums
 
-__all__ = ["DenseOperator", "StateSpaceOperator", "DeferredOperator", "as_operator", "Operator"]
+__all__ = ["DenseOperator", "StateSpaceOperator", "JacobianOperator", "DeferredOperator", "as_operator", "Operator"]
 
 # A dense T counts as causal when max|T above the diagonal| <= CAUSAL_RTOL * max|T|.
 CAUSAL_RTOL = 1e-6
@@ -291,6 +291,61 @@ class StateSpaceOperator:
 Operator = DenseOperator | StateSpaceOperator
 
 
+class JacobianOperator:
+    """A multi-input multi-output causal operator, one per example: ``J`` of shape
+    ``(B, L, D_out, L, D_in)`` with ``J[b, t, :, s, :]`` the map from input ``s`` to output ``t``
+    (zero for ``s > t``); typically the input-output Jacobian of a nonlinear layer
+    (:mod:`ess_reg.jacobian`). Its Hankel block at index ``i`` is ``J[b, i:, :, :i, :]``
+    flattened to ``((L - i) D_out) x (i D_in)``: every channel at once. Batch shape ``(B, 1)``.
+    """
+
+    def __init__(self, J: torch.Tensor, multiplicity: int = 1, *, check_values: bool = True):
+        check_floating("J", J)
+        if J.dim() != 5 or J.shape[1] != J.shape[3]:
+            raise ValueError(f"J must be (B, L, D_out, L, D_in), got shape {tuple(J.shape)}")
+        if J.shape[1] < 2:
+            raise ValueError(f"sequence length L must be >= 2, got L={J.shape[1]}")
+        if check_values:
+            _check_finite("J", J)
+        self.J = J
+        self.multiplicity = _check_multiplicity(multiplicity)
+
+    @property
+    def seq_len(self) -> int:
+        return self.J.shape[1]
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return torch.Size((self.J.shape[0], 1))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.J.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.J.device
+
+    def batch_head(self, n: int) -> JacobianOperator:
+        return JacobianOperator(_head(self.J, n, 5), self.multiplicity, check_values=False)
+
+    def index_batch(self, dim: int, index: torch.Tensor) -> JacobianOperator:
+        index = torch.as_tensor(index, dtype=torch.long, device=self.J.device)
+        if dim == 0:
+            return JacobianOperator(self.J.index_select(0, index), self.multiplicity, check_values=False)
+        if dim == 1 and bool((index == 0).all()) and len(index) == 1:
+            return self  # its one channel
+        raise ValueError(f"a JacobianOperator has one channel (batch dim 1 of size 1); got dim={dim}, index={index}")
+
+    def hankel_block(self, index: int) -> torch.Tensor:
+        """``(B, (L - i) D_out, i D_in)``: the block at sequence index ``index``."""
+        b, length, d_out, _, d_in = self.J.shape
+        return self.J[:, index:, :, :index, :].reshape(b, (length - index) * d_out, index * d_in)
+
+    def __repr__(self) -> str:
+        return f"JacobianOperator(shape={tuple(self.J.shape)}, dtype={self.J.dtype})"
+
+
 class DeferredOperator:
     """An operator built only for the examples and channels someone looks at.
 
@@ -381,7 +436,7 @@ def _check_values(v: torch.Tensor, length: int) -> None:
 
 def as_operator(x: "torch.Tensor | Operator") -> Operator:
     """Wrap a dense ``T`` tensor as a :class:`DenseOperator`; pass operators through."""
-    if isinstance(x, (DenseOperator, StateSpaceOperator)):
+    if isinstance(x, (DenseOperator, StateSpaceOperator, JacobianOperator)):
         return x
     if isinstance(x, torch.Tensor):
         return DenseOperator(x)

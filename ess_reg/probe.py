@@ -21,7 +21,7 @@ from .ess import ESS_KINDS, _check_ess_options, layer_ess
 from .indices import index_rule
 from .adapters import register_for
 from .contract import ESSLayer, hand_over, listen
-from .operators import DeferredOperator, Operator, resolve
+from .operators import DeferredOperator, JacobianOperator, Operator, resolve
 
 __all__ = ["Adapter", "register_adapter", "ess_layers", "capture_operators", "Probe", "measure"]
 
@@ -257,6 +257,7 @@ class Probe:
                 seq_len=op.seq_len,
                 context_end=self.context_end,
                 items_to_recall=self.items_to_recall,
+                io_width=(op.J.shape[4], op.J.shape[2]) if isinstance(op, JacobianOperator) else (1, 1),
             )
         return reports
 

@@ -41,7 +41,7 @@ import torch
 
 from ._checks import check_int, check_limit, check_number
 from .kernels.segments import decayed_columns, in_chunks, segment_sums
-from .operators import Operator, StateSpaceOperator, _nonfinite_count, as_operator
+from .operators import JacobianOperator, Operator, StateSpaceOperator, _nonfinite_count, as_operator
 
 __all__ = ["hankel_svdvals", "resolve_indices", "DEFAULT_MEMORY_BUDGET", "METHODS"]
 
@@ -175,6 +175,8 @@ def hankel_svdvals(
     try:
         # Inside an autocast region (mixed-precision training) matmuls would drop to half precision.
         with torch.autocast(device_type=op.device.type, enabled=False):
+            if isinstance(op, JacobianOperator):  # one SVD per index of the flattened multi-channel block
+                return _jacobian_svdvals(op, idx, compute_dtype)
             if method == "state_space":
                 return _state_space_svdvals(op, idx, compute_dtype, budget, chunk_size)
             if method == "loop":
@@ -185,12 +187,24 @@ def hankel_svdvals(
             return _dense_svdvals(op.T, idx, budget, dtype=compute_dtype)
     except torch.linalg.LinAlgError as err:
         # Values are only scanned here when an SVD fails: a valid call pays nothing for it.
-        tensors = (op.log_decay, op.B, op.C) if isinstance(op, StateSpaceOperator) else (op.T,)
+        tensors = ((op.log_decay, op.B, op.C) if isinstance(op, StateSpaceOperator)
+                   else (op.J,) if isinstance(op, JacobianOperator) else (op.T,))
         if any(_nonfinite_count(t) for t in tensors):
             raise ValueError(
                 "x has NaN/Inf entries (an operator built with check_values=False?): its spectra are undefined"
             ) from err
         raise
+
+
+def _jacobian_svdvals(op: JacobianOperator, idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(B, 1, len(idx), width)``, zero-padded to the widest block's rank."""
+    _, length, d_out, _, d_in = op.J.shape
+    width = max(min((length - int(i)) * d_out, int(i) * d_in) for i in idx.tolist())
+    out = []
+    for i in idx.tolist():
+        sigma = torch.linalg.svdvals(op.hankel_block(int(i)).to(dtype))
+        out.append(torch.nn.functional.pad(sigma, (0, width - sigma.shape[-1])))
+    return torch.stack(out, dim=-2).unsqueeze(1)
 
 
 def _check_memory_budget(memory_budget) -> int:
