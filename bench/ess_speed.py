@@ -1,9 +1,11 @@
-"""ESS speed: the state-space fast path and the batched dense path against the per-index loop.
+"""ESS speed: the finite-state fast paths and the batched dense path against the per-index loop.
 
 Every ratio is measured in one run on one machine, each side timed on its own:
 
-* fast vs loop: entropy-ESS at every index 1..L-1 of one random StateSpaceOperator
-  (N=16, 8 channels, float64, decays log-uniform in [-20, -1e-4] per step), fast path
+* fast vs loop, per operator kind (``--operators``): entropy-ESS at every index 1..L-1 of one
+  random StateSpaceOperator (N=16, 8 channels, float64, decays log-uniform in [-20, -1e-4] per
+  step) or DeltaRuleOperator (N=16, 8 heads, normalized keys, beta in (0, 1), gates in
+  [exp(-0.3), 1]), fast path
   (``method="state_space"``, best of ``--repeats`` after a warm-up) against one SVD per index of
   the materialized T (``method="loop"``, best of ``--loop-repeats``, one by default: it takes
   minutes at L=1024); also the fast path's forward+backward time and the max |difference| of the
@@ -27,9 +29,10 @@ import torch
 
 from common import Results, add_common_args, best_of, machine_line, setup
 from ess_reg import StateSpaceOperator, entropy_ess
+from ess_reg.operators import DeltaRuleOperator
 
-SUMMARY = ("Entropy-ESS at every index of a random state-space operator (N=16, 8 channels, float64): "
-           "the state-space fast path against one SVD per index of the materialized operator (the loop), "
+SUMMARY = ("Entropy-ESS at every index of a random state-space and delta-rule operator (N=16, 8 channels, "
+           "float64): each fast path against one SVD per index of the materialized operator (the loop), "
            "and the batched dense path against the loop.")
 
 
@@ -42,6 +45,27 @@ def make_operator(length: int, state: int, channels: int, seed: int = 0) -> Stat
     return StateSpaceOperator(log_decay, B, C)
 
 
+def make_delta_rule(length: int, state: int, channels: int, seed: int = 0) -> DeltaRuleOperator:
+    g = torch.Generator().manual_seed(seed)
+    K = torch.nn.functional.normalize(torch.randn(channels, length, state, generator=g, dtype=torch.float64), dim=-1)
+    Q = torch.randn(channels, length, state, generator=g, dtype=torch.float64)
+    beta = torch.rand(channels, length, generator=g, dtype=torch.float64)
+    log_alpha = -0.3 * torch.rand(channels, length, generator=g, dtype=torch.float64)
+    return DeltaRuleOperator(log_alpha, beta, K, Q)
+
+
+OPERATORS = {"state_space": make_operator, "delta_rule": make_delta_rule}
+
+
+def with_leaf(op):
+    """The operator with a leaf factor that needs gradients (the fast path's backward)."""
+    if isinstance(op, DeltaRuleOperator):
+        leaf = op.Q.detach().requires_grad_()
+        return DeltaRuleOperator(op.log_alpha.squeeze(-1), op.beta.squeeze(-1), op.K, leaf), leaf
+    leaf = op.B.detach().requires_grad_()
+    return StateSpaceOperator(op.log_decay, leaf, op.C), leaf
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024])
@@ -49,48 +73,53 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls of the fast paths (best is kept)")
     parser.add_argument("--loop-repeats", type=int, default=1, help="timed calls of the loop (best is kept)")
+    parser.add_argument("--operators", nargs="+", choices=list(OPERATORS), default=list(OPERATORS),
+                        help="operator kinds whose fast path is timed (default: all)")
     add_common_args(parser)
     args = parser.parse_args()
     setup(args)
     results = Results("ess_speed", SUMMARY, {"lengths": args.lengths, "state": args.state,
                                              "channels": args.channels, "repeats": args.repeats,
+                                             "operators": args.operators,
                                              "loop_repeats": args.loop_repeats})
     print(f"machine: {machine_line()}")
     results.describe(f"N={args.state}, {args.channels} channels, float64, entropy-ESS at every index 1..L-1; "
           f"fast paths best of {args.repeats}, loop best of {args.loop_repeats}")
 
     # Warm up every path once (first-call allocations and thread start-up are not what we measure).
-    warm = make_operator(64, args.state, 2)
-    for method in ("loop", "dense", "state_space"):
-        entropy_ess(warm, method=method)
+    for kind in args.operators:
+        warm = OPERATORS[kind](64, args.state, 2)
+        for method in ("loop", "dense", "state_space"):
+            entropy_ess(warm, method=method)
 
-    fast_table = results.table(["L", "loop s", "fast s", "fast/loop speedup", "fast fwd+bwd s", "max |dESS|"],
-                               title="state-space fast path vs the per-index loop", key=["fast/loop speedup"],
-                               widths=[6, 9, 9, 18, 15, 11])
     loops = {}
-    for length in args.lengths:
-        op = make_operator(length, args.state, args.channels)
-        T = op.materialize()  # outside the loop's timing: the baseline is only its SVDs
-        loop = best_of(lambda: entropy_ess(T, method="loop"), args.loop_repeats, warmup=0)
-        fast = best_of(lambda: entropy_ess(op, method="state_space"), args.repeats, warmup=1)
+    for kind in args.operators:
+        fast_table = results.table(["L", "loop s", "fast s", "fast/loop speedup", "fast fwd+bwd s", "max |dESS|"],
+                                   title=f"{kind.replace('_', '-')} fast path vs the per-index loop",
+                                   key=["fast/loop speedup"], widths=[6, 9, 9, 18, 15, 11])
+        for length in args.lengths:
+            op = OPERATORS[kind](length, args.state, args.channels)
+            T = op.materialize()  # outside the loop's timing: the baseline is only its SVDs
+            loop = best_of(lambda: entropy_ess(T, method="loop"), args.loop_repeats, warmup=0)
+            fast = best_of(lambda: entropy_ess(op, method="state_space"), args.repeats, warmup=1)
 
-        def fast_backward():
-            leaf = op.B.detach().requires_grad_()
-            entropy_ess(StateSpaceOperator(op.log_decay, leaf, op.C)).sum().backward()
-            return leaf.grad
+            def fast_backward():
+                built, leaf = with_leaf(op)
+                entropy_ess(built).sum().backward()
+                return leaf.grad
 
-        grad = best_of(fast_backward, args.repeats, warmup=1)
-        diff = (fast.result - loop.result).abs().max().item()
-        loops[length] = (T, loop)
-        fast_table.add(str(length), f"{loop.best:.2f}", f"{fast.best:.3f}", f"{loop.best / fast.best:.0f}x",
-                       f"{grad.best:.3f}", f"{diff:.1e}", length=length, loop_s=loop.best, fast_s=fast.best,
-                       fast_fwd_bwd_s=grad.best, max_diff=diff)
-    rows = fast_table.data
-    if len(rows) > 1:
-        first, last = rows[0], rows[-1]
-        growth = (last["loop_s"] / last["fast_s"]) / (first["loop_s"] / first["fast_s"])
-        results.note(f"speedup grows {growth:.1f}x from L={first['length']} to L={last['length']} "
-                     f"({last['length'] / first['length']:.0f}x longer)")
+            grad = best_of(fast_backward, args.repeats, warmup=1)
+            diff = (fast.result - loop.result).abs().max().item()
+            loops.setdefault(length, (T, loop))
+            fast_table.add(str(length), f"{loop.best:.2f}", f"{fast.best:.3f}", f"{loop.best / fast.best:.0f}x",
+                           f"{grad.best:.3f}", f"{diff:.1e}", length=length, loop_s=loop.best, fast_s=fast.best,
+                           fast_fwd_bwd_s=grad.best, max_diff=diff)
+        rows = fast_table.data
+        if len(rows) > 1:
+            first, last = rows[0], rows[-1]
+            growth = (last["loop_s"] / last["fast_s"]) / (first["loop_s"] / first["fast_s"])
+            results.note(f"{kind}: speedup grows {growth:.1f}x from L={first['length']} to L={last['length']} "
+                         f"({last['length'] / first['length']:.0f}x longer)")
 
     length = args.lengths[0]
     T, loop = loops[length]

@@ -27,7 +27,8 @@ from .ess import (
 from .indices import AllIndices, ContextEnd, EvenIndices, GivenIndices, RandomIndices
 from .init_search import select_init
 from .jacobian import jacobian_ess, jacobian_operator
-from .operators import DeferredOperator, DenseOperator, JacobianOperator, StateSpaceOperator, as_operator
+from .operators import (DeferredOperator, DeltaRuleOperator, DenseOperator, JacobianOperator, StateSpaceOperator,
+                        as_operator)
 from .penalty import Budget, DecayIdentityPenalty, ESSPenalty, Schedule, Target
 from .probe import Adapter, Probe, measure, register_adapter
 from .spectra import hankel_svdvals
@@ -38,6 +39,7 @@ __all__ = [
     # operators and their spectra
     "DenseOperator",
     "StateSpaceOperator",
+    "DeltaRuleOperator",
     "DeferredOperator",
     "JacobianOperator",
     "as_operator",

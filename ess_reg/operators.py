@@ -21,10 +21,11 @@ from collections.abc import Iterator
 import torch
 
 from ._checks import check_floating, check_number
+from .kernels.delta_rule import delta_rule_transition, sequential_delta_rule
 from .kernels.scan import scan_apply
 from .kernels.segments import segment_sums
 
-__all__ = ["DenseOperator", "StateSpaceOperator", "JacobianOperator", "DeferredOperator", "as_operator", "Operator"]
+__all__ = ["DenseOperator", "StateSpaceOperator", "DeltaRuleOperator", "JacobianOperator", "DeferredOperator", "as_operator", "Operator"]
 
 # A dense T counts as causal when max|T above the diagonal| <= CAUSAL_RTOL * max|T|.
 CAUSAL_RTOL = 1e-6
@@ -288,6 +289,115 @@ class StateSpaceOperator:
         )
 
 
+class DeltaRuleOperator:
+    """The causal operator of the delta rule (DeltaNet, Gated DeltaNet): state size ``N``,
+    transitions ``A_t = alpha_t (I - beta_t k_t k_t^T)`` (identity plus rank one, not diagonal):
+
+        x_t = A_t x_{t-1} + beta_t k_t u_t,    y_t = q_t . x_t
+
+    so ``T[i, j] = q_i^T A_i ... A_{j+1} beta_j k_j`` for ``j <= i``. ``log_alpha`` and ``beta``
+    have shape ``(..., L)``, ``K`` and ``Q`` ``(..., L, N)`` (leading dims broadcast; DeltaNet is
+    ``log_alpha = 0``). With ``check_values``, the transitions must not expand a state:
+    ``log_alpha <= 0`` and ``0 <= beta |k|^2 <= 2`` (DeltaNet's normalized keys and ``beta`` in
+    ``(0, 1)`` are inside).
+    """
+
+    def __init__(self, log_alpha: torch.Tensor, beta: torch.Tensor, K: torch.Tensor, Q: torch.Tensor,
+                 multiplicity: int = 1, *, check_values: bool = True):
+        for name, x in (("log_alpha", log_alpha), ("beta", beta), ("K", K), ("Q", Q)):
+            check_floating(name, x)
+        if K.dim() < 2 or K.shape[-2:] != Q.shape[-2:]:
+            raise ValueError(f"K and Q must be (..., L, N) of the same L and N, got {tuple(K.shape)} and {tuple(Q.shape)}")
+        length = K.shape[-2]
+        for name, x in (("log_alpha", log_alpha), ("beta", beta)):
+            if x.dim() < 1 or x.shape[-1] != length:
+                raise ValueError(f"{name} must be (..., L) with L={length}, got shape {tuple(x.shape)}")
+        if length < 2:
+            raise ValueError(f"sequence length L must be >= 2, got L={length}")
+        if len({x.dtype for x in (log_alpha, beta, K, Q)}) != 1:
+            raise ValueError("log_alpha, beta, K and Q must share a dtype")
+        try:
+            batch = torch.broadcast_shapes(log_alpha.shape[:-1], beta.shape[:-1], K.shape[:-2], Q.shape[:-2])
+        except RuntimeError:
+            raise ValueError("leading (batch) dims of log_alpha, beta, K and Q do not broadcast") from None
+        if check_values:
+            for name, x in (("log_alpha", log_alpha), ("beta", beta), ("K", K), ("Q", Q)):
+                _check_finite(name, x)
+            if bool((log_alpha > 0).any()):
+                raise ValueError(f"log_alpha must be <= 0 (a gate in (0, 1]); its largest entry is "
+                                 f"{log_alpha.max().item():.3g}")
+            strength = beta * K.square().sum(-1)
+            if bool((strength < 0).any()) or bool((strength > 2 + 1e-6).any()):
+                raise ValueError(f"beta |k|^2 must be in [0, 2] (a transition that does not expand the state); "
+                                 f"it ranges over [{strength.min().item():.3g}, {strength.max().item():.3g}]")
+        # log_alpha and beta carry a trailing dim of 1, so that every factor is (..., L, F)
+        self.log_alpha, self.beta = log_alpha.unsqueeze(-1), beta.unsqueeze(-1)
+        self.K, self.Q = K, Q
+        self.multiplicity = _check_multiplicity(multiplicity)
+        self._batch_shape = batch
+
+    @property
+    def seq_len(self) -> int:
+        return self.K.shape[-2]
+
+    @property
+    def state_size(self) -> int:
+        return self.K.shape[-1]
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self._batch_shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.K.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.K.device
+
+    def _with(self, factors) -> DeltaRuleOperator:
+        log_alpha, beta, K, Q = factors
+        return DeltaRuleOperator(log_alpha.squeeze(-1), beta.squeeze(-1), K, Q, self.multiplicity, check_values=False)
+
+    def factors(self) -> tuple[torch.Tensor, ...]:
+        """``(log_alpha, beta, K, Q)`` broadcast to the full batch shape (the first two ``(..., L, 1)``)."""
+        batch, length, state = self.batch_shape, self.seq_len, self.state_size
+        return (self.log_alpha.expand(*batch, length, 1), self.beta.expand(*batch, length, 1),
+                self.K.expand(*batch, length, state), self.Q.expand(*batch, length, state))
+
+    def batch_head(self, n: int) -> DeltaRuleOperator:
+        if not self.batch_shape:
+            raise ValueError("this operator has no batch dim to take the head of")
+        return self._with(_head(t, n, 3) for t in (self.log_alpha, self.beta, self.K, self.Q))
+
+    def index_batch(self, dim: int, index: torch.Tensor) -> DeltaRuleOperator:
+        rank = len(self.batch_shape)
+        return self._with(_select(t, dim, index, rank) for t in (self.log_alpha, self.beta, self.K, self.Q))
+
+    def materialize(self) -> torch.Tensor:
+        """The dense ``(..., L, L)`` matrix, by carrying every input's column through the
+        transitions: ``O(L^2 N)`` time, ``L N`` state per batch element."""
+        log_alpha, beta, K, Q = self.factors()
+        length = self.seq_len
+        eye = torch.eye(length, dtype=self.dtype, device=self.device)
+        return sequential_delta_rule(log_alpha, beta, K, Q, eye.expand(*self.batch_shape, length, length))
+
+    def apply(self, v: torch.Tensor) -> torch.Tensor:
+        """``T @ v`` for ``v`` of shape ``(..., L, W)``, one step per position."""
+        _check_values(v, self.seq_len)
+        return sequential_delta_rule(self.log_alpha, self.beta, self.K, self.Q, v)
+
+    def transition(self, t: int, x: torch.Tensor) -> torch.Tensor:
+        """``A_t x`` for ``x`` ``(..., N, W)`` (factors broadcast to the full batch shape)."""
+        log_alpha, beta, K, _ = self.factors()
+        return delta_rule_transition(log_alpha[..., t, :], beta[..., t, :], K[..., t, :], x)
+
+    def __repr__(self) -> str:
+        return (f"DeltaRuleOperator(batch_shape={tuple(self.batch_shape)}, L={self.seq_len}, N={self.state_size}, "
+                f"dtype={self.dtype}, multiplicity={self.multiplicity})")
+
+
 Operator = DenseOperator | StateSpaceOperator
 
 
@@ -436,7 +546,7 @@ def _check_values(v: torch.Tensor, length: int) -> None:
 
 def as_operator(x: "torch.Tensor | Operator") -> Operator:
     """Wrap a dense ``T`` tensor as a :class:`DenseOperator`; pass operators through."""
-    if isinstance(x, (DenseOperator, StateSpaceOperator, JacobianOperator)):
+    if isinstance(x, (DenseOperator, StateSpaceOperator, DeltaRuleOperator, JacobianOperator)):
         return x
     if isinstance(x, torch.Tensor):
         return DenseOperator(x)

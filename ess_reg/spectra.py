@@ -41,7 +41,8 @@ import torch
 
 from ._checks import check_int, check_limit, check_number
 from .kernels.segments import decayed_columns, in_chunks, segment_sums
-from .operators import JacobianOperator, Operator, StateSpaceOperator, _nonfinite_count, as_operator
+from .kernels.delta_rule import delta_rule_transition
+from .operators import DeltaRuleOperator, JacobianOperator, Operator, StateSpaceOperator, _nonfinite_count, as_operator
 
 __all__ = ["hankel_svdvals", "resolve_indices", "DEFAULT_MEMORY_BUDGET", "METHODS"]
 
@@ -164,10 +165,12 @@ def hankel_svdvals(
     op = as_operator(x)
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    finite_state = isinstance(op, (StateSpaceOperator, DeltaRuleOperator))
     if method == "auto":
-        method = "state_space" if isinstance(op, StateSpaceOperator) else "dense"
-    if method == "state_space" and not isinstance(op, StateSpaceOperator):
-        raise ValueError("method='state_space' needs a StateSpaceOperator; a dense T has no finite-state factors")
+        method = "state_space" if finite_state else "dense"
+    if method == "state_space" and not finite_state:
+        raise ValueError("method='state_space' needs a StateSpaceOperator or DeltaRuleOperator; a dense T has no "
+                         "finite-state factors")
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else _check_memory_budget(memory_budget)
     check_limit("chunk_size", chunk_size)
     idx = resolve_indices(indices, op.seq_len)
@@ -177,6 +180,12 @@ def hankel_svdvals(
         with torch.autocast(device_type=op.device.type, enabled=False):
             if isinstance(op, JacobianOperator):  # one SVD per index of the flattened multi-channel block
                 return _jacobian_svdvals(op, idx, compute_dtype)
+            if isinstance(op, DeltaRuleOperator):
+                if method == "state_space":
+                    return _delta_rule_svdvals(op, idx, compute_dtype)
+                T = op.materialize()  # the reference: O(L^2 N)
+                return _loop_svdvals(T, idx, compute_dtype) if method == "loop" else \
+                    _dense_svdvals(T, idx, budget, dtype=compute_dtype)
             if method == "state_space":
                 return _state_space_svdvals(op, idx, compute_dtype, budget, chunk_size)
             if method == "loop":
@@ -188,6 +197,7 @@ def hankel_svdvals(
     except torch.linalg.LinAlgError as err:
         # Values are only scanned here when an SVD fails: a valid call pays nothing for it.
         tensors = ((op.log_decay, op.B, op.C) if isinstance(op, StateSpaceOperator)
+                   else (op.log_alpha, op.beta, op.K, op.Q) if isinstance(op, DeltaRuleOperator)
                    else (op.J,) if isinstance(op, JacobianOperator) else (op.T,))
         if any(_nonfinite_count(t) for t in tensors):
             raise ValueError(
@@ -205,6 +215,47 @@ def _jacobian_svdvals(op: JacobianOperator, idx: torch.Tensor, dtype: torch.dtyp
         sigma = torch.linalg.svdvals(op.hankel_block(int(i)).to(dtype))
         out.append(torch.nn.functional.pad(sigma, (0, width - sigma.shape[-1])))
     return torch.stack(out, dim=-2).unsqueeze(1)
+
+
+def _delta_rule_svdvals(op: DeltaRuleOperator, idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The delta rule's spectra without ``T``: ``H_i = O_i R_{i-1}`` with square-root factors
+    ``F`` (``F F^T = R R^T``, the inputs' directions in the state after step ``i - 1``) and ``G``
+    (``G G^T = O_i^T O_i``), each carried through the transitions one step at a time and kept at
+    width ``N`` (:func:`_compress`): ``F_t = [A_t F_{t-1}, beta_t k_t]``, ``G_t = A_t [q_t, G_{t+1}]``
+    (``A_t`` is symmetric), then ``svdvals(G_i^T F_{i-1})``. ``O(L N^2)`` per step for the chains,
+    one ``N x N`` SVD per index."""
+    length, state = op.seq_len, op.state_size
+    log_alpha, beta, K, Q = (t.to(dtype).reshape(-1, length, t.shape[-1]) for t in op.factors())
+    batch = K.shape[0]
+    idx = idx.to(op.device)
+    wanted = set(idx.tolist())
+    inputs = beta * K  # (batch, L, N)
+    step = [(log_alpha[:, t], beta[:, t], K[:, t]) for t in range(length)]
+
+    F, forward = K.new_zeros(batch, state, 0), {}
+    for t in range(int(idx.max())):  # F after step t serves index t + 1
+        F = torch.cat([delta_rule_transition(*step[t], F), inputs[:, t, :, None]], dim=-1)
+        if F.shape[-1] > state:
+            F = _compress(F)
+        if t + 1 in wanted:
+            forward[t + 1] = F
+    G, backward = K.new_zeros(batch, state, 0), {}
+    for t in range(length - 1, int(idx.min()) - 1, -1):
+        G = delta_rule_transition(*step[t], torch.cat([Q[:, t, :, None], G], dim=-1))
+        if G.shape[-1] > state:
+            G = _compress(G)
+        if t in wanted:
+            backward[t] = G
+
+    def square(m: torch.Tensor) -> torch.Tensor:  # zero-padded to N x N: the same singular values
+        return torch.nn.functional.pad(m, (0, state - m.shape[-1], 0, state - m.shape[-2]))
+
+    products = torch.stack([square(backward[i].transpose(-1, -2) @ forward[i]) for i in idx.tolist()], dim=1)
+    sigma = torch.linalg.svdvals(products)  # (batch, k, N)
+    max_rank = _max_rank(idx, length)
+    keep = torch.arange(state, device=sigma.device).unsqueeze(0) < max_rank.unsqueeze(1)
+    width = min(state, int(max_rank.max()))
+    return (sigma * keep)[..., :width].reshape(*op.batch_shape, len(idx), width)
 
 
 def _check_memory_budget(memory_budget) -> int:

@@ -8,6 +8,8 @@ import of the rest of ``ess_reg`` but its argument checks).
   ``C`` kept factored and a hand-written backward; reference ``selective_scan_reference``.
 * :mod:`.long_conv`: ``causal_fft_conv``, a causal convolution as long as the sequence, by FFT;
   references ``toeplitz`` (its matrix) and ``causal_conv_reference`` (the sum over lags).
+* :mod:`.delta_rule`: the delta rule's step ``A_t x = alpha_t (x - beta_t k_t (k_t^T x))`` and its
+  sequential recurrence (``delta_rule/naive.py``); ``DeltaRuleOperator`` runs them.
 * :mod:`.segments`: what the scans share: ``MAX_EXPONENT`` (one overflow bound), segment
   sums, and chunk sizing.
 """
