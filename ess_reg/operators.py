@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 import torch
 
-from ._checks import check_floating, check_number
-from .kernels.delta_rule import delta_rule_transition, sequential_delta_rule
+from ._checks import check_floating, check_limit, check_number
+from .kernels.delta_rule import chunked_delta_rule, delta_rule_transition, sequential_delta_rule
 from .kernels.scan import scan_apply
 from .kernels.segments import segment_sums
 
@@ -383,10 +383,15 @@ class DeltaRuleOperator:
         eye = torch.eye(length, dtype=self.dtype, device=self.device)
         return sequential_delta_rule(log_alpha, beta, K, Q, eye.expand(*self.batch_shape, length, length))
 
-    def apply(self, v: torch.Tensor) -> torch.Tensor:
-        """``T @ v`` for ``v`` of shape ``(..., L, W)``, one step per position."""
+    def apply(self, v: torch.Tensor, chunk_size: int = 32, method: str = "chunked") -> torch.Tensor:
+        """``T @ v`` for ``v`` of shape ``(..., L, W)``: ``"chunked"`` (``chunk_size + L / chunk_size``
+        sequential steps, :mod:`ess_reg.kernels.delta_rule`) or ``"sequential"`` (the reference)."""
         _check_values(v, self.seq_len)
-        return sequential_delta_rule(self.log_alpha, self.beta, self.K, self.Q, v)
+        if method == "sequential":
+            return sequential_delta_rule(self.log_alpha, self.beta, self.K, self.Q, v)
+        if method != "chunked":
+            raise ValueError(f"unknown method {method!r} for a DeltaRuleOperator; choose 'chunked' or 'sequential'")
+        return chunked_delta_rule(self.log_alpha, self.beta, self.K, self.Q, v, check_limit("chunk_size", chunk_size))
 
     def transition(self, t: int, x: torch.Tensor) -> torch.Tensor:
         """``A_t x`` for ``x`` ``(..., N, W)`` (factors broadcast to the full batch shape)."""

@@ -86,3 +86,23 @@ def test_delta_rule_operators_are_probed_and_narrowed_like_any_operator():
     assert torch.allclose(head.materialize(), op.materialize()[:1][:, [2, 0]])
     result = ess_reg.layer_ess({"delta": op}, "tolerance")["delta"]
     assert result.values.shape == (2, 3, 9) and result.values.max() <= 4
+
+
+@pytest.mark.parametrize("gate", ["none", "moderate", "strong"])
+@pytest.mark.parametrize("chunk", [1, 3, 8, 64])
+def test_the_chunked_delta_rule_equals_the_sequential_one(gate, chunk):
+    op = random_delta(gate=gate, length=21, seed=5)
+    v = torch.randn(2, 3, 21, 4, dtype=torch.float64)
+    assert torch.allclose(op.apply(v, chunk_size=chunk), op.apply(v, method="sequential"), atol=1e-12)
+
+
+def test_the_chunked_delta_rule_has_the_sequential_gradients():
+    op = random_delta(batch=(1, 2), length=10, seed=6)
+    v = torch.randn(1, 2, 10, 3, dtype=torch.float64)
+    grads = []
+    for method in ("chunked", "sequential"):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (op.log_alpha.squeeze(-1), op.beta.squeeze(-1), op.K)]
+        built = DeltaRuleOperator(*leaves, op.Q, check_values=False)
+        (built.apply(v, chunk_size=4, method=method) ** 2).sum().backward()
+        grads.append([leaf.grad for leaf in leaves])
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(*grads))

@@ -1,0 +1,61 @@
+"""The delta rule in chunks: ``C + L / C`` sequential steps instead of ``L``, exact.
+
+Within a chunk every step is run for all chunks at once (``C`` steps, parallel over chunks):
+the chunk's own output from a zero state, its end state from a zero state, the product
+``A_1 ... A_t`` of its transitions (right-multiplying by ``A_t = alpha (I - beta k k^T)`` costs
+``O(N^2)``) and from it ``r_t = A_1 ... A_t q_t``, the readout of the state the chunk starts
+from. Then the chunk-start states are carried across chunks (``L / C`` steps):
+``x_{m+1} = (A_C ... A_1) x_m + end_m``, and each output adds ``r_t . x_m``. Every ``A_t`` is a
+contraction (``DeltaRuleOperator`` checks it), so nothing grows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .naive import delta_rule_transition
+
+__all__ = ["chunked_delta_rule"]
+
+
+def _pad_steps(t: torch.Tensor, steps: int, value: float = 0.0) -> torch.Tensor:
+    if steps == 0:
+        return t
+    return torch.nn.functional.pad(t, (0, 0, 0, steps), value=value)
+
+
+def chunked_delta_rule(log_alpha: torch.Tensor, beta: torch.Tensor, K: torch.Tensor, Q: torch.Tensor,
+                       v: torch.Tensor, chunk_size: int = 32) -> torch.Tensor:
+    """``y = T v`` of the delta rule, as :func:`~.naive.sequential_delta_rule` (same shapes:
+    ``log_alpha``, ``beta`` ``(..., L, 1)``, ``K``, ``Q`` ``(..., L, N)``, ``v`` ``(..., L, W)``)."""
+    length, state, width = v.shape[-2], K.shape[-1], v.shape[-1]
+    c = max(1, min(chunk_size, length))
+    pad = -length % c
+    batch = torch.broadcast_shapes(log_alpha.shape[:-2], beta.shape[:-2], K.shape[:-2], Q.shape[:-2], v.shape[:-2])
+    # padded steps: alpha 1, beta 0 (identity, no input), q 0 (no output): they change nothing
+    log_alpha, beta, K, Q, v = (_pad_steps(t.expand(*batch, *t.shape[-2:]), pad)
+                                for t in (log_alpha, beta, K, Q, v))
+    chunks = (length + pad) // c
+    log_alpha, beta, K, Q, v = (t.reshape(*batch, chunks, c, t.shape[-1]) for t in (log_alpha, beta, K, Q, v))
+
+    end = v.new_zeros(*batch, chunks, state, width)  # each chunk's state from a zero start
+    product = torch.eye(state, dtype=v.dtype, device=v.device).expand(*batch, chunks, state, state)  # A_1 ... A_t
+    local, readout = [], []
+    for t in range(c):
+        a, b, k, q = log_alpha[..., t, :], beta[..., t, :], K[..., t, :], Q[..., t, :]
+        end = delta_rule_transition(a, b, k, end) + (b * k).unsqueeze(-1) * v[..., t, None, :]
+        local.append((q.unsqueeze(-1) * end).sum(-2))  # (..., M, W)
+        pk = (product @ k.unsqueeze(-1))  # (..., M, N, 1): right-multiplying by the symmetric A_t
+        product = a.exp().unsqueeze(-1) * (product - b.unsqueeze(-1) * pk * k.unsqueeze(-2))
+        readout.append((product @ q.unsqueeze(-1)).squeeze(-1))  # r_t = A_1 ... A_t q_t
+    local, readout = torch.stack(local, dim=-2), torch.stack(readout, dim=-2)  # (..., M, c, W), (..., M, c, N)
+
+    carry = product.transpose(-1, -2)  # A_c ... A_1 of each chunk
+    start = v.new_zeros(*batch, state, width)
+    starts = []
+    for m in range(chunks):
+        starts.append(start)
+        start = carry[..., m, :, :] @ start + end[..., m, :, :]
+    starts = torch.stack(starts, dim=-3)  # (..., M, N, W)
+    y = local + readout @ starts
+    return y.reshape(*batch, chunks * c, width)[..., :length, :]
