@@ -7,6 +7,7 @@ Every mixer maps ``(B, L, D) -> (B, L, D)`` and implements the ESS contract of
 from __future__ import annotations
 
 from .base import Mixer, MixerTrace
+from .deltanet import DeltaNet, GatedDeltaNet
 from .gla import GatedLinearAttention
 from .hyena import Hyena
 from .la import LinearAttention
@@ -25,6 +26,8 @@ MIXERS: dict[str, type[Mixer]] = {
     "s6": SelectiveSSM,
     "s4d": DiagonalSSM,
     "hyena": Hyena,
+    "deltanet": DeltaNet,
+    "gated_deltanet": GatedDeltaNet,
 }
 
 

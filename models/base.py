@@ -24,13 +24,13 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ess_reg import DenseOperator, StateSpaceOperator
+from ess_reg import DeltaRuleOperator, DenseOperator, StateSpaceOperator
 from ess_reg.contract import hand_over
 from ess_reg.diagnosis import StateSize
 
 
 class MixerTrace(NamedTuple):
-    operator: DenseOperator | StateSpaceOperator
+    operator: DenseOperator | StateSpaceOperator | DeltaRuleOperator
     values: torch.Tensor  # (B, C, L, K): what the operator is applied to
     readout: Callable[[torch.Tensor], torch.Tensor]  # (B, C, L, K) -> (B, L, D)
 
@@ -79,7 +79,7 @@ class Mixer(nn.Module):
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The same output by the plain step-by-step recurrence (tests only: a loop over L)."""
         trace = self.operator_and_values(x, check_values=False)
-        if isinstance(trace.operator, StateSpaceOperator):
+        if isinstance(trace.operator, (StateSpaceOperator, DeltaRuleOperator)):
             return trace.readout(trace.operator.apply(trace.values, method="sequential"))
         return trace.readout(trace.operator.apply(trace.values))
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ess_reg import DenseOperator, StateSpaceOperator, tolerance_ess
+from ess_reg import DeltaRuleOperator, DenseOperator, StateSpaceOperator, tolerance_ess
 from ess_reg.diagnosis import tss_at
 from ess_reg.models import MIXERS, build_mixer
 from ess_reg.models.lm import LanguageModel
@@ -25,8 +25,12 @@ CASES = {
     "s4d": ("s4d", dict(d_state=4)),
     "hyena": ("hyena", dict()),
     "hyena_explicit": ("hyena", dict(filter="explicit", max_len=64)),
+    "deltanet": ("deltanet", dict(num_heads=2, feature_dim=4, chunk_size=8)),
+    "gated_deltanet": ("gated_deltanet", dict(num_heads=2, feature_dim=4, chunk_size=8)),
 }
+DELTA_RULE = ["deltanet", "gated_deltanet"]
 STATE_SPACE = ["la", "la_elu", "la_taylor", "wla", "gla", "s6", "s4d"]
+FINITE_STATE = STATE_SPACE + DELTA_RULE
 
 
 def make(case, seed=0):
@@ -40,8 +44,8 @@ def inputs(seed=1, batch=2, length=L):
     return torch.randn(batch, length, D, generator=g, dtype=torch.float64)
 
 
-def test_registry_has_the_eight_families():
-    assert sorted(MIXERS) == sorted(["sa", "swa", "la", "wla", "gla", "s6", "s4d", "hyena"])
+def test_registry_has_the_ten_families():
+    assert sorted(MIXERS) == sorted(["sa", "swa", "la", "wla", "gla", "s6", "s4d", "hyena", "deltanet", "gated_deltanet"])
     assert {CASES[c][0] for c in CASES} == set(MIXERS)
 
 
@@ -53,7 +57,7 @@ def test_output_equals_operator_applied_to_values(case):
     trace = mixer.operator_and_values(x)
     expected = trace.readout(trace.operator.materialize() @ trace.values)
     assert torch.allclose(y, expected, rtol=1e-6, atol=1e-9)
-    kind = StateSpaceOperator if case in STATE_SPACE else DenseOperator
+    kind = StateSpaceOperator if case in STATE_SPACE else DeltaRuleOperator if case in DELTA_RULE else DenseOperator
     assert isinstance(trace.operator, kind)
     batch_shape = trace.operator.batch_shape
     assert batch_shape[0] in (1, 2) and len(batch_shape) == 2  # (batch or 1 if shared, channels)
@@ -72,7 +76,7 @@ def test_causality(case):
     assert torch.equal(torch.triu(T, 1), torch.zeros_like(T))
 
 
-@pytest.mark.parametrize("case", STATE_SPACE + ["swa"])
+@pytest.mark.parametrize("case", FINITE_STATE + ["swa"])
 def test_finite_state_rank_never_exceeds_tss_and_reaches_it(case):
     mixer = make(case)
     if case == "s4d":
@@ -86,7 +90,7 @@ def test_finite_state_rank_never_exceeds_tss_and_reaches_it(case):
     assert (ess == tss).any(), f"no index reached TSS={tss[0].item()} (max ESS {ess.max().item()})"
 
 
-@pytest.mark.parametrize("case", STATE_SPACE)
+@pytest.mark.parametrize("case", FINITE_STATE)
 def test_chunked_forward_equals_sequential_reference(case):
     mixer, x = make(case), inputs().requires_grad_()
     y = mixer(x)

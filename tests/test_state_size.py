@@ -14,13 +14,14 @@ from ess_reg.models import MIXERS, build_mixer, state_kwargs
 
 D, L = 8, 40
 FINITE = {"la": dict(num_heads=2), "wla": dict(num_heads=2), "gla": dict(num_heads=2), "s6": {}, "s4d": {},
-          "swa": dict(num_heads=2), "la_taylor": dict(num_heads=2, feature_map="taylor", normalize=True)}
+          "swa": dict(num_heads=2), "la_taylor": dict(num_heads=2, feature_map="taylor", normalize=True),
+          "deltanet": dict(num_heads=2), "gated_deltanet": dict(num_heads=2)}
 
 
 @pytest.mark.parametrize("case", sorted(FINITE))
 @pytest.mark.parametrize("size", [3, 6])
 def test_state_size_is_the_tss_and_the_rank_reaches_it(case, size):
-    name = case.split("_")[0]
+    name = case if case in MIXERS else case.split("_")[0]
     torch.manual_seed(0)
     mixer = build_mixer(name, D, size, **FINITE[case]).double()
     assert mixer.state_size() == size
