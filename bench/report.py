@@ -5,8 +5,9 @@ as JSON (``--json``); this script turns them into one Markdown page: a header wi
 torch, the thread count and the date, then per bench the command that reproduces it, what it
 measures, its tables (ratio columns in bold) and its notes.
 
-The default set takes about 12 minutes on one thread of a 2-core CPU. penalty_evidence (a training
-study of tens of minutes, not a benchmark) runs only when asked: ``--only penalty_evidence``.
+The default set takes about 12 minutes on one thread of a 2-core CPU. Studies (training runs
+whose question is accuracy, not speed) are presets in ``conf/experiment/`` reported by
+``ess-report``; their results are in docs/results.md.
 
 Usage: python bench/report.py [--quick] [--only NAME ...] [--threads 1] [--out docs/benchmarks.md]
 """
@@ -39,8 +40,6 @@ BENCHES = {
                ["--lengths", "256", "--budgets", "16", "--kinds", "dense", "ssm", "--channels", "2"], True),
     "train_speed": (["--steps", "20", "--probes", "3"], ["--steps", "2", "--probes", "1", "--setups", "default"], True),
     "penalty_overhead": (["--steps", "10"], ["--steps", "2", "--mixers", "gla"], True),
-    "penalty_evidence": ([], ["--seeds", "1", "--steps", "20", "--init-steps", "10",
-                              "--penalties", "none", "ess_max"], False),
 }
 
 

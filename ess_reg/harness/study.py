@@ -324,8 +324,9 @@ def write_report(records: Sequence[RunRecord], out_dir: str | os.PathLike, title
                      f"[{_num(c.interval[0])}, {_num(c.interval[1])}] | {_num(c.pearson)} |")
     if "ESS/kv" in present and "TSS/kv" in present:
         d, (lo, hi), n = difference(records, "ESS/kv", "TSS/kv", target=target, resamples=resamples)
-        lines += ["", f"Spearman({target}, ESS/kv) − Spearman({target}, TSS/kv) over {n} runs: **{_num(d)}** "
-                      f"(95% interval [{_num(lo)}, {_num(hi)}])."]
+        if not math.isnan(d):  # TSS/kv the same in every run: no rank to compare
+            lines += ["", f"Spearman({target}, ESS/kv) − Spearman({target}, TSS/kv) over {n} runs: **{_num(d)}** "
+                          f"(95% interval [{_num(lo)}, {_num(hi)}])."]
     lines.append("")
     lines += _collapse_lines(groups)
     stem = "accuracy" if target == ACCURACY else target.replace("/", "_")
