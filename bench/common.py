@@ -33,8 +33,17 @@ class Timing:
     result: Any = None  # what the last call returned
 
 
-def best_of(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> Timing:
-    """Call ``fn()`` ``warmup`` times untimed, then ``repeats`` times timed, one call after another.
+def synchronize(device: str = "cpu") -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously); nothing on a CPU."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def best_of(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, device: str = "cpu") -> Timing:
+    """Call ``fn()`` ``warmup`` times untimed, then ``repeats`` times timed, one call after another
+    (on a GPU, each timing ends when the device has finished: ``device="cuda"``).
 
     Time one workload per call: to compare two, time each with its own ``best_of`` (calls of two
     workloads interleaved step by step distort the cheaper one).
@@ -43,10 +52,12 @@ def best_of(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> Timing:
         raise ValueError(f"best_of needs repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
     for _ in range(warmup):
         fn()
+    synchronize(device)
     times, result = [], None
     for _ in range(repeats):
         start = time.perf_counter()
         result = fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return Timing(min(times), statistics.median(times), tuple(times), result)
 
@@ -92,6 +103,7 @@ def add_common_args(parser: argparse.ArgumentParser, threads: int | None = None)
     parser.add_argument("--threads", type=int, default=default,
                         help=f"torch threads, set explicitly (default {default})")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON (read by bench/report.py)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the workloads run (default cpu)")
 
 
 def setup(args: argparse.Namespace) -> None:
@@ -100,6 +112,8 @@ def setup(args: argparse.Namespace) -> None:
 
     if args.threads < 1:
         raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    if getattr(args, "device", "cpu") == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available on this machine")
     torch.set_num_threads(args.threads)
 
 

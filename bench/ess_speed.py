@@ -36,22 +36,22 @@ SUMMARY = ("Entropy-ESS at every index of a random state-space and delta-rule op
            "and the batched dense path against the loop.")
 
 
-def make_operator(length: int, state: int, channels: int, seed: int = 0) -> StateSpaceOperator:
+def make_operator(length: int, state: int, channels: int, seed: int = 0, device: str = "cpu") -> StateSpaceOperator:
     g = torch.Generator().manual_seed(seed)
     u = torch.rand(channels, length, state, generator=g, dtype=torch.float64)
     log_decay = -torch.exp(u * torch.log(torch.tensor(20.0)) + (1 - u) * torch.log(torch.tensor(1e-4)))
     B = torch.randn(channels, length, state, generator=g, dtype=torch.float64)
     C = torch.randn(channels, length, state, generator=g, dtype=torch.float64)
-    return StateSpaceOperator(log_decay, B, C)
+    return StateSpaceOperator(log_decay.to(device), B.to(device), C.to(device))
 
 
-def make_delta_rule(length: int, state: int, channels: int, seed: int = 0) -> DeltaRuleOperator:
+def make_delta_rule(length: int, state: int, channels: int, seed: int = 0, device: str = "cpu") -> DeltaRuleOperator:
     g = torch.Generator().manual_seed(seed)
     K = torch.nn.functional.normalize(torch.randn(channels, length, state, generator=g, dtype=torch.float64), dim=-1)
     Q = torch.randn(channels, length, state, generator=g, dtype=torch.float64)
     beta = torch.rand(channels, length, generator=g, dtype=torch.float64)
     log_alpha = -0.3 * torch.rand(channels, length, generator=g, dtype=torch.float64)
-    return DeltaRuleOperator(log_alpha, beta, K, Q)
+    return DeltaRuleOperator(*(t.to(device) for t in (log_alpha, beta, K, Q)))
 
 
 OPERATORS = {"state_space": make_operator, "delta_rule": make_delta_rule}
@@ -80,7 +80,7 @@ def main() -> None:
     setup(args)
     results = Results("ess_speed", SUMMARY, {"lengths": args.lengths, "state": args.state,
                                              "channels": args.channels, "repeats": args.repeats,
-                                             "operators": args.operators,
+                                             "operators": args.operators, "device": args.device,
                                              "loop_repeats": args.loop_repeats})
     print(f"machine: {machine_line()}")
     results.describe(f"N={args.state}, {args.channels} channels, float64, entropy-ESS at every index 1..L-1; "
@@ -88,7 +88,7 @@ def main() -> None:
 
     # Warm up every path once (first-call allocations and thread start-up are not what we measure).
     for kind in args.operators:
-        warm = OPERATORS[kind](64, args.state, 2)
+        warm = OPERATORS[kind](64, args.state, 2, device=args.device)
         for method in ("loop", "dense", "state_space"):
             entropy_ess(warm, method=method)
 
@@ -98,17 +98,17 @@ def main() -> None:
                                    title=f"{kind.replace('_', '-')} fast path vs the per-index loop",
                                    key=["fast/loop speedup"], widths=[6, 9, 9, 18, 15, 11])
         for length in args.lengths:
-            op = OPERATORS[kind](length, args.state, args.channels)
+            op = OPERATORS[kind](length, args.state, args.channels, device=args.device)
             T = op.materialize()  # outside the loop's timing: the baseline is only its SVDs
-            loop = best_of(lambda: entropy_ess(T, method="loop"), args.loop_repeats, warmup=0)
-            fast = best_of(lambda: entropy_ess(op, method="state_space"), args.repeats, warmup=1)
+            loop = best_of(lambda: entropy_ess(T, method="loop"), args.loop_repeats, warmup=0, device=args.device)
+            fast = best_of(lambda: entropy_ess(op, method="state_space"), args.repeats, warmup=1, device=args.device)
 
             def fast_backward():
                 built, leaf = with_leaf(op)
                 entropy_ess(built).sum().backward()
                 return leaf.grad
 
-            grad = best_of(fast_backward, args.repeats, warmup=1)
+            grad = best_of(fast_backward, args.repeats, warmup=1, device=args.device)
             diff = (fast.result - loop.result).abs().max().item()
             loops.setdefault(length, (T, loop))
             fast_table.add(str(length), f"{loop.best:.2f}", f"{fast.best:.3f}", f"{loop.best / fast.best:.0f}x",
@@ -123,7 +123,7 @@ def main() -> None:
 
     length = args.lengths[0]
     T, loop = loops[length]
-    dense = best_of(lambda: entropy_ess(T, method="dense"), args.repeats, warmup=1)
+    dense = best_of(lambda: entropy_ess(T, method="dense"), args.repeats, warmup=1, device=args.device)
     diff = (dense.result - loop.result).abs().max().item()
     dense_table = results.table(["L", "loop s", "dense s", "loop/dense speedup", "max |dESS|"],
                                 title="dense batched vs the per-index loop (materialized T)",

@@ -41,6 +41,8 @@ CONFIGS = {
     "s6": dict(d_state=16),
     "s4d": dict(d_state=16),
     "hyena": dict(),
+    "deltanet": dict(num_heads=4, feature_dim=16),
+    "gated_deltanet": dict(num_heads=4, feature_dim=16),
 }
 DENSE_ESS_INDICES = 16
 ESS_REPEAT_BUDGET_S = 10  # op + ESS timings that would take longer than this are taken once
@@ -57,31 +59,36 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def measure(name: str, length: int, with_ess: bool, repeats: int) -> dict:
-    """Runs inside the subprocess: one mixer at one length."""
+def measure(name: str, length: int, with_ess: bool, repeats: int, device: str = "cpu") -> dict:
+    """Runs inside the subprocess: one mixer at one length (peak memory: RSS on a CPU, the
+    allocator's peak on a GPU)."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     from ess_reg import DenseOperator, entropy_ess
     from ess_reg.models import build_mixer
 
     torch.manual_seed(0)
-    mixer = build_mixer(name, D_MODEL, **CONFIGS[name])
-    x = torch.randn(BATCH, length, D_MODEL, requires_grad=True)
-    before = peak_rss_bytes()
+    mixer = build_mixer(name, D_MODEL, **CONFIGS[name]).to(device)
+    x = torch.randn(BATCH, length, D_MODEL, device=device, requires_grad=True)
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if cuda else peak_rss_bytes()
 
     def step():
         mixer.zero_grad(set_to_none=True)
         mixer(x).square().mean().backward()
 
     step()  # the warm-up, and the step whose peak memory is measured
-    peak = peak_rss_bytes() - before
-    result = {"fwd_bwd_s": best_of(step, repeats, warmup=0).best, "peak_bytes": peak}
+    peak = (torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) - before
+    result = {"fwd_bwd_s": best_of(step, repeats, warmup=0, device=device).best, "peak_bytes": peak}
     if with_ess:
         with torch.no_grad():
-            forward_s = best_of(lambda: mixer(x), repeats, warmup=1).best
+            forward_s = best_of(lambda: mixer(x), repeats, warmup=1, device=device).best
             op = mixer.operator(x)
             dense = isinstance(op, DenseOperator)
             indices = torch.linspace(1, length - 1, DENSE_ESS_INDICES).round().long().unique() if dense else None
-            if not dense:
+            if not dense and not cuda:
                 spectra = op.batch_shape.numel() * (length - 1)
                 result["svd_floor_s"] = spectra * svd_seconds(op.state_size) / torch.get_num_threads()
 
@@ -89,9 +96,9 @@ def measure(name: str, length: int, with_ess: bool, repeats: int) -> dict:
                 entropy_ess(mixer.operator(x), indices)
 
             # The first call also starts the thread pool; best-of where repeating is affordable.
-            ess_s = best_of(op_and_ess, repeats=1, warmup=0).best
+            ess_s = best_of(op_and_ess, repeats=1, warmup=0, device=device).best
             if ess_s * repeats <= ESS_REPEAT_BUDGET_S:
-                ess_s = min(ess_s, best_of(op_and_ess, repeats, warmup=0).best)
+                ess_s = min(ess_s, best_of(op_and_ess, repeats, warmup=0, device=device).best)
         result.update(forward_s=forward_s, ess_s=ess_s, ess_indices="16" if dense else "all")
     return result
 
@@ -107,17 +114,19 @@ def main() -> None:
     args = parser.parse_args()
     setup(args)
     if args.worker:
-        print(json.dumps(measure(args.worker[0], int(args.worker[1]), not args.no_ess, args.repeats)))
+        print(json.dumps(measure(args.worker[0], int(args.worker[1]), not args.no_ess, args.repeats, args.device)))
         return
 
     mixers = ["sa", *(m for m in args.mixers if m != "sa")]  # the reference, always, and first
     results = Results("mixers", SUMMARY, {"lengths": args.lengths, "mixers": mixers, "repeats": args.repeats,
-                                          "d_model": D_MODEL, "batch": BATCH, "ess": not args.no_ess})
+                                          "d_model": D_MODEL, "batch": BATCH, "ess": not args.no_ess,
+                                          "device": args.device})
     print(f"machine: {machine_line()}")
-    results.describe(f"d_model={D_MODEL}, batch={BATCH}, float32, each (mixer, L) in its own process, "
+    results.describe(f"{args.device}{' (' + torch.cuda.get_device_name() + ')' if args.device == 'cuda' else ''}, "
+                     f"d_model={D_MODEL}, batch={BATCH}, float32, each (mixer, L) in its own process, "
           f"times best of {args.repeats} after a warm-up")
     columns = ["mixer", "fwd+bwd ms", "time / sa", "peak MiB", "mem / sa"]
-    widths = [7, 10, 9, 9, 8]
+    widths = [14, 10, 9, 9, 8]
     if not args.no_ess:
         columns += ["fwd ms", "op+ESS s", "ESS / fwd", "indices", "SVDs / fwd"]
         widths += [8, 9, 9, 8, 10]
@@ -125,7 +134,7 @@ def main() -> None:
         measured = {}
         for name in mixers:
             cmd = [sys.executable, __file__, "--worker", name, str(length), "--repeats", str(args.repeats),
-                   "--threads", str(args.threads)]
+                   "--threads", str(args.threads), "--device", args.device]
             if args.no_ess:
                 cmd.append("--no-ess")
             out = subprocess.run(cmd, capture_output=True, text=True)

@@ -10,6 +10,7 @@ whose question is accuracy, not speed) are presets in ``conf/experiment/`` repor
 ``ess-report``; their results are in docs/results.md.
 
 Usage: python bench/report.py [--quick] [--only NAME ...] [--threads 1] [--out docs/benchmarks.md]
+       python bench/report.py --gpu --threads 4      # on a CUDA GPU: docs/benchmarks_gpu.md
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ BENCHES = {
                ["--lengths", "256", "--budgets", "16", "--kinds", "dense", "ssm", "--channels", "2"], True),
     "train_speed": (["--steps", "20", "--probes", "3"], ["--steps", "2", "--probes", "1", "--setups", "default"], True),
     "penalty_overhead": (["--steps", "10"], ["--steps", "2", "--mixers", "gla"], True),
+}
+# On a GPU (--gpu): the benches that run there, at GPU sizes, each with --device cuda.
+GPU_BENCHES = {
+    "ess_speed": ["--lengths", "256", "1024", "--repeats", "3", "--device", "cuda"],
+    "mixers": ["--lengths", "1024", "4096", "--repeats", "5", "--device", "cuda"],
 }
 
 
@@ -103,9 +109,10 @@ def section(name: str, args: list[str], threads: int, seconds: float, code: int,
 
 
 def header(machine: dict, threads: int, started: datetime.datetime, seconds: float, load: tuple | None,
-           quick: bool, names: list[str]) -> list[str]:
-    command = "python bench/report.py" + (" --quick" if quick else "") + (
-        "" if names == default_names() else " --only " + " ".join(names)) + ("" if threads == 1 else f" --threads {threads}")
+           quick: bool, names: list[str], gpu: str | None = None) -> list[str]:
+    command = "python bench/report.py" + (" --gpu" if gpu else "") + (" --quick" if quick else "") + (
+        "" if names == default_names() or gpu else " --only " + " ".join(names)) + (
+        "" if threads == 1 else f" --threads {threads}")
     lines = [
         "# Benchmarks",
         "",
@@ -113,6 +120,7 @@ def header(machine: dict, threads: int, started: datetime.datetime, seconds: flo
         "reproduces it.",
         "",
         f"- **Machine:** {machine['cpu']}, {machine['cores']} cores, {machine['system']}",
+        *([f"- **GPU:** {gpu}"] if gpu else []),
         f"- **Software:** Python {machine['python']}, torch {machine['torch']}",
         f"- **Threads:** {threads} torch thread{'s' if threads != 1 else ''} per bench (`--threads {threads}`)",
         f"- **Date:** {started.isoformat(timespec='seconds')}",
@@ -146,9 +154,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of every bench (default 1: on a shared machine, more threads than "
                              "free cores make the timings many times slower and noisier)")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="the Markdown page to write")
+    parser.add_argument("--gpu", action="store_true",
+                        help=f"on a CUDA GPU: {', '.join(GPU_BENCHES)} at GPU sizes (default page docs/benchmarks_gpu.md)")
+    parser.add_argument("--out", default=None, help="the Markdown page to write (default docs/benchmarks.md)")
     args = parser.parse_args()
     names = [name for name in BENCHES if name in args.only] if args.only else default_names()
+    gpu = None
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpu: CUDA is not available on this machine")
+        gpu = torch.cuda.get_device_name()
+        names = list(GPU_BENCHES)
+    args.out = args.out or str(ROOT / "docs" / ("benchmarks_gpu.md" if gpu else "benchmarks.md"))
 
     started = datetime.datetime.now().astimezone()
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -156,7 +175,7 @@ def main() -> None:
     sections, failed, machine = [], [], None
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            bench_args = BENCHES[name][1 if args.quick else 0]
+            bench_args = GPU_BENCHES[name] if gpu else BENCHES[name][1 if args.quick else 0]
             json_path = Path(tmp) / f"{name}.json"
             code, seconds, tail = run_bench(name, bench_args, args.threads, json_path)
             result = json.loads(json_path.read_text()) if code == 0 and json_path.exists() else None
@@ -170,7 +189,7 @@ def main() -> None:
 
         machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "system": f"{os.uname().sysname} {os.uname().release}",
                    "python": sys.version.split()[0], "torch": torch.__version__}
-    page = header(machine, args.threads, started, time.perf_counter() - start, load, args.quick, names) + sections
+    page = header(machine, args.threads, started, time.perf_counter() - start, load, args.quick, names, gpu) + sections
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(page).rstrip() + "\n")

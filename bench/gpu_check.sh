@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU check: one prepared script for a machine with a CUDA GPU.
+#
+#   bash bench/gpu_check.sh [OUT_DIR]        # OUT_DIR: default $OUT, else runs/gpu_check
+#
+# 1. the CUDA tests: tests/test_cuda.py (spectra, the delta rule, the s6 / gla / deltanet mixers on
+#    CUDA against the CPU, a bf16 run with the penalty) and the CUDA run of tests/test_train.py;
+# 2. bench/report.py --gpu: the ESS fast paths (L = 256, 1024) and the mixers (L = 1024, 4096) on
+#    cuda, into OUT_DIR/benchmarks_gpu.md with the card's name; copy it to docs/ when it is good.
+# Each step has its own time limit, so that one stuck step leaves the others' results. About 6
+# minutes on an H100 class card, most of it the mixers at L = 4096.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-runs/gpu_check}}"
+mkdir -p "$out"
+py="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+if ! "$py" -c "import ess_reg.models" 2>/dev/null; then  # a bare machine: the project itself, no dependency fetched
+  "$py" -m pip install -q --no-deps --no-build-isolation -e . || { echo "gpu_check: cannot install ess-reg"; exit 1; }
+fi
+"$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" \
+  | tee -a "$out/gpu.txt"
+
+echo "== CUDA tests"
+targets=(tests/test_cuda.py)
+if "$py" -c "import hydra, mlflow" 2>/dev/null; then  # the harness's own CUDA run, where ess-reg[train] is installed
+  targets+=("tests/test_train.py::test_tiny_run_on_cuda")
+else
+  echo "(hydra-core / mlflow not installed: the training runs on CUDA are skipped; carry them as wheels to run them)"
+fi
+timeout 300 "$py" -m pytest -q -p no:cacheprovider "${targets[@]}" 2>&1 | tee "$out/tests.txt"
+tests=$?
+
+echo "== benches"
+timeout 420 "$py" bench/report.py --gpu --threads 4 --out "$out/benchmarks_gpu.md" 2>&1 | tee "$out/bench.txt"
+benches=$?
+
+echo "== summary: tests exit $tests, benches exit $benches"
+tail -n 3 "$out/tests.txt"
+cat "$out/benchmarks_gpu.md" 2>/dev/null
+exit $(( tests || benches ))

@@ -1,0 +1,62 @@
+"""The CUDA path: every test here needs a GPU (skipped without one; bench/gpu_check.sh runs them).
+
+Each checks a CUDA result against the same computation on the CPU, or a run that must finish.
+"""
+
+import pytest
+import torch
+
+import ess_reg
+from ess_reg.models import build_mixer
+from ess_reg.operators import DeltaRuleOperator
+
+from factories import random_state_space
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_state_space_spectra_on_cuda_equal_the_cpu():
+    op = random_state_space((2, 3), 96, 8)
+    on_gpu = ess_reg.StateSpaceOperator(op.log_decay.cuda(), op.B.cuda(), op.C.cuda())
+    for method in ("state_space", "dense"):
+        assert torch.allclose(ess_reg.hankel_svdvals(on_gpu, method=method).cpu(),
+                              ess_reg.hankel_svdvals(op, method=method), atol=1e-8), method
+
+
+def test_delta_rule_spectra_and_chunked_apply_on_cuda_equal_the_cpu():
+    g = torch.Generator().manual_seed(0)
+    K = torch.nn.functional.normalize(torch.randn(2, 3, 64, 8, generator=g, dtype=torch.float64), dim=-1)
+    factors = (-0.3 * torch.rand(2, 3, 64, generator=g, dtype=torch.float64),
+               torch.rand(2, 3, 64, generator=g, dtype=torch.float64), K,
+               torch.randn(2, 3, 64, 8, generator=g, dtype=torch.float64))
+    cpu, gpu = DeltaRuleOperator(*factors), DeltaRuleOperator(*(t.cuda() for t in factors))
+    assert torch.allclose(ess_reg.hankel_svdvals(gpu).cpu(), ess_reg.hankel_svdvals(cpu), atol=1e-8)
+    v = torch.randn(2, 3, 64, 5, dtype=torch.float64)
+    assert torch.allclose(gpu.apply(v.cuda()).cpu(), cpu.apply(v), atol=1e-10)
+
+
+@pytest.mark.parametrize("mixer", ["s6", "gla", "deltanet"])
+def test_mixer_forward_and_backward_on_cuda_equal_the_cpu(mixer):
+    torch.manual_seed(0)
+    cpu = build_mixer(mixer, 32, **({"d_state": 8} if mixer == "s6" else {"num_heads": 2, "feature_dim": 8}))
+    gpu = build_mixer(mixer, 32, **({"d_state": 8} if mixer == "s6" else {"num_heads": 2, "feature_dim": 8})).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(2, 128, 32)
+    for module, inputs in ((cpu, x), (gpu, x.cuda())):
+        module(inputs).square().mean().backward()
+    assert torch.allclose(gpu(x.cuda()).cpu(), cpu(x), atol=1e-4, rtol=1e-4)
+    for (name, p_cpu), p_gpu in zip(cpu.named_parameters(), gpu.parameters()):
+        assert torch.allclose(p_gpu.grad.cpu(), p_cpu.grad, atol=1e-4, rtol=1e-3), name
+
+
+def test_a_bf16_run_with_the_penalty_finishes_on_cuda(tmp_path):
+    pytest.importorskip("hydra", reason="the harness (ess-reg[train]) is not installed here")
+    pytest.importorskip("mlflow", reason="the harness (ess-reg[train]) is not installed here")
+    from ess_reg.harness.app import compose_config, run
+
+    overrides = ["experiment=tiny", f"tracking.uri=sqlite:///{tmp_path}/m.db", f"tracking.artifact_location={tmp_path}/a",
+                 f"trainer.checkpoint_dir={tmp_path}/c", "trainer.progress=false", "trainer.device=cuda",
+                 "trainer.precision=bf16", "penalty=ess_max", "trainer.max_steps=20"]
+    result = run(compose_config(overrides))
+    assert result.accuracy is not None and all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values())
+    assert next(result.model.parameters()).is_cuda
