@@ -43,7 +43,8 @@ CONFIGS = {
     "hyena": dict(),
     "deltanet": dict(num_heads=4, feature_dim=16),
     "gated_deltanet": dict(num_heads=4, feature_dim=16),
-}
+    "mingru": dict(),
+}  # gru and lstm are measured through their Jacobian (L d_model backward passes): not at these sizes
 DENSE_ESS_INDICES = 16
 ESS_REPEAT_BUDGET_S = 10  # op + ESS timings that would take longer than this are taken once
 

@@ -10,6 +10,7 @@ from .base import Mixer, MixerTrace
 from .deltanet import DeltaNet, GatedDeltaNet
 from .gla import GatedLinearAttention
 from .hyena import Hyena
+from .rnn import GRUMixer, LSTMMixer, MinGRU
 from .la import LinearAttention
 from .s4d import DiagonalSSM
 from .s6 import SelectiveSSM
@@ -28,6 +29,9 @@ MIXERS: dict[str, type[Mixer]] = {
     "hyena": Hyena,
     "deltanet": DeltaNet,
     "gated_deltanet": GatedDeltaNet,
+    "mingru": MinGRU,
+    "gru": GRUMixer,
+    "lstm": LSTMMixer,
 }
 
 

@@ -27,9 +27,11 @@ CASES = {
     "hyena_explicit": ("hyena", dict(filter="explicit", max_len=64)),
     "deltanet": ("deltanet", dict(num_heads=2, feature_dim=4, chunk_size=8)),
     "gated_deltanet": ("gated_deltanet", dict(num_heads=2, feature_dim=4, chunk_size=8)),
+    "mingru": ("mingru", dict()),
 }
 DELTA_RULE = ["deltanet", "gated_deltanet"]
-STATE_SPACE = ["la", "la_elu", "la_taylor", "wla", "gla", "s6", "s4d"]
+STATE_SPACE = ["la", "la_elu", "la_taylor", "wla", "gla", "s6", "s4d", "mingru"]
+JACOBIAN = {"gru": dict(hidden=3), "lstm": dict(hidden=2)}  # nonlinear: measured through their Jacobian
 FINITE_STATE = STATE_SPACE + DELTA_RULE
 
 
@@ -44,9 +46,27 @@ def inputs(seed=1, batch=2, length=L):
     return torch.randn(batch, length, D, generator=g, dtype=torch.float64)
 
 
-def test_registry_has_the_ten_families():
-    assert sorted(MIXERS) == sorted(["sa", "swa", "la", "wla", "gla", "s6", "s4d", "hyena", "deltanet", "gated_deltanet"])
-    assert {CASES[c][0] for c in CASES} == set(MIXERS)
+def test_registry_has_the_thirteen_families():
+    assert sorted(MIXERS) == sorted(["sa", "swa", "la", "wla", "gla", "s6", "s4d", "hyena", "deltanet", "gated_deltanet",
+                                     "mingru", "gru", "lstm"])
+    assert {CASES[c][0] for c in CASES} | set(JACOBIAN) == set(MIXERS)
+
+
+@pytest.mark.parametrize("name", sorted(JACOBIAN))
+def test_recurrent_mixers_rank_never_exceeds_their_state_and_reaches_it(name):
+    torch.manual_seed(0)
+    mixer = build_mixer(name, D, **JACOBIAN[name]).double()
+    x = inputs(seed=4, length=14)
+    assert mixer(x).shape == x.shape
+    op = mixer.operator(x)  # the Jacobian: refused if the mixer looked ahead
+    assert op.batch_shape == (2, 1) and op.J.shape == (2, 14, D, 14, D)
+    ess = tolerance_ess(op, tol=1e-10)  # (2, 1, 13)
+    state = mixer.state_size()
+    assert state == {"gru": 3, "lstm": 4}[name]
+    assert torch.all(ess <= state) and (ess == state).any()
+    with pytest.raises(NotImplementedError, match="nonlinear"):
+        mixer.operator_and_values(x)
+    assert build_mixer(name, D, state_size=6).state_size() == 6  # the one knob: hidden (GRU), hidden / 2 (LSTM)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

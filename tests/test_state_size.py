@@ -35,7 +35,12 @@ def test_state_size_is_the_tss_and_the_rank_reaches_it(case, size):
 
 
 def test_mixers_without_a_finite_state_and_bad_sizes_are_refused():
-    assert {n for n in MIXERS if n not in FINITE} == {"sa", "hyena"}
+    # gru and lstm: sized in tests/test_models.py (measured through their Jacobian); mingru: 1 per channel
+    assert {n for n in MIXERS if n not in FINITE} == {"sa", "hyena", "mingru", "gru", "lstm"}
+    with pytest.raises(ValueError, match="MinGRU's state is 1 per channel"):
+        state_kwargs("mingru", 4)
+    with pytest.raises(ValueError, match="state_size must be even"):
+        state_kwargs("lstm", 5)
     for name in ("sa", "hyena"):
         with pytest.raises(ValueError, match="grows with the sequence"):
             state_kwargs(name, 8)
