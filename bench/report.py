@@ -41,6 +41,7 @@ BENCHES = {
                ["--lengths", "256", "--budgets", "16", "--kinds", "dense", "ssm", "--channels", "2"], True),
     "train_speed": (["--steps", "20", "--probes", "3"], ["--steps", "2", "--probes", "1", "--setups", "default"], True),
     "penalty_overhead": (["--steps", "10"], ["--steps", "2", "--mixers", "gla"], True),
+    "analyze_speed": (["--lengths", "128", "256", "--repeats", "3"], ["--lengths", "64", "--repeats", "2"], True),
 }
 # On a GPU (--gpu): the benches that run there, at GPU sizes, each with --device cuda.
 GPU_BENCHES = {
