@@ -45,6 +45,9 @@ CONFIGS = {
     "gated_deltanet": dict(num_heads=4, feature_dim=16),
     "mingru": dict(),
 }  # gru and lstm are measured through their Jacobian (L d_model backward passes): not at these sizes
+# The peer a user would otherwise pick for s6: transformers' MambaMixer (its torch path), same
+# sizes and the same weights as the s6 above (checked to give the same output before timing).
+PEERS = {"hf_mamba": "s6"}
 DENSE_ESS_INDICES = 16
 ESS_REPEAT_BUDGET_S = 10  # op + ESS timings that would take longer than this are taken once
 
@@ -60,6 +63,29 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def hf_mamba_like(s6) -> torch.nn.Module:
+    """transformers' MambaMixer with the weights of ``s6`` (same sizes), checked to compute the same."""
+    import transformers
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+
+    config = transformers.MambaConfig(hidden_size=s6.d_model, state_size=s6.d_state, expand=s6.d_inner // s6.d_model,
+                                      conv_kernel=s6.conv.kernel_size, time_step_rank=s6.dt_rank,
+                                      use_conv_bias=True, use_bias=False, num_hidden_layers=1)
+    peer = MambaMixer(config, layer_idx=0)
+    with torch.no_grad():
+        for ours, theirs in ((s6.in_proj, peer.in_proj), (s6.conv.conv, peer.conv1d), (s6.x_proj, peer.x_proj),
+                             (s6.dt_proj, peer.dt_proj), (s6.out_proj, peer.out_proj)):
+            theirs.load_state_dict(ours.state_dict())
+        peer.A_log.copy_(s6.A_log)
+        peer.D.copy_(s6.D)
+    x = torch.randn(2, 64, s6.d_model, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        gap = (peer.eval()(x) - s6.eval()(x)).abs().max().item()
+    if gap > 1e-4:
+        raise RuntimeError(f"transformers' MambaMixer with s6's weights differs from s6 by {gap:.2g}")
+    return peer.train()
+
+
 def measure(name: str, length: int, with_ess: bool, repeats: int, device: str = "cpu") -> dict:
     """Runs inside the subprocess: one mixer at one length (peak memory: RSS on a CPU, the
     allocator's peak on a GPU)."""
@@ -68,7 +94,10 @@ def measure(name: str, length: int, with_ess: bool, repeats: int, device: str = 
     from ess_reg.models import build_mixer
 
     torch.manual_seed(0)
-    mixer = build_mixer(name, D_MODEL, **CONFIGS[name]).to(device)
+    mixer = (hf_mamba_like(build_mixer("s6", D_MODEL, **CONFIGS["s6"])) if name == "hf_mamba"
+             else build_mixer(name, D_MODEL, **CONFIGS[name])).to(device)
+    if name == "hf_mamba":
+        with_ess = False  # the peer has no operator: its time is the point
     x = torch.randn(BATCH, length, D_MODEL, device=device, requires_grad=True)
     cuda = device == "cuda"
     if cuda:
@@ -107,7 +136,12 @@ def measure(name: str, length: int, with_ess: bool, repeats: int, device: str = 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024])
-    parser.add_argument("--mixers", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    import importlib.util
+
+    peers = list(PEERS) if importlib.util.find_spec("transformers") is not None else []
+    parser.add_argument("--mixers", nargs="+", default=[*CONFIGS, *peers], choices=[*CONFIGS, *PEERS],
+                        help="mixers to time (default: all, and hf_mamba where transformers is installed: its "
+                             "MambaMixer with s6's weights)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of each workload (best is kept)")
     parser.add_argument("--no-ess", action="store_true", help="skip the operator + ESS timing")
     parser.add_argument("--worker", nargs=2, metavar=("MIXER", "L"), help=argparse.SUPPRESS)
@@ -159,6 +193,10 @@ def main() -> None:
                 cells += [f"{1e3 * r['forward_s']:.1f}", f"{r['ess_s']:.2f}", f"{r['ess_s'] / r['forward_s']:.1f}x",
                           r["ess_indices"], floor]
             table.add(*cells, mixer=name, length=length, **r)
+        for peer, ours in PEERS.items():
+            if peer in measured and ours in measured:
+                ratio = measured[peer]["fwd_bwd_s"] / measured[ours]["fwd_bwd_s"]
+                results.note(f"L={length}: {peer} (same weights) takes {ratio:.1f}x the fwd+bwd time of {ours}")
     results.write(args.json)
 
 
