@@ -235,12 +235,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_mlflow_server_serves_the_run(store, tiny):
-    result = run(compose_config(tiny()))
+def test_a_run_tracked_by_a_local_mlflow_server_is_read_back(store, tiny, tmp_path):
+    """The shared-server path: `mlflow server` (127.0.0.1 only) on a database, artifacts proxied by
+    the server; ess-train logs to it over HTTP and everything is read back through it."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store["uri"], "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -254,14 +256,16 @@ def test_mlflow_server_serves_the_run(store, tiny):
                 if time.time() > deadline or server.poll() is not None:
                     pytest.fail("mlflow server did not come up")
                 time.sleep(0.5)
-        experiment_id = MlflowClient(store["uri"]).get_experiment_by_name("ess-reg").experiment_id
-        request = urllib.request.Request(
-            f"{url}/api/2.0/mlflow/runs/search", data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
-            headers={"Content-Type": "application/json"}, method="POST")
-        runs = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
-        assert [r["info"]["run_id"] for r in runs] == [result.run_id]
-        metrics = {m["key"] for m in runs[0]["data"]["metrics"]}
-        assert "valid/accuracy" in metrics and "ess/util" in metrics and "L0/util" in metrics
+        overrides = [o for o in tiny() if not o.startswith(("tracking.uri=", "tracking.artifact_location="))]
+        result = run(compose_config([*overrides, f"tracking.uri={url}", "tracking.artifact_location=null"]))
+        client = MlflowClient(url)
+        r = client.get_run(result.run_id)
+        assert r.info.status == "FINISHED" and r.data.tags["verdict"] == result.verdict.mode
+        assert metric_steps(client, r.info.run_id, "valid/accuracy") == [0, 3, 6]
+        assert {"valid/accuracy", "ess/util", "L0/util"} <= set(r.data.metrics)
+        assert {"config.yaml", "ess_table.json", "checkpoint"} <= {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert (tmp_path / "server-artifacts").is_dir()  # the server stored them, not the client
+        assert not (store["dir"] / "artifacts").exists()
     finally:
         server.terminate()
         server.wait(timeout=30)
