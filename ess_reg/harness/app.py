@@ -14,6 +14,7 @@ live in their own modules: the plan (``plan``), the loop (``training``), the pro
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -27,12 +28,13 @@ from omegaconf import DictConfig
 from . import tracking
 from .build import ConfigError
 from .checkpoints import checkpoint_path
+from .distributed import Distributed, NullTracker
 from .plan import Plan, prepare
 from .process import JobTag, StopOnSignal, console_logging
 from .record import record_end, record_start, run_status
 from .reporting import ess_figure, format_report
 from .runinfo import run_name
-from .settings import resolve_threads
+from .settings import resolve_device, resolve_threads
 from .training import FitResult, fit
 
 __all__ = ["compose_config", "prepare", "run", "main", "ConfigError", "Plan"]
@@ -73,24 +75,45 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
 
 def run(cfg: DictConfig) -> FitResult:
     """Train as ``cfg`` says and log everything; returns the :class:`FitResult` with the MLflow
-    ``run_id`` and the config that trained."""
+    ``run_id`` and the config that trained. Under ``torchrun``, every process trains its slice of
+    each batch and process 0 writes (:mod:`ess_reg.harness.distributed`)."""
+    distributed = Distributed.from_env()
     console_logging()
+    if not distributed.is_main:
+        log.setLevel(logging.WARNING)  # one process speaks
     plan = prepare(cfg)
+    try:
+        distributed.check_batch(plan.trainer.batch_size)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    distributed.start(resolve_device(plan.trainer.device))
+    try:
+        return _run(plan, distributed)
+    finally:
+        distributed.stop()
+
+
+def _run(plan: Plan, distributed: Distributed) -> FitResult:
     config, trainer, probe = plan.config, plan.trainer, plan.probe
     t = config["tracking"]
     swept = os.environ.get(tracking.SWEEP_KEYS_ENV)
     name = t.get("run_name") or run_name(plan.choices, plan.overrides, swept.split(",") if swept else None)
     resume_id = plan.resume_state["run_id"] if plan.resume_state is not None else None
-    tracker = tracking.Tracker(t["uri"], t["experiment"], t["artifact_location"], run_name=name, run_id=resume_id,
-                               parent_run_id=None if resume_id else os.environ.get(tracking.PARENT_RUN_ENV))
+    if distributed.is_main:
+        tracker = tracking.Tracker(t["uri"], t["experiment"], t["artifact_location"], run_name=name, run_id=resume_id,
+                                   parent_run_id=None if resume_id else os.environ.get(tracking.PARENT_RUN_ENV))
+        distributed.broadcast(tracker.run_id)
+    else:
+        tracker = NullTracker(distributed.broadcast(None))
     job_tag = JobTag(plan.job) if plan.job is not None else None
     if job_tag is not None:
         log.addFilter(job_tag)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(resolve_threads(trainer.threads))
     try:
-        with StopOnSignal() as signals, run_status(tracker):
-            record_start(tracker, plan)
+        with StopOnSignal() as signals, (run_status(tracker) if distributed.is_main else contextlib.nullcontext()):
+            if distributed.is_main:
+                record_start(tracker, plan)
             log.info("ess-train: %s -> MLflow run %s %r (%s, experiment %r)%s", config["model"]["mixer"],
                      tracker.run_id, name, t["uri"], t["experiment"],
                      f", resuming at step {plan.resume_state['step']}" if resume_id else "")
@@ -108,18 +131,21 @@ def run(cfg: DictConfig) -> FitResult:
             result = fit(plan.model, plan.task, plan.make_optimizer, trainer, probe, tracker,
                          checkpoint_path=checkpoint_path(config["trainer"]["checkpoint_dir"], tracker.run_id),
                          seed=config["seed"], config=config, resume_state=plan.resume_state,
-                         regularizer=plan.regularizer, teacher=plan.teacher,
+                         regularizer=plan.regularizer, teacher=plan.teacher, distributed=distributed,
                          on_evaluate=on_evaluate, stop=signals.reason)
-            record_end(tracker, plan, result, figures.pop() if figures else None)
+            if distributed.is_main:
+                record_end(tracker, plan, result, figures.pop() if figures else None)
     finally:
         torch.set_num_threads(threads_before)
         if job_tag is not None:
             log.removeFilter(job_tag)
+    result.run_id, result.config = tracker.run_id, config
+    if not distributed.is_main:
+        return result
     log.info("\n%s", format_report(result.reports, result.verdict, probe.thresholds))
     if result.accuracy is not None:
         log.info("\nvalid accuracy %.3f after %d steps", result.accuracy, result.steps)
     log.info("look at it: mlflow ui --backend-store-uri %s   (run %s)", t["uri"], tracker.run_id)
-    result.run_id, result.config = tracker.run_id, config
     return result
 
 

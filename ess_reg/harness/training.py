@@ -23,6 +23,7 @@ from ..diagnosis import LayerReport, Verdict, diagnose, model_summary
 from ..tasks import IGNORE, Task
 from .checkpoints import save_checkpoint
 from .run_probe import RunProbe
+from .distributed import Distributed
 from .settings import TrainerSettings, resolve_device
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "FitResult", "fit", "evaluate", "distillation_gap",
@@ -38,7 +39,7 @@ class FitResult:
 
     metrics: dict[str, float]
     reports: dict[str, LayerReport]
-    verdict: Verdict
+    verdict: Verdict | None  # None on the processes other than 0 of a torchrun launch
     checkpoint: Path
     steps: int
     resumed_from: int
@@ -129,6 +130,7 @@ def fit(
     resume_state: Mapping | None = None,
     regularizer=None,
     teacher=None,
+    distributed: Distributed | None = None,
     on_evaluate: Callable[[int, dict[str, LayerReport], dict[str, float]], None] | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
     stop: Callable[[], str | None] | None = None,
@@ -142,16 +144,26 @@ def fit(
     term to the loss. ``teacher`` (an :class:`ess_reg.harness.distill.Teacher`) turns the task
     loss into its blend of the labels and the teacher's outputs, and adds the held-out
     distillation loss (``valid/distill_kl``) to each evaluation. ``on_evaluate(step, reports, metrics)`` runs after each evaluation.
+    ``distributed`` (a ``torchrun`` launch, :mod:`ess_reg.harness.distributed`) trains each
+    process on its slice of the global batch with averaged gradients; process 0 alone evaluates,
+    logs and checkpoints (the others return without reports or verdict).
     ``stop()``, asked before every step, returns a reason to stop (then
     :class:`TrainingInterrupted` is raised there) or None.
 
     Returns a :class:`FitResult`.
     """
-    device = resolve_device(trainer.device)
+    distributed = distributed or Distributed()
+    device = distributed.device(resolve_device(trainer.device))
+    main = distributed.is_main
     autocast_dtype = _autocast_dtype(trainer.precision, device)
     torch.manual_seed(seed)
     model.to(device)
     optimizer = make_optimizer(model.parameters())
+    trained = model  # what the training forward runs: the model, or its data-parallel wrapper
+    if distributed.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     checkpoint_path = Path(checkpoint_path)
     start_step = 0
     if resume_state is not None:
@@ -167,11 +179,15 @@ def fit(
     started = time.perf_counter()
 
     def checkpoint(step: int) -> None:
+        if not main:
+            return
         save_checkpoint(checkpoint_path, model, optimizer, step, tracker.run_id, config)
         if on_checkpoint is not None:
             on_checkpoint(step)
 
     def evaluate_and_log(step: int) -> dict[str, LayerReport]:
+        if not main:  # process 0 evaluates; the others go on to the next step and wait for it there
+            return {}
         model.eval()
         metrics = {f"valid/{k}": v for k, v in evaluate(model, test_inputs, test_labels, trainer.batch_size).items()}
         if teacher is not None:
@@ -199,7 +215,7 @@ def fit(
 
     if teacher is not None:
         teacher.to(device)
-        if start_step == 0:  # what the student learns from, once: the teacher's accuracy and ESS
+        if start_step == 0 and main:  # what the student learns from, once: the teacher's accuracy and ESS
             teacher_metrics = {f"valid/{k}": v for k, v in
                                evaluate(teacher.model, test_inputs, test_labels, trainer.batch_size).items()}
             teacher_metrics.update(evaluation_metrics(probe.report(teacher.model)))
@@ -211,20 +227,31 @@ def fit(
         reason = stop() if stop is not None else None
         if reason:
             raise TrainingInterrupted(f"{reason} before step {step}")
-        batch = task.train_batch(trainer.batch_size, step, seed)
-        x, y = batch.inputs.to(device), batch.labels.to(device)
+        batch = task.train_batch(trainer.batch_size, step, seed)  # the global batch, the same on every process
+        x, y = distributed.shard(batch.inputs).to(device), distributed.shard(batch.labels).to(device)
         capture = regularizer.capture() if regularizer is not None else contextlib.nullcontext()
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None), capture:
-            logits = model(x)
-        task_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
+            logits = trained(x)
+        if distributed.enabled:
+            # summed over this slice, over the whole batch's answered positions, times the processes:
+            # the averaged gradient is the gradient of the global batch's mean loss
+            local = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE,
+                                    reduction="sum")
+            totals = distributed.sum(torch.stack([local.detach(), (y != IGNORE).sum().to(local.dtype)]))
+            task_loss = local / totals[1].clamp_min(1) * distributed.world_size
+            global_loss = totals[0] / totals[1].clamp_min(1)
+        else:
+            task_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                        ignore_index=IGNORE)
+            global_loss = task_loss.detach()
         objective = task_loss
         if teacher is not None:
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 kl = teacher.loss(x, logits, y)
             objective = teacher.blend(task_loss, kl)
             last["train/distill_kl"] = kl.item()
-        if not torch.isfinite(objective):  # before the penalty, whose spectra would fail on NaN operators
-            raise TrainingDiverged(f"non-finite training loss ({objective.item()}, the task loss) at step {step}")
+        if not torch.isfinite(global_loss) or not torch.isfinite(objective):  # before the penalty's spectra
+            raise TrainingDiverged(f"non-finite training loss ({global_loss.item()}, the task loss) at step {step}")
         loss = objective if regularizer is None else objective + regularizer.compute(step)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"non-finite training loss ({loss.item()}, from the penalty) at step {step}")
@@ -233,7 +260,7 @@ def fit(
         if trainer.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
         optimizer.step()
-        last["train/loss"] = task_loss.item()
+        last["train/loss"] = global_loss.item()
         if regularizer is not None:
             last.update({f"penalty/{k}": v for k, v in regularizer.last.items()})
             last["train/total_loss"] = loss.item()
@@ -245,8 +272,8 @@ def fit(
             checkpoint(step)
         if step % trainer.log_every == 0 or step == trainer.max_steps:
             progress(step)
-    if not reports:  # resumed at the end: nothing was trained, measure once
+    if not reports and main:  # resumed at the end: nothing was trained, measure once
         reports = evaluate_and_log(trainer.max_steps)
-    verdict = diagnose(reports, last.get("valid/accuracy"), probe.thresholds)
+    verdict = diagnose(reports, last.get("valid/accuracy"), probe.thresholds) if main else None
     return FitResult(metrics=dict(last), reports=reports, verdict=verdict, checkpoint=checkpoint_path,
                      steps=trainer.max_steps, resumed_from=start_step, model=model)
