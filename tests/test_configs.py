@@ -239,3 +239,23 @@ def test_a_study_preset_sweep_is_what_the_parent_run_records():
         plain = compose(config_name="config", overrides=["seed=0"], return_hydra_config=True)
     GlobalHydra.instance().clear()
     assert sweep_overrides(plain) == ["seed=0"]
+
+
+STUDIES = [o for o in options("experiment")
+           if "sweeper" in (OmegaConf.load(CONF / "experiment" / f"{o}.yaml").get("hydra") or {})]
+
+
+@pytest.mark.parametrize("preset", STUDIES)
+def test_every_value_of_a_study_presets_sweep_composes_and_builds(preset, tmp_path):
+    """A sweep is only checked job by job when it runs: each value of each swept key must compose
+    (a key the config lacks would stop the sweep at its first job) and build."""
+    params = OmegaConf.load(CONF / "experiment" / f"{preset}.yaml").hydra.sweeper.params
+    outputs = [o for o in cheap(tmp_path) if o.startswith(("tracking.", "trainer.checkpoint_dir", "trainer.device"))]
+    for key, values in params.items():
+        for value in str(values).split(","):
+            overrides = [*outputs, f"experiment={preset}", f"{key}={value}"]
+            cfg = compose_config(overrides)
+            if OmegaConf.is_missing(cfg.distill, "teacher"):
+                continue  # the distillation study: its teachers come from step 1 (checked with a teacher above)
+            cfg.trainer.max_steps = 1
+            prepare(cfg)
