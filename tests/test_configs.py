@@ -259,3 +259,17 @@ def test_every_value_of_a_study_presets_sweep_composes_and_builds(preset, tmp_pa
                 continue  # the distillation study: its teachers come from step 1 (checked with a teacher above)
             cfg.trainer.max_steps = 1
             prepare(cfg)
+
+
+def test_the_slurm_launcher_preset_composes_with_its_defaults():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.timeout_min, launcher.cpus_per_task, launcher.partition) == (120, 4, "gpu")

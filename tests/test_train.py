@@ -271,9 +271,16 @@ def test_a_run_tracked_by_a_local_mlflow_server_is_read_back(store, tiny, tmp_pa
         server.wait(timeout=30)
 
 
-def test_multirun_with_two_parallel_jobs_groups_children_under_one_parent(store, tiny, child_env):
-    done = ess_train(child_env, "-m", *tiny(), "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                     f"hydra.sweep.dir={store['dir']}/sweep")
+LAUNCHERS = {
+    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    # the cluster launcher's path, run here: submitit starts each job as its own process
+    "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_multirun_with_two_parallel_jobs_groups_children_under_one_parent(store, tiny, child_env, launcher):
+    done = ess_train(child_env, "-m", *tiny(), "seed=0,1", *LAUNCHERS[launcher], f"hydra.sweep.dir={store['dir']}/sweep")
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(store["uri"])
     runs = all_runs(store)
@@ -294,7 +301,8 @@ def test_multirun_with_two_parallel_jobs_groups_children_under_one_parent(store,
                                                      str(store["dir"]))).read_text())
     assert {row["run_id"] for row in rows} == {r.info.run_id for r in children}
     assert all(row["valid/accuracy"] is not None and row["ess/per_kv"] is not None for row in rows)
-    assert "[job " in done.stdout  # parallel jobs' lines say which job
+    if launcher == "joblib":  # submitit writes each job's output to its own log under the sweep folder
+        assert "[job " in done.stdout  # parallel jobs' lines say which job
 
 
 def test_a_sweep_whose_job_fails_still_closes_its_parent(store, tiny, child_env):
