@@ -158,3 +158,12 @@ def test_analyze_gives_a_per_head_report_of_a_hugging_face_model():
     assert all(-10 < m <= 1 for m in result.modulation.values())
     mamba = ess_reg.analyze(tiny_mamba(), ids[:, :12])
     assert all(h.shape == (32,) for h in mamba.per_head.values())  # one per inner channel
+
+
+def test_select_init_scores_hugging_face_candidates():
+    ids = torch.randint(0, 32, (2, 16), generator=torch.Generator().manual_seed(0))
+    result = ess_reg.select_init(lambda c: tiny_mamba(c["seed"]), [{"seed": 0}, {"seed": 1}, {"seed": 2}], ids,
+                                 score="ess")
+    assert len(result.scores) == 3 and result.scores[result.index] == max(result.scores)
+    again = ess_reg.measure(tiny_mamba(result.candidate["seed"]), ids)  # the chosen one, rebuilt, scores the same
+    assert sum(r.ess_avg for r in again.values()) / len(again) == pytest.approx(result.scores[result.index], rel=1e-5)
