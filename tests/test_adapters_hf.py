@@ -15,6 +15,20 @@ def tiny_mamba(seed=0):
     return transformers.MambaForCausalLM(config).double().eval()
 
 
+def penalized(model, ids, objective, lr, steps, layer_param):
+    """The penalty's value before and after ``steps`` optimizer steps on it alone, checking at each
+    step that its gradient reaches ``layer_param(model)``."""
+    penalty = ess_reg.ESSPenalty(model, objective, measure="ess", schedule=ess_reg.Schedule(weight=1.0, ramp_steps=0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    before = penalty(ids, step=1).item()
+    for step in range(steps):
+        optimizer.zero_grad()
+        penalty(ids, step=step + 1).backward()
+        assert layer_param(model).grad.abs().sum() > 0  # gradients reach the layer
+        optimizer.step()
+    return before, penalty(ids, step=steps + 1).item()
+
+
 def test_mamba_operator_reproduces_the_mixer():
     from ess_reg.adapters.hf_mamba import mamba_operator, mamba_readout, mamba_streams
 
@@ -40,19 +54,10 @@ def test_a_mamba_model_is_measured_as_it_is():
 
 
 def test_the_penalty_moves_a_mamba_models_ess_its_way():
-    model = tiny_mamba(1).train()
     ids = torch.randint(0, 32, (4, 24), generator=torch.Generator().manual_seed(0))
-    penalty = ess_reg.ESSPenalty(model, "maximize", measure="ess",
-                                 schedule=ess_reg.Schedule(weight=1.0, ramp_steps=0))
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    before = penalty(ids, step=1).item()
-    for step in range(15):
-        optimizer.zero_grad()
-        value = penalty(ids, step=step + 1)
-        value.backward()
-        assert model.backbone.layers[0].mixer.A_log.grad.abs().sum() > 0  # gradients reach the layer
-        optimizer.step()
-    assert penalty(ids, step=16).item() < before  # maximize: the penalty (-ESS) falls, ESS rises
+    before, after = penalized(tiny_mamba(1).train(), ids, "maximize", 3e-3, 15,
+                              lambda m: m.backbone.layers[0].mixer.A_log)
+    assert after < before  # maximize: the penalty (-ESS) falls, ESS rises
 
 
 def tiny_llama(attn="eager", seed=0):
@@ -95,17 +100,10 @@ def test_a_llama_model_is_measured_per_head_and_sdpa_is_named():
 
 
 def test_the_penalty_moves_a_llama_models_attention_ess_its_way():
-    model = tiny_llama(seed=1).train()
     ids = torch.randint(0, 32, (4, 16), generator=torch.Generator().manual_seed(0))
-    penalty = ess_reg.ESSPenalty(model, "minimize", measure="ess", schedule=ess_reg.Schedule(weight=1.0, ramp_steps=0))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    before = penalty(ids, step=1).item()
-    for step in range(10):
-        optimizer.zero_grad()
-        penalty(ids, step=step + 1).backward()
-        assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
-        optimizer.step()
-    assert penalty(ids, step=11).item() < before  # minimize: the attention's ESS falls
+    before, after = penalized(tiny_llama(seed=1).train(), ids, "minimize", 1e-2, 10,
+                              lambda m: m.model.layers[0].self_attn.q_proj.weight)
+    assert after < before  # minimize: the attention's ESS falls
 
 
 def tiny_mamba2(seed=0):
@@ -137,16 +135,8 @@ def test_a_mamba2_model_is_measured_and_penalized():
     reports = ess_reg.measure(model, ids, kind="tolerance")
     assert set(reports) == {"backbone.layers.0.mixer", "backbone.layers.1.mixer"}
     assert all(torch.all(r.ess.values <= 4 + 1e-9) and r.value_channels == 32 for r in reports.values())
-    model.train()
-    penalty = ess_reg.ESSPenalty(model, "maximize", measure="ess", schedule=ess_reg.Schedule(weight=1.0, ramp_steps=0))
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    before = penalty(ids, step=1).item()
-    for step in range(10):
-        optimizer.zero_grad()
-        penalty(ids, step=step + 1).backward()
-        assert model.backbone.layers[0].mixer.A_log.grad.abs().sum() > 0
-        optimizer.step()
-    assert penalty(ids, step=11).item() < before
+    before, after = penalized(model.train(), ids, "maximize", 3e-3, 10, lambda m: m.backbone.layers[0].mixer.A_log)
+    assert after < before
 
 
 def test_analyze_gives_a_per_head_report_of_a_hugging_face_model():
