@@ -9,59 +9,20 @@ built from it (one extra projection per layer, no second forward of the whole mo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ._checks import check_limit, check_seed
-from .diagnosis import LayerReport, StateSize, tss_at
+from .diagnosis import LayerReport, tss_at
 from .ess import ESS_KINDS, _check_ess_options, layer_ess
 from .indices import index_rule
-from .adapters import register_for
-from .contract import ESSLayer, hand_over, listen
+from .adapters.registry import Adapter, adapter_for as _adapter_for, register_adapter
+from .contract import hand_over, listen
 from .operators import DeferredOperator, JacobianOperator, Operator, resolve
 
 __all__ = ["Adapter", "register_adapter", "ess_layers", "capture_operators", "Probe", "measure"]
-
-
-@dataclass
-class Adapter:
-    """How to get the operator and TSS of a module class that does not implement the contract.
-
-    ``operator(module, x)`` builds the operator from the module's input; ``from_forward(module,
-    args, kwargs, output)``, for a module whose operator is a by-product of its own forward (the
-    attention probabilities a Hugging Face attention layer returns), reads it from a forward
-    pass the probe captures. Give at least one."""
-
-    operator: Callable[[nn.Module, torch.Tensor], Operator] | None
-    state_size: Callable[[nn.Module], StateSize]
-    from_forward: Callable[[nn.Module, tuple, dict, object], Operator] | None = None
-
-
-_ADAPTERS: dict[type, Adapter] = {}
-
-
-def register_adapter(cls: type, adapter: Adapter) -> None:
-    """Make every instance of ``cls`` ESS-capable through ``adapter``."""
-    if not isinstance(cls, type):
-        raise TypeError(f"cls must be a class, got {cls!r}")
-    if not (callable(getattr(adapter, "state_size", None))
-            and (callable(getattr(adapter, "operator", None)) or callable(getattr(adapter, "from_forward", None)))):
-        raise TypeError(f"adapter must be an Adapter (a callable state_size, and operator or from_forward), "
-                        f"got {adapter!r}")
-    _ADAPTERS[cls] = adapter
-
-
-def _adapter_for(module: nn.Module) -> Adapter | None:
-    register_for(type(module))  # a library's adapters load when the probe first meets its modules
-    for cls in type(module).__mro__:
-        if cls in _ADAPTERS:
-            return _ADAPTERS[cls]
-    if isinstance(module, ESSLayer) and callable(module.operator) and callable(module.state_size):
-        return Adapter(operator=lambda m, x: m.operator(x), state_size=lambda m: m.state_size())
-    return None
 
 
 def ess_layers(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, nn.Module]:
@@ -290,12 +251,3 @@ def measure(
     (a one-off :class:`Probe`; ``indices`` as there, default all)."""
     return Probe(model, layers=layers, indices=indices, kind=kind, ess_options=ess_options,
                  context_end=context_end, items_to_recall=items_to_recall, **spectra_options)(inputs)
-
-
-def _register_builtin_adapters() -> None:
-    from .adapters import torch_attention
-
-    torch_attention._register()
-
-
-_register_builtin_adapters()

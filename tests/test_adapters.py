@@ -63,3 +63,16 @@ def test_cross_attention_is_refused_with_the_reason():
     attn = nn.MultiheadAttention(8, 2, kdim=4, vdim=4, batch_first=True)
     with pytest.raises(ValueError, match="as self-attention"):
         attention_operator(attn, torch.randn(1, 5, 8))
+
+
+def test_a_subclass_of_multihead_attention_in_another_package_finds_the_adapter():
+    class Mine(nn.MultiheadAttention):
+        __module__ = "somebody_elses_package.layers"
+
+    class Block(CausalBlock):
+        def __init__(self):
+            super().__init__(8, 2)
+            self.attn = Mine(8, 2, batch_first=True)
+
+    reports = ess_reg.measure(Block().double(), torch.randn(1, 10, 8, dtype=torch.float64), kind="tolerance")
+    assert set(reports) == {"attn"} and reports["attn"].value_channels == 8

@@ -14,7 +14,7 @@ import torch
 
 from ..diagnosis import growing_state_size
 from ..operators import DenseOperator
-from ..probe import Adapter, register_adapter
+from .registry import Adapter, register_adapter
 from .hf_mamba import mamba2_operator, mamba_operator
 
 __all__ = ["maybe_register", "attention_from_forward"]

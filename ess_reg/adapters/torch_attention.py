@@ -14,8 +14,9 @@ from torch import nn
 
 from ..diagnosis import growing_state_size
 from ..operators import DenseOperator
+from .registry import Adapter, register_adapter
 
-__all__ = ["attention_operator", "attention_values"]
+__all__ = ["attention_operator", "attention_values", "maybe_register"]
 
 
 def _check(module: nn.MultiheadAttention) -> None:
@@ -53,8 +54,7 @@ def attention_values(module: nn.MultiheadAttention, x: torch.Tensor) -> torch.Te
     return _projections(module, x)[2]
 
 
-def _register() -> None:
-    from ..probe import Adapter, register_adapter
-
-    register_adapter(nn.MultiheadAttention, Adapter(operator=attention_operator,
-                                                    state_size=lambda module: growing_state_size))
+def maybe_register(cls: type) -> None:
+    if issubclass(cls, nn.MultiheadAttention):
+        register_adapter(nn.MultiheadAttention, Adapter(operator=attention_operator,
+                                                        state_size=lambda module: growing_state_size))
