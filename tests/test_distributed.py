@@ -54,3 +54,16 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(store, tiny, 
     out = launch(child_env, tiny("trainer.batch_size=7"), processes=2)
     assert out.returncode != 0
     assert "trainer.batch_size=7 must split evenly over the 2 processes" in out.stderr
+
+
+def test_a_two_process_run_resumes_on_two_processes_as_one_run(store, tiny, child_env):
+    overrides = tiny("trainer.batch_size=8")
+    first = launch(child_env, [*overrides, "trainer.max_steps=6"], processes=2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    client = MlflowClient(store["uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("ess-reg").experiment_id])
+    resumed = launch(child_env, [*overrides, "trainer.max_steps=12", f"trainer.resume={run.info.run_id}"], processes=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (after,) = client.search_runs([client.get_experiment_by_name("ess-reg").experiment_id])
+    assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [2, 4, 6, 8, 10, 12]
