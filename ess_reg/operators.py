@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 
 from ._checks import check_floating, check_limit, check_number
-from .kernels.delta_rule import chunked_delta_rule, delta_rule_transition, sequential_delta_rule
+from .kernels.delta_rule import chunked_delta_rule, sequential_delta_rule
 from .kernels.scan import scan_apply
 from .kernels.segments import segment_sums
 
@@ -392,11 +392,6 @@ class DeltaRuleOperator:
         if method != "chunked":
             raise ValueError(f"unknown method {method!r} for a DeltaRuleOperator; choose 'chunked' or 'sequential'")
         return chunked_delta_rule(self.log_alpha, self.beta, self.K, self.Q, v, check_limit("chunk_size", chunk_size))
-
-    def transition(self, t: int, x: torch.Tensor) -> torch.Tensor:
-        """``A_t x`` for ``x`` ``(..., N, W)`` (factors broadcast to the full batch shape)."""
-        log_alpha, beta, K, _ = self.factors()
-        return delta_rule_transition(log_alpha[..., t, :], beta[..., t, :], K[..., t, :], x)
 
     def __repr__(self) -> str:
         return (f"DeltaRuleOperator(batch_shape={tuple(self.batch_shape)}, L={self.seq_len}, N={self.state_size}, "

@@ -47,9 +47,6 @@ class _JacobianMixer(Mixer):
         raise NotImplementedError(f"{type(self).__name__} is nonlinear: it has no operator acting on a value stream; "
                                   "its operator(x) is its Jacobian at x")
 
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x)
-
     @property
     def value_channels(self) -> int:
         return 1  # one multi-channel operator per example

@@ -26,7 +26,7 @@ from .run_probe import RunProbe
 from .distributed import Distributed
 from .settings import TrainerSettings, resolve_device
 
-__all__ = ["TrainingDiverged", "TrainingInterrupted", "FitResult", "fit", "evaluate", "distillation_gap",
+__all__ = ["TrainingDiverged", "TrainingInterrupted", "FitResult", "fit", "evaluate",
            "layer_keys", "evaluation_metrics"]
 
 log = logging.getLogger("ess_reg")
@@ -80,9 +80,13 @@ def evaluation_metrics(reports: Mapping[str, LayerReport]) -> dict[str, float]:
     return metrics
 
 
-def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict[str, float]:
-    """Loss and accuracy at the asked positions (labels != IGNORE)."""
+def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
+             teacher=None) -> dict[str, float]:
+    """Loss and accuracy at the asked positions (labels != IGNORE); with a distillation
+    ``teacher``, also ``distill_kl``, its loss of the same logits averaged over the positions its
+    settings name (one forward pass of ``model`` serves both)."""
     total_loss, correct, asked = 0.0, 0, 0
+    kl_total, kl_count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
             x, y = inputs[start : start + batch_size], labels[start : start + batch_size]
@@ -91,22 +95,15 @@ def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
             total_loss += F.cross_entropy(logits[mask], y[mask], reduction="sum").item()
             correct += (logits.argmax(-1)[mask] == y[mask]).sum().item()
             asked += mask.sum().item()
-    return {"loss": total_loss / max(asked, 1), "accuracy": correct / max(asked, 1)}
-
-
-def distillation_gap(model: nn.Module, teacher, inputs: torch.Tensor, labels: torch.Tensor,
-                     batch_size: int) -> float:
-    """The teacher's distillation loss of ``model`` on held-out examples, averaged over the
-    positions the teacher's settings name (the quantity a distillation study compares)."""
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(inputs), batch_size):
-            x, y = inputs[start : start + batch_size], labels[start : start + batch_size]
-            n = int(teacher.mask(y).sum())
-            if n:
-                total += teacher.loss(x, model(x), y).item() * n
-                count += n
-    return total / max(count, 1)
+            if teacher is not None:
+                n = int(teacher.mask(y).sum())
+                if n:
+                    kl_total += teacher.loss(x, logits, y).item() * n
+                    kl_count += n
+    metrics = {"loss": total_loss / max(asked, 1), "accuracy": correct / max(asked, 1)}
+    if teacher is not None:
+        metrics["distill_kl"] = kl_total / max(kl_count, 1)
+    return metrics
 
 
 def _duration(seconds: float) -> str:
@@ -189,9 +186,8 @@ def fit(
         if not main:  # process 0 evaluates; the others go on to the next step and wait for it there
             return {}
         model.eval()
-        metrics = {f"valid/{k}": v for k, v in evaluate(model, test_inputs, test_labels, trainer.batch_size).items()}
-        if teacher is not None:
-            metrics["valid/distill_kl"] = distillation_gap(model, teacher, test_inputs, test_labels, trainer.batch_size)
+        metrics = {f"valid/{k}": v for k, v in
+                   evaluate(model, test_inputs, test_labels, trainer.batch_size, teacher).items()}
         start = time.perf_counter()
         reports = probe.report(model)
         metrics["time/ess_probe_s"] = time.perf_counter() - start
