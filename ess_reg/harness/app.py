@@ -114,6 +114,9 @@ def _run(plan: Plan, distributed: Distributed) -> FitResult:
         with StopOnSignal() as signals, (run_status(tracker) if distributed.is_main else contextlib.nullcontext()):
             if distributed.is_main:
                 record_start(tracker, plan)
+                if distributed.enabled:  # the logged trainer.batch_size is the global batch: say how it was split
+                    tracker.set_tags({"distributed.world_size": distributed.world_size,
+                                      "distributed.batch_per_process": trainer.batch_size // distributed.world_size})
             log.info("ess-train: %s -> MLflow run %s %r (%s, experiment %r)%s", config["model"]["mixer"],
                      tracker.run_id, name, t["uri"], t["experiment"],
                      f", resuming at step {plan.resume_state['step']}" if resume_id else "")
