@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -13,7 +14,8 @@ from .spectra import resolve_indices
 
 __all__ = ["StateSize", "growing_state_size", "tss_at", "reachable_state", "utilization", "FailureThresholds",
            "LayerReport", "MEASURES", "mean_over_layers", "layer_utilization", "layer_ess_per_item", "layer_mean_ess", "Verdict", "diagnose", "model_summary", "SATURATION", "COLLAPSE", "HEALTHY",
-           "INCONCLUSIVE", "VERDICTS"]
+           "INCONCLUSIVE", "NEAR_SATURATION", "NEAR_COLLAPSE", "STILL_TRAINING", "VERDICTS",
+           "loss_still_falling"]
 
 # A mixer's TSS per channel: a number (SSM state N, linear-attention feature size, SWA window),
 # or a function of (indices, L) for layers whose state grows with the sequence.
@@ -50,7 +52,10 @@ SATURATION = "saturation"
 COLLAPSE = "collapse"
 HEALTHY = "healthy"
 INCONCLUSIVE = "inconclusive"
-VERDICTS = (HEALTHY, SATURATION, COLLAPSE, INCONCLUSIVE)
+NEAR_SATURATION = "near saturation"   # within the margin of the saturation threshold: neither side is sure
+NEAR_COLLAPSE = "near collapse"
+STILL_TRAINING = "still training"     # the loss still falls at the end of the budget: too early to judge
+VERDICTS = (HEALTHY, SATURATION, NEAR_SATURATION, COLLAPSE, NEAR_COLLAPSE, INCONCLUSIVE, STILL_TRAINING)
 
 # How much of its reachable state a layer uses, as evidence for the verdict.
 FULL, PARTIAL, UNUSED = "full", "partial", "unused"
@@ -113,14 +118,20 @@ class FailureThresholds:
     * ``saturation``: utilization (ESS / reachable state) at or above which a layer's state is
       full.
     * ``collapse``: utilization at or below which a layer's state is unused.
+    * ``margin``: the verdict says *near saturation* / *near collapse* for a utilization within
+      this distance of either threshold, where a run's probe noise could put it on either side.
+    * ``still_falling``: the relative fall of the validation loss over the second half of the
+      run above which the run is *still training* (see :func:`loss_still_falling`).
     """
 
     saturation: float = 0.9
     collapse: float = 0.2
     solved: float = 0.9
+    margin: float = 0.05
+    still_falling: float = 0.05
 
     def __post_init__(self):
-        for name in ("saturation", "collapse", "solved"):
+        for name in ("saturation", "collapse", "solved", "margin", "still_falling"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ValueError(f"threshold {name} must be a number in [0, 1], got {value!r}")
@@ -128,6 +139,9 @@ class FailureThresholds:
             raise ValueError(
                 f"need 0 <= collapse < saturation <= 1, got collapse={self.collapse}, saturation={self.saturation}"
             )
+        if not self.collapse + self.margin < self.saturation - self.margin:
+            raise ValueError(f"margin {self.margin} closes the gap between collapse {self.collapse} and saturation "
+                             f"{self.saturation}: need collapse + margin < saturation - margin")
 
 
 @dataclass
@@ -305,19 +319,56 @@ def mean_over_layers(reports: "Mapping[str, LayerReport]", measure: str) -> floa
     return sum(MEASURES[measure](r).item() for r in reports.values()) / len(reports)
 
 
-def diagnose(reports: "Mapping[str, LayerReport]", accuracy: float | None = None,
-             thresholds: FailureThresholds | None = None) -> Verdict:
-    """The model's verdict from its layers' utilization and, when known, its task accuracy.
+def loss_still_falling(curve: "Sequence[tuple[int, float]]", tolerance: float = 0.05) -> str | None:
+    """Whether a run is still learning at the end of its budget, judged on its validation loss
+    ``curve`` (``(step, loss)`` at each evaluation): a least-squares line through the evaluations
+    of the second half of the run (at least 3 of them) that falls by more than ``tolerance`` of
+    its starting value across that half. Returns the reason, or None (flat, rising, or too few
+    evaluations to tell). A line, not the two end points, so that one noisy evaluation decides
+    nothing."""
+    points = sorted((int(s), float(v)) for s, v in curve if math.isfinite(float(v)))
+    if len(points) < 3:
+        return None
+    last = points[-1][0]
+    window = [(s, v) for s, v in points if s >= last / 2]
+    if len(window) < 3:
+        return None
+    steps = [s for s, _ in window]
+    mean_s = sum(steps) / len(steps)
+    mean_v = sum(v for _, v in window) / len(window)
+    spread = sum((s - mean_s) ** 2 for s in steps)
+    if spread == 0:
+        return None
+    slope = sum((s - mean_s) * (v - mean_v) for s, v in window) / spread
+    start = mean_v + slope * (steps[0] - mean_s)
+    fall = -slope * (steps[-1] - steps[0])
+    if start <= 0 or fall <= tolerance * start:
+        return None
+    return (f"validation loss still falling: {fall / start:.0%} over steps {steps[0]}-{steps[-1]} "
+            f"(> {tolerance:.0%})")
 
-    In order, with ``t`` the thresholds:
+
+def diagnose(reports: "Mapping[str, LayerReport]", accuracy: float | None = None,
+             thresholds: FailureThresholds | None = None, *,
+             loss_curve: "Sequence[tuple[int, float]] | None" = None) -> Verdict:
+    """The model's verdict from its layers' utilization and, when known, its task accuracy and
+    validation-loss curve.
+
+    In order, with ``t`` the thresholds and ``u`` the highest utilization of any layer:
 
     1. accuracy >= ``t.solved``: **healthy** — a model that solves its task is never called
        collapsed or saturated, whatever its ESS.
-    2. some layer's utilization >= ``t.saturation``: **saturation** — that state is full, so
-       capacity is the limit.
-    3. every layer's utilization <= ``t.collapse``: **collapse** — the state is there and unused.
-    4. otherwise: with an accuracy below ``t.solved``, **inconclusive** (the model fails, but its
+    2. the validation loss still falls at the end (:func:`loss_still_falling`, given
+       ``loss_curve``): **still training** — too early to blame the state.
+    3. ``u >= t.saturation + t.margin``: **saturation** — that state is full, so capacity is the
+       limit; within ``t.margin`` of the threshold: **near saturation**.
+    4. ``u <= t.collapse - t.margin``: **collapse** — the state is there and unused; within
+       ``t.margin`` of the threshold: **near collapse**.
+    5. otherwise: with an accuracy below ``t.solved``, **inconclusive** (the model fails, but its
        ESS points at neither failure of memory); without an accuracy, **healthy**.
+
+    Utilizations are printed with three digits, so that a reason never reads as its own
+    contradiction (0.899 is not "0.90 >= 0.9").
     """
     t = _check_thresholds(thresholds)
     _check_reports(reports)
@@ -327,18 +378,32 @@ def diagnose(reports: "Mapping[str, LayerReport]", accuracy: float | None = None
     use = {name: r.state_use(t) for name, r in reports.items()}
     util = {name: r.utilization for name, r in reports.items()}
     fullest = max(util, key=util.get)
+    u = util[fullest]
+    where = f"highest ESS/reach {u:.3f} ({fullest})"
     task = ("no task accuracy given" if accuracy is None
             else f"accuracy {accuracy:.3f} {'>=' if accuracy >= t.solved else '<'} solved {t.solved:g}")
     if accuracy is not None and accuracy >= t.solved:
-        return Verdict(HEALTHY, f"solves the task ({task}); highest ESS/reach {util[fullest]:.2f} in {fullest}", use)
-    if util[fullest] >= t.saturation:
-        return Verdict(SATURATION, f"{task}; {fullest} uses ESS/reach {util[fullest]:.2f} >= saturation "
-                       f"{t.saturation:g} of its state: capacity is the limit", use)
-    if util[fullest] <= t.collapse:
-        return Verdict(COLLAPSE, f"{task}; every layer's ESS/reach <= collapse {t.collapse:g} (highest "
-                       f"{util[fullest]:.2f}, {fullest}): the state is there and unused", use)
+        return Verdict(HEALTHY, f"solves the task ({task}); {where}", use)
+    if loss_curve is not None:
+        falling = loss_still_falling(loss_curve, t.still_falling)
+        if falling:
+            return Verdict(STILL_TRAINING, f"{task}; {falling}: too early to judge its memory ({where})", use)
+    sat_lo, sat_hi = t.saturation - t.margin, t.saturation + t.margin
+    col_lo, col_hi = t.collapse - t.margin, t.collapse + t.margin
+    if u >= sat_hi:
+        return Verdict(SATURATION, f"{task}; {fullest} uses ESS/reach {u:.3f} >= saturation {t.saturation:g} "
+                       f"+ margin {t.margin:g} of its state: capacity is the limit", use)
+    if u > sat_lo:
+        return Verdict(NEAR_SATURATION, f"{task}; {where} is within {t.margin:g} of saturation {t.saturation:g} "
+                       f"({sat_lo:.3g}-{sat_hi:.3g}): the state may be full", use)
+    if u <= col_lo:
+        return Verdict(COLLAPSE, f"{task}; every layer's ESS/reach <= collapse {t.collapse:g} - margin {t.margin:g} "
+                       f"({where}): the state is there and unused", use)
+    if u < col_hi:
+        return Verdict(NEAR_COLLAPSE, f"{task}; {where} is within {t.margin:g} of collapse {t.collapse:g} "
+                       f"({col_lo:.3g}-{col_hi:.3g}): the state may be unused", use)
     if accuracy is None:
-        return Verdict(HEALTHY, f"{task}; highest ESS/reach {util[fullest]:.2f} ({fullest}) is between collapse "
-                       f"{t.collapse:g} and saturation {t.saturation:g}", use)
-    return Verdict(INCONCLUSIVE, f"{task}; highest ESS/reach {util[fullest]:.2f} ({fullest}) is between collapse "
-                   f"{t.collapse:g} and saturation {t.saturation:g}: ESS points at neither failure of memory", use)
+        return Verdict(HEALTHY, f"{task}; {where} is between collapse {t.collapse:g} and saturation "
+                       f"{t.saturation:g}", use)
+    return Verdict(INCONCLUSIVE, f"{task}; {where} is between collapse {t.collapse:g} and saturation "
+                   f"{t.saturation:g}: ESS points at neither failure of memory", use)

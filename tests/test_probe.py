@@ -3,8 +3,9 @@ import torch
 from torch import nn
 
 from ess_reg import DenseOperator, LayerESS, StateSpaceOperator
-from ess_reg.diagnosis import (COLLAPSE, HEALTHY, INCONCLUSIVE, SATURATION, FailureThresholds, LayerReport,
-                              diagnose, model_summary, reachable_state, tss_at)
+from ess_reg.diagnosis import (COLLAPSE, HEALTHY, INCONCLUSIVE, NEAR_COLLAPSE, NEAR_SATURATION, SATURATION,
+                               STILL_TRAINING, FailureThresholds, LayerReport,
+                               diagnose, model_summary, reachable_state, tss_at)
 from ess_reg.contract import capturing
 from ess_reg.probe import Adapter, capture_operators, ess_layers, measure, register_adapter
 
@@ -113,7 +114,7 @@ def test_the_verdict_is_the_model_s_and_agrees_with_the_task():
     solved = diagnose({"a": unused, "b": unused}, accuracy=0.95)
     assert solved.mode == HEALTHY and "solves the task" in solved.reason  # never collapsed when it solves
     saturated = diagnose({"a": full, "b": partial}, accuracy=0.3)
-    assert saturated.mode == SATURATION and "a uses ESS/reach 1.00 >= saturation 0.9" in saturated.reason
+    assert saturated.mode == SATURATION and "a uses ESS/reach 1.000 >= saturation 0.9" in saturated.reason
     assert saturated.layers == {"a": "full", "b": "partial"}
     collapsed = diagnose({"a": unused, "b": unused}, accuracy=0.3)
     assert collapsed.mode == COLLAPSE and "accuracy 0.300 < solved 0.9" in collapsed.reason
@@ -130,6 +131,41 @@ def test_the_verdict_is_the_model_s_and_agrees_with_the_task():
         FailureThresholds(solved=1.5)
     with pytest.raises(ValueError, match="accuracy must be"):
         diagnose({"a": partial}, accuracy=2.0)
+
+
+def at_utilization(u):
+    """A layer whose utilization is ``u`` (reach 1 + 4 + 2 = 7 over the three indices)."""
+    return report([1.0, 7 * u - 3.0, 2.0], 16)
+
+
+def test_the_verdict_holds_at_its_edges():
+    # 0.899 is near saturation, and its reason never reads "0.90 >= 0.9".
+    edge = diagnose({"a": at_utilization(0.899)}, accuracy=0.03)
+    assert edge.mode == NEAR_SATURATION and "0.899" in edge.reason and "(0.85-0.95)" in edge.reason
+    # Two equivalent runs at chance, utilization 0.905 and 0.867: the same verdict.
+    assert {diagnose({"a": at_utilization(u)}, accuracy=0.03).mode for u in (0.905, 0.867)} == {NEAR_SATURATION}
+    assert diagnose({"a": at_utilization(0.96)}, accuracy=0.03).mode == SATURATION
+    assert diagnose({"a": at_utilization(0.22)}, accuracy=0.03).mode == NEAR_COLLAPSE
+    assert diagnose({"a": at_utilization(0.14)}, accuracy=0.03).mode == COLLAPSE
+    assert diagnose({"a": at_utilization(0.5)}, accuracy=0.03).mode == INCONCLUSIVE
+    with pytest.raises(ValueError, match="closes the gap"):
+        FailureThresholds(saturation=0.5, collapse=0.4, margin=0.06)
+
+
+def test_a_run_whose_loss_still_falls_is_still_training():
+    from ess_reg.diagnosis import loss_still_falling
+
+    # A known curve: over the second half (steps 500-1000) the loss falls 2.0 -> 1.0 on a line: 50%.
+    falling = [(0, 4.0), (250, 3.0), (500, 2.0), (750, 1.5), (1000, 1.0)]
+    assert loss_still_falling(falling) == "validation loss still falling: 50% over steps 500-1000 (> 5%)"
+    plateau = [(0, 4.8), (50, 4.18), (100, 4.175), (150, 4.173), (200, 4.172)]   # on its plateau: flat
+    noisy = [(0, 4.0), (100, 1.0), (200, 1.02), (300, 0.97), (400, 1.01), (500, 0.99)]
+    assert loss_still_falling(plateau) is None and loss_still_falling(noisy) is None
+    assert loss_still_falling([(0, 4.0), (100, 1.0)]) is None  # too few evaluations to tell
+    verdict = diagnose({"a": at_utilization(0.1)}, accuracy=0.5, loss_curve=falling)
+    assert verdict.mode == STILL_TRAINING and "too early to judge" in verdict.reason
+    assert diagnose({"a": at_utilization(0.1)}, accuracy=0.5, loss_curve=plateau).mode == COLLAPSE
+    assert diagnose({"a": at_utilization(0.1)}, accuracy=0.95, loss_curve=falling).mode == HEALTHY  # solved wins
 
 
 def test_state_space_mixers_hand_over_the_operator_of_their_forward_pass(monkeypatch):

@@ -52,12 +52,21 @@ def test_a_crafted_target_is_refused_and_nothing_is_called(tmp_path, trained):
     torch.save(state, crafted)
     with pytest.raises(ConfigError, match="model._target_='shutil.copyfile' is not one of ess-reg's models"):
         analyze(str(crafted))
-    with pytest.raises(ConfigError, match="the config differs from the run's"):
-        run(compose_config([*overrides, f"trainer.resume={crafted}"]))
+    with pytest.raises(ConfigError, match=r"names model._target_='shutil.copyfile', which none of ess-reg's configs"):
+        run(compose_config([*overrides, f"trainer.resume={crafted}"]))  # the run would go on under its stored config
     # also below the top of the config: only plain data is passed on
     state["config"]["model"] = {**torch.load(result.checkpoint, weights_only=True)["config"]["model"],
                                 "mixer_kwargs": {"_target_": "shutil.copyfile", "src": str(source), "dst": str(copy)}}
     torch.save(state, crafted)
     with pytest.raises(ConfigError, match="may not name a class"):
         analyze(str(crafted))
+    with pytest.raises(ConfigError, match=r"model.mixer_kwargs._target_='shutil.copyfile'"):
+        run(compose_config([*overrides, f"trainer.resume={crafted}"]))
+    # A resumed run instantiates its stored optimizer: only targets ess-reg's configs name pass.
+    state = torch.load(result.checkpoint, weights_only=True)
+    state["config"]["optimizer"] = {"_target_": "shutil.copyfile", "_partial_": True, "src": str(source),
+                                    "dst": str(copy)}
+    torch.save(state, crafted)
+    with pytest.raises(ConfigError, match=r"optimizer._target_='shutil.copyfile'"):
+        run(compose_config([*overrides, f"trainer.resume={crafted}"]))
     assert not copy.exists()

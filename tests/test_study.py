@@ -58,12 +58,69 @@ def test_runs_are_grouped_by_config_without_the_seed(study):
 
 def test_correlations_pool_and_split_by_mixer(study):
     records = load_runs(study["uri"], experiment="study")
-    found = {(c.scope, c.measure): c for c in correlations(records, ["ESS/kv"], resamples=200)}
-    pooled = found[("all runs", "ESS/kv")]
-    acc = [r.metrics["valid/accuracy"] for r in records]
-    assert pooled.n == 4 and pooled.spearman == pytest.approx(spearman(acc, [MEASURES["ESS/kv"](r) for r in records]),
-                                                                nan_ok=True)
-    assert ("la", "ESS/kv") not in found  # two runs per mixer: too few for a correlation
+    found = {(c.scope, c.unit, c.measure): c for c in correlations(records, ["ESS/kv"], resamples=200)}
+    pooled = found[("all runs", "runs", "ESS/kv")]
+    assert pooled.n == 4 and pooled.test.refused == "4 points, fewer than 5"  # four runs carry no correlation
+    assert found[("all runs", "configurations", "ESS/kv")].n == 2  # the seed means: two configurations
+    assert found[("la", "runs", "ESS/kv")].n == 2
+
+
+def _record(run_id, seed, steps, params, tags=None, name=None):
+    from ess_reg.harness.study import RunRecord
+
+    base = {"model.mixer": "gla", "model._target_": "ess_reg.models.lm.LanguageModel", "task.num_kv_pairs": "4",
+            "trainer.max_steps": "200", "trainer.eval_examples": "512", "seed": str(seed),
+            "tracking.run_name": name or f"run {run_id}", "penalty._target_": "None"}
+    return RunRecord(run_id, name or run_id, {**base, **params}, {"valid/accuracy": 0.5 + 0.01 * seed},
+                     {"model": "gla", "penalty": "none", **(tags or {})},
+                     history={"ess/util": [(0, 0.3), (steps, 0.4)]})
+
+
+def test_configurations_are_the_full_config_and_labels_name_only_what_differs():
+    from ess_reg.harness.study import differing, group_runs, labels, warnings_for
+
+    ess_max = {"penalty._target_": "ess_reg.penalty.ESSPenalty", "penalty.objective": "maximize"}
+    records = [
+        *(_record(f"n{s}", s, 200, {}, name=f"my name {s}") for s in range(3)),       # named runs: still one group
+        *(_record(f"a{s}", s, 200, {**ess_max, "penalty.schedule.weight": "0.01"}, {"penalty": "ess_max"})
+          for s in range(3)),
+        *(_record(f"b{s}", s, 200, {**ess_max, "penalty.schedule.weight": "0.1"}, {"penalty": "ess_max"})
+          for s in range(3)),
+        _record("q", 0, 1000, {"trainer.max_steps": "1000"}),                          # the Quickstart: 1000 steps
+        _record("r", 1, 1000, {"trainer.max_steps": "200"}),                           # resumed from 200 to 1000
+    ]
+    groups = group_runs(records)
+    assert sorted(g.label for g in groups) == sorted([
+        "penalty=none steps=200", "penalty=ess_max penalty.schedule.weight=0.01 steps=200",
+        "penalty=ess_max penalty.schedule.weight=0.1 steps=200", "penalty=none steps=1000"])
+    by_label = {g.label: g for g in groups}
+    assert {r.run_id for r in by_label["penalty=none steps=1000"].runs} == {"q", "r"}  # reached step, not budget
+    assert len(by_label["penalty=none steps=200"].runs) == 3  # whatever the run names
+    assert differing(groups) == {"steps": ["200", "1000"]}
+    notes = warnings_for(groups)
+    assert len(notes) == 1 and "200 (9 runs), 1000 (2 runs)" in notes[0] and "never pooled" in notes[0]
+    assert labels([{"model": "gla", "seedless": "x"}]) == ["all runs"]
+
+
+def test_the_baseline_is_found_whatever_the_runs_are_named(tmp_path):
+    from ess_reg.harness.study import write_report
+
+    records = []
+    for s in range(8):
+        none = _record(f"n{s}", s, 200, {}, name=f"baseline seed {s}")
+        pen = _record(f"p{s}", s, 200, {"penalty._target_": "ess_reg.penalty.ESSPenalty"}, {"penalty": "ess_max"},
+                      name=f"treated seed {s}")
+        pen.metrics["valid/accuracy"] = none.metrics["valid/accuracy"] + 0.02 + 0.001 * s
+        records += [none, pen]
+    path, terminal = write_report(records, tmp_path, "t", baseline="penalty=none", resamples=200)
+    text = path.read_text()
+    section = text.split("## Against the baseline (penalty=none)")[1].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| penalty=ess_max |"))
+    # 8 pairs all higher: exact sign and permutation p = 2 / 256; one comparison, so Holm changes nothing
+    assert "| 8 pairs |" in row and row.endswith("| 8 / 0 | 0.008 | 0.008 | 0.008 | higher |")
+    assert "*[" not in row  # 8 pairs: the interval is not marked unreliable
+    assert "**" not in text  # nothing in bold: the reading says what holds
+    assert "2 configurations with 8 seeds" in text and "[(" not in text
 
 
 def test_ess_report_writes_the_report_and_names_a_bad_source(study, capsys):
@@ -71,7 +128,8 @@ def test_ess_report_writes_the_report_and_names_a_bad_source(study, capsys):
     assert report_main(["--experiment", "study", "--tracking-uri", study["uri"], "--out", str(out),
                         "--resamples", "200"]) == 0
     text = (out / "report.md").read_text()
-    assert "4 finished runs in 2 configurations" in text and "| model=gla | 2 |" in text
+    assert "4 finished runs in 2 configurations (2 configurations with 2 seeds)" in text
+    assert "| model=gla | 2 | 6 |" in text  # label, seeds, steps reached
     assert (out / "accuracy_vs_ess_per_kv.png").stat().st_size > 0
     assert "| model=la | 2 |" in capsys.readouterr().out  # the key table on the terminal
     assert report_main(["--experiment", "nope", "--tracking-uri", study["uri"]]) == 2
@@ -104,11 +162,14 @@ def test_a_treatment_is_compared_with_the_baseline_of_its_own_stratum():
     by = {c.label: c for c in found}
     assert set(by) == {"pen a", "pen b"}  # "pen c" has no baseline under its settings
     assert by["pen a"].baseline == "none a" and by["pen a"].difference == pytest.approx(0.40)
-    assert by["pen a"].verdict == "higher" and by["pen a"].interval[0] > 0.35
-    assert by["pen b"].difference == pytest.approx(-0.05) and by["pen b"].verdict == "no clear difference"
+    assert by["pen a"].interval[0] > 0.35 and not by["pen a"].paired  # Welch's interval, far from 0 ...
+    assert by["pen a"].p == pytest.approx(2 / 20)  # ... but 3 runs against 3 can never give an exact p below 0.1
+    assert by["pen a"].holm_p == pytest.approx(min(1, 2 * by["pen a"].p))  # the smaller of two p-values, times 2
+    assert by["pen a"].reading() == "no clear difference: 3 + 3 runs cannot reach p < 0.05"
+    assert by["pen b"].difference == pytest.approx(-0.05) and by["pen b"].reading().startswith("no clear difference")
     lo, hi = by["pen b"].interval
     assert lo < -0.05 < hi
-    # Paired by seed: the same seeds on both sides, each seed's difference is what is resampled.
+    # Paired by seed: the same seeds on both sides, each seed's difference is what is tested.
     def seeded(label, values):
         return NS(label=label, runs=[NS(value=v, seed=i) for i, v in enumerate(values)])
 
@@ -117,10 +178,11 @@ def test_a_treatment_is_compared_with_the_baseline_of_its_own_stratum():
                                  lambda r: r.value, pair=lambda r: r.seed, resamples=500)[0]
     unpaired = compare_to_baseline([base, treated], lambda g: g.label.startswith("none"), lambda g: "x",
                                    lambda r: r.value, resamples=500)[0]
-    assert paired.paired and paired.higher_pairs == 4 and not unpaired.paired
+    assert paired.paired and paired.test.higher == 4 and not unpaired.paired
     assert paired.difference == pytest.approx(0.0525) == unpaired.difference
-    assert paired.interval[0] >= 0.03 and paired.verdict == "higher"  # each seed: +0.03..+0.07
-    assert unpaired.verdict == "no clear difference"  # the seeds' spread hides it without pairing
+    assert paired.interval[0] >= 0.02  # each seed: +0.03..+0.07, a t-interval clear of zero ...
+    assert paired.p == pytest.approx(2 / 16) and "4 pairs cannot reach" in paired.reading()  # ... from 4 pairs
+    assert unpaired.interval[0] < 0 < unpaired.interval[1]  # the seeds' spread hides it without pairing
     with pytest.raises(ValueError, match="two baseline groups"):
         compare_to_baseline([*groups, group("none a", [0.2])], lambda g: g.label.startswith("none"),
                             lambda g: g.label.split()[1], lambda r: r.value)
@@ -146,9 +208,10 @@ def test_ess_report_compares_with_a_baseline_and_takes_another_target(study, cap
     records = load_runs(study["uri"], experiment="study")
     mean = lambda m: sum(r.metrics["valid/loss"] for r in records if r.mixer == m) / 2  # noqa: E731
     section = text.split("## Against the baseline (model=la)")[1].split("\n## ")[0]
-    row = next(line for line in section.splitlines() if line.startswith("| model=gla | 2 | "))
-    assert "yes, " in row  # both sides ran seeds 0 and 1: compared seed by seed
-    assert f"| {mean('gla') - mean('la'):+.2f} |" in row
+    row = next(line for line in section.splitlines() if line.startswith("| model=gla | 2 pairs | "))
+    assert "| 2 pairs |" in row  # both sides ran seeds 0 and 1: compared seed by seed
+    assert f"| {mean('gla') - mean('la'):+.3f} |" in row
+    assert "*[" in row and "2 pairs cannot reach p < 0.05" in row  # two pairs: an unreliable interval, said so
     assert "## valid/loss against each measure" in text and "## Collapse during training" in text
     capsys.readouterr()
     assert report_main(["--experiment", "study", "--tracking-uri", study["uri"], "--target", "valid/nope"]) == 2

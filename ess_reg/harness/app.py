@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from . import tracking
-from .build import ConfigError
+from .build import ConfigError, config_dir
 from .checkpoints import checkpoint_path
 from .distributed import Distributed, NullTracker
 from .plan import Plan, prepare
@@ -40,17 +40,7 @@ from .training import FitResult, fit
 __all__ = ["compose_config", "prepare", "run", "main", "ConfigError", "Plan"]
 
 
-def _config_dir() -> str:
-    """``conf/`` ships inside the installed package (``ess_reg/conf``); in a source checkout
-    (an editable install) it is the repository's top-level ``conf/``."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "conf", package.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return str(candidate)
-    raise RuntimeError(f"ess-reg's configs are missing: no conf/config.yaml in {package} or {package.parent}")
-
-
-CONFIG_DIR = _config_dir()
+CONFIG_DIR = config_dir()
 log = logging.getLogger("ess_reg")
 
 

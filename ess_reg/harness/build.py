@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +22,7 @@ from ..tasks import TASKS, Task
 from .run_probe import ProbeSettings, RunProbe
 from .settings import TrainerSettings
 
-__all__ = ["with_state_size", "ConfigError", "MODEL_TARGETS", "TASK_TARGETS", "build_task", "build_model", "trainer_settings",
+__all__ = ["with_state_size", "ConfigError", "config_dir", "config_targets", "check_targets", "MODEL_TARGETS", "TASK_TARGETS", "build_task", "build_model", "trainer_settings",
            "probe_settings", "with_chosen_init", "initial_model"]
 
 log = logging.getLogger("ess_reg")
@@ -28,6 +30,45 @@ log = logging.getLogger("ess_reg")
 
 class ConfigError(ValueError):
     """A config value that cannot run; the message names the key and what is allowed."""
+
+
+def config_dir() -> str:
+    """``conf/`` ships inside the installed package (``ess_reg/conf``); in a source checkout
+    (an editable install) it is the repository's top-level ``conf/``."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"ess-reg's configs are missing: no conf/config.yaml in {package} or {package.parent}")
+
+
+def config_targets() -> frozenset[str]:
+    """Every ``_target_`` that ess-reg's own config files name (optimizers, penalties, their
+    parts, models, tasks): the only ones a config restored from a checkpoint may name, since a
+    resumed run instantiates its stored optimizer and penalty."""
+    targets = set()
+    for path in Path(config_dir()).rglob("*.yaml"):
+        targets.update(re.findall(r"^\s*_target_:\s*([\w.]+)", path.read_text(), flags=re.M))
+    return frozenset(targets)
+
+
+def check_targets(config: Mapping, where: str) -> None:
+    """Refuse a config (read from a checkpoint) with a ``_target_``, at any depth, that none of
+    ess-reg's configs names; nothing is imported to find out."""
+    allowed = config_targets()
+
+    def walk(node, path):
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if key == "_target_" and value is not None and value not in allowed:
+                    raise ConfigError(f"{where}: the stored config names {path}_target_={value!r}, which none of "
+                                      "ess-reg's configs names: refused (nothing was imported or called)")
+                walk(value, f"{path}{key}.")
+        elif isinstance(node, (list, tuple)):
+            for i, value in enumerate(node):
+                walk(value, f"{path}{i}.")
+
+    walk(config, "")
 
 
 def _model_class():
@@ -91,7 +132,10 @@ def probe_settings(node: Mapping) -> ProbeSettings:
     node = dict(node)
     try:
         thresholds = FailureThresholds(saturation=node.pop("saturation"), collapse=node.pop("collapse"),
-                                       solved=node.pop("solved"))
+                                       solved=node.pop("solved"),
+                                       # absent from configs stored before these keys existed
+                                       margin=node.pop("margin", FailureThresholds.margin),
+                                       still_falling=node.pop("still_falling", FailureThresholds.still_falling))
         return ProbeSettings(**node, thresholds=thresholds)
     except (TypeError, ValueError, KeyError) as err:
         message = f"probe.{err.args[0]} is missing" if isinstance(err, KeyError) else str(err)

@@ -7,16 +7,17 @@ never code.
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import tracking
-from .build import ConfigError, build_model, with_chosen_init
+from .build import ConfigError, build_model, check_targets, with_chosen_init
 
 __all__ = ["RESUMABLE_KEYS", "CHECKPOINT_NAME", "checkpoint_path", "save_checkpoint", "locate_checkpoint",
            "load_checkpoint", "trained_model", "config_differences", "check_resume"]
@@ -121,27 +122,53 @@ def scratch_dir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="ess-reg-")
 
 
-def check_resume(config: Mapping, max_steps: int) -> tuple[dict, dict, dict]:
+def _given(key: str, given: set[str]) -> bool:
+    """Whether the command line set ``key``: itself, or a node above it (``model=s6`` sets every
+    ``model.*`` key)."""
+    return any(key == g or key.startswith(g + ".") for g in given)
+
+
+def given_keys(overrides: Sequence[str]) -> set[str]:
+    """The config keys a list of Hydra overrides sets (``+a.b=1`` -> ``a.b``; ``model=s6`` -> ``model``)."""
+    return {o.partition("=")[0].lstrip("+~") for o in overrides if "=" in o}
+
+
+def check_resume(config: Mapping, overrides: Sequence[str]) -> tuple[dict, dict, dict]:
     """What ``trainer.resume`` in ``config`` resumes, checked before anything is written.
 
-    Returns ``(checkpoint state, the config to run, {changed allowed key: (old, new)})``. The
-    config to run carries the stored init search's choice; any other difference from the stored
-    config outside :data:`RESUMABLE_KEYS`, a budget below the checkpoint's step, or a run that is
-    not in the store raises :class:`ConfigError`."""
+    The run goes on under its *stored* config: a key the command line (``overrides``) did not
+    set is the run's, not the default's, so ``trainer.resume=<id> trainer.max_steps=2000`` is
+    enough for a run trained with any overrides. Keys the command line sets must be ones that
+    may change (:data:`RESUMABLE_KEYS`) or equal the stored ones; the stored config may name
+    only ``_target_`` values that ess-reg's own configs name.
+
+    Returns ``(checkpoint state, the config to run, {changed key: (old, new)})``; a refused key,
+    a budget below the checkpoint's step, or a run that is not in the store raises
+    :class:`ConfigError`."""
     resume, t = config["trainer"]["resume"], config["tracking"]
     with scratch_dir() as scratch:
         state = load_checkpoint(locate_checkpoint(resume, config["trainer"]["checkpoint_dir"], t["uri"], scratch))
     stored = state["config"]
+    check_targets(stored, f"trainer.resume={resume}")
     chosen = (stored.get("init") or {}).get("chosen")
-    requested = with_chosen_init(config, chosen) if chosen and not config["init"].get("chosen") else dict(config)
-    differences = config_differences(stored, requested)
+    compared = with_chosen_init(config, chosen) if chosen and not config["init"].get("chosen") else dict(config)
+    given = given_keys(overrides)
+    differences = {k: v for k, v in config_differences(stored, compared).items() if _given(k, given)}
     if differences:
         listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in differences.items())
         raise ConfigError(f"trainer.resume={resume}: the config differs from the run's in {listed}. Only the step "
-                          "budget and logging knobs may change on resume; start a new run for anything else")
-    if max_steps < int(state["step"]):
+                          "budget and logging knobs may change on resume; start a new run for anything else "
+                          "(keys you leave out are taken from the run)")
+    requested = copy.deepcopy(dict(stored))
+    flat = _flat(config)
+    for key in RESUMABLE_KEYS:
+        if _given(key, given) or key == "trainer.resume":
+            section, _, name = key.partition(".")
+            requested[section] = {**requested.get(section, {}), name: flat.get(key)}
+    max_steps = requested["trainer"]["max_steps"]
+    if not isinstance(max_steps, int) or max_steps < int(state["step"]):
         raise ConfigError(f"trainer.max_steps={max_steps} is below the step {state['step']} the checkpoint of "
-                          f"trainer.resume={resume} reached")
+                          f"trainer.resume={resume} reached: give a larger trainer.max_steps")
     if tracking.get_run(t["uri"], state["run_id"]) is None:
         raise ConfigError(f"trainer.resume: run {state['run_id']} of that checkpoint is not in the store {t['uri']}")
     changes = config_differences(stored, requested, allowed=())

@@ -1,8 +1,8 @@
 """Two questions a study asks of its groups of seeds, besides correlations:
 
 - does a treatment (a penalty, an init search, a teacher) move the target against its baseline
-  run under the same other settings? (:func:`compare_to_baseline`: difference of means with a
-  bootstrap interval that resamples the seeds of each side);
+  run under the same other settings? (:func:`compare_to_baseline`: paired by seed where it can
+  be, exact tests, Holm-corrected over the comparisons of one report);
 - when in training does a run's state collapse? (:func:`collapse_steps`: the evaluations at which
   its ESS/reach sat at or below the collapse threshold).
 """
@@ -13,69 +13,74 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import torch
+from .stats import PairedTest, UnpairedTest, holm, paired_test, smallest_paired_p, unpaired_test
 
 __all__ = ["Comparison", "compare_to_baseline", "collapse_steps", "Collapse", "collapse_summary"]
 
 
 @dataclass
 class Comparison:
+    """A treated group against its baseline group: the test that fits how they were run."""
+
     label: str            # the treated group
     baseline: str         # the group it is compared with
-    n: int
-    n_baseline: int
     mean: float
     baseline_mean: float
-    interval: tuple[float, float]  # of mean - baseline_mean, 95%
-    paired: bool = False  # by seed: each seed's difference (same init and batches on both sides)
-    higher_pairs: int | None = None  # paired: how many seeds came out higher than their baseline
+    test: PairedTest | UnpairedTest   # paired by seed where both sides ran the same seeds
+    holm_p: float = math.nan          # the permutation p-value, Holm-corrected over the report's comparisons
+
+    @property
+    def paired(self) -> bool:
+        return isinstance(self.test, PairedTest)
+
+    @property
+    def n(self) -> int:
+        return self.test.n
+
+    @property
+    def n_baseline(self) -> int:
+        return self.test.n if self.paired else self.test.n_baseline
 
     @property
     def difference(self) -> float:
-        return self.mean - self.baseline_mean
+        return self.test.mean_difference
 
     @property
-    def verdict(self) -> str:
-        lo, hi = self.interval
-        if math.isnan(lo):
+    def interval(self) -> tuple[float, float]:
+        return self.test.interval
+
+    @property
+    def p(self) -> float:
+        return self.test.permutation_p
+
+    def reading(self, alpha: float = 0.05) -> str:
+        """``higher`` / ``lower`` where the corrected p-value is below ``alpha``; otherwise what
+        can and cannot be said, including when the pairs are too few to ever reach ``alpha``."""
+        if min(self.n, self.n_baseline) < 2:
             return "too few seeds"
-        return "higher" if lo > 0 else "lower" if hi < 0 else "no clear difference"
-
-
-def _difference_interval(a: list[float], b: list[float], resamples: int, seed: int,
-                         level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap of mean(a) - mean(b), each side's seeds resampled on their own."""
-    if len(a) < 2 or len(b) < 2:
-        return math.nan, math.nan
-    g = torch.Generator().manual_seed(seed)
-    ta, tb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
-    ia = torch.randint(len(a), (resamples, len(a)), generator=g)
-    ib = torch.randint(len(b), (resamples, len(b)), generator=g)
-    diffs = ta[ia].mean(1) - tb[ib].mean(1)
-    tail = (1 - level) / 2
-    return float(torch.quantile(diffs, tail)), float(torch.quantile(diffs, 1 - tail))
-
-
-def _paired_interval(differences: list[float], resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap of the mean of paired differences (the pairs resampled)."""
-    if len(differences) < 2:
-        return math.nan, math.nan
-    g = torch.Generator().manual_seed(seed)
-    d = torch.tensor(differences, dtype=torch.float64)
-    means = d[torch.randint(len(d), (resamples, len(d)), generator=g)].mean(1)
-    tail = (1 - level) / 2
-    return float(torch.quantile(means, tail)), float(torch.quantile(means, 1 - tail))
+        p = self.p if math.isnan(self.holm_p) else self.holm_p
+        if p < alpha:
+            return "higher" if self.difference > 0 else "lower"
+        floor = smallest_paired_p(self.n) if self.paired else 2 / math.comb(self.n + self.n_baseline, self.n)
+        if floor >= alpha:
+            return f"no clear difference: {self.n} pairs cannot reach p < {alpha:g}" if self.paired else \
+                f"no clear difference: {self.n} + {self.n_baseline} runs cannot reach p < {alpha:g}"
+        return "no clear difference"
 
 
 def compare_to_baseline(groups: Sequence, is_baseline: Callable[[object], bool], stratum: Callable[[object], tuple],
                         value: Callable[[object], float | None], *, pair: Callable[[object], object] | None = None,
-                        resamples: int = 2000, seed: int = 0) -> list[Comparison]:
+                        resamples: int = 20000, seed: int = 0) -> list[Comparison]:
     """Each group that is not a baseline against the baseline group of its stratum (the group with
     the same other settings). ``groups`` have ``.label`` and ``.runs``; ``is_baseline(group)``,
-    ``stratum(group)`` and ``value(run)`` say which is which and what is compared. With
-    ``pair(run)`` (the seed), two groups whose runs have the same pair keys are compared pair by
-    pair: the interval is of the mean paired difference, which removes what the pairs share (the
-    initialization and the batches of a seed) from the noise."""
+    ``stratum(group)`` and ``value(run)`` say which is which and what is compared.
+
+    With ``pair(run)`` (the seed), two groups whose runs have the same pair keys are compared pair
+    by pair (:func:`~ess_reg.harness.stats.paired_test`: sign test, sign-flip permutation test,
+    t-interval of the mean difference), which removes what the pairs share (the initialization
+    and the batches of a seed) from the noise; otherwise as two independent samples
+    (:func:`~ess_reg.harness.stats.unpaired_test`). The permutation p-values are Holm-corrected
+    over the comparisons returned: one family."""
     baselines = {}
     for g in groups:
         if is_baseline(g):
@@ -88,22 +93,21 @@ def compare_to_baseline(groups: Sequence, is_baseline: Callable[[object], bool],
         base = baselines.get(stratum(g))
         if base is None or base is g:
             continue
-        a = {id(r): value(r) for r in g.runs if value(r) is not None}
-        b = {id(r): value(r) for r in base.runs if value(r) is not None}
+        a = [(r, value(r)) for r in g.runs if value(r) is not None]
+        b = [(r, value(r)) for r in base.runs if value(r) is not None]
         if not a or not b:
             continue
-        mean, base_mean = sum(a.values()) / len(a), sum(b.values()) / len(b)
-        keys_a = [pair(r) for r in g.runs if id(r) in a] if pair else None
-        keys_b = [pair(r) for r in base.runs if id(r) in b] if pair else None
-        if pair and len(set(keys_a)) == len(keys_a) and sorted(map(str, keys_a)) == sorted(map(str, keys_b)):
-            by_key = {str(pair(r)): a[id(r)] for r in g.runs if id(r) in a}
-            diffs = [by_key[str(pair(r))] - b[id(r)] for r in base.runs if id(r) in b]
-            out.append(Comparison(g.label, base.label, len(a), len(b), mean, base_mean,
-                                  _paired_interval(diffs, resamples, seed), paired=True,
-                                  higher_pairs=sum(d > 0 for d in diffs)))
+        mean, base_mean = sum(v for _, v in a) / len(a), sum(v for _, v in b) / len(b)
+        keys_a = [str(pair(r)) for r, _ in a] if pair else []
+        keys_b = [str(pair(r)) for r, _ in b] if pair else []
+        if pair and len(set(keys_a)) == len(keys_a) and sorted(keys_a) == sorted(keys_b):
+            treated = dict(zip(keys_a, (v for _, v in a)))
+            test = paired_test([treated[k] - v for k, (_, v) in zip(keys_b, b)], resamples=resamples, seed=seed)
         else:
-            out.append(Comparison(g.label, base.label, len(a), len(b), mean, base_mean,
-                                  _difference_interval(list(a.values()), list(b.values()), resamples, seed)))
+            test = unpaired_test([v for _, v in a], [v for _, v in b], resamples=resamples, seed=seed)
+        out.append(Comparison(g.label, base.label, mean, base_mean, test))
+    for c, adjusted in zip(out, holm([c.p for c in out])):
+        c.holm_p = adjusted
     return out
 
 

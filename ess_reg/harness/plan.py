@@ -90,8 +90,9 @@ def prepare(cfg: DictConfig) -> Plan:
     """Check and build everything the run needs; raises :class:`ConfigError` naming the key.
 
     Nothing is written: no MLflow run, no checkpoint folder. A resume is checked here too: its
-    checkpoint is found and loaded, and a config that differs from the stored one in anything
-    but the step budget and logging knobs is refused with the differing keys.
+    checkpoint is found and loaded, the run goes on under its stored config, and a key given on
+    the command line that differs from the stored one, other than the step budget and logging
+    knobs, is refused with the differing keys.
     """
     choices, overrides, job = _hydra_context()
     try:
@@ -99,18 +100,22 @@ def prepare(cfg: DictConfig) -> Plan:
     except Exception as err:
         raise ConfigError(f"config: {err}") from None
     config = with_state_size(config)
+    _check_outputs(config)
+    resume_state, changes = None, {}
+    if config["trainer"].get("resume"):
+        # The run goes on under its stored config (the keys given on the command line that may
+        # change replaced): everything below is built from it.
+        trainer_settings(config["trainer"])  # a malformed budget is named before the checkpoint is read
+        resume_state, config, changes = check_resume(config, overrides)
+        cfg = OmegaConf.create(config)
     trainer = trainer_settings(config["trainer"])
     probe_config = probe_settings(config["probe"])
     try:
         resolve_device(trainer.device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    _check_outputs(config)
     task = build_task(config["task"])
     make_optimizer = _make_optimizer(cfg)
-    resume_state, changes = None, {}
-    if config["trainer"].get("resume"):
-        resume_state, config, changes = check_resume(config, trainer.max_steps)
 
     probe = RunProbe(task, probe_config, config["seed"])
 

@@ -1,22 +1,54 @@
-"""Small statistics for studies: rank and linear correlation, and bootstrap intervals.
+"""Statistics for studies that say no more than a handful of runs can show.
 
-Plain torch (float64), so the harness needs no statistics package; ties get average ranks.
+- paired comparisons (a treatment and its baseline on the same seeds): the exact sign test, the
+  paired permutation (sign-flip) test of the mean difference, exact up to 2^16 sign patterns,
+  and a t-interval of the mean difference (:func:`paired_test`);
+- unpaired comparisons: the two-sample permutation test and Welch's t-interval
+  (:func:`unpaired_test`);
+- rank correlations: Spearman with a permutation p-value (exact up to 8 points) and a BCa
+  bootstrap interval, refused with a reason where the data cannot carry one
+  (:func:`correlation_test`);
+- Holm's step-down correction for a family of p-values (:func:`holm`).
+
+The tests and intervals come from scipy (``scipy.stats``: ``binomtest``, ``permutation_test``,
+``bootstrap``, the t distribution), a dependency of the ``train`` extra; the exact Spearman
+permutation and Holm's correction are a few lines here (scipy has no Holm, and statsmodels,
+which has, would be a large dependency for it).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import permutations
 
+import numpy as np
 import torch
 
-__all__ = ["ranks", "pearson", "spearman", "bootstrap_interval", "mean_spread"]
+__all__ = ["ranks", "pearson", "spearman", "bootstrap_interval", "mean_spread", "MIN_PAIRS", "MIN_POINTS",
+           "PairedTest", "paired_test", "UnpairedTest", "unpaired_test", "sign_test", "t_interval", "holm",
+           "CorrelationTest", "correlation_test", "spearman_permutation_p", "smallest_paired_p", "accuracy_noise"]
+
+MIN_PAIRS = 8    # below: an interval of a mean difference is printed as unreliable
+MIN_POINTS = 5   # below: no correlation is reported (4 points: an exact p-value can't go below 0.083)
+EXACT_SIGN_FLIPS = 16   # paired permutation test enumerated exactly up to 2^16 sign patterns
+EXACT_PAIRINGS = 8      # Spearman permutation test enumerated exactly up to 8! orderings
 
 
 def _vector(values: Sequence[float], name: str) -> torch.Tensor:
     x = torch.as_tensor(list(values), dtype=torch.float64)
     if x.dim() != 1:
         raise ValueError(f"{name} must be a sequence of numbers")
+    return x
+
+
+def _array(values: Sequence[float], name: str) -> np.ndarray:
+    x = np.asarray(list(values), dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"{name} must be a sequence of numbers")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} has a NaN or infinite value: {x.tolist()}")
     return x
 
 
@@ -75,3 +107,250 @@ def mean_spread(values: Sequence[float]) -> tuple[float, float]:
     if len(x) == 0:
         return math.nan, math.nan
     return float(x.mean()), float(x.std()) if len(x) > 1 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparisons
+
+
+def sign_test(differences: Sequence[float]) -> tuple[int, int, int, float]:
+    """Exact two-sided sign test: ``(higher, lower, ties, p)``; ties are dropped, as usual, and
+    with no untied pair p is 1."""
+    from scipy.stats import binomtest
+
+    d = _array(differences, "differences")
+    higher, lower = int((d > 0).sum()), int((d < 0).sum())
+    untied = higher + lower
+    p = 1.0 if untied == 0 else float(binomtest(higher, untied, 0.5).pvalue)
+    return higher, lower, len(d) - untied, p
+
+
+def smallest_paired_p(n: int) -> float:
+    """The smallest two-sided p-value an exact sign or sign-flip test can give on ``n`` pairs:
+    2 / 2^n (0.0625 for 5 pairs: five pairs can never reach p < 0.05)."""
+    return min(1.0, 2.0 / 2 ** n) if n > 0 else 1.0
+
+
+def _permutation_p(data: tuple, statistic, permutation_type: str, resamples: int, seed: int) -> float:
+    from scipy.stats import permutation_test
+
+    result = permutation_test(data, statistic, permutation_type=permutation_type, vectorized=True,
+                              n_resamples=resamples, alternative="two-sided", rng=np.random.default_rng(seed))
+    return float(min(1.0, result.pvalue))
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Student's t-interval of the mean: ``mean ± t_{n-1} s / sqrt(n)``; NaN below 2 values."""
+    from scipy.stats import t
+
+    x = _array(values, "values")
+    if len(x) < 2:
+        return math.nan, math.nan
+    half = float(t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return float(x.mean()) - half, float(x.mean()) + half
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A treatment against its baseline, pair by pair (the same seed: same init and batches)."""
+
+    n: int                            # pairs
+    mean_difference: float
+    higher: int                       # pairs where the treatment came out higher
+    lower: int
+    ties: int
+    sign_p: float                     # exact two-sided sign test
+    permutation_p: float              # two-sided sign-flip permutation test of the mean difference
+    exact: bool                       # permutation_p enumerated every sign pattern
+    interval: tuple[float, float]     # t-interval of the mean difference
+    level: float = 0.95
+
+    @property
+    def reliable(self) -> bool:
+        """Enough pairs for the interval to mean what it says (:data:`MIN_PAIRS`)."""
+        return self.n >= MIN_PAIRS
+
+
+def paired_test(differences: Sequence[float], *, level: float = 0.95, resamples: int = 20000,
+                seed: int = 0) -> PairedTest:
+    """Sign test, sign-flip permutation test (exact for up to 16 pairs, else ``resamples``
+    random sign patterns) and t-interval of the mean of per-pair ``differences``."""
+    d = _array(differences, "differences")
+    if len(d) < 1:
+        raise ValueError("paired_test needs at least one pair")
+    higher, lower, ties, sign_p = sign_test(d)
+    exact = len(d) <= EXACT_SIGN_FLIPS
+    if not d.any():
+        perm_p = 1.0
+    else:
+        perm_p = _permutation_p((d,), lambda x, axis: np.mean(x, axis=axis), "samples",
+                                max(resamples, 2 ** len(d)) if exact else resamples, seed)
+    return PairedTest(len(d), float(d.mean()), higher, lower, ties, sign_p, perm_p, exact,
+                      t_interval(d, level), level)
+
+
+@dataclass(frozen=True)
+class UnpairedTest:
+    """Two groups of independent runs (different seeds, or seeds not shared)."""
+
+    n: int
+    n_baseline: int
+    mean_difference: float
+    permutation_p: float            # two-sample permutation test of the difference of means
+    exact: bool
+    interval: tuple[float, float]   # Welch's t-interval of the difference of means
+    level: float = 0.95
+
+    @property
+    def reliable(self) -> bool:
+        return min(self.n, self.n_baseline) >= MIN_PAIRS
+
+
+def unpaired_test(a: Sequence[float], b: Sequence[float], *, level: float = 0.95, resamples: int = 20000,
+                  seed: int = 0) -> UnpairedTest:
+    """mean(a) - mean(b): two-sample permutation test (exact when every split of the pooled runs
+    fits in ``resamples``) and Welch's t-interval (NaN when a side has fewer than 2 runs)."""
+    from scipy.stats import t
+
+    x, y = _array(a, "a"), _array(b, "b")
+    if len(x) < 1 or len(y) < 1:
+        raise ValueError("unpaired_test needs at least one run on each side")
+    diff = float(x.mean() - y.mean())
+    splits = math.comb(len(x) + len(y), len(x))
+    exact = splits <= resamples
+    if len(x) + len(y) < 3 or np.ptp(np.concatenate([x, y])) == 0:
+        p = 1.0
+    else:
+        p = _permutation_p((x, y), lambda u, v, axis: np.mean(u, axis=axis) - np.mean(v, axis=axis),
+                           "independent", resamples, seed)
+    interval = (math.nan, math.nan)
+    if len(x) >= 2 and len(y) >= 2:
+        vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+        se = math.sqrt(vx + vy)
+        if se == 0:
+            interval = (diff, diff)
+        else:  # Welch-Satterthwaite degrees of freedom
+            dof = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+            half = float(t.ppf(0.5 + level / 2, dof)) * se
+            interval = (diff - half, diff + half)
+    return UnpairedTest(len(x), len(y), diff, p, exact, interval, level)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values for one family of tests, in the order given: the k-th
+    smallest of m p-values is multiplied by (m - k + 1), kept monotone, capped at 1. NaN entries
+    (tests not made) stay NaN and do not count in m."""
+    p = [float(v) for v in pvalues]
+    for v in p:
+        if not (math.isnan(v) or 0 <= v <= 1):
+            raise ValueError(f"p-values must lie in [0, 1], got {v}")
+    made = sorted((v, i) for i, v in enumerate(p) if not math.isnan(v))
+    m, out, running = len(made), [math.nan] * len(p), 0.0
+    for k, (v, i) in enumerate(made):
+        running = max(running, min(1.0, (m - k) * v))
+        out[i] = running
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Correlations
+
+
+def spearman_permutation_p(x: Sequence[float], y: Sequence[float], *, resamples: int = 20000, seed: int = 0) -> float:
+    """Two-sided permutation p-value of Spearman's rho: the share of orderings of ``y`` whose |rho|
+    reaches the observed one; every ordering for up to 8 points, else ``resamples`` random ones
+    ((hits + 1) / (resamples + 1), so that p is never 0)."""
+    rx, ry = ranks(x).numpy(), ranks(y).numpy()
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = math.sqrt((rx ** 2).sum() * (ry ** 2).sum())
+    if denom == 0:
+        return math.nan
+    observed = abs(float(rx @ ry) / denom)
+    tolerance = 1e-12  # orderings that tie the observed value count as reaching it
+    if len(rx) <= EXACT_PAIRINGS:
+        perms = np.array(list(permutations(range(len(ry)))))
+        rhos = np.abs(ry[perms] @ rx) / denom
+        return float((rhos >= observed - tolerance).mean())
+    rng = np.random.default_rng(seed)
+    perms = np.argsort(rng.random((resamples, len(ry))), axis=1)
+    hits = int((np.abs(ry[perms] @ rx) / denom >= observed - tolerance).sum())
+    return (hits + 1) / (resamples + 1)
+
+
+@dataclass(frozen=True)
+class CorrelationTest:
+    """Spearman's rho of ``n`` points, its permutation p-value and BCa interval; or, where the
+    data cannot carry a correlation, ``refused`` with the reason (and NaN numbers)."""
+
+    n: int
+    spearman: float
+    pearson: float
+    p: float
+    interval: tuple[float, float]
+    refused: str | None = None
+
+
+def _bca_interval(x: np.ndarray, y: np.ndarray, resamples: int, level: float, seed: int) -> tuple[float, float]:
+    """BCa bootstrap interval of Spearman's rho (pairs resampled); the percentile interval where
+    BCa is undefined (a resample distribution with no spread)."""
+    import warnings
+
+    from scipy.stats import bootstrap, rankdata
+
+    def rho(a, b, axis=-1):
+        ra, rb = rankdata(a, axis=axis), rankdata(b, axis=axis)
+        ra = ra - ra.mean(axis=axis, keepdims=True)
+        rb = rb - rb.mean(axis=axis, keepdims=True)
+        den = np.sqrt((ra ** 2).sum(axis) * (rb ** 2).sum(axis))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, (ra * rb).sum(axis) / np.where(den > 0, den, 1), np.nan)
+
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ci = bootstrap((x, y), rho, paired=True, vectorized=True, n_resamples=resamples, confidence_level=level,
+                           method=method, rng=np.random.default_rng(seed)).confidence_interval
+        if np.isfinite(ci.low) and np.isfinite(ci.high):
+            return float(ci.low), float(ci.high)
+    return math.nan, math.nan
+
+
+def correlation_test(x: Sequence[float], y: Sequence[float], *, noise: float | None = None, resamples: int = 2000,
+                     level: float = 0.95, seed: int = 0) -> CorrelationTest:
+    """Spearman's rho of ``y`` (the target, e.g. accuracy) against ``x`` (a measure), with its
+    two-sided permutation p-value and a BCa bootstrap interval. Refused, with the reason, when the
+    points cannot carry a correlation: fewer than :data:`MIN_POINTS`, a side that does not vary,
+    or a target whose range across the points is within its measurement ``noise`` (e.g. the
+    sampling error of an accuracy measured on a finite set of answers)."""
+    a, b = _array(x, "x"), _array(y, "y")
+    if len(a) != len(b):
+        raise ValueError(f"x and y must have the same length, got {len(a)} and {len(b)}")
+    n = len(a)
+
+    def refuse(reason: str) -> CorrelationTest:
+        return CorrelationTest(n, math.nan, math.nan, math.nan, (math.nan, math.nan), reason)
+
+    if n < MIN_POINTS:
+        return refuse(f"{n} points, fewer than {MIN_POINTS}")
+    if np.ptp(a) == 0:
+        return refuse(f"the measure is the same ({a[0]:.4g}) at every point")
+    if np.ptp(b) == 0:
+        return refuse(f"the target is the same ({b[0]:.4g}) at every point")
+    if noise is not None and np.ptp(b) <= noise:
+        return refuse(f"the target varies by {np.ptp(b):.4f} across the {n} points, within its measurement "
+                      f"noise ({noise:.4f})")
+    rho = spearman(b.tolist(), a.tolist())
+    p = spearman_permutation_p(a, b, resamples=max(resamples, 2000), seed=seed)
+    return CorrelationTest(n, rho, pearson(b.tolist(), a.tolist()), p, _bca_interval(a, b, resamples, level, seed))
+
+
+def accuracy_noise(accuracy: float, answers: int, level: float = 0.95) -> float:
+    """The range two accuracies measured on ``answers`` answers each can differ by from sampling
+    alone (the half-width of the normal interval of their difference): ``z sqrt(2 p (1 - p) / m)``,
+    with p no closer to 0 or 1 than 1/m."""
+    from scipy.stats import norm
+
+    if answers < 1:
+        raise ValueError(f"answers must be a positive count, got {answers}")
+    p = min(max(accuracy, 1 / answers), 1 - 1 / answers)
+    return float(norm.ppf(0.5 + level / 2)) * math.sqrt(2 * p * (1 - p) / answers)

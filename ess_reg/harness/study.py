@@ -25,15 +25,23 @@ from pathlib import Path
 
 from . import tracking
 from .comparison import collapse_summary, compare_to_baseline
-from .stats import bootstrap_interval, mean_spread, pearson, spearman
+from .stats import (MIN_PAIRS, MIN_POINTS, CorrelationTest, accuracy_noise, bootstrap_interval, correlation_test, holm,
+                    mean_spread, spearman)
 
-__all__ = ["RunRecord", "load_runs", "group_runs", "MEASURES", "correlations", "write_report", "main"]
+__all__ = ["RunRecord", "load_runs", "identity", "group_runs", "labels", "differing", "MEASURES", "correlations",
+           "write_report", "main"]
 
 log = logging.getLogger("ess_reg")
 DEFAULT_URI = "sqlite:///runs/mlflow.db"
-# Params that differ between runs without making them a different configuration.
+# Params that differ between runs without making them a different configuration: the seed, where
+# and how a run logs, and the budget asked for (a run's *reached* step stands in for it).
 NOT_CONFIG = ("seed", "tracking.", "trainer.checkpoint_dir", "trainer.resume", "trainer.threads", "trainer.progress",
+              "trainer.log_every", "trainer.eval_every", "trainer.checkpoint_every", "trainer.max_steps",
               "init.chosen", "num_parameters")
+# Config groups whose chosen option a run records as a tag (model=gla, penalty=ess_max): a label
+# names the option, not the ``_target_`` it stands for.
+CHOICES = ("model", "task", "optimizer", "penalty", "init", "distill")
+STEPS = "steps"  # the identity key of a run's reached step
 
 
 @dataclass
@@ -47,18 +55,50 @@ class RunRecord:
     tags: dict[str, str]
     at_init: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # (step, value) per metric
+    experiment_id: str | None = None
 
     @property
     def mixer(self) -> str:
         return self.params.get("model.mixer", "?")
 
     @property
+    def steps(self) -> int | None:
+        """The step the run reached: its last evaluation (a resumed run's, not the budget it was
+        first given); the budget asked for where no history was read."""
+        steps = [s for h in self.history.values() for s, _ in h]
+        if steps:
+            return max(steps)
+        budget = self.params.get("trainer.max_steps")
+        return int(budget) if budget not in (None, "None") else None
+
+    @property
     def config_key(self) -> tuple:
-        return tuple(sorted((k, v) for k, v in self.params.items() if not k.startswith(NOT_CONFIG)))
+        return tuple(sorted(identity(self).items()))
 
     def layer_mean(self, suffix: str) -> float | None:
         values = [v for k, v in self.metrics.items() if k.startswith("L") and k.endswith("/" + suffix)]
         return sum(values) / len(values) if values else None
+
+    @property
+    def answers(self) -> int | None:
+        """How many answers the final accuracy was measured on (for its sampling noise)."""
+        if "valid/answers" in self.metrics:
+            return int(self.metrics["valid/answers"])
+        try:  # runs from before valid/answers was logged: MQAR asks every key once
+            examples = int(self.params["trainer.eval_examples"])
+        except (KeyError, ValueError):
+            return None
+        pairs = self.params.get("task.num_kv_pairs")
+        return examples * int(pairs) if pairs and pairs.isdigit() else examples
+
+
+def identity(record: RunRecord) -> dict[str, str]:
+    """What makes a run's configuration: every param but the seed, the logging keys and the
+    asked budget; the chosen option of each config group; and the step it reached."""
+    out = {k: v for k, v in record.params.items() if not k.startswith(NOT_CONFIG)}
+    out.update({g: record.tags[g] for g in CHOICES if g in record.tags})
+    out[STEPS] = str(record.steps)
+    return out
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -93,7 +133,7 @@ def load_runs(uri: str, *, experiment: str | None = None, parent: str | None = N
         if run.info.status != "FINISHED" or "model.mixer" not in run.data.params:
             continue  # unfinished runs and sweep parents (no model of their own) are not data points
         record = RunRecord(run.info.run_id, run.info.run_name or run.info.run_id, dict(run.data.params),
-                           dict(run.data.metrics), dict(run.data.tags))
+                           dict(run.data.metrics), dict(run.data.tags), experiment_id=run.info.experiment_id)
         if with_history:
             for key in HISTORIES:
                 record.history[key] = tracking.metric_history(uri, run.info.run_id, key)
@@ -111,10 +151,17 @@ class Group:
     def values(self, measure: Callable[[RunRecord], float | None]) -> list[float]:
         return [v for v in (measure(r) for r in self.runs) if v is not None]
 
+    def mean(self, measure: Callable[[RunRecord], float | None]) -> float | None:
+        values = self.values(measure)
+        return sum(values) / len(values) if values else None
 
-def _overrides(record: RunRecord) -> set[str]:
-    tag = record.tags.get("overrides", "(none)")
-    return {o for o in tag.split() if o != "(none)" and not o.startswith("seed=")}
+    @property
+    def identity(self) -> dict[str, str]:
+        return identity(self.runs[0])
+
+    @property
+    def steps(self) -> int | None:
+        return self.runs[0].steps
 
 
 def _natural(label: str) -> list:
@@ -122,78 +169,179 @@ def _natural(label: str) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", label)]
 
 
+def _key_order(key: str) -> tuple:
+    return (0, CHOICES.index(key), "") if key in CHOICES else (2, 0, "") if key == STEPS else (1, 0, key)
+
+
+def _telling(key: str, ident: dict, identities: Sequence[dict]) -> bool:
+    """Whether ``key`` tells ``ident`` from the others: a config group's chosen option always
+    does; a key under a group (``penalty.schedule.weight``) only among configurations that chose
+    the same option; a ``_target_`` never (the option says it)."""
+    if key not in ident or key.endswith("._target_"):
+        return False
+    group = key.split(".")[0]
+    if key == group or group not in CHOICES:
+        return True
+    same_option = [other for other in identities if other.get(group) == ident.get(group) and key in other]
+    return len({other[key] for other in same_option}) > 1
+
+
+def _varying(identities: Sequence[dict]) -> list[str]:
+    keys = sorted({k for ident in identities for k in ident}, key=_key_order)
+    return [k for k in keys if len({ident.get(k) for ident in identities}) > 1]
+
+
+def labels(identities: Sequence[dict[str, str]]) -> list[str]:
+    """A short label per configuration that names only what tells it from the others shown: the
+    chosen option of a config group that differs (``penalty=ess_max``), a key that differs among
+    configurations that chose the same option (``penalty.schedule.weight=0.1``), the steps
+    reached when they differ; never a ``_target_``. ``all runs`` when there is one."""
+    if len(identities) == 1:
+        return ["all runs"]
+    varying = _varying(identities)
+    out = [" ".join(f"{k}={ident[k]}" for k in varying if _telling(k, ident, identities)) for ident in identities]
+    if len(set(out)) < len(out):  # not told apart that way: every differing key
+        out = [" ".join(f"{k}={ident.get(k, '-')}" for k in varying) for ident in identities]
+    return [label or "(the others' defaults)" for label in out]
+
+
 def group_runs(records: Sequence[RunRecord]) -> list[Group]:
-    """Runs with the same configuration but the seed, grouped by their params and labelled by
-    the command-line overrides that tell the groups apart (``model=gla task.num_kv_pairs=8``);
-    by the differing params where the overrides do not tell them apart."""
+    """Runs with the same configuration but the seed (:func:`identity`: the steps reached
+    included), grouped and labelled by what tells the groups apart (:func:`labels`)."""
     by_key: dict[tuple, list[RunRecord]] = {}
     for r in records:
         by_key.setdefault(r.config_key, []).append(r)
     keys = list(by_key)
-    overrides = [_overrides(by_key[k][0]) for k in keys]
-    common = set.intersection(*overrides) if overrides else set()
-    labels = [" ".join(sorted(o - common)) for o in overrides]
-    if len(set(labels)) < len(labels) or not all(labels):
-        varying = sorted({k for key in keys for k, _ in key if len({dict(other).get(k) for other in keys}) > 1})
-        labels = [" ".join(f"{k}={dict(key).get(k, '-')}" for k in varying) or "all runs" for key in keys]
-    return sorted((Group(label, by_key[key]) for label, key in zip(labels, keys)), key=lambda g: _natural(g.label))
+    names = labels([dict(k) for k in keys])
+    return sorted((Group(label, by_key[key]) for label, key in zip(names, keys)), key=lambda g: _natural(g.label))
+
+
+def differing(groups: Sequence[Group], prefixes: Sequence[str] = ("model", "task", STEPS)) -> dict[str, list[str]]:
+    """The keys under ``prefixes`` (the model, the task, the steps reached) that tell the groups
+    apart, as their labels would (:func:`labels`), with their values: what a pooled figure pools
+    over."""
+    identities = [g.identity for g in groups]
+    out = {}
+    for k in _varying(identities):
+        if k.split(".")[0] not in prefixes:
+            continue
+        values = {ident[k] for ident in identities if _telling(k, ident, identities)}
+        if values:
+            out[k] = sorted(values, key=_natural)
+    return out
+
+
+def _describe(diff: dict[str, list[str]]) -> str:
+    return "; ".join(f"{k} ({', '.join(v)})" for k, v in diff.items())
 
 
 @dataclass
 class Correlation:
     scope: str
+    unit: str            # "runs" or "configurations" (seed means)
     measure: str
-    n: int
-    spearman: float
-    interval: tuple[float, float]
-    pearson: float
+    test: CorrelationTest
+    holm_p: float = math.nan
+
+    @property
+    def n(self) -> int:
+        return self.test.n
+
+    @property
+    def spearman(self) -> float:
+        return self.test.spearman
 
 
-def _rows(records: Sequence[RunRecord], target: str, *measures: str) -> list[tuple[float, ...]]:
-    """``(target, measure...)`` of every run that has them all."""
+def _rows(units: Sequence, target: Callable, *measures: str) -> list[tuple[float, ...]]:
+    """``(target, measure...)`` of every unit (a run, or a group's seed means) that has them all."""
     rows = []
-    for r in records:
-        values = [MEASURES[m](r) for m in measures]
-        if target in r.metrics and all(v is not None for v in values):
-            rows.append((r.metrics[target], *values))
+    for u in units:
+        values = [_value(u, MEASURES[m]) for m in measures]
+        y = _value(u, target)
+        if y is not None and all(v is not None for v in values):
+            rows.append((y, *values))
     return rows
+
+
+def _value(unit, measure: Callable[[RunRecord], float | None]) -> float | None:
+    return unit.mean(measure) if isinstance(unit, Group) else measure(unit)
+
+
+def _noise(records: Sequence[RunRecord], target: str) -> float | None:
+    """The sampling noise of an accuracy across these runs (None for another target, or unknown)."""
+    if target != ACCURACY:
+        return None
+    answers = [r.answers for r in records]
+    accuracies = [r.metrics[target] for r in records if target in r.metrics]
+    if not accuracies or None in answers:
+        return None
+    return accuracy_noise(sum(accuracies) / len(accuracies), min(answers))
+
+
+def budgets(groups: Sequence[Group]) -> dict[int | None, list[Group]]:
+    """The groups by the steps their runs reached: runs of different budgets are never pooled."""
+    out: dict[int | None, list[Group]] = {}
+    for g in groups:
+        out.setdefault(g.steps, []).append(g)
+    return dict(sorted(out.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))
 
 
 def correlations(records: Sequence[RunRecord], measures: Sequence[str], *, target: str = ACCURACY,
                  resamples: int = 2000, seed: int = 0) -> list[Correlation]:
-    """Correlation of the target (accuracy) with each measure, pooled over all runs and per mixer."""
-    scopes = {"all runs": list(records)}
-    for mixer in sorted({r.mixer for r in records}):
-        scopes[mixer] = [r for r in records if r.mixer == mixer]
+    """Spearman correlation of the target (accuracy) with each measure, within each training
+    budget: over runs and over configurations (seed means, so that the seeds of one
+    configuration do not count as independent points), pooled and per mixer; each with its
+    permutation p-value and BCa interval, or refused with the reason. The p-values are
+    Holm-corrected over every correlation made: one family."""
+    groups = group_runs(records)
+    by_budget = budgets(groups)
     out = []
-    for scope, runs in scopes.items():
-        for name in measures:
-            rows = _rows(runs, target, name)
-            if len(rows) < 3:
-                continue
-            y, value = [p[0] for p in rows], [p[1] for p in rows]
-            rho = spearman(y, value)
-            interval = bootstrap_interval(
-                lambda idx: spearman([y[i] for i in idx], [value[i] for i in idx]), len(rows),
-                resamples=resamples, seed=seed)
-            out.append(Correlation(scope, name, len(rows), rho, interval, pearson(y, value)))
+    y = lambda r: r.metrics.get(target)  # noqa: E731
+    for steps, scoped in by_budget.items():
+        prefix = f"{steps} steps: " if len(by_budget) > 1 else ""
+        scopes = {"all runs": scoped}
+        mixers = sorted({g.runs[0].mixer for g in scoped})
+        if len(mixers) > 1:
+            for mixer in mixers:
+                scopes[mixer] = [g for g in scoped if g.runs[0].mixer == mixer]
+        for scope, scope_groups in scopes.items():
+            runs = [r for g in scope_groups for r in g.runs]
+            noise = _noise(runs, target)
+            units = [("runs", runs)]
+            if len(scope_groups) < len(runs):  # several seeds per configuration: also over configurations
+                units.append(("configurations", scope_groups))
+            for name in measures:
+                for unit, items in units:
+                    rows = _rows(items, y, name)
+                    if not rows:
+                        continue
+                    test = correlation_test([p[1] for p in rows], [p[0] for p in rows], noise=noise,
+                                            resamples=resamples, seed=seed)
+                    out.append(Correlation(prefix + scope, unit, name, test))
+    made = [c for c in out if c.test.refused is None]
+    for c, adjusted in zip(made, holm([c.test.p for c in made])):
+        c.holm_p = adjusted
     return out
 
 
-def difference(records: Sequence[RunRecord], a: str, b: str, *, target: str = ACCURACY, resamples: int = 2000,
+def difference(groups: Sequence[Group], a: str, b: str, *, target: str = ACCURACY, resamples: int = 2000,
                seed: int = 0) -> tuple[float, tuple[float, float], int]:
-    """Spearman(target, a) - Spearman(target, b) over the runs that have both, with a bootstrap
-    interval (the same resampled runs for both sides)."""
-    rows = _rows(records, target, a, b)
-    if len(rows) < 3:
+    """Spearman(target, a) - Spearman(target, b) over configurations (seed means) that have both,
+    with a percentile bootstrap interval (the same resampled configurations for both sides);
+    NaN below :data:`MIN_POINTS` configurations."""
+    rows = _rows(groups, lambda r: r.metrics.get(target), a, b)
+    if len(rows) < MIN_POINTS:
         return math.nan, (math.nan, math.nan), len(rows)
 
     def stat(idx):
         picked = [rows[i] for i in idx]
-        y = [p[0] for p in picked]
-        return spearman(y, [p[1] for p in picked]) - spearman(y, [p[2] for p in picked])
+        ys = [p[0] for p in picked]
+        return spearman(ys, [p[1] for p in picked]) - spearman(ys, [p[2] for p in picked])
 
-    return stat(list(range(len(rows)))), bootstrap_interval(stat, len(rows), resamples=resamples, seed=seed), len(rows)
+    value = stat(list(range(len(rows))))
+    if math.isnan(value):
+        return math.nan, (math.nan, math.nan), len(rows)
+    return value, bootstrap_interval(stat, len(rows), resamples=resamples, seed=seed), len(rows)
 
 
 def _cell(values: list[float]) -> str:
@@ -203,28 +351,49 @@ def _cell(values: list[float]) -> str:
     return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ± {spread:.3f}"
 
 
-def _num(x: float) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.2f}"
+def _num(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.{digits}f}"
 
 
-def _scatter(records: Sequence[RunRecord], measure: str, target: str, path: Path) -> bool:
+def _p(x: float) -> str:
+    if x is None or math.isnan(x):
+        return "-"
+    return "< 0.001" if x < 0.001 else f"{x:.3f}"
+
+
+def _scatter(groups: Sequence[Group], measure: str, target: str, path: Path, title: str) -> bool:
+    """Target against a measure, a point per run: one colour per configuration (per mixer past
+    10 configurations), translucent so that overlapping runs stay visible; an accuracy axis spans
+    [0, 1] with the chance level drawn, so that noise is not stretched into a trend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [(MEASURES[measure](r), r.metrics.get(target), r.mixer) for r in records]
-    points = [p for p in points if p[0] is not None and p[1] is not None]
-    if not points:
+    by_config = len(groups) <= 10
+    series: dict[str, list[tuple[float, float]]] = {}
+    for g in groups:
+        for r in g.runs:
+            x, y = MEASURES[measure](r), r.metrics.get(target)
+            if x is not None and y is not None:
+                series.setdefault(g.label if by_config else r.mixer, []).append((x, y))
+    n = sum(len(points) for points in series.values())
+    if not n:
         return False
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for mixer in sorted({p[2] for p in points}):
-        xs = [p[0] for p in points if p[2] == mixer]
-        ys = [p[1] for p in points if p[2] == mixer]
-        ax.scatter(xs, ys, label=mixer, s=18)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for label, points in series.items():
+        ax.scatter([p[0] for p in points], [p[1] for p in points], label=label, s=26, alpha=0.6,
+                   edgecolors="black", linewidths=0.4)
+    if target == ACCURACY:
+        ax.set_ylim(-0.02, 1.02)
+        chance = [r.metrics["valid/chance"] for g in groups for r in g.runs if "valid/chance" in r.metrics]
+        if chance:
+            ax.axhline(max(chance), color="grey", linestyle="--", linewidth=0.8, label="chance")
     ax.set_xlabel(measure)
     ax.set_ylabel(target)
-    ax.legend(fontsize=7)
+    ax.set_title(f"{title}\n{n} runs in {len(groups)} configurations"
+                 + ("" if by_config else ", coloured by mixer"), fontsize=9)
+    ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -232,21 +401,20 @@ def _scatter(records: Sequence[RunRecord], measure: str, target: str, path: Path
 
 
 def _baseline_rule(spec: str):
-    """``KEY=VALUE`` -> (is_baseline(group), stratum(group)): a group is the baseline when its runs
-    chose VALUE for the config group KEY (their tag) or have param KEY = VALUE; its stratum is
-    its overrides without the ones that set KEY or its keys."""
+    """``KEY=VALUE`` -> (is_baseline(group), stratum(group)): a group is the baseline when its
+    configuration has KEY = VALUE (a config group's chosen option, ``penalty=none``, or any key,
+    ``model.state_size=16``); its stratum is its configuration without KEY and the keys under it,
+    so that whatever the runs were named, each treatment meets the baseline run under the same
+    other settings and the same steps reached."""
     key, sep, value = spec.partition("=")
     if not sep or not key or not value:
         raise ValueError(f"--baseline must be KEY=VALUE (e.g. penalty=none), got {spec!r}")
 
-    def chosen(run: RunRecord) -> str | None:
-        return run.tags.get(key, run.params.get(key))
-
     def is_baseline(group: Group) -> bool:
-        return all(chosen(r) == value for r in group.runs)
+        return group.identity.get(key) == value
 
     def stratum(group: Group) -> tuple:
-        return tuple(sorted(o for o in _overrides(group.runs[0]) if not o.startswith((f"{key}=", f"{key}."))))
+        return tuple(sorted((k, v) for k, v in group.identity.items() if k != key and not k.startswith(key + ".")))
 
     return is_baseline, stratum
 
@@ -254,20 +422,30 @@ def _baseline_rule(spec: str):
 def _comparison_lines(groups: list[Group], baseline: str, target: str, resamples: int) -> list[str]:
     is_baseline, stratum = _baseline_rule(baseline)
     found = compare_to_baseline(groups, is_baseline, stratum, lambda r: r.metrics.get(target),
-                                pair=lambda r: r.params.get("seed"), resamples=resamples)
+                                pair=lambda r: r.params.get("seed"), resamples=max(resamples, 20000))
     lines = [f"## Against the baseline ({baseline})", "",
-             f"Each configuration against the {baseline} runs under the same other settings: the difference of "
-             f"mean {target} with a 95% bootstrap interval. Where both sides ran the same seeds (same "
-             "initialization and batches), the interval is of the mean per-seed difference (paired); otherwise each "
-             "side's seeds are resampled on their own.", "",
-             "| configuration | seeds | mean | baseline | seeds | difference | 95% interval | paired | reading |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"Each configuration against the {baseline} runs under the same other settings and steps. Where both "
+             "sides ran the same seeds (same initialization and batches) the comparison is paired by seed: the mean "
+             "per-seed difference with its t-interval, how many seeds came out higher and lower, the exact sign "
+             "test and the sign-flip permutation test (exact up to 16 pairs); otherwise the two sides are "
+             f"independent samples (Welch's t-interval, two-sample permutation test). Holm's correction runs over "
+             f"the {len(found)} comparisons of this table. Intervals from fewer than {MIN_PAIRS} pairs are in "
+             "italics: too few pairs for them to mean much.", "",
+             "| configuration | n | mean | baseline | difference | 95% t-interval | higher / lower | sign p "
+             "| permutation p | Holm p | reading |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in found:
-        lines.append(f"| {c.label} | {c.n} | {c.mean:.3f} | {c.baseline_mean:.3f} | {c.n_baseline} | "
-                     f"{_num(c.difference)} | [{_num(c.interval[0])}, {_num(c.interval[1])}] | "
-                     f"{f'yes, {c.higher_pairs}/{c.n} seeds higher' if c.paired else 'no'} | {c.verdict} |")
+        interval = f"[{_num(c.interval[0], 3)}, {_num(c.interval[1], 3)}]"
+        if not c.test.reliable:
+            interval = f"*{interval}*"
+        n = f"{c.n} pairs" if c.paired else f"{c.n} vs {c.n_baseline} runs"
+        split = f"{c.test.higher} / {c.test.lower}" if c.paired else "-"
+        sign_p = _p(c.test.sign_p) if c.paired else "-"
+        lines.append(f"| {c.label} | {n} | {c.mean:.3f} | {c.baseline_mean:.3f} | {_num(c.difference, 3)} | "
+                     f"{interval} | {split} | {sign_p} | {_p(c.p)} | {_p(c.holm_p)} | {c.reading()} |")
     if not found:
-        lines.append(f"| (no configuration has a {baseline} group under the same other settings) ||||||||| ")
+        lines.append(f"| (no configuration has a {baseline} group under the same other settings and steps) "
+                     "|||||||||| ")
     return lines + [""]
 
 
@@ -289,26 +467,57 @@ def _collapse_lines(groups: list[Group]) -> list[str]:
     return lines + [""]
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _seeds_sentence(groups: Sequence[Group]) -> str:
+    counts = Counter(len(g.runs) for g in groups)
+    parts = [f"{_count(configs, 'configuration')} with {_count(seeds, 'seed')}" for seeds, configs in sorted(counts.items())]
+    return ", ".join(parts)
+
+
+def warnings_for(groups: Sequence[Group]) -> list[str]:
+    """What a reader must know before reading a pooled figure: runs of different budgets (kept
+    apart) and, within a budget, the model and task settings the pooled rows span."""
+    out = []
+    by_budget = budgets(groups)
+    if len(by_budget) > 1:
+        sizes = ", ".join(f"{steps} ({_count(sum(len(g.runs) for g in gs), 'run')})" for steps, gs in by_budget.items())
+        out.append(f"These runs reached different numbers of steps: {sizes}. Runs of different budgets are never "
+                   "pooled: each budget is its own configuration and correlations are computed per budget.")
+    for steps, scoped in by_budget.items():
+        diff = {k: v for k, v in differing(scoped).items() if k != STEPS}
+        if diff:
+            where = f"At {steps} steps, the" if len(by_budget) > 1 else "The"
+            out.append(f"{where} pooled rows (\"all runs\") span different models or tasks: {_describe(diff)}.")
+    return out
+
+
 def write_report(records: Sequence[RunRecord], out_dir: str | os.PathLike, title: str, *,
                  target: str = ACCURACY, baseline: str | None = None, resamples: int = 2000) -> tuple[Path, str]:
-    """Write ``report.md`` (and its plots) into ``out_dir``; returns its path and the key table.
+    """Write ``report.md`` (and its plots) into ``out_dir``; returns its path and the text for the
+    terminal (the warnings and the configurations' table).
 
     ``target`` is the metric the measures are set against (``valid/accuracy``; a distillation
     study: ``valid/distill_kl``); ``baseline`` (``KEY=VALUE``, e.g. ``penalty=none``) adds each
-    configuration's difference from its baseline."""
+    configuration's comparison with its baseline."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     groups = group_runs(records)
     present = [m for m in MEASURES if any(MEASURES[m](r) is not None for r in records)]
+    warnings = warnings_for(groups)
     lines = [f"# {title}", "",
-             f"{len(records)} finished runs in {len(groups)} configurations "
-             f"(seeds per configuration: {sorted(Counter(len(g.runs) for g in groups).items())}).", ""]
+             f"{_count(len(records), 'finished run')} in {_count(len(groups), 'configuration')} "
+             f"({_seeds_sentence(groups)}).", ""]
+    lines += [f"> **Note.** {w}" for w in warnings] + ([""] if warnings else [])
 
-    header = ["configuration", "runs", target, *present, "verdicts"]
+    header = ["configuration", "seeds", "steps", target, *present, "verdicts"]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for g in groups:
         verdicts = Counter(r.tags.get("verdict", "?") for r in g.runs)
-        table.append("| " + " | ".join([g.label, str(len(g.runs)), _cell(g.values(lambda r: r.metrics.get(target))),
+        table.append("| " + " | ".join([g.label, str(len(g.runs)), str(g.steps),
+                                        _cell(g.values(lambda r: r.metrics.get(target))),
                                         *(_cell(g.values(MEASURES[m])) for m in present),
                                         ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()))]) + " |")
     lines += ["## Configurations (mean ± sample standard deviation over seeds)", "", *table, ""]
@@ -317,30 +526,47 @@ def write_report(records: Sequence[RunRecord], out_dir: str | os.PathLike, title
 
     corr = correlations(records, present, target=target, resamples=resamples)
     lines += [f"## {target} against each measure", "",
-              "Spearman rank correlation with a 95% bootstrap interval (runs resampled), and Pearson.", "",
-              "| runs | measure | n | Spearman | 95% interval | Pearson |", "|---|---|---|---|---|---|"]
+              "Spearman rank correlation with its two-sided permutation p-value (exact up to 8 points) and a 95% BCa "
+              "bootstrap interval, over runs and over configurations (the seed means: seeds of one configuration are "
+              f"not independent points); Holm's correction runs over the {sum(c.test.refused is None for c in corr)} "
+              "correlations of this table. A correlation is refused where the points cannot carry one: fewer than "
+              f"{MIN_POINTS}, a side that does not vary, or accuracies that differ by less than their sampling noise "
+              "(two accuracies each measured on the evaluation's answers, 95%).", "",
+              "| runs | over | measure | n | Spearman | 95% interval | permutation p | Holm p | Pearson |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for c in corr:
-        lines.append(f"| {c.scope} | {c.measure} | {c.n} | {_num(c.spearman)} | "
-                     f"[{_num(c.interval[0])}, {_num(c.interval[1])}] | {_num(c.pearson)} |")
+        t = c.test
+        if t.refused:
+            lines.append(f"| {c.scope} | {c.unit} | {c.measure} | {t.n} | - | - | - | - | refused: {t.refused} |")
+        else:
+            lines.append(f"| {c.scope} | {c.unit} | {c.measure} | {t.n} | {_num(t.spearman)} | "
+                         f"[{_num(t.interval[0])}, {_num(t.interval[1])}] | {_p(t.p)} | {_p(c.holm_p)} | "
+                         f"{_num(t.pearson)} |")
     if "ESS/kv" in present and "TSS/kv" in present:
-        d, (lo, hi), n = difference(records, "ESS/kv", "TSS/kv", target=target, resamples=resamples)
-        if not math.isnan(d):  # TSS/kv the same in every run: no rank to compare
-            lines += ["", f"Spearman({target}, ESS/kv) − Spearman({target}, TSS/kv) over {n} runs: **{_num(d)}** "
-                          f"(95% interval [{_num(lo)}, {_num(hi)}])."]
+        for steps, scoped in budgets(groups).items():
+            d, (lo, hi), n = difference(scoped, "ESS/kv", "TSS/kv", target=target, resamples=resamples)
+            if not math.isnan(d):  # too few configurations, or TSS/kv the same in every one
+                lines += ["", f"Spearman({target}, ESS/kv) − Spearman({target}, TSS/kv) over {n} configurations "
+                              f"(seed means) at {steps} steps: {_num(d)} (95% percentile bootstrap over configurations "
+                              f"[{_num(lo)}, {_num(hi)}])."]
     lines.append("")
     lines += _collapse_lines(groups)
     stem = "accuracy" if target == ACCURACY else target.replace("/", "_")
-    for measure in ("ESS/kv", "TSS/kv", "utilization", "teacher ESS/kv"):
-        name = f"{stem}_vs_" + measure.replace("/", "_per_").replace(" ", "_").lower() + ".png"
-        if measure in present and _scatter(records, measure, target, out / name):
-            lines += [f"![{target} against {measure}]({name})", ""]
+    by_budget = budgets(groups)
+    for steps, scoped in by_budget.items():
+        suffix = f"_{steps}_steps" if len(by_budget) > 1 else ""
+        for measure in ("ESS/kv", "TSS/kv", "utilization", "teacher ESS/kv"):
+            name = f"{stem}_vs_" + measure.replace("/", "_per_").replace(" ", "_").lower() + suffix + ".png"
+            plot_title = f"{title}: {target} against {measure}" + (f" at {steps} steps" if suffix else "")
+            if measure in present and _scatter(scoped, measure, target, out / name, plot_title):
+                lines += [f"![{target} against {measure}]({name})", ""]
     lines += ["ESS figures are per operator (a head, an SSM channel); ESS/kv and TSS/kv are read at the "
               "end of the context and divided by the number of key-value pairs; utilization is ESS over "
               "the reachable state min(i, L - i, TSS), summed over the probed indices.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
-    key_table = "\n".join(table)
-    return path, key_table
+    terminal = "\n".join([*(f"note: {w}" for w in warnings), *([""] if warnings else []), *table])
+    return path, terminal
 
 
 def main(argv: list[str] | None = None) -> int:

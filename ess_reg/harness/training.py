@@ -100,7 +100,8 @@ def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
                 if n:
                     kl_total += teacher.loss(x, logits, y).item() * n
                     kl_count += n
-    metrics = {"loss": total_loss / max(asked, 1), "accuracy": correct / max(asked, 1)}
+    metrics = {"loss": total_loss / max(asked, 1), "accuracy": correct / max(asked, 1),
+               "answers": asked}  # how many answers the accuracy counts: its sampling noise
     if teacher is not None:
         metrics["distill_kl"] = kl_total / max(kl_count, 1)
     return metrics
@@ -172,6 +173,7 @@ def fit(
     test_inputs, test_labels = test.inputs.to(device), test.labels.to(device)
     probe.to(device)
     last = {"train/loss": float("nan")}
+    loss_curve: list[tuple[int, float]] = []  # (step, valid/loss): is the run still learning at the end?
     reports: dict[str, LayerReport] = {}
     started = time.perf_counter()
 
@@ -188,11 +190,14 @@ def fit(
         model.eval()
         metrics = {f"valid/{k}": v for k, v in
                    evaluate(model, test_inputs, test_labels, trainer.batch_size, teacher).items()}
+        if task.chance_accuracy is not None:
+            metrics["valid/chance"] = task.chance_accuracy
         start = time.perf_counter()
         reports = probe.report(model)
         metrics["time/ess_probe_s"] = time.perf_counter() - start
         metrics.update(evaluation_metrics(reports))
         tracker.log_metrics(metrics, step)
+        loss_curve.append((step, metrics["valid/loss"]))
         if on_evaluate is not None:
             on_evaluate(step, reports, metrics)
         model.train()
@@ -270,6 +275,6 @@ def fit(
             progress(step)
     if not reports and main:  # resumed at the end: nothing was trained, measure once
         reports = evaluate_and_log(trainer.max_steps)
-    verdict = diagnose(reports, last.get("valid/accuracy"), probe.thresholds) if main else None
+    verdict = diagnose(reports, last.get("valid/accuracy"), probe.thresholds, loss_curve=loss_curve) if main else None
     return FitResult(metrics=dict(last), reports=reports, verdict=verdict, checkpoint=checkpoint_path,
                      steps=trainer.max_steps, resumed_from=start_step, model=model)

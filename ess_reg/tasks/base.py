@@ -57,6 +57,12 @@ class Task:
         """How many items the task asks the model to hold at ``context_end`` (kv pairs)."""
         return None
 
+    @property
+    def chance_accuracy(self) -> float | None:
+        """The accuracy of guessing uniformly among the tokens an answer can be (drawn on plots
+        of accuracy, so that "at chance" can be seen); None where the task does not say."""
+        return None
+
 
 def generator(seed: int) -> torch.Generator:
     """The generator of one batch; ``seed`` must be an int >= 0 (a float seed is refused, not truncated)."""

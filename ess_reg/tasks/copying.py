@@ -43,6 +43,10 @@ class SelectiveCopy(Task):
     def items_to_recall(self) -> int:
         return self.num_tokens
 
+    @property
+    def chance_accuracy(self) -> float:
+        return 1 / (self.vocab_size - FIRST_DATA_TOKEN)  # a data token
+
     def generate(self, num_examples: int, seed: int) -> Batch:
         check_int("num_examples", num_examples, 1)
         g = generator(seed)
@@ -72,6 +76,10 @@ class Compression(Task):
     @property
     def items_to_recall(self) -> int:
         return self.context_end
+
+    @property
+    def chance_accuracy(self) -> float:
+        return 1 / (self.vocab_size - FIRST_DATA_TOKEN)  # a data token
 
     def generate(self, num_examples: int, seed: int) -> Batch:
         check_int("num_examples", num_examples, 1)

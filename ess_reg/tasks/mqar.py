@@ -50,6 +50,10 @@ class MQAR(Task):
     def items_to_recall(self) -> int:
         return self.num_kv_pairs
 
+    @property
+    def chance_accuracy(self) -> float:
+        return 1 / (self.vocab_size - self.vocab_size // 2)  # a value: a token of the second half
+
     def generate(self, num_examples: int, seed: int) -> Batch:
         check_int("num_examples", num_examples, 1)
         g = generator(seed)
