@@ -37,8 +37,8 @@ class Analysis:
             heads = self.per_head[name]
             line = (f"{name or '(model)':<28} {len(heads):>4} {report.tss_avg:>7.2f} {report.ess_avg:>7.2f} "
                     f"{heads.min().item():>9.2f} {heads.max().item():>9.2f}")
-            if self.modulation:
-                line += f" {self.modulation.get(name, float('nan')):>13.2f}"
+            if self.modulation:  # + 0.0: a drop of -0.001 prints as 0.00, not -0.00
+                line += f" {round(self.modulation.get(name, float('nan')), 2) + 0.0:>13.2f}"
             lines.append(line)
         return "\n".join(lines)
 

@@ -120,8 +120,8 @@ class FailureThresholds:
     * ``collapse``: utilization at or below which a layer's state is unused.
     * ``margin``: the verdict says *near saturation* / *near collapse* for a utilization within
       this distance of either threshold, where a run's probe noise could put it on either side.
-    * ``still_falling``: the relative fall of the validation loss over the second half of the
-      run above which the run is *still training* (see :func:`loss_still_falling`).
+    * ``still_falling``: the relative fall of the loss over the second half of the run above
+      which the run is *still training* (see :func:`loss_still_falling`).
     """
 
     saturation: float = 0.9
@@ -320,12 +320,12 @@ def mean_over_layers(reports: "Mapping[str, LayerReport]", measure: str) -> floa
 
 
 def loss_still_falling(curve: "Sequence[tuple[int, float]]", tolerance: float = 0.05) -> str | None:
-    """Whether a run is still learning at the end of its budget, judged on its validation loss
-    ``curve`` (``(step, loss)`` at each evaluation): a least-squares line through the evaluations
-    of the second half of the run (at least 3 of them) that falls by more than ``tolerance`` of
-    its starting value across that half. Returns the reason, or None (flat, rising, or too few
-    evaluations to tell). A line, not the two end points, so that one noisy evaluation decides
-    nothing."""
+    """Whether a run is still learning at the end of its budget, judged on its loss ``curve``
+    (``(step, loss)``; ess-train passes the training loss at each log step, every batch a fresh
+    sample of the task): a least-squares line through the points of the second half of the run
+    (at least 3 of them) that falls by more than ``tolerance`` of its starting value across that
+    half. Returns the reason, or None (flat, rising, or too few points to tell). A line, not the
+    two end points, so that one noisy batch decides nothing."""
     points = sorted((int(s), float(v)) for s, v in curve if math.isfinite(float(v)))
     if len(points) < 3:
         return None
@@ -344,8 +344,7 @@ def loss_still_falling(curve: "Sequence[tuple[int, float]]", tolerance: float = 
     fall = -slope * (steps[-1] - steps[0])
     if start <= 0 or fall <= tolerance * start:
         return None
-    return (f"validation loss still falling: {fall / start:.0%} over steps {steps[0]}-{steps[-1]} "
-            f"(> {tolerance:.0%})")
+    return f"loss still falling: {fall / start:.0%} over steps {steps[0]}-{steps[-1]} (> {tolerance:.0%})"
 
 
 def diagnose(reports: "Mapping[str, LayerReport]", accuracy: float | None = None,
@@ -358,8 +357,8 @@ def diagnose(reports: "Mapping[str, LayerReport]", accuracy: float | None = None
 
     1. accuracy >= ``t.solved``: **healthy** — a model that solves its task is never called
        collapsed or saturated, whatever its ESS.
-    2. the validation loss still falls at the end (:func:`loss_still_falling`, given
-       ``loss_curve``): **still training** — too early to blame the state.
+    2. the loss still falls at the end (:func:`loss_still_falling`, given ``loss_curve``):
+       **still training** — too early to blame the state.
     3. ``u >= t.saturation + t.margin``: **saturation** — that state is full, so capacity is the
        limit; within ``t.margin`` of the threshold: **near saturation**.
     4. ``u <= t.collapse - t.margin``: **collapse** — the state is there and unused; within

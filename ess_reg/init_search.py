@@ -46,9 +46,18 @@ class InitSearchResult:
     scores: list[float]
     candidates: list
 
-    def table(self) -> list[dict]:
+    def rows(self) -> list[dict]:
+        """Every candidate with its score and whether it was chosen, as plain data."""
         return [{"candidate": c, "score": s, "chosen": i == self.index}
                 for i, (c, s) in enumerate(zip(self.candidates, self.scores))]
+
+    def table(self) -> str:
+        """The candidates and their scores as text, the chosen one marked (``print(result.table())``)."""
+        width = max(len(str(c)) for c in self.candidates)
+        lines = [f"{'candidate':<{width}}  {'score':>9}", "-" * (width + 11)]
+        lines += [f"{str(r['candidate']):<{width}}  {r['score']:9.4f}{'  <- chosen' if r['chosen'] else ''}"
+                  for r in self.rows()]
+        return "\n".join(lines)
 
 
 def select_init(

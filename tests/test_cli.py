@@ -22,7 +22,7 @@ def test_demo_rows_are_consistent():
 def test_demo_command_prints_table():
     out = subprocess.run([sys.executable, "-m", "ess_reg", "demo", "--seq-len", "24"],
                          capture_output=True, text=True, check=True).stdout
-    assert "softmax attention" in out and "ESS/TSS" in out
+    assert "softmax attention" in out and "ent/TSS" in out and "the measure probes, reports and the penalty use" in out
     assert len([line for line in out.splitlines() if "state-space" in line]) == 3
 
 

@@ -149,7 +149,8 @@ def test_select_init_picks_the_best_and_is_deterministic():
     assert first.scores[first.index] == max(first.scores) and len(set(first.scores)) > 1
     worst = select_init(factory, candidates, x, maximize=False)
     assert worst.scores[worst.index] == min(first.scores)
-    assert [row["chosen"] for row in first.table()].count(True) == 1
+    assert [row["chosen"] for row in first.rows()].count(True) == 1
+    assert first.table().count("<- chosen") == 1 and str(first.candidate) in first.table()  # printable
 
 
 def test_channel_limit_averages_a_random_subset_of_channels():

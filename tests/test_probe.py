@@ -157,7 +157,7 @@ def test_a_run_whose_loss_still_falls_is_still_training():
 
     # A known curve: over the second half (steps 500-1000) the loss falls 2.0 -> 1.0 on a line: 50%.
     falling = [(0, 4.0), (250, 3.0), (500, 2.0), (750, 1.5), (1000, 1.0)]
-    assert loss_still_falling(falling) == "validation loss still falling: 50% over steps 500-1000 (> 5%)"
+    assert loss_still_falling(falling) == "loss still falling: 50% over steps 500-1000 (> 5%)"
     plateau = [(0, 4.8), (50, 4.18), (100, 4.175), (150, 4.173), (200, 4.172)]   # on its plateau: flat
     noisy = [(0, 4.0), (100, 1.0), (200, 1.02), (300, 0.97), (400, 1.01), (500, 0.99)]
     assert loss_still_falling(plateau) is None and loss_still_falling(noisy) is None

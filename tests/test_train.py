@@ -133,6 +133,11 @@ def test_end_to_end_run_is_read_back_from_mlflow(store, tiny, caplog):
     checkpoint = store["dir"] / "ckpt" / r.info.run_id / "last.pt"  # under the run's own id
     assert result.checkpoint == checkpoint and checkpoint.is_file()
     assert "mlflow ui --backend-store-uri" in caplog.text and "verdict:" in caplog.text
+    # the printed link opens the run in the UI's model-training view, not the GenAI one
+    assert f"#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}?workflowType=machine_learning" in caplog.text
+    # what a user compares is a param too, so that the compare view can use it as an axis
+    assert r.data.params["verdict"] == tags["verdict"] and r.data.params["penalty"] == "none"
+    assert r.data.params["model"] == "gla"
 
     # ess-analyze reads the checkpoint back, by path and by run id, and reproduces the final ESS.
     for target in (str(checkpoint), r.info.run_id):
@@ -145,6 +150,8 @@ def test_end_to_end_run_is_read_back_from_mlflow(store, tiny, caplog):
     # by run id from the store alone (no local checkpoint): the logged artifact
     elsewhere = analyze(r.info.run_id, uri=store["uri"], checkpoint_root=str(store["dir"] / "nothing-here"))
     assert elsewhere.reports["blocks.0.mixer"].ess_avg == pytest.approx(r.data.metrics["L0/ess"], abs=1e-6)
+    short = analyze(r.info.run_id[:8], uri=store["uri"], checkpoint_root=str(store["dir"] / "ckpt"))  # as the UI shows it
+    assert short.checkpoint == checkpoint
     assert analyze_main([str(store["dir"] / "missing.pt"), "--tracking-uri", store["uri"]]) == 2
 
 
@@ -315,6 +322,10 @@ def test_multirun_with_two_parallel_jobs_groups_children_under_one_parent(store,
                                                      str(store["dir"]))).read_text())
     assert {row["run_id"] for row in rows} == {r.info.run_id for r in children}
     assert all(row["valid/accuracy"] is not None and row["ess/per_kv"] is not None for row in rows)
+    # The terminal says how it went, where to look and what to run next.
+    out = done.stdout + done.stderr
+    assert f"next: ess-report --parent {parent.info.run_id} --tracking-uri {store['uri']}" in out
+    assert "#/compare-runs?runs=%5B" in out and all(r.info.run_id in out for r in children)
     if launcher == "joblib":  # submitit writes each job's output to its own log under the sweep folder
         assert "[job " in done.stdout  # parallel jobs' lines say which job
 

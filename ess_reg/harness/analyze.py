@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from . import tracking
 from .build import ConfigError, build_task, probe_settings
 from ..diagnosis import LayerReport, Verdict, diagnose
 from .reporting import format_report
@@ -28,7 +29,7 @@ from .training import evaluate
 
 __all__ = ["Analysis", "analyze", "main", "DEFAULT_URI"]
 
-DEFAULT_URI = "sqlite:///runs/mlflow.db"
+DEFAULT_URI = tracking.DEFAULT_URI
 DEFAULT_CHECKPOINTS = "runs/checkpoints"
 
 

@@ -138,7 +138,7 @@ def _run(plan: Plan, distributed: Distributed) -> FitResult:
     log.info("\n%s", format_report(result.reports, result.verdict, probe.thresholds))
     if result.accuracy is not None:
         log.info("\nvalid accuracy %.3f after %d steps", result.accuracy, result.steps)
-    log.info("look at it: mlflow ui --backend-store-uri %s   (run %s)", t["uri"], tracker.run_id)
+    log.info("%s", tracking.where_to_look(t["uri"], tracker.experiment_id, run_id=tracker.run_id))
     return result
 
 

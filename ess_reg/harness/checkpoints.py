@@ -59,6 +59,13 @@ def locate_checkpoint(resume: str, checkpoint_root: str | os.PathLike, uri: str,
     local = checkpoint_path(checkpoint_root, resume)
     if local.is_file():
         return local
+    if os.sep not in resume and len(resume) < 32:  # a shortened run id, as the UI shows it
+        try:
+            full = tracking.resolve_run_id(uri, resume)
+        except ValueError as err:
+            raise ConfigError(f"{key}={resume}: {err}") from None
+        if full is not None:
+            return locate_checkpoint(full, checkpoint_root, uri, scratch, key)
     if os.sep not in resume and tracking.get_run(uri, resume) is not None:
         fetched = tracking.download_artifact(uri, resume, f"checkpoint/{CHECKPOINT_NAME}", scratch)
         if fetched is not None:

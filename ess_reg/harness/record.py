@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from . import tracking
 from .plan import Plan
 from .reporting import ess_figure, ess_table
-from .runinfo import run_tags
+from .runinfo import CHOSEN_GROUPS, run_tags
 from .training import FitResult, TrainingDiverged, layer_keys
 
 __all__ = ["record_start", "record_end", "run_status"]
@@ -51,7 +51,10 @@ def record_start(tracker: tracking.Tracker, plan: Plan) -> None:
     if plan.resume_state is None:
         params = {k: v for k, v in tracking.flatten(plan.config).items()
                   if not k.endswith("._partial_")}  # Hydra plumbing, not a setting (config.yaml keeps it)
-        tracker.log_params({**params, "num_parameters": sum(p.numel() for p in model.parameters())})
+        # The chosen option of each config group as a param too (penalty=ess_max), so that the
+        # UI's compare view can use it as an axis; tags cannot be axes.
+        chosen = {g: str(c) for g, c in plan.choices.items() if g in CHOSEN_GROUPS and c is not None}
+        tracker.log_params({**params, **chosen, "num_parameters": sum(p.numel() for p in model.parameters())})
         tracker.set_tags(run_tags(plan.choices, plan.overrides))
         if plan.teacher is not None:
             teacher_model = plan.teacher.config.get("model", {})
@@ -59,7 +62,7 @@ def record_start(tracker: tracking.Tracker, plan: Plan) -> None:
                               "distill.teacher_run": plan.teacher.run_id or "",
                               "distill.teacher_mixer": teacher_model.get("mixer", "")})
         if plan.search is not None:
-            tracker.log_json(plan.search.table(), "init_search.json")
+            tracker.log_json(plan.search.rows(), "init_search.json")
             tracker.set_tags({"init.chosen": plan.config["init"]["chosen"],
                               "init.chosen_score": plan.search.scores[plan.search.index]})
     elif plan.resumed_changes:
@@ -72,6 +75,9 @@ def record_end(tracker: tracking.Tracker, plan: Plan, result: FitResult, final_f
     reports, verdict, thresholds = result.reports, result.verdict, plan.probe.thresholds
     keys = layer_keys(reports)
     tracker.delete_tags("failure_reason")
+    # The first verdict is also a param (an axis in the compare view); MLflow params cannot
+    # change, so a resumed run's current verdict is its tag.
+    tracker.log_params({"verdict": verdict.mode})
     tracker.set_tags({"verdict": verdict.mode, "verdict.reason": verdict.reason,
                       "layers": ", ".join(f"{k}={name}" for name, k in keys.items()),
                       **{f"state.{keys[name]}": use for name, use in verdict.layers.items()},

@@ -23,15 +23,16 @@ def format_report(reports: Mapping[str, LayerReport], verdict: Verdict, threshol
         per_kv = f"{r.ess_per_item:7.2f}" if r.ess_per_item is not None else f"{'-':>7}"
         tss_kv = f"{r.tss_per_item:7.2f}" if r.tss_per_item is not None else f"{'-':>7}"
         label = f"{keys[name]} {name}"
-        lines.append(f"{label:<22} {r.ess_avg:6.2f} {r.reach.mean().item():6.2f} {r.utilization:9.2f} {per_kv} "
+        lines.append(f"{label:<22} {r.ess_avg:6.2f} {r.reach.mean().item():6.2f} {r.utilization:9.3f} {per_kv} "
                      f"{tss_kv} {r.ess_total:10.1f}  {r.state_use(thresholds)}")
     summary = model_summary(reports)
-    lines.append(f"{'model (mean of layers)':<22} {summary['ess']:6.2f} {'':>6} {summary['util']:9.2f} "
+    lines.append(f"{'model (mean of layers)':<22} {summary['ess']:6.2f} {'':>6} {summary['util']:9.3f} "
                  + (f"{summary['per_kv']:7.2f}" if "per_kv" in summary else f"{'-':>7}"))
     lines.append("")
     lines.append(f"verdict: {verdict.mode} — {verdict.reason}")
     lines.append(f"(thresholds: solved >= {thresholds.solved:g}, layer state full at ESS/reach >= "
-                 f"{thresholds.saturation:g}, unused at <= {thresholds.collapse:g}; "
+                 f"{thresholds.saturation:g}, unused at <= {thresholds.collapse:g}, 'near' within {thresholds.margin:g} "
+                 f"of either; still training while the loss falls > {thresholds.still_falling:.0%} over the second half; "
                  "ESS per head or channel, reach = min(i, L - i, TSS))")
     return "\n".join(lines)
 
@@ -46,7 +47,8 @@ def ess_table(reports: Mapping[str, LayerReport], verdict: Verdict, thresholds: 
                         "tss_per_index": r.tss.tolist(), "reach_per_index": r.reach.tolist()}
     return {"verdict": verdict.as_dict(), "model": model_summary(reports),
             "thresholds": {"solved": thresholds.solved, "saturation": thresholds.saturation,
-                           "collapse": thresholds.collapse},
+                           "collapse": thresholds.collapse, "margin": thresholds.margin,
+                           "still_falling": thresholds.still_falling},
             "layers": layers}
 
 

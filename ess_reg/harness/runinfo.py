@@ -10,7 +10,11 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["run_name", "run_tags", "git_commit", "NAME_IGNORES"]
+__all__ = ["run_name", "run_tags", "git_commit", "NAME_IGNORES", "CHOSEN_GROUPS"]
+
+# The config groups whose chosen option says what a run is (model=gla, penalty=ess_max): logged as
+# tags and params, and named in ess-report's labels instead of the _target_ they stand for.
+CHOSEN_GROUPS = ("model", "task", "optimizer", "penalty", "init", "distill")
 
 # Overrides that do not change what a run computes, so they do not name it.
 NAME_IGNORES = ("tracking.", "hydra.", "hydra/", "trainer.progress", "trainer.resume", "trainer.threads",

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import tracking
+from .runinfo import CHOSEN_GROUPS
 from .comparison import collapse_summary, compare_to_baseline
 from .stats import (MIN_PAIRS, MIN_POINTS, CorrelationTest, accuracy_noise, bootstrap_interval, correlation_test, holm,
                     mean_spread, spearman)
@@ -32,15 +33,13 @@ __all__ = ["RunRecord", "load_runs", "identity", "group_runs", "labels", "differ
            "write_report", "main"]
 
 log = logging.getLogger("ess_reg")
-DEFAULT_URI = "sqlite:///runs/mlflow.db"
+DEFAULT_URI = tracking.DEFAULT_URI
 # Params that differ between runs without making them a different configuration: the seed, where
 # and how a run logs, and the budget asked for (a run's *reached* step stands in for it).
 NOT_CONFIG = ("seed", "tracking.", "trainer.checkpoint_dir", "trainer.resume", "trainer.threads", "trainer.progress",
               "trainer.log_every", "trainer.eval_every", "trainer.checkpoint_every", "trainer.max_steps",
-              "init.chosen", "num_parameters")
-# Config groups whose chosen option a run records as a tag (model=gla, penalty=ess_max): a label
-# names the option, not the ``_target_`` it stands for.
-CHOICES = ("model", "task", "optimizer", "penalty", "init", "distill")
+              "init.chosen", "num_parameters", "verdict")
+CHOICES = CHOSEN_GROUPS
 STEPS = "steps"  # the identity key of a run's reached step
 
 
@@ -617,6 +616,11 @@ def main(argv: list[str] | None = None) -> int:
             tracker.log_artifact(file, "report")
     print(table)
     print(f"\nreport: {path}")
+    experiment = records[0].experiment_id
+    if args.parent:
+        print(tracking.where_to_look(uri, experiment, run_id=args.parent, compare=[r.run_id for r in records]))
+    else:
+        print(tracking.where_to_look(uri, experiment))
     return 0
 
 

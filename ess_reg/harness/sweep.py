@@ -20,10 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import tracking
 
-__all__ = ["SweepCallback", "swept_keys", "sweep_overrides", "summarize_sweep"]
+__all__ = ["SweepCallback", "swept_keys", "sweep_overrides", "summarize_sweep", "sweep_digest"]
 
 log = logging.getLogger("ess_reg")
 COLUMNS = ("valid/accuracy", "ess/util", "ess/per_kv", "ess/total")
+DEFAULT_URI = tracking.DEFAULT_URI
 
 
 def swept_keys(overrides: list[str]) -> list[str]:
@@ -81,15 +82,32 @@ def summarize_sweep(uri: str, parent_run_id: str) -> dict:
 
     points = [r for r in rows if r["valid/accuracy"] is not None and r["ess/per_kv"] is not None]
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for r in points:
-        ax.scatter(r["ess/per_kv"], r["valid/accuracy"])
+    for r in points:  # translucent: runs on top of each other stay visible
+        ax.scatter(r["ess/per_kv"], r["valid/accuracy"], alpha=0.6, edgecolors="black", linewidths=0.4)
         ax.annotate(r["name"], (r["ess/per_kv"], r["valid/accuracy"]), fontsize=6, alpha=0.8)
+    ax.set_ylim(-0.02, 1.02)  # the full range: noise among runs at chance is not stretched into a trend
     ax.set_xlabel("ESS/kv (per head or channel, at the end of the context)")
     ax.set_ylabel("validation accuracy")
-    ax.set_title(f"sweep: {len(points)} of {len(rows)} runs")
+    ax.set_title(f"sweep: {len(points)} of {len(rows)} runs (one seed each unless swept)", fontsize=9)
     client_tracker.log_figure(fig, "accuracy_vs_ess_per_kv.png")
     plt.close(fig)
     return rows
+
+
+def sweep_digest(uri: str, parent_run_id: str, rows: list[dict]) -> str:
+    """What a person reads when a sweep ends: each job's accuracy and verdict, where to look,
+    and the report to run next."""
+    width = max(len(r["name"] or "") for r in rows)
+    lines = [f"{'run':<{width}}  status    accuracy  verdict"]
+    for r in sorted(rows, key=lambda r: -(r["valid/accuracy"] or -1)):
+        accuracy = "-" if r["valid/accuracy"] is None else f"{r['valid/accuracy']:.3f}"
+        lines.append(f"{r['name'] or r['run_id']:<{width}}  {r['status']:<8}  {accuracy:>8}  {r['verdict']}")
+    experiment = tracking.get_run(uri, parent_run_id).info.experiment_id
+    lines += ["", tracking.where_to_look(uri, experiment, run_id=parent_run_id,
+                                         compare=[r["run_id"] for r in rows if r["status"] == "FINISHED"]),
+              f"next: ess-report --parent {parent_run_id}" + ("" if uri == DEFAULT_URI else f" --tracking-uri {uri}")
+              + "   (groups the runs by configuration, compares them with the statistics they can carry)"]
+    return "\n".join(lines)
 
 
 class SweepCallback(Callback):
@@ -135,3 +153,5 @@ class SweepCallback(Callback):
             status = "FAILED"
         tracking.finish_run(self.uri, run_id, status)
         log.info("ess-train: sweep parent run %s %s (%d jobs)", run_id, status, len(rows))
+        if rows:
+            log.info("\n%s", sweep_digest(self.uri, run_id, rows))

@@ -21,6 +21,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger("ess_reg")
+DEFAULT_URI = "sqlite:///runs/mlflow.db"  # the store ess-train writes to and the readers read by default
 PARENT_RUN_ENV = "ESS_REG_PARENT_RUN_ID"  # set by a multirun's parent run for its jobs
 SWEEP_KEYS_ENV = "ESS_REG_SWEEP_KEYS"  # the swept keys, comma-separated: jobs are named by them
 # MLflow 3 opens an experiment in its GenAI view unless told it holds model training.
@@ -174,6 +175,57 @@ def _forget_engine(uri: str) -> None:
         engines.pop(key).dispose()
 
 
+# ---- where a person looks: the MLflow UI ------------------------------------------------------
+# MLflow 3 opens every page in its GenAI view unless the page's URL (the part after '#') says
+# workflowType=machine_learning, or the user has once clicked "Model training" in the UI, which
+# the browser then remembers; the experiment tag above does not decide it (MLflow 3.17). So every
+# link printed carries the parameter, and a run list is sorted by accuracy, which also lists a
+# sweep's children flat instead of folded under their parent.
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+ML_VIEW = "workflowType=machine_learning"
+
+
+def ui_command(uri: str) -> str | None:
+    """The command that serves the UI for the store ``uri``; None for a tracking server, which
+    serves its own UI."""
+    return None if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
+
+
+def ui_address(uri: str) -> str:
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the model-training view."""
+    return f"{ui_address(uri)}/#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
+
+
+def runs_url(uri: str, experiment_id: str) -> str:
+    """An experiment's run list in the model-training view, best accuracy first (sorted by a
+    metric, MLflow lists a sweep's children instead of folding them under their parent)."""
+    return (f"{ui_address(uri)}/#/experiments/{experiment_id}/runs?{ML_VIEW}"
+            "&orderByKey=metrics.%60valid%2Faccuracy%60&orderByAsc=false")
+
+
+def compare_url(uri: str, experiment_id: str, run_ids: list[str]) -> str:
+    """The compare page of ``run_ids`` in the model-training view (``runs`` must come first:
+    the page reads it from the start of the query)."""
+    runs = ",".join(f"%22{r}%22" for r in run_ids)
+    return f"{ui_address(uri)}/#/compare-runs?runs=%5B{runs}%5D&experiments=%5B%22{experiment_id}%22%5D&{ML_VIEW}"
+
+
+def where_to_look(uri: str, experiment_id: str, *, run_id: str | None = None, compare: list[str] | None = None) -> str:
+    """The lines that tell a person how to see a run (or a sweep) in the UI."""
+    command = ui_command(uri)
+    lines = [f"look at it: {command}   then open" if command else "look at it in the tracking server's UI:"]
+    if run_id is not None:
+        lines.append(f"  the run:      {run_url(uri, experiment_id, run_id)}")
+    if compare:
+        lines.append(f"  compare them: {compare_url(uri, experiment_id, compare)}")
+    lines.append(f"  all runs:     {runs_url(uri, experiment_id)}")
+    return "\n".join(lines)
+
+
 def experiment_id(uri: str, experiment: str, artifact_location: str | None = None) -> str:
     """Point MLflow at ``uri`` and return the id of ``experiment``, creating it if needed."""
     client = open_store(uri)
@@ -315,6 +367,27 @@ def download_artifact(uri: str, run_id: str, path: str, destination: str | os.Pa
         return Path(MlflowClient(uri).download_artifacts(run_id, path, str(destination)))
     except (mlflow.exceptions.MlflowException, OSError):
         return None
+
+
+def resolve_run_id(uri: str, prefix: str) -> str | None:
+    """The full id of the one run in the store whose id starts with ``prefix`` (at least 6 hex
+    characters, as the UI and the terminal show them shortened); None when no run matches;
+    ValueError naming the candidates when several do."""
+    import re
+
+    if not re.fullmatch(r"[0-9a-f]{6,32}", prefix):
+        return None
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return None
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    found = client.search_runs(experiments, f"attributes.run_id LIKE '{prefix}%'", max_results=5)
+    if len(found) > 1:
+        raise ValueError(f"run id prefix {prefix!r} matches {len(found)} runs "
+                         f"({', '.join(r.info.run_id for r in found)}): give more of it")
+    return found[0].info.run_id if found else None
 
 
 def child_runs(uri: str, parent_run_id: str) -> list:

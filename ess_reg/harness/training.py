@@ -173,7 +173,10 @@ def fit(
     test_inputs, test_labels = test.inputs.to(device), test.labels.to(device)
     probe.to(device)
     last = {"train/loss": float("nan")}
-    loss_curve: list[tuple[int, float]] = []  # (step, valid/loss): is the run still learning at the end?
+    # (step, train/loss) at each log step: is the run still learning at the end? Every batch is a
+    # fresh sample of the task, so the training loss is the task's loss, not a memorized one.
+    loss_curve: list[tuple[int, float]] = []
+    evaluated_at = [0]  # the step of the latest evaluation, for the progress line
     reports: dict[str, LayerReport] = {}
     started = time.perf_counter()
 
@@ -197,11 +200,11 @@ def fit(
         metrics["time/ess_probe_s"] = time.perf_counter() - start
         metrics.update(evaluation_metrics(reports))
         tracker.log_metrics(metrics, step)
-        loss_curve.append((step, metrics["valid/loss"]))
         if on_evaluate is not None:
             on_evaluate(step, reports, metrics)
         model.train()
         last.update(metrics)
+        evaluated_at[0] = step
         return reports
 
     def progress(step: int) -> None:
@@ -210,9 +213,12 @@ def fit(
         rate = (step - start_step) / max(time.perf_counter() - started, 1e-9)
         eta = (trainer.max_steps - step) / rate if rate > 0 else float("inf")
         util = last.get("ess/util")
-        log.info("step %d/%d  loss %.3f  acc %.3f%s  %.1f it/s  eta %s", step, trainer.max_steps,
-                 last["train/loss"], last.get("valid/accuracy", float("nan")),
-                 f"  ESS/reach {util:.2f}" if util is not None else "", rate, _duration(eta))
+        evaluated = ""  # the latest evaluation's figures, with the step they are from
+        if "valid/accuracy" in last:
+            evaluated = (f"  [eval @{evaluated_at[0]}: acc {last['valid/accuracy']:.3f}"
+                         + (f", ESS/reach {util:.3f}" if util is not None else "") + "]")
+        log.info("step %d/%d  loss %.3f%s  %.1f it/s  eta %s", step, trainer.max_steps, last["train/loss"],
+                 evaluated, rate, _duration(eta))
 
     if teacher is not None:
         teacher.to(device)
@@ -267,6 +273,7 @@ def fit(
             last["train/total_loss"] = loss.item()
         if step % trainer.log_every == 0 or step == trainer.max_steps:
             tracker.log_metrics({k: v for k, v in last.items() if k.startswith(("train/", "penalty/"))}, step)
+            loss_curve.append((step, last["train/loss"]))
         if step % trainer.eval_every == 0 or step == trainer.max_steps:
             reports = evaluate_and_log(step)
         if step % trainer.checkpoint_every == 0 or step == trainer.max_steps:
