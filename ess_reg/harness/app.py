@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import sys
-from pathlib import Path
 
 import hydra
 import torch
