@@ -291,8 +291,8 @@ class CorrelationTest:
 
 
 def _bca_interval(x: np.ndarray, y: np.ndarray, resamples: int, level: float, seed: int) -> tuple[float, float]:
-    """BCa bootstrap interval of Spearman's rho (pairs resampled); the percentile interval where
-    BCa is undefined (a resample distribution with no spread)."""
+    """BCa bootstrap interval of Spearman's rho (pairs resampled); the percentile interval of the
+    defined resamples where BCa is undefined."""
     import warnings
 
     from scipy.stats import bootstrap, rankdata
@@ -305,14 +305,16 @@ def _bca_interval(x: np.ndarray, y: np.ndarray, resamples: int, level: float, se
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, (ra * rb).sum(axis) / np.where(den > 0, den, 1), np.nan)
 
-    for method in ("BCa", "percentile"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ci = bootstrap((x, y), rho, paired=True, vectorized=True, n_resamples=resamples, confidence_level=level,
-                           method=method, rng=np.random.default_rng(seed)).confidence_interval
-        if np.isfinite(ci.low) and np.isfinite(ci.high):
-            return float(ci.low), float(ci.high)
-    return math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ci = bootstrap((x, y), rho, paired=True, vectorized=True, n_resamples=resamples, confidence_level=level,
+                       method="BCa", rng=np.random.default_rng(seed)).confidence_interval
+    if np.isfinite(ci.low) and np.isfinite(ci.high):
+        return float(ci.low), float(ci.high)
+    # BCa is undefined when some resamples have no spread (a measure with few distinct values):
+    # the percentile interval of the resamples where rho is defined
+    return bootstrap_interval(lambda idx: spearman(y[idx].tolist(), x[idx].tolist()), len(x), resamples=resamples,
+                              level=level, seed=seed)
 
 
 def correlation_test(x: Sequence[float], y: Sequence[float], *, noise: float | None = None, resamples: int = 2000,
@@ -340,7 +342,7 @@ def correlation_test(x: Sequence[float], y: Sequence[float], *, noise: float | N
         return refuse(f"the target varies by {np.ptp(b):.4f} across the {n} points, within its measurement "
                       f"noise ({noise:.4f})")
     rho = spearman(b.tolist(), a.tolist())
-    p = spearman_permutation_p(a, b, resamples=max(resamples, 2000), seed=seed)
+    p = spearman_permutation_p(a, b, resamples=max(resamples, 20000), seed=seed)  # p down to 5e-5: room for Holm
     return CorrelationTest(n, rho, pearson(b.tolist(), a.tolist()), p, _bca_interval(a, b, resamples, level, seed))
 
 
