@@ -138,6 +138,14 @@ def test_end_to_end_run_is_read_back_from_mlflow(store, tiny, caplog):
     # what a user compares is a param too, so that the compare view can use it as an axis
     assert r.data.params["verdict"] == tags["verdict"] and r.data.params["penalty"] == "none"
     assert r.data.params["model"] == "gla"
+    # the run list opens through the view ess-train saved on the experiment: its columns exist
+    view = json.loads(client.get_experiment(r.info.experiment_id).tags["mlflow.sharedViewState.ess-reg"])
+    columns = json.loads(view["state"])["selectedColumns"]
+    assert "metrics.`valid/accuracy`" in columns and "params.`verdict`" in columns
+    for column in columns:
+        kind, name = column.split(".", 1)
+        assert name.strip("`") in (r.data.params if kind == "params" else r.data.metrics), column
+    assert "viewStateShareKey=ess-reg" in caplog.text
 
     # ess-analyze reads the checkpoint back, by path and by run id, and reproduces the final ESS.
     for target in (str(checkpoint), r.info.run_id):

@@ -333,7 +333,7 @@ def correlation_test(x: Sequence[float], y: Sequence[float], *, noise: float | N
         return CorrelationTest(n, math.nan, math.nan, math.nan, (math.nan, math.nan), reason)
 
     if n < MIN_POINTS:
-        return refuse(f"{n} points, fewer than {MIN_POINTS}")
+        return refuse(f"{n} point{'s' if n != 1 else ''}, fewer than {MIN_POINTS}")
     if np.ptp(a) == 0:
         return refuse(f"the measure is the same ({a[0]:.4g}) at every point")
     if np.ptp(b) == 0:

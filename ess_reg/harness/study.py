@@ -318,18 +318,27 @@ def write_report(records: Sequence[RunRecord], out_dir: str | os.PathLike, title
         lines += _comparison_lines(groups, baseline, target, resamples)
 
     corr = correlations(records, present, target=target, resamples=resamples)
+    made = sum(c.test.refused is None for c in corr)
+    family = (f"Holm's correction runs over the {made} correlations of this table." if made
+              else "No correlation could be made here.")
     lines += [f"## {target} against each measure", "",
               "Spearman rank correlation with its two-sided permutation p-value (exact up to 8 points) and a 95% BCa "
               "bootstrap interval, over runs and over configurations (the seed means: seeds of one configuration are "
-              f"not independent points); Holm's correction runs over the {sum(c.test.refused is None for c in corr)} "
-              "correlations of this table. A correlation is refused where the points cannot carry one: fewer than "
-              f"{MIN_POINTS}, a side that does not vary, or accuracies that differ by less than their sampling noise "
-              "(two accuracies each measured on the evaluation's answers, 95%).", "",
+              f"not independent points). {family} A correlation is refused where the points cannot carry one: fewer "
+              f"than {MIN_POINTS}, a side that does not vary, or accuracies that differ by less than their sampling "
+              "noise (two accuracies each measured on the evaluation's answers, 95%).", "",
               "| runs | over | measure | n | Spearman | 95% interval | permutation p | Holm p | Pearson |",
               "|---|---|---|---|---|---|---|---|---|"]
+    shown = set()
     for c in corr:
         t = c.test
         if t.refused:
+            same = [o for o in corr if (o.scope, o.unit, o.test.refused) == (c.scope, c.unit, t.refused)]
+            if len(same) == len([o for o in corr if (o.scope, o.unit) == (c.scope, c.unit)]) > 1:
+                if (c.scope, c.unit) not in shown:  # refused for every measure alike: one row says it
+                    shown.add((c.scope, c.unit))
+                    lines.append(f"| {c.scope} | {c.unit} | every measure | {t.n} | - | - | - | - | refused: {t.refused} |")
+                continue
             lines.append(f"| {c.scope} | {c.unit} | {c.measure} | {t.n} | - | - | - | - | refused: {t.refused} |")
         else:
             lines.append(f"| {c.scope} | {c.unit} | {c.measure} | {t.n} | {_num(t.spearman)} | "

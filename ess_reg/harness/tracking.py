@@ -200,11 +200,25 @@ def run_url(uri: str, experiment_id: str, run_id: str) -> str:
     return f"{ui_address(uri)}/#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
 
 
+# A saved view of the run list, stored on the experiment as MLflow's UI stores a view it shares
+# (an experiment tag read by MLflow 3's run list): the columns a researcher compares, best accuracy
+# first (sorted by a metric, MLflow lists a sweep's children instead of folding them under their
+# parent). A UI that does not know the tag ignores it; the link still opens the run list.
+VIEW_KEY = "ess-reg"
+VIEW_COLUMNS = ("params.`model`", "params.`penalty`", "params.`task.num_kv_pairs`", "params.`seed`",
+                "metrics.`valid/accuracy`", "metrics.`ess/util`", "metrics.`ess/per_kv`", "params.`verdict`")
+
+
+def runs_view_tag() -> dict[str, str]:
+    state = {"selectedColumns": list(VIEW_COLUMNS), "orderByKey": "metrics.`valid/accuracy`", "orderByAsc": False}
+    now = int(time.time() * 1000)
+    view = {"name": "ess-reg: accuracy, ESS, verdict", "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    return {f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(view)}
+
+
 def runs_url(uri: str, experiment_id: str) -> str:
-    """An experiment's run list in the model-training view, best accuracy first (sorted by a
-    metric, MLflow lists a sweep's children instead of folding them under their parent)."""
-    return (f"{ui_address(uri)}/#/experiments/{experiment_id}/runs?{ML_VIEW}"
-            "&orderByKey=metrics.%60valid%2Faccuracy%60&orderByAsc=false")
+    """An experiment's run list in the model-training view, through the saved view above."""
+    return f"{ui_address(uri)}/#/experiments/{experiment_id}/runs?{ML_VIEW}&viewStateShareKey={VIEW_KEY}"
 
 
 def compare_url(uri: str, experiment_id: str, run_ids: list[str]) -> str:
@@ -232,8 +246,9 @@ def experiment_id(uri: str, experiment: str, artifact_location: str | None = Non
     mlflow.set_tracking_uri(uri)
     found = client.get_experiment_by_name(experiment)
     if found is not None:
-        if found.tags.get("mlflow.experimentKind") is None:
-            client.set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+        for key, value in {**EXPERIMENT_KIND, **runs_view_tag()}.items():
+            if found.tags.get(key) is None:  # a view the user changed and saved stays theirs
+                client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
     location = None
     if artifact_location:
@@ -241,7 +256,8 @@ def experiment_id(uri: str, experiment: str, artifact_location: str | None = Non
         path.mkdir(parents=True, exist_ok=True)
         location = path.resolve().as_uri()
     try:
-        return client.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+        return client.create_experiment(experiment, artifact_location=location, tags={**EXPERIMENT_KIND,
+                                                                                     **runs_view_tag()})
     except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
         return client.get_experiment_by_name(experiment).experiment_id
 
