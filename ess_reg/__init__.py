@@ -29,7 +29,7 @@ from .init_search import select_init
 from .jacobian import jacobian_ess, jacobian_operator
 from .operators import (DeferredOperator, DeltaRuleOperator, DenseOperator, JacobianOperator, StateSpaceOperator,
                         as_operator)
-from .penalty import Budget, DecayIdentityPenalty, ESSPenalty, Schedule, Target
+from .penalty import Budget, Constraint, DecayIdentityPenalty, ESSPenalty, Schedule, Target
 from .probe import Adapter, Probe, measure, register_adapter
 from .spectra import hankel_svdvals
 
@@ -84,6 +84,7 @@ __all__ = [
     "ESSPenalty",
     "DecayIdentityPenalty",
     "Target",
+    "Constraint",
     "Schedule",
     "Budget",
     "select_init",

@@ -17,7 +17,8 @@ nested config:
 * **what to measure**: a name from :data:`ess_reg.diagnosis.MEASURES` (``"utilization"``,
   ``"per_item"``, ``"ess"``) or a function of a layer's report, with the ESS ``kind``;
 * **which indices**: an index rule (:mod:`ess_reg.indices`);
-* **the objective**: :class:`Maximize`, :class:`Minimize` or :class:`Target` (with its hinge);
+* **the objective**: :class:`Maximize`, :class:`Minimize`, :class:`Target` (with its hinge) or
+  :class:`Constraint` (a bound held by a learned multiplier: no weight to tune);
 * **the budget**: :class:`Budget` (examples and operators per step);
 * **the schedule**: :class:`Schedule` (weight, warm-up, ramp).
 
@@ -39,7 +40,7 @@ from .indices import ContextEnd, EvenIndices, GivenIndices, index_rule
 from .operators import StateSpaceOperator
 from .probe import Probe, capture_operators
 
-__all__ = ["ESSPenalty", "DecayIdentityPenalty", "Maximize", "Minimize", "Target", "Schedule", "Budget",
+__all__ = ["ESSPenalty", "DecayIdentityPenalty", "Maximize", "Minimize", "Target", "Constraint", "Schedule", "Budget",
            "OBJECTIVES", "HINGES", "DIFFERENTIABLE_KINDS"]
 
 HINGES = ("two_sided", "below", "above")
@@ -90,6 +91,55 @@ class Target:
         return gap.square() if self.squared else gap.abs()
 
 
+class Constraint:
+    """A constraint instead of a weight to tune: keep the measure at or above ``value``
+    (``bound="lower"``) or at or below it (``"upper"``), with a Lagrange multiplier learned by
+    dual ascent. The term is ``multiplier * violation``, where ``violation`` is ``value - measure``
+    for a lower bound (``measure - value`` for an upper one); after each training step
+    (:meth:`step`) the multiplier moves by ``dual_lr * violation`` and never below 0. It grows
+    while the constraint is violated and decays to zero once it holds, so the penalty acts only
+    while the state is under-used (or over-used) and switches itself off.
+
+    Written by hand rather than with a Lagrangian library (cooper-optim): those own the training
+    step (their optimizer wraps the primal one and runs the forward and backward passes), while
+    this term must add to any training loop's loss, ess-train's, a Trainer's or a hand loop's.
+    Use it with a schedule weight of 1 (the multiplier is the weight)."""
+
+    def __init__(self, value: float, bound: str = "lower", dual_lr: float = 0.1, multiplier: float = 0.0):
+        check_number("constraint value", value, minimum=0)
+        if bound not in ("lower", "upper"):
+            raise ValueError(f"bound must be 'lower' (measure >= value) or 'upper' (measure <= value), got {bound!r}")
+        check_number("dual_lr", dual_lr, minimum=0, strict=True)
+        check_number("multiplier", multiplier, minimum=0)
+        self.value, self.bound, self.dual_lr = float(value), bound, float(dual_lr)
+        self.multiplier = float(multiplier)
+        self.last_violation = 0.0
+
+    def violation(self, measured: torch.Tensor) -> torch.Tensor:
+        return self.value - measured if self.bound == "lower" else measured - self.value
+
+    def __call__(self, measured: torch.Tensor) -> torch.Tensor:
+        violation = self.violation(measured)
+        self.last_violation = float(violation.detach())
+        return self.multiplier * violation
+
+    def step(self) -> None:
+        """Dual ascent on the violation of the last call: ``multiplier += dual_lr * violation``,
+        clipped at 0."""
+        self.multiplier = max(0.0, self.multiplier + self.dual_lr * self.last_violation)
+
+    def state_dict(self) -> dict:
+        return {"multiplier": self.multiplier, "last_violation": self.last_violation}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.multiplier = float(state["multiplier"])
+        self.last_violation = float(state.get("last_violation", 0.0))
+
+    def __repr__(self) -> str:
+        sign = ">=" if self.bound == "lower" else "<="
+        return f"Constraint(measure {sign} {self.value}, dual_lr={self.dual_lr}, multiplier={self.multiplier:.4g})"
+
+
 OBJECTIVES = {"maximize": Maximize, "minimize": Minimize}
 
 
@@ -110,22 +160,30 @@ def _objective(spec) -> Callable[[torch.Tensor], torch.Tensor]:
 class Schedule:
     """The term's weight over training: 0 for steps ``1..warmup_steps`` (steps count from 1,
     as in the training loop), then a linear ramp reaching ``weight`` at step
-    ``warmup_steps + ramp_steps``."""
+    ``warmup_steps + ramp_steps``; with ``until_step``, 0 again after that step (a term that acts
+    only early in training, where the state collapses)."""
 
     weight: float
     warmup_steps: int = 0
     ramp_steps: int = 0
+    until_step: int | None = None
 
     def __post_init__(self):
         check_number("weight", self.weight, minimum=0)
         check_int("warmup_steps", self.warmup_steps, 0)
         check_int("ramp_steps", self.ramp_steps, 0)
+        if self.until_step is not None:
+            check_int("until_step", self.until_step, 1)
+            if self.until_step <= self.warmup_steps:
+                raise ValueError(f"until_step={self.until_step} ends the term before its warm-up "
+                                 f"({self.warmup_steps} steps) is over")
 
     def weight_at(self, step: int | None) -> float:
         if step is None:
             return float(self.weight)
         check_int("step", step, 0)
-        if self.warmup_steps and step <= self.warmup_steps:
+        if (self.warmup_steps and step <= self.warmup_steps) or (self.until_step is not None
+                                                                 and step > self.until_step):
             return 0.0
         if self.ramp_steps == 0:
             return float(self.weight)
@@ -185,6 +243,16 @@ class _OperatorRegularizer(nn.Module):
     def compute(self, step: int | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def after_step(self) -> None:
+        """Call once per training step, after the optimizer's: a constraint's multiplier moves."""
+
+    def penalty_state(self) -> dict:
+        """What a checkpoint keeps so that a resumed run goes on exactly (a constraint's multiplier)."""
+        return {}
+
+    def load_penalty_state(self, state: Mapping) -> None:
+        """Restore :meth:`penalty_state`."""
+
     def forward(self, inputs: torch.Tensor, step: int | None = None) -> torch.Tensor:
         with self.capture():
             self.probe.model(inputs)
@@ -196,12 +264,14 @@ class _OperatorRegularizer(nn.Module):
         term's random state as it was."""
         if self.weight == 0:
             return
-        state = self.probe.random_state()
+        state, kept, measured = self.probe.random_state(), self.penalty_state(), getattr(self, "_measured", False)
         try:
             with torch.enable_grad():
                 value = self(inputs)
-        finally:
+        finally:  # a check is not a training step: nothing it measured may move the term's state
             self.probe.set_random_state(state)
+            self.load_penalty_state(kept)
+            self._measured = measured
         if not value.requires_grad:
             raise ValueError(f"{type(self).__name__} has nothing to act on in this model: its value does not "
                              f"depend on any parameter of the layers {sorted(self.probe.layers)}")
@@ -212,7 +282,8 @@ class ESSPenalty(_OperatorRegularizer):
 
     Args:
         objective: ``"maximize"`` (default; counters state collapse), ``"minimize"``,
-            :class:`Target`, or a function of the measured value.
+            :class:`Target`, :class:`Constraint` (no weight to tune), or a function of the
+            measured value.
         schedule: a :class:`Schedule`, or a number for a constant weight.
         measure: what to read off each layer's report: ``"utilization"`` (ESS over the
             reachable state ``min(i, L - i, TSS)``), ``"per_item"`` (ESS/kv at the end of the
@@ -261,6 +332,7 @@ class ESSPenalty(_OperatorRegularizer):
         self.objective = _objective(objective)
         self.measure = measure_fn
         self.budget = budget
+        self._measured = False
 
     def compute(self, step: int | None = None) -> torch.Tensor:
         """The weighted penalty for the captured forward pass (a scalar with gradients)."""
@@ -272,7 +344,22 @@ class ESSPenalty(_OperatorRegularizer):
         value = torch.stack([self.measure(r) for r in reports.values()]).mean()
         penalty = self.objective(value)
         self.last = {"measure": value.item(), "weight": weight, "value": penalty.item()}
+        if isinstance(self.objective, Constraint):
+            self.last.update(multiplier=self.objective.multiplier, violation=self.objective.last_violation)
+            self._measured = True  # this step's violation is what after_step ascends on
         return weight * penalty.float()  # the reports' float64 bookkeeping stays out of the loss
+
+    def after_step(self) -> None:
+        if isinstance(self.objective, Constraint) and self._measured:
+            self.objective.step()
+        self._measured = False
+
+    def penalty_state(self) -> dict:
+        return {"objective": self.objective.state_dict()} if isinstance(self.objective, Constraint) else {}
+
+    def load_penalty_state(self, state: Mapping) -> None:
+        if isinstance(self.objective, Constraint) and state.get("objective"):
+            self.objective.load_state_dict(state["objective"])
 
 
 class DecayIdentityPenalty(_OperatorRegularizer):

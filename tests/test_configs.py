@@ -21,7 +21,7 @@ from ess_reg.harness.run_probe import ProbeSettings
 from ess_reg.harness.settings import TrainerSettings
 from ess_reg.models import MIXERS
 from ess_reg.models.lm import LanguageModel
-from ess_reg.penalty import OBJECTIVES, Budget, ESSPenalty, Schedule, Target
+from ess_reg.penalty import OBJECTIVES, Budget, ESSPenalty, Schedule
 
 CONF = Path(CONFIG_DIR)
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
@@ -144,8 +144,13 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
                 assert penalty.measure_name == preset.measure and penalty.probe.kind == preset.kind
                 assert penalty.probe.indices == RandomIndices(preset.indices.count)
                 objective = preset.objective
-                assert penalty.objective == (Target(objective.value, objective.hinge, objective.squared)
-                                             if not isinstance(objective, str) else OBJECTIVES[objective]())
+                if isinstance(objective, str):
+                    assert penalty.objective == OBJECTIVES[objective]()
+                else:  # Target, Constraint: the class and every value the preset gives
+                    assert type(penalty.objective).__name__ == objective._target_.rsplit(".", 1)[1]
+                    for key, value in objective.items():
+                        if key != "_target_":
+                            assert getattr(penalty.objective, key) == value, key
             value = penalty(plan.probe.inputs, step=10_000)  # it acts on the model: a gradient path
             assert value.requires_grad and torch.isfinite(value)
     elif group == "distill":

@@ -6,7 +6,7 @@ from ess_reg import StateSpaceOperator, entropy_ess
 from ess_reg.init_search import select_init
 from ess_reg.probe import measure
 from ess_reg.indices import RandomIndices
-from ess_reg.penalty import Budget, DecayIdentityPenalty, ESSPenalty, Schedule, Target
+from ess_reg.penalty import Budget, Constraint, DecayIdentityPenalty, ESSPenalty, Schedule, Target
 from ess_reg.tasks import MQAR
 from ess_reg.models.lm import LanguageModel
 
@@ -82,9 +82,66 @@ def test_context_end_and_per_item_targets_read_the_task():
     assert abs(penalty.last["measure"] - per_kv) < 1e-6 and value.item() == pytest.approx((per_kv - 1.0) ** 2)
 
 
+def test_a_constraint_holds_its_bound_and_switches_itself_off():
+    """A toy problem with a known answer: minimize (x - a)^2 subject to x >= 0.5. For a = 0 the
+    bound binds: x -> 0.5 and the multiplier -> 2 (0.5 - 0) = 1 (the KKT point). For a = 0.8 it
+    holds by itself: the multiplier, pushed up while x starts below the bound, returns to 0."""
+    for a, x_end, multiplier_end in ((0.0, 0.5, 1.0), (0.8, 0.8, 0.0)):
+        x = torch.zeros((), requires_grad=True)
+        constraint = Constraint(0.5, dual_lr=0.5)
+        optimizer = torch.optim.SGD([x], lr=0.05)
+        multipliers = []
+        for _ in range(3000):
+            loss = (x - a) ** 2 + constraint(x)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            constraint.step()
+            multipliers.append(constraint.multiplier)
+        assert x.item() == pytest.approx(x_end, abs=1e-3)
+        assert constraint.multiplier == pytest.approx(multiplier_end, abs=1e-3)
+        assert max(multipliers[:20]) > 0  # it rose while x was below the bound, in both cases
+    upper = Constraint(0.2, bound="upper")
+    assert upper.violation(torch.tensor(0.5)).item() == pytest.approx(0.3)  # measure 0.5 > 0.2: violated
+    with pytest.raises(ValueError, match="bound must be"):
+        Constraint(0.5, bound="below")
+    with pytest.raises(ValueError, match="dual_lr"):
+        Constraint(0.5, dual_lr=0)
+
+
+def test_an_ess_constraint_rises_while_violated_and_stays_off_when_met():
+    model = lm("gla")
+    unreachable = ESSPenalty(model, Constraint(1.0, dual_lr=0.1), 1.0, indices="all")  # utilization never reaches 1
+    met = ESSPenalty(model, Constraint(0.0, dual_lr=0.1), 1.0, indices="all")          # always holds
+    x = tokens()
+    rising = []
+    for step in range(1, 6):
+        unreachable(x, step).backward()
+        met(x, step)
+        unreachable.after_step()
+        met.after_step()
+        rising.append(unreachable.objective.multiplier)
+    assert all(b > a for a, b in zip(rising, rising[1:])) and rising[0] > 0
+    assert met.objective.multiplier == 0.0 and met.last["value"] == 0.0
+    assert unreachable.last["multiplier"] == pytest.approx(rising[-2])  # logged: the multiplier the step used
+    # check() measures without moving the multiplier; the state round-trips through a checkpoint
+    before = unreachable.objective.multiplier
+    unreachable.check(x[:2])
+    assert unreachable.objective.multiplier == before
+    copy = ESSPenalty(model, Constraint(1.0, dual_lr=0.1), 1.0, indices="all")
+    copy.load_penalty_state(unreachable.penalty_state())
+    assert copy.objective.multiplier == before
+    unreachable.after_step()  # no measurement since the last step: nothing to ascend on
+    assert unreachable.objective.multiplier == before
+
+
 def test_weight_schedule():
     penalty = ESSPenalty(lm("gla"), schedule=Schedule(2.0, warmup_steps=10, ramp_steps=4))
     assert [penalty.weight_at(s) for s in (1, 10, 11, 12, 14, 100)] == [0.0, 0.0, 0.5, 1.0, 2.0, 2.0]
+    early = Schedule(1.0, until_step=50)  # early only
+    assert [early.weight_at(s) for s in (1, 50, 51, 1000)] == [1.0, 1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="until_step=5 ends the term before its warm-up"):
+        Schedule(1.0, warmup_steps=10, until_step=5)
     assert penalty(tokens(), step=5).item() == 0.0 and penalty.last == {"weight": 0.0}  # no spectra in warm-up
 
 

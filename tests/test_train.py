@@ -225,6 +225,22 @@ def test_resume_by_run_id_alone_goes_on_under_the_run_s_config(store, tiny):
     assert tags["resumed.trainer.max_steps"] == "6 -> 8" and len([t for t in tags if t.startswith("resumed.")]) == 1
 
 
+def test_the_constraint_penalty_keeps_its_multiplier_across_a_resume(store, tiny):
+    # A floor of 1.0 on utilization is never met: the multiplier rises at every step.
+    first = run(compose_config(tiny("penalty=ess_constraint", "penalty.objective.value=1.0")))
+    client = MlflowClient(store["uri"])
+    before = [v for _, v in sorted((m.step, m.value) for m in client.get_metric_history(first.run_id,
+                                                                                        "penalty/multiplier"))]
+    assert len(before) == 3 and 0 < before[0] < before[1] < before[2]  # steps 2, 4, 6
+    saved = torch.load(first.checkpoint, weights_only=True)["penalty"]["objective"]["multiplier"]
+    assert saved > before[-1]  # the ascent after step 6 is in the checkpoint
+    where = [f"tracking.uri={store['uri']}", f"tracking.artifact_location={store['artifacts']}",
+             f"trainer.checkpoint_dir={store['dir']}/ckpt", "trainer.progress=false"]
+    run(compose_config([*where, f"trainer.resume={first.run_id}", "trainer.max_steps=8"]))
+    after = {m.step: m.value for m in client.get_metric_history(first.run_id, "penalty/multiplier")}
+    assert after[8] > saved  # it went on from the saved multiplier, not from 0
+
+
 def test_resume_with_a_changed_key_is_refused_and_writes_nothing(store, tiny):
     first = run(compose_config(tiny()))
     before = store_contents(store)

@@ -169,6 +169,8 @@ def fit(
         optimizer.load_state_dict(resume_state["optimizer"])
         start_step = int(resume_state["step"])
         torch.set_rng_state(resume_state["rng"])
+        if regularizer is not None and resume_state.get("penalty"):
+            regularizer.load_penalty_state(resume_state["penalty"])
     test = task.test_set(trainer.eval_examples, seed=seed)
     test_inputs, test_labels = test.inputs.to(device), test.labels.to(device)
     probe.to(device)
@@ -183,7 +185,8 @@ def fit(
     def checkpoint(step: int) -> None:
         if not main:
             return
-        save_checkpoint(checkpoint_path, model, optimizer, step, tracker.run_id, config)
+        save_checkpoint(checkpoint_path, model, optimizer, step, tracker.run_id, config,
+                        penalty=regularizer.penalty_state() if regularizer is not None else None)
         if on_checkpoint is not None:
             on_checkpoint(step)
 
@@ -267,6 +270,8 @@ def fit(
         if trainer.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
         optimizer.step()
+        if regularizer is not None:
+            regularizer.after_step()  # a constraint's multiplier moves once per step
         last["train/loss"] = global_loss.item()
         if regularizer is not None:
             last.update({f"penalty/{k}": v for k, v in regularizer.last.items()})
