@@ -111,6 +111,8 @@ def test_the_baseline_is_found_whatever_the_runs_are_named(tmp_path):
         pen = _record(f"p{s}", s, 200, {"penalty._target_": "ess_reg.penalty.ESSPenalty"}, {"penalty": "ess_max"},
                       name=f"treated seed {s}")
         pen.metrics["valid/accuracy"] = none.metrics["valid/accuracy"] + 0.02 + 0.001 * s
+        for r in (none, pen):  # the accuracy curve: at 0.5 and above by step 100 (0.5 + ... >= 0.5)
+            r.history["valid/accuracy"] = [(0, 0.01), (100, r.metrics["valid/accuracy"]), (200, r.metrics["valid/accuracy"])]
         records += [none, pen]
     path, terminal = write_report(records, tmp_path, "t", baseline="penalty=none", resamples=200)
     text = path.read_text()
@@ -121,6 +123,15 @@ def test_the_baseline_is_found_whatever_the_runs_are_named(tmp_path):
     assert "*[" not in row  # 8 pairs: the interval is not marked unreliable
     assert "**" not in text  # nothing in bold: the reading says what holds
     assert "2 configurations with 8 seeds" in text and "[(" not in text
+    assert "| steps to 0.5 | steps to 0.9 |" in text and "| 100 (8 of 8) | - (0 of 8) |" in text  # faster vs better
+
+
+def test_steps_to_a_threshold_are_read_from_a_known_curve():
+    from ess_reg.harness.comparison import steps_to
+
+    curve = [(200, 0.55), (0, 0.01), (100, 0.2), (300, 0.5), (400, 0.93)]  # in any order
+    assert steps_to(curve, 0.5) == 200 and steps_to(curve, 0.9) == 400
+    assert steps_to(curve, 0.99) is None and steps_to([], 0.5) is None  # never reached: censored, not a step
 
 
 def test_ess_report_writes_the_report_and_names_a_bad_source(study, capsys):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .stats import PairedTest, UnpairedTest, holm, paired_test, smallest_paired_p, unpaired_test
 
-__all__ = ["Comparison", "compare_to_baseline", "collapse_steps", "Collapse", "collapse_summary"]
+__all__ = ["Comparison", "compare_to_baseline", "steps_to", "collapse_steps", "Collapse", "collapse_summary"]
 
 
 @dataclass
@@ -109,6 +109,13 @@ def compare_to_baseline(groups: Sequence, is_baseline: Callable[[object], bool],
     for c, adjusted in zip(out, holm([c.p for c in out])):
         c.holm_p = adjusted
     return out
+
+
+def steps_to(history: Sequence[tuple[int, float]], threshold: float) -> int | None:
+    """The first evaluation step at which the value (accuracy) reached ``threshold``; None when
+    it never did within the run (a censored run: it may get there later). "Faster" is read from
+    this, "better" from the final value."""
+    return next((step for step, value in sorted(history) if value >= threshold), None)
 
 
 def collapse_steps(history: Sequence[tuple[int, float]], threshold: float) -> list[int]:

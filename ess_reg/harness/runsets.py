@@ -100,7 +100,8 @@ MEASURES: dict[str, Callable[[RunRecord], float | None]] = {
     "teacher utilization": lambda r: r.metrics.get("teacher/ess/util"),
 }
 ACCURACY = "valid/accuracy"
-HISTORIES = ("ess/util", "ess/per_kv")  # read in full: collapse during training, ESS at initialization
+# read in full: collapse during training, ESS at initialization, steps to an accuracy
+HISTORIES = ("ess/util", "ess/per_kv", "valid/accuracy")
 
 
 def load_runs(uri: str, *, experiment: str | None = None, parent: str | None = None,

@@ -27,7 +27,7 @@ from pathlib import Path
 from . import tracking
 from .runsets import (ACCURACY, MEASURES, STEPS, Group, RunRecord, describe_differences, budgets, differing, group_runs,
                       identity, labels, load_runs)
-from .comparison import collapse_summary, compare_to_baseline
+from .comparison import collapse_summary, compare_to_baseline, steps_to
 from .stats import (MIN_PAIRS, MIN_POINTS, CorrelationTest, accuracy_noise, bootstrap_interval, correlation_test, holm,
                     mean_spread, spearman)
 
@@ -260,6 +260,18 @@ def _collapse_lines(groups: list[Group]) -> list[str]:
     return lines + [""]
 
 
+SPEED_THRESHOLDS = (0.5, 0.9)  # "faster": the first evaluation at these accuracies
+
+
+def _speed_cell(group: Group, target: str, threshold: float) -> str:
+    """The median first step at ``threshold`` over the runs that reached it, and how many did
+    (runs that never did are censored: they are counted, not given a step)."""
+    steps = sorted(s for s in (steps_to(r.history.get(target) or [], threshold) for r in group.runs) if s is not None)
+    if not steps:
+        return f"- (0 of {len(group.runs)})"
+    return f"{steps[len(steps) // 2]} ({len(steps)} of {len(group.runs)})"
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -305,12 +317,14 @@ def write_report(records: Sequence[RunRecord], out_dir: str | os.PathLike, title
              f"({_seeds_sentence(groups)}).", ""]
     lines += [f"> **Note.** {w}" for w in warnings] + ([""] if warnings else [])
 
-    header = ["configuration", "seeds", "steps", target, *present, "verdicts"]
+    speeds = [t for t in SPEED_THRESHOLDS if target == ACCURACY and any(r.history.get(target) for r in records)]
+    header = ["configuration", "seeds", "steps", target, *(f"steps to {t:g}" for t in speeds), *present, "verdicts"]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for g in groups:
         verdicts = Counter(r.tags.get("verdict", "?") for r in g.runs)
         table.append("| " + " | ".join([g.label, str(len(g.runs)), str(g.steps),
                                         _cell(g.values(lambda r: r.metrics.get(target))),
+                                        *(_speed_cell(g, target, t) for t in speeds),
                                         *(_cell(g.values(MEASURES[m])) for m in present),
                                         ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()))]) + " |")
     lines += ["## Configurations (mean ± sample standard deviation over seeds)", "", *table, ""]
