@@ -49,7 +49,10 @@ def test_t_intervals_match_the_textbook():
 def test_unpaired_permutation_test_is_exact_on_small_tables():
     # 3 vs 3 completely separated: 2 of the C(6,3) = 20 splits are as extreme.
     assert unpaired_test([4, 5, 6], [1, 2, 3]).permutation_p == pytest.approx(2 / 20)
-    assert unpaired_test([0.5, 0.52, 0.51], [0.1, 0.12, 0.11, 0.13]).permutation_p == pytest.approx(2 / 35)
+    # 3 vs 4: of the C(7,3) = 35 splits only the observed one is as far from 0 (the mirror split,
+    # three small values against the rest, gives -0.305, not -0.395): p = 1 / 35
+    assert unpaired_test([0.5, 0.52, 0.51], [0.1, 0.12, 0.11, 0.13]).permutation_p == pytest.approx(1 / 35)
+    assert unpaired_test([0.9], [0.5, 0.6, 0.7, 0.8, 0.85]).permutation_p == pytest.approx(2 / 6)  # a group of one
     assert unpaired_test([1, 1], [1, 1]).permutation_p == 1.0
 
 

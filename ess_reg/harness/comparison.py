@@ -61,7 +61,8 @@ class Comparison:
         p = self.p if math.isnan(self.holm_p) else self.holm_p
         if p < alpha:
             return "higher" if self.difference > 0 else "lower"
-        floor = smallest_paired_p(self.n) if self.paired else 2 / math.comb(self.n + self.n_baseline, self.n)
+        floor = (smallest_paired_p(self.n) if self.paired  # the observed split and, for equal sizes, its mirror
+                 else (2 if self.n == self.n_baseline else 1) / math.comb(self.n + self.n_baseline, self.n))
         if floor >= alpha:
             return f"no clear difference: {self.n} pairs cannot reach p < {alpha:g}" if self.paired else \
                 f"no clear difference: {self.n} + {self.n_baseline} runs cannot reach p < {alpha:g}"

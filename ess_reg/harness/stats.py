@@ -10,10 +10,12 @@
   (:func:`correlation_test`);
 - Holm's step-down correction for a family of p-values (:func:`holm`).
 
-The tests and intervals come from scipy (``scipy.stats``: ``binomtest``, ``permutation_test``,
-``bootstrap``, the t distribution), a dependency of the ``train`` extra; the exact Spearman
-permutation and Holm's correction are a few lines here (scipy has no Holm, and statsmodels,
-which has, would be a large dependency for it).
+The binomial, t and normal distributions and the BCa bootstrap come from scipy (``binomtest``,
+``bootstrap``, ``scipy.stats.t``), a dependency of the ``train`` extra. The permutation tests
+are a few vectorized lines here: exact by enumeration where the table is small (every sign
+pattern, every split, every ordering), which scipy's ``permutation_test`` does not do for a
+group of one run; Holm's correction too (scipy has none, and statsmodels, which has, would be a
+large dependency for it).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import permutations
+from itertools import combinations, permutations
 
 import numpy as np
 import torch
@@ -131,12 +133,42 @@ def smallest_paired_p(n: int) -> float:
     return min(1.0, 2.0 / 2 ** n) if n > 0 else 1.0
 
 
-def _permutation_p(data: tuple, statistic, permutation_type: str, resamples: int, seed: int) -> float:
-    from scipy.stats import permutation_test
+def _two_sided(null: np.ndarray, observed: float) -> float:
+    """The share of a null distribution at least as far from 0 as ``observed`` (ties count;
+    a relative tolerance absorbs float rounding in sums of the same numbers in another order)."""
+    tolerance = 1e-12 * max(1.0, abs(observed))
+    return float((np.abs(null) >= abs(observed) - tolerance).mean())
 
-    result = permutation_test(data, statistic, permutation_type=permutation_type, vectorized=True,
-                              n_resamples=resamples, alternative="two-sided", rng=np.random.default_rng(seed))
-    return float(min(1.0, result.pvalue))
+
+def _sign_flip_p(d: np.ndarray, resamples: int, seed: int) -> tuple[float, bool]:
+    """Two-sided sign-flip test of the mean of ``d``: every sign pattern up to 2^16 of them (exact),
+    else ``resamples`` random ones ((hits + 1) / (resamples + 1))."""
+    n = len(d)
+    if n <= EXACT_SIGN_FLIPS:
+        patterns = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2 - 1
+        return _two_sided(patterns @ d, float(d.sum())), True
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(resamples, n))
+    hits = _two_sided(signs @ d, float(d.sum())) * resamples
+    return (hits + 1) / (resamples + 1), False
+
+
+def _two_sample_p(x: np.ndarray, y: np.ndarray, resamples: int, seed: int) -> tuple[float, bool]:
+    """Two-sided permutation test of mean(x) - mean(y): every split of the pooled values into
+    groups of their sizes when there are at most ``resamples`` (exact), else random splits."""
+    pooled, n = np.concatenate([x, y]), len(x)
+    observed = float(x.mean() - y.mean())
+    if math.comb(len(pooled), n) <= resamples:
+        member = np.zeros((math.comb(len(pooled), n), len(pooled)), dtype=bool)
+        for row, chosen in enumerate(combinations(range(len(pooled)), n)):
+            member[row, list(chosen)] = True
+        first = (member * pooled).sum(1) / n
+        second = (~member * pooled).sum(1) / (len(pooled) - n)
+        return _two_sided(first - second, observed), True
+    rng = np.random.default_rng(seed)
+    order = np.argsort(rng.random((resamples, len(pooled))), axis=1)
+    shuffled = pooled[order]
+    null = shuffled[:, :n].mean(1) - shuffled[:, n:].mean(1)
+    return (_two_sided(null, observed) * resamples + 1) / (resamples + 1), False
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
@@ -179,12 +211,7 @@ def paired_test(differences: Sequence[float], *, level: float = 0.95, resamples:
     if len(d) < 1:
         raise ValueError("paired_test needs at least one pair")
     higher, lower, ties, sign_p = sign_test(d)
-    exact = len(d) <= EXACT_SIGN_FLIPS
-    if not d.any():
-        perm_p = 1.0
-    else:
-        perm_p = _permutation_p((d,), lambda x, axis: np.mean(x, axis=axis), "samples",
-                                max(resamples, 2 ** len(d)) if exact else resamples, seed)
+    perm_p, exact = (1.0, len(d) <= EXACT_SIGN_FLIPS) if not d.any() else _sign_flip_p(d, resamples, seed)
     return PairedTest(len(d), float(d.mean()), higher, lower, ties, sign_p, perm_p, exact,
                       t_interval(d, level), level)
 
@@ -216,13 +243,10 @@ def unpaired_test(a: Sequence[float], b: Sequence[float], *, level: float = 0.95
     if len(x) < 1 or len(y) < 1:
         raise ValueError("unpaired_test needs at least one run on each side")
     diff = float(x.mean() - y.mean())
-    splits = math.comb(len(x) + len(y), len(x))
-    exact = splits <= resamples
-    if len(x) + len(y) < 3 or np.ptp(np.concatenate([x, y])) == 0:
-        p = 1.0
+    if np.ptp(np.concatenate([x, y])) == 0:
+        p, exact = 1.0, True
     else:
-        p = _permutation_p((x, y), lambda u, v, axis: np.mean(u, axis=axis) - np.mean(v, axis=axis),
-                           "independent", resamples, seed)
+        p, exact = _two_sample_p(x, y, resamples, seed)
     interval = (math.nan, math.nan)
     if len(x) >= 2 and len(y) >= 2:
         vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
