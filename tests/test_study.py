@@ -102,6 +102,21 @@ def test_configurations_are_the_full_config_and_labels_name_only_what_differs():
     assert labels([{"model": "gla", "seedless": "x"}]) == ["all runs"]
 
 
+def test_runs_under_a_stopping_rule_are_one_configuration_whatever_step_each_stopped_at(tmp_path):
+    from ess_reg.harness.study import budgets, group_runs, write_report
+
+    rule = {"trainer.max_steps": "2000", "trainer.stop.patience": "500", "trainer.stop.target": "None"}
+    records = [_record(f"s{s}", s, steps, rule) for s, steps in enumerate((600, 900, 1500))]
+    records.append(_record("f", 0, 600, {}))  # a fixed-budget run that ended at 600 is another configuration
+    groups = group_runs(records)
+    assert len(groups) == 2 and sorted(len(g.runs) for g in groups) == [1, 3]
+    ruled = next(g for g in groups if len(g.runs) == 3)
+    assert ruled.identity["steps"] == "<=2000 (trainer.stop)" and ruled.steps == 2000
+    assert sorted(budgets(groups)) == [600, 2000]
+    path, _ = write_report(records, tmp_path, "t", resamples=200)
+    assert "| 900 (median; trainer.stop, cap 2000) |" in path.read_text()
+
+
 def test_the_baseline_is_found_whatever_the_runs_are_named(tmp_path):
     from ess_reg.harness.study import write_report
 
@@ -124,6 +139,36 @@ def test_the_baseline_is_found_whatever_the_runs_are_named(tmp_path):
     assert "**" not in text  # nothing in bold: the reading says what holds
     assert "2 configurations with 8 seeds" in text and "[(" not in text
     assert "| steps to 0.5 | steps to 0.9 |" in text and "| 100 (8 of 8) | - (0 of 8) |" in text  # faster vs better
+
+
+def test_rescued_and_lost_seeds_and_steps_saved_are_counted_pair_by_pair(tmp_path):
+    from ess_reg.harness.comparison import compare_reaching
+    from ess_reg.harness.study import group_runs, write_report
+
+    # Ten seeds. Without the penalty seeds 0-5 never reach 0.25; with it seeds 0-3 do (rescued),
+    # seed 9 does not (lost); seeds 6-8 reach it with both, 100 steps sooner with the penalty.
+    def curve(at):  # chance until step `at`, then 0.6
+        return [(0, 0.03)] + [(s, 0.6 if at is not None and s >= at else 0.03) for s in range(100, 1001, 100)]
+
+    records = []
+    for s in range(10):
+        none = _record(f"n{s}", s, 1000, {})
+        pen = _record(f"p{s}", s, 1000, {"penalty._target_": "ess_reg.penalty.ESSPenalty"}, {"penalty": "ess_max"})
+        none.history["valid/accuracy"] = curve(None if s < 6 else 600)
+        pen.history["valid/accuracy"] = curve(800 if s < 4 else None if s in (4, 5, 9) else 500)
+        records += [none, pen]
+    groups = group_runs(records)
+    (c,) = compare_reaching(groups, lambda g: g.identity.get("penalty") == "none", lambda g: (),
+                            lambda r: r.history["valid/accuracy"], 0.25, pair=lambda r: r.params["seed"])
+    assert (c.pairs, c.reached, c.baseline_reached, c.failing) == (10, 7, 4, 6)
+    assert (c.rescued, c.lost) == (4, 1) and c.p == pytest.approx(0.375)  # exact McNemar: 2 * P(X <= 1), X ~ B(5, 1/2)
+    assert (c.faster, c.slower, c.median_saved) == (3, 0, 100) and c.speed_p == pytest.approx(0.25)
+    lo, hi = c.rescue_interval
+    assert lo == pytest.approx(0.2228, abs=1e-4) and hi == pytest.approx(0.9567, abs=1e-4)  # 4 of 6, Clopper-Pearson
+    path, _ = write_report(records, tmp_path, "t", baseline="penalty=none", resamples=200, thresholds=(0.25,))
+    row = next(line for line in path.read_text().split("### Accuracy 0.25")[1].splitlines()
+               if line.startswith("| penalty=ess_max |"))
+    assert row == "| penalty=ess_max | 10 | 7 | 4 | 4 of 6 | 0.67 [0.22, 0.96] | 1 of 4 | 0.375 | 0.375 | 3 / 0 | +100 | 0.250 |"
 
 
 def test_steps_to_a_threshold_are_read_from_a_known_curve():
@@ -229,3 +274,5 @@ def test_ess_report_compares_with_a_baseline_and_takes_another_target(study, cap
     assert "--target valid/nope: no run logged it" in capsys.readouterr().err
     assert report_main(["--experiment", "study", "--tracking-uri", study["uri"], "--baseline", "penalty"]) == 2
     assert "--baseline must be KEY=VALUE" in capsys.readouterr().err
+    assert report_main(["--experiment", "study", "--tracking-uri", study["uri"], "--thresholds", "0.5,90"]) == 2
+    assert "--thresholds: 90 is not an accuracy in (0, 1]" in capsys.readouterr().err

@@ -241,6 +241,29 @@ def test_the_constraint_penalty_keeps_its_multiplier_across_a_resume(store, tiny
     assert after[8] > saved  # it went on from the saved multiplier, not from 0
 
 
+def test_a_stopping_rule_ends_the_run_where_it_converged_and_a_resume_keeps_its_curve(store, tiny):
+    # min_delta 1 is a gain no accuracy can make: the patience of 3 steps runs out at the
+    # evaluation of step 3 (counted from step 0), with the budget of 30 steps far away.
+    stopped = run(compose_config(tiny("trainer.max_steps=30", "trainer.stop.patience=3", "trainer.stop.min_delta=1.0")))
+    assert stopped.steps == 3 and "no gain of 1 in accuracy for 3 steps" in stopped.stopped
+    client = MlflowClient(store["uri"])
+    assert metric_steps(client, stopped.run_id, "valid/accuracy") == [0, 3]
+    assert metric_steps(client, stopped.run_id, "train/loss") == [2, 3]  # the loss where it ended
+    tags = client.get_run(stopped.run_id).data.tags
+    assert tags["stopped"].startswith("step 3: no gain of 1")
+    saved = torch.load(stopped.checkpoint, weights_only=True)
+    assert saved["step"] == 3 and [s for s, _ in saved["accuracy_curve"]] == [0, 3]
+    # Resumed, the rule reads the whole curve (steps 0, 3 and 6), not only what follows the resume.
+    where = [f"tracking.uri={store['uri']}", f"tracking.artifact_location={store['artifacts']}",
+             f"trainer.checkpoint_dir={store['dir']}/ckpt", "trainer.progress=false"]
+    resumed = run(compose_config([*where, f"trainer.resume={stopped.run_id}"]))
+    assert resumed.resumed_from == 3 and resumed.steps == 6 and "for 6 steps" in resumed.stopped
+    # Without a rule the same run goes to its budget, and says so.
+    full = run(compose_config(tiny("trainer.max_steps=6", "seed=1")))
+    assert full.steps == 6 and full.stopped is None
+    assert client.get_run(full.run_id).data.tags["stopped"] == "step 6: the budget (trainer.max_steps)"
+
+
 def test_resume_with_a_changed_key_is_refused_and_writes_nothing(store, tiny):
     first = run(compose_config(tiny()))
     before = store_contents(store)

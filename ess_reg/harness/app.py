@@ -136,7 +136,8 @@ def _run(plan: Plan, distributed: Distributed) -> FitResult:
         return result
     log.info("\n%s", format_report(result.reports, result.verdict, probe.thresholds))
     if result.accuracy is not None:
-        log.info("\nvalid accuracy %.3f after %d steps", result.accuracy, result.steps)
+        log.info("\nvalid accuracy %.3f after %d steps%s", result.accuracy, result.steps,
+                 f" (trainer.stop: {result.stopped})" if result.stopped else "")
     log.info("%s", tracking.where_to_look(t["uri"], tracker.experiment_id, run_id=tracker.run_id))
     return result
 

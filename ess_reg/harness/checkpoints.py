@@ -34,16 +34,19 @@ def checkpoint_path(root: str | os.PathLike, run_id: str) -> Path:
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
-                    run_id: str | None, config: Mapping | None, penalty: Mapping | None = None) -> None:
+                    run_id: str | None, config: Mapping | None, penalty: Mapping | None = None,
+                    accuracy_curve: list | None = None) -> None:
     """Write what a resume needs (weights, optimizer state, step, RNG state, run id, config, and
-    the penalty's state, a constraint's multiplier, when it has one) to ``path``, atomically: a
+    the penalty's state, a constraint's multiplier, when it has one; the validation accuracies so
+    far, for ``trainer.stop``) to ``path``, atomically: a
     crash never leaves half a checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "rng": torch.get_rng_state(), "run_id": run_id, "config": dict(config or {}),
-                **({"penalty": dict(penalty)} if penalty else {})}, tmp)
+                **({"penalty": dict(penalty)} if penalty else {}),
+                **({"accuracy_curve": [list(p) for p in accuracy_curve]} if accuracy_curve else {})}, tmp)
     tmp.replace(path)
 
 

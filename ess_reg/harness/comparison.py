@@ -3,6 +3,8 @@
 - does a treatment (a penalty, an init search, a teacher) move the target against its baseline
   run under the same other settings? (:func:`compare_to_baseline`: paired by seed where it can
   be, exact tests, Holm-corrected over the comparisons of one report);
+- which seeds does it bring to an accuracy that the baseline never reached, and how much sooner
+  where both got there? (:func:`compare_reaching`: rescue and speed, paired by seed);
 - when in training does a run's state collapse? (:func:`collapse_steps`: the evaluations at which
   its ESS/reach sat at or below the collapse threshold).
 """
@@ -10,12 +12,14 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .stats import PairedTest, UnpairedTest, holm, paired_test, smallest_paired_p, unpaired_test
+from .stats import (PairedTest, UnpairedTest, holm, paired_test, proportion_interval, sign_test, smallest_paired_p,
+                    unpaired_test)
 
-__all__ = ["Comparison", "compare_to_baseline", "steps_to", "collapse_steps", "Collapse", "collapse_summary"]
+__all__ = ["Comparison", "compare_to_baseline", "Reaching", "compare_reaching", "steps_to", "collapse_steps", "Collapse", "collapse_summary"]
 
 
 @dataclass
@@ -82,13 +86,7 @@ def compare_to_baseline(groups: Sequence, is_baseline: Callable[[object], bool],
     and the batches of a seed) from the noise; otherwise as two independent samples
     (:func:`~ess_reg.harness.stats.unpaired_test`). The permutation p-values are Holm-corrected
     over the comparisons returned: one family."""
-    baselines = {}
-    for g in groups:
-        if is_baseline(g):
-            if stratum(g) in baselines:
-                raise ValueError(f"two baseline groups with the same other settings: {baselines[stratum(g)].label!r} "
-                                 f"and {g.label!r}")
-            baselines[stratum(g)] = g
+    baselines = _baselines(groups, is_baseline, stratum)
     out = []
     for g in groups:
         base = baselines.get(stratum(g))
@@ -107,6 +105,79 @@ def compare_to_baseline(groups: Sequence, is_baseline: Callable[[object], bool],
         else:
             test = unpaired_test([v for _, v in a], [v for _, v in b], resamples=resamples, seed=seed)
         out.append(Comparison(g.label, base.label, mean, base_mean, test))
+    for c, adjusted in zip(out, holm([c.p for c in out])):
+        c.holm_p = adjusted
+    return out
+
+
+def _baselines(groups: Sequence, is_baseline: Callable[[object], bool], stratum: Callable[[object], tuple]) -> dict:
+    """The baseline group of each stratum (the same other settings); two in one stratum is an error."""
+    out = {}
+    for g in groups:
+        if is_baseline(g):
+            if stratum(g) in out:
+                raise ValueError(f"two baseline groups with the same other settings: {out[stratum(g)].label!r} "
+                                 f"and {g.label!r}")
+            out[stratum(g)] = g
+    return out
+
+
+@dataclass
+class Reaching:
+    """A treated group against its baseline at one accuracy threshold, seed by seed: which seeds
+    got there within the run (the rescue question) and how much sooner (the speed question)."""
+
+    label: str
+    baseline: str
+    threshold: float
+    pairs: int
+    reached: int            # treated seeds that got to the threshold
+    baseline_reached: int
+    rescued: int            # of the seeds the baseline never brought there, how many the treatment did
+    lost: int               # of the seeds the baseline brought there, how many the treatment did not
+    p: float                # exact McNemar test: the sign test on rescued against lost
+    faster: int             # pairs where both got there: treated first / baseline first
+    slower: int
+    median_saved: float | None  # median of (baseline step - treated step) over those pairs
+    speed_p: float          # exact sign test on those pairs
+    holm_p: float = math.nan
+
+    @property
+    def failing(self) -> int:
+        return self.pairs - self.baseline_reached
+
+    @property
+    def rescue_interval(self) -> tuple[float, float] | None:
+        """Exact 95% interval of the rescue rate (rescued of failing); None without failing seeds."""
+        return proportion_interval(self.rescued, self.failing) if self.failing else None
+
+
+def compare_reaching(groups: Sequence, is_baseline: Callable[[object], bool], stratum: Callable[[object], tuple],
+                     history: Callable[[object], Sequence[tuple[int, float]]], threshold: float,
+                     pair: Callable[[object], object]) -> list[Reaching]:
+    """Each group run on the same seeds as its baseline (``pair(run)``), at ``threshold``: seeds
+    rescued and lost (exact McNemar p, Holm-corrected over the list) and steps saved where both
+    got there. A run that never got there is censored at its end: counted, never given a step.
+    Groups that do not share their baseline's seeds are left out (a rescue is a per-seed claim)."""
+    baselines = _baselines(groups, is_baseline, stratum)
+    out = []
+    for g in groups:
+        base = baselines.get(stratum(g))
+        if base is None or base is g:
+            continue
+        treated = {str(pair(r)): steps_to(history(r) or [], threshold) for r in g.runs}
+        control = {str(pair(r)): steps_to(history(r) or [], threshold) for r in base.runs}
+        if len(treated) != len(g.runs) or len(control) != len(base.runs) or set(treated) != set(control):
+            continue
+        both = [(control[k], treated[k]) for k in treated if treated[k] is not None and control[k] is not None]
+        rescued = sum(treated[k] is not None and control[k] is None for k in treated)
+        lost = sum(treated[k] is None and control[k] is not None for k in treated)
+        saved = sorted(b - t for b, t in both)
+        faster, slower, _, speed_p = sign_test(saved) if saved else (0, 0, 0, 1.0)
+        p = sign_test([1.0] * rescued + [-1.0] * lost)[3] if rescued + lost else 1.0
+        out.append(Reaching(g.label, base.label, threshold, len(treated),
+                            sum(v is not None for v in treated.values()), sum(v is not None for v in control.values()),
+                            rescued, lost, p, faster, slower, statistics.median(saved) if saved else None, speed_p))
     for c, adjusted in zip(out, holm([c.p for c in out])):
         c.holm_p = adjusted
     return out

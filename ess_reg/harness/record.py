@@ -81,7 +81,10 @@ def record_end(tracker: tracking.Tracker, plan: Plan, result: FitResult, final_f
     tracker.set_tags({"verdict": verdict.mode, "verdict.reason": verdict.reason,
                       "layers": ", ".join(f"{k}={name}" for name, k in keys.items()),
                       **{f"state.{keys[name]}": use for name, use in verdict.layers.items()},
-                      "mlflow.note.content": f"**{verdict.mode}**: {verdict.reason}"})
+                      "mlflow.note.content": f"**{verdict.mode}**: {verdict.reason}",
+                      # where the run ended: trainer.stop's reason, or its budget
+                      "stopped": (f"step {result.steps}: {result.stopped}" if result.stopped
+                                  else f"step {result.steps}: the budget (trainer.max_steps)")})
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "config.yaml"
         config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(plan.config)))

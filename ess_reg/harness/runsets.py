@@ -54,6 +54,21 @@ class RunRecord:
         return int(budget) if budget not in (None, "None") else None
 
     @property
+    def stops_by_rule(self) -> bool:
+        """Whether ``trainer.stop`` could end the run before its budget (then its runs are
+        compared at the rule and the cap, whatever step each reached)."""
+        return any(self.params.get(f"trainer.stop.{k}") not in (None, "None") for k in ("target", "patience"))
+
+    @property
+    def budget(self) -> int | None:
+        """What runs must share to be compared: the step reached, or under a stopping rule the cap
+        (``trainer.max_steps``) the rule ran under."""
+        if self.stops_by_rule:
+            cap = self.params.get("trainer.max_steps")
+            return int(cap) if cap not in (None, "None") else None
+        return self.steps
+
+    @property
     def config_key(self) -> tuple:
         return tuple(sorted(identity(self).items()))
 
@@ -76,10 +91,11 @@ class RunRecord:
 
 def identity(record: RunRecord) -> dict[str, str]:
     """What makes a run's configuration: every param but the seed, the logging keys and the
-    asked budget; the chosen option of each config group; and the step it reached."""
+    asked budget; the chosen option of each config group; and the step it reached (under a
+    stopping rule, the rule's cap: each run stops where it converged)."""
     out = {k: v for k, v in record.params.items() if not k.startswith(NOT_CONFIG)}
     out.update({g: record.tags[g] for g in CHOICES if g in record.tags})
-    out[STEPS] = str(record.steps)
+    out[STEPS] = f"<={record.budget} (trainer.stop)" if record.stops_by_rule else str(record.steps)
     return out
 
 
@@ -144,7 +160,8 @@ class Group:
 
     @property
     def steps(self) -> int | None:
-        return self.runs[0].steps
+        """The budget the group's runs share (:attr:`RunRecord.budget`)."""
+        return self.runs[0].budget
 
 
 def _natural(label: str) -> list:
@@ -219,7 +236,8 @@ def describe_differences(diff: dict[str, list[str]]) -> str:
 
 
 def budgets(groups: Sequence[Group]) -> dict[int | None, list[Group]]:
-    """The groups by the steps their runs reached: runs of different budgets are never pooled."""
+    """The groups by the steps their runs reached (or the cap of their stopping rule): runs of
+    different budgets are never pooled."""
     out: dict[int | None, list[Group]] = {}
     for g in groups:
         out.setdefault(g.steps, []).append(g)

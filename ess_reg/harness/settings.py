@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
+
+from .stopping import StopRule
 
 __all__ = ["TrainerSettings", "resolve_device", "resolve_threads"]
 
@@ -24,8 +27,18 @@ class TrainerSettings:
     grad_clip: float | None = 1.0
     threads: int | str = "auto"
     progress: bool = True
+    stop: StopRule = field(default_factory=StopRule)  # or its keys as a mapping (the config's trainer.stop)
 
     def __post_init__(self):
+        if isinstance(self.stop, Mapping):
+            unknown = set(self.stop) - {"target", "patience", "min_delta"}
+            if unknown:
+                raise ValueError(f"trainer.stop has no key {sorted(unknown)[0]!r}; it takes target, patience, min_delta")
+            self.stop = StopRule(**self.stop)
+        elif self.stop is None:
+            self.stop = StopRule()
+        elif not isinstance(self.stop, StopRule):
+            raise ValueError(f"trainer.stop must be a mapping (target, patience, min_delta), got {self.stop!r}")
         for name in ("max_steps", "batch_size", "eval_every", "eval_examples", "log_every", "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

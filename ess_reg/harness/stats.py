@@ -30,7 +30,8 @@ import torch
 
 __all__ = ["ranks", "pearson", "spearman", "bootstrap_interval", "mean_spread", "MIN_PAIRS", "MIN_POINTS",
            "PairedTest", "paired_test", "UnpairedTest", "unpaired_test", "sign_test", "t_interval", "holm",
-           "CorrelationTest", "correlation_test", "spearman_permutation_p", "smallest_paired_p", "accuracy_noise"]
+           "CorrelationTest", "correlation_test", "spearman_permutation_p", "smallest_paired_p", "accuracy_noise",
+           "proportion_interval"]
 
 MIN_PAIRS = 8    # below: an interval of a mean difference is printed as unreliable
 MIN_POINTS = 5   # below: no correlation is reported (4 points: an exact p-value can't go below 0.083)
@@ -380,3 +381,14 @@ def accuracy_noise(accuracy: float, answers: int, level: float = 0.95) -> float:
         raise ValueError(f"answers must be a positive count, got {answers}")
     p = min(max(accuracy, 1 / answers), 1 - 1 / answers)
     return float(norm.ppf(0.5 + level / 2)) * math.sqrt(2 * p * (1 - p) / answers)
+
+
+def proportion_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a rate seen as ``successes`` of ``trials``: 0 of 5
+    is [0, 0.52], not "never"."""
+    from scipy.stats import binomtest
+
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
+    ci = binomtest(successes, trials).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)

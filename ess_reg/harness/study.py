@@ -18,6 +18,7 @@ import argparse
 import logging
 import math
 import os
+import statistics
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ from pathlib import Path
 from . import tracking
 from .runsets import (ACCURACY, MEASURES, STEPS, Group, RunRecord, describe_differences, budgets, differing, group_runs,
                       identity, labels, load_runs)
-from .comparison import collapse_summary, compare_to_baseline, steps_to
+from .comparison import collapse_summary, compare_reaching, compare_to_baseline, steps_to
 from .stats import (MIN_PAIRS, MIN_POINTS, CorrelationTest, accuracy_noise, bootstrap_interval, correlation_test, holm,
                     mean_spread, spearman)
 
@@ -242,6 +243,39 @@ def _comparison_lines(groups: list[Group], baseline: str, target: str, resamples
     return lines + [""]
 
 
+def _reaching_lines(groups: list[Group], baseline: str, target: str, thresholds: Sequence[float]) -> list[str]:
+    is_baseline, stratum = _baseline_rule(baseline)
+    found = [c for t in thresholds for c in compare_reaching(groups, is_baseline, stratum,
+                                                             lambda r: r.history.get(target), t,
+                                                             pair=lambda r: r.params.get("seed"))]
+    if not found:
+        return []
+    lines = [f"## Reaching an accuracy, seed by seed (against {baseline})", "",
+             f"At each threshold, paired by seed: how many seeds got there at some evaluation within the run; "
+             f"rescued: of the seeds the {baseline} run never brought there, how many this configuration did (with "
+             "the exact 95% Clopper-Pearson interval of that rate); lost: the reverse. The p-value is the exact "
+             "McNemar test (rescued against lost), Holm-corrected over each threshold's rows. Steps saved: the "
+             f"median of ({baseline} step - this step) over the seeds where both got there, with the exact sign "
+             "test of faster against slower. A run that never got there is counted, never given a step.", ""]
+    for t in thresholds:
+        rows = [c for c in found if c.threshold == t]
+        if not rows:
+            continue
+        lines += [f"### Accuracy {t:g}", "",
+                  "| configuration | pairs | reached | baseline reached | rescued | rescue rate (95%) | lost | "
+                  "McNemar p | Holm p | faster / slower | median steps saved | sign p |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c in rows:
+            ci = c.rescue_interval
+            rate = "-" if ci is None else f"{c.rescued / c.failing:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+            saved = "-" if c.median_saved is None else f"{c.median_saved:+g}"
+            lines.append(f"| {c.label} | {c.pairs} | {c.reached} | {c.baseline_reached} | {c.rescued} of "
+                         f"{c.failing} | {rate} | {c.lost} of {c.baseline_reached} | {_p(c.p)} | {_p(c.holm_p)} | "
+                         f"{c.faster} / {c.slower} | {saved} | {_p(c.speed_p)} |")
+        lines.append("")
+    return lines
+
+
 def _collapse_lines(groups: list[Group]) -> list[str]:
     lines = ["## Collapse during training", "",
              "Runs whose ESS/reach fell to the collapse threshold (`probe.collapse`) at some evaluation after "
@@ -261,6 +295,15 @@ def _collapse_lines(groups: list[Group]) -> list[str]:
 
 
 SPEED_THRESHOLDS = (0.5, 0.9)  # "faster": the first evaluation at these accuracies
+
+
+def _steps_cell(group) -> str:
+    """The budget, or under a stopping rule the median step at which the runs stopped and the cap."""
+    if not group.runs[0].stops_by_rule:
+        return str(group.steps)
+    reached = sorted(r.steps for r in group.runs if r.steps is not None)
+    median = statistics.median(reached) if reached else None
+    return f"{median:g} (median; trainer.stop, cap {group.steps})" if median is not None else "-"
 
 
 def _speed_cell(group: Group, target: str, threshold: float) -> str:
@@ -300,13 +343,15 @@ def warnings_for(groups: Sequence[Group]) -> list[str]:
 
 
 def write_report(records: Sequence[RunRecord], out_dir: str | os.PathLike, title: str, *,
-                 target: str = ACCURACY, baseline: str | None = None, resamples: int = 2000) -> tuple[Path, str]:
+                 target: str = ACCURACY, baseline: str | None = None, resamples: int = 2000,
+                 thresholds: Sequence[float] = SPEED_THRESHOLDS) -> tuple[Path, str]:
     """Write ``report.md`` (and its plots) into ``out_dir``; returns its path and the text for the
     terminal (the warnings and the configurations' table).
 
     ``target`` is the metric the measures are set against (``valid/accuracy``; a distillation
     study: ``valid/distill_kl``); ``baseline`` (``KEY=VALUE``, e.g. ``penalty=none``) adds each
-    configuration's comparison with its baseline."""
+    configuration's comparison with its baseline, and at each of ``thresholds`` (accuracies) the
+    seeds it brought there that the baseline did not, and how much sooner."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     groups = group_runs(records)
@@ -317,12 +362,12 @@ def write_report(records: Sequence[RunRecord], out_dir: str | os.PathLike, title
              f"({_seeds_sentence(groups)}).", ""]
     lines += [f"> **Note.** {w}" for w in warnings] + ([""] if warnings else [])
 
-    speeds = [t for t in SPEED_THRESHOLDS if target == ACCURACY and any(r.history.get(target) for r in records)]
+    speeds = [t for t in thresholds if target == ACCURACY and any(r.history.get(target) for r in records)]
     header = ["configuration", "seeds", "steps", target, *(f"steps to {t:g}" for t in speeds), *present, "verdicts"]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for g in groups:
         verdicts = Counter(r.tags.get("verdict", "?") for r in g.runs)
-        table.append("| " + " | ".join([g.label, str(len(g.runs)), str(g.steps),
+        table.append("| " + " | ".join([g.label, str(len(g.runs)), _steps_cell(g),
                                         _cell(g.values(lambda r: r.metrics.get(target))),
                                         *(_speed_cell(g, target, t) for t in speeds),
                                         *(_cell(g.values(MEASURES[m])) for m in present),
@@ -330,6 +375,8 @@ def write_report(records: Sequence[RunRecord], out_dir: str | os.PathLike, title
     lines += ["## Configurations (mean ± sample standard deviation over seeds)", "", *table, ""]
     if baseline:
         lines += _comparison_lines(groups, baseline, target, resamples)
+        if speeds:
+            lines += _reaching_lines(groups, baseline, target, speeds)
 
     corr = correlations(records, present, target=target, resamples=resamples)
     made = sum(c.test.refused is None for c in corr)
@@ -385,6 +432,17 @@ def write_report(records: Sequence[RunRecord], out_dir: str | os.PathLike, title
     return path, terminal
 
 
+def _thresholds(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--thresholds takes accuracies separated by commas, got {text!r}") from None
+    bad = [v for v in values if not 0 < v <= 1]
+    if bad:
+        raise ValueError(f"--thresholds: {bad[0]:g} is not an accuracy in (0, 1]")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ess-report",
@@ -400,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default=ACCURACY,
                         help=f"the metric the measures are set against (default {ACCURACY}; a distillation "
                              "study: valid/distill_kl)")
+    parser.add_argument("--thresholds", default=",".join(f"{t:g}" for t in SPEED_THRESHOLDS), metavar="A,B",
+                        help="accuracies for the steps-to columns and, with --baseline, the seed-by-seed rescue and "
+                             "speed tables (default %(default)s)")
     parser.add_argument("--baseline", default=None, metavar="KEY=VALUE",
                         help="compare each configuration with the baseline runs under the same other settings, "
                              "e.g. penalty=none")
@@ -414,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"no store at {uri}")
         if args.baseline:
             _baseline_rule(args.baseline)  # a malformed spec fails before the store is read
+        thresholds = _thresholds(args.thresholds)
         records = load_runs(uri, experiment=args.experiment, parent=args.parent)
         if not records:
             raise ValueError("no finished runs to report on")
@@ -426,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.experiment or f"sweep-{args.parent[:8]}"
     out = Path(args.out or Path("runs") / "reports" / name)
     path, table = write_report(records, out, f"ess-report: {name}", target=args.target, baseline=args.baseline,
-                               resamples=args.resamples)
+                               resamples=args.resamples, thresholds=thresholds)
     if args.parent:
         tracker = tracking.Tracker.attach(uri, args.parent)
         for file in sorted(out.iterdir()):

@@ -41,11 +41,12 @@ class FitResult:
     reports: dict[str, LayerReport]
     verdict: Verdict | None  # None on the processes other than 0 of a torchrun launch
     checkpoint: Path
-    steps: int
+    steps: int  # the step the run reached: max_steps, or where trainer.stop ended it
     resumed_from: int
     model: nn.Module
     run_id: str | None = None
     config: dict | None = None
+    stopped: str | None = None  # why trainer.stop ended the run before max_steps, or None
 
     @property
     def accuracy(self) -> float | None:
@@ -171,6 +172,9 @@ def fit(
         torch.set_rng_state(resume_state["rng"])
         if regularizer is not None and resume_state.get("penalty"):
             regularizer.load_penalty_state(resume_state["penalty"])
+    # (step, valid/accuracy) at each evaluation, for trainer.stop; a resumed run keeps its own
+    accuracy_curve: list[tuple[int, float]] = [tuple(p) for p in (resume_state or {}).get("accuracy_curve", [])]
+    stopped: list[str] = []  # trainer.stop's reason, once it ends the run
     test = task.test_set(trainer.eval_examples, seed=seed)
     test_inputs, test_labels = test.inputs.to(device), test.labels.to(device)
     probe.to(device)
@@ -186,7 +190,8 @@ def fit(
         if not main:
             return
         save_checkpoint(checkpoint_path, model, optimizer, step, tracker.run_id, config,
-                        penalty=regularizer.penalty_state() if regularizer is not None else None)
+                        penalty=regularizer.penalty_state() if regularizer is not None else None,
+                        accuracy_curve=accuracy_curve)
         if on_checkpoint is not None:
             on_checkpoint(step)
 
@@ -203,6 +208,8 @@ def fit(
         metrics["time/ess_probe_s"] = time.perf_counter() - start
         metrics.update(evaluation_metrics(reports))
         tracker.log_metrics(metrics, step)
+        if "valid/accuracy" in metrics:
+            accuracy_curve.append((step, metrics["valid/accuracy"]))
         if on_evaluate is not None:
             on_evaluate(step, reports, metrics)
         model.train()
@@ -279,14 +286,28 @@ def fit(
         if step % trainer.log_every == 0 or step == trainer.max_steps:
             tracker.log_metrics({k: v for k, v in last.items() if k.startswith(("train/", "penalty/"))}, step)
             loss_curve.append((step, last["train/loss"]))
-        if step % trainer.eval_every == 0 or step == trainer.max_steps:
+        last_step = step == trainer.max_steps
+        if step % trainer.eval_every == 0 or last_step:
             reports = evaluate_and_log(step)
-        if step % trainer.checkpoint_every == 0 or step == trainer.max_steps:
+            if not last_step and trainer.stop.active:
+                reason = distributed.broadcast(trainer.stop.reason(accuracy_curve) if main else None)
+                if reason:  # converged: end here as at the last step, every process together
+                    stopped.append(reason)
+                    last_step = True
+        if stopped and step % trainer.log_every:  # stopped between two log steps: the loss where it ended
+            tracker.log_metrics({k: v for k, v in last.items() if k.startswith(("train/", "penalty/"))}, step)
+            loss_curve.append((step, last["train/loss"]))
+        if step % trainer.checkpoint_every == 0 or last_step:
             checkpoint(step)
-        if step % trainer.log_every == 0 or step == trainer.max_steps:
+        if step % trainer.log_every == 0 or last_step:
             progress(step)
+        if stopped:
+            log.info("trainer.stop at step %d: %s", step, stopped[0])
+            break
+    else:
+        step = trainer.max_steps
     if not reports and main:  # resumed at the end: nothing was trained, measure once
         reports = evaluate_and_log(trainer.max_steps)
     verdict = diagnose(reports, last.get("valid/accuracy"), probe.thresholds, loss_curve=loss_curve) if main else None
     return FitResult(metrics=dict(last), reports=reports, verdict=verdict, checkpoint=checkpoint_path,
-                     steps=trainer.max_steps, resumed_from=start_step, model=model)
+                     steps=step, resumed_from=start_step, model=model, stopped=stopped[0] if stopped else None)
