@@ -96,6 +96,23 @@ def head_dim(d_model: int, num_heads: int) -> int:
     return d_model // num_heads
 
 
+def top_coordinates(scores: torch.Tensor, size: int) -> torch.Tensor:
+    """The ``size`` highest-scoring state coordinates of each row of ``scores`` ``(C, N)``, in
+    their original order: ``(C, size)``."""
+    return scores.topk(size, dim=-1).indices.sort(dim=-1).values
+
+
+def keep_rows(layer: nn.Linear, rows: torch.Tensor, scale: float = 1.0) -> nn.Linear:
+    """A new ``nn.Linear`` with only ``rows`` of ``layer``'s outputs (weights times ``scale``)."""
+    out = nn.Linear(layer.in_features, len(rows), bias=layer.bias is not None,
+                    device=layer.weight.device, dtype=layer.weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(layer.weight[rows] * scale)
+        if layer.bias is not None:
+            out.bias.copy_(layer.bias[rows] * scale)
+    return out
+
+
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """``(B, L, H * d) -> (B, H, L, d)``."""
     b, length, width = x.shape

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import RMSNorm, merge_heads
+from .base import RMSNorm, keep_rows, merge_heads
 from .la import LinearAttention
 
 
@@ -29,6 +29,9 @@ class GatedLinearAttention(LinearAttention):
     def log_decay(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         g = self.gate(x).view(x.shape[0], x.shape[1], self.num_heads, -1).transpose(1, 2)
         return F.logsigmoid(g) / self.gate_normalizer
+
+    def keep_features(self, kept: torch.Tensor, rows: torch.Tensor) -> None:
+        self.gate[1] = keep_rows(self.gate[1], rows)
 
     def readout(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.out(merge_heads(self.norm(y)) * F.silu(self.output_gate(x)))

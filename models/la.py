@@ -14,7 +14,7 @@ from torch import nn
 
 from ess_reg import StateSpaceOperator
 
-from .base import Mixer, MixerTrace, check_positive, head_dim, merge_heads, split_heads
+from .base import Mixer, MixerTrace, check_positive, head_dim, keep_rows, merge_heads, split_heads, top_coordinates
 
 FEATURE_MAPS = ("identity", "elu", "taylor")
 
@@ -107,3 +107,22 @@ class LinearAttention(Mixer):
 
     def state_size(self) -> int:
         return self.feature_size
+
+    def keep_state(self, scores: torch.Tensor, size: int) -> torch.Tensor:
+        """Keep the ``size`` best features of each head (``ess_reg.compression.StateCompressible``):
+        their rows of the query and key projections, and of what else is per feature."""
+        if self.feature_map == "taylor":
+            raise ValueError("the taylor feature map's features are products of its inputs: no subset of them is a "
+                             "smaller feature map, so this layer's state cannot be cut coordinate by coordinate")
+        kept = top_coordinates(scores, size)  # (H, size)
+        rows = (torch.arange(self.num_heads, device=kept.device)[:, None] * self.feature_size + kept).flatten()
+        # the identity map scales by feature_dim ** -0.25: the kept rows carry the old scale
+        scale = (size / self.feature_dim) ** 0.25 if self.feature_map == "identity" else 1.0
+        self.q, self.k = keep_rows(self.q, rows, scale), keep_rows(self.k, rows, scale)
+        self.keep_features(kept, rows)
+        self.feature_dim = size
+        return kept
+
+    def keep_features(self, kept: torch.Tensor, rows: torch.Tensor) -> None:
+        """Subclasses with per-feature parameters (decays, gates) keep theirs: ``kept`` ``(H, size)``
+        per head, ``rows`` the same as flat indices into ``H * feature_size``."""

@@ -15,7 +15,7 @@ from torch import nn
 from ess_reg import StateSpaceOperator
 from ess_reg.kernels import causal_fft_conv
 
-from .base import Mixer, MixerTrace, channels_first, channels_last, check_positive, log_uniform
+from .base import Mixer, MixerTrace, channels_first, channels_last, check_positive, log_uniform, top_coordinates
 from .s6 import init_log_neg_a
 
 
@@ -64,6 +64,17 @@ class DiagonalSSM(Mixer):
 
     def state_size(self) -> int:
         return self.d_state
+
+    def keep_state(self, scores: torch.Tensor, size: int) -> torch.Tensor:
+        """Keep the ``size`` best state coordinates of each channel
+        (``ess_reg.compression.StateCompressible``): their ``A``, ``B`` and ``C``. (Balanced
+        truncation would do better for this time-invariant system; dropping coordinates keeps
+        the diagonal form and is the same rule as for the input-dependent layers.)"""
+        kept = top_coordinates(scores, size)  # (D, size)
+        for name in ("A_log", "B", "C"):
+            setattr(self, name, nn.Parameter(getattr(self, name).detach().gather(1, kept)))
+        self.d_state = size
+        return kept
 
     @classmethod
     def state_kwargs(cls, state_size: int, **kwargs) -> dict:

@@ -19,7 +19,8 @@ from ess_reg.contract import capturing, hand_over
 from ess_reg.operators import DeferredOperator
 from ess_reg.kernels import selective_scan
 
-from .base import Mixer, MixerTrace, ShortConv, channels_first, channels_last, check_positive, inverse_softplus, log_uniform
+from .base import (Mixer, MixerTrace, ShortConv, channels_first, channels_last, check_positive, inverse_softplus,
+                   keep_rows, log_uniform, top_coordinates)
 
 A_INITS = ("s4d_real", "s4d_lin", "constant", "uniform")
 
@@ -113,6 +114,18 @@ class SelectiveSSM(Mixer):
 
     def state_size(self) -> int:
         return self.d_state
+
+    def keep_state(self, scores: torch.Tensor, size: int) -> torch.Tensor:
+        """Keep ``size`` state coordinates (``ess_reg.compression.StateCompressible``). ``B`` and
+        ``C`` are shared by every channel, so the coordinates are chosen by their scores summed
+        over the channels and kept in all of them: their ``A`` and their rows of ``x_proj``."""
+        kept = top_coordinates(scores.sum(0, keepdim=True), size)[0]  # (size,)
+        n, r = self.d_state, self.dt_rank
+        rows = torch.cat([torch.arange(r, device=kept.device), r + kept, r + n + kept])
+        self.x_proj = keep_rows(self.x_proj, rows)
+        self.A_log = nn.Parameter(self.A_log.detach()[:, kept])
+        self.d_state = size
+        return kept.expand(scores.shape[0], size)
 
     @classmethod
     def state_kwargs(cls, state_size: int, **kwargs) -> dict:

@@ -23,5 +23,8 @@ class WeightedLinearAttention(LinearAttention):
         forget = log_uniform((num_heads, self.feature_size), decay_min, decay_max)
         self.decay_logit = nn.Parameter(torch.log(1 - forget) - torch.log(forget))  # logit(a)
 
+    def keep_features(self, kept: torch.Tensor, rows: torch.Tensor) -> None:
+        self.decay_logit = nn.Parameter(self.decay_logit.detach().gather(1, kept))
+
     def log_decay(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         return F.logsigmoid(self.decay_logit)[None, :, None, :].to(x.dtype).expand(shape)
