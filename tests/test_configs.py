@@ -80,6 +80,12 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
                         1, None, teacher_plan.config)
         overrides.append(f"distill.teacher={tmp_path / 'teacher.pt'}")
         cfg = compose_config(overrides)
+    if OmegaConf.is_missing(cfg.init, "source"):  # a model to compress: a checkpoint of the same setup
+        source_plan = prepare(compose_config([*overrides, "init=default"]))
+        save_checkpoint(tmp_path / "source.pt", source_plan.model, torch.optim.SGD(source_plan.model.parameters()),
+                        1, None, source_plan.config)
+        overrides += [f"init.source={tmp_path / 'source.pt'}", "init.size=2"]
+        cfg = compose_config(overrides)
     plan = prepare(cfg)
     config = plan.config
     assert plan.choices[group] == option

@@ -264,6 +264,35 @@ def test_a_stopping_rule_ends_the_run_where_it_converged_and_a_resume_keeps_its_
     assert client.get_run(full.run_id).data.tags["stopped"] == "step 6: the budget (trainer.max_steps)"
 
 
+def test_a_run_can_start_from_a_trained_run_s_model_with_its_state_cut(store, tiny):
+    source = run(compose_config(tiny("task.num_kv_pairs=2")))
+    assert source.model.blocks[0].mixer.state_size() == 16
+    small = run(compose_config(tiny("task.num_kv_pairs=2", "init=compressed", f"init.source={source.run_id}",
+                                    "init.size=4", "trainer.max_steps=3")))
+    mixer = small.model.blocks[0].mixer
+    assert mixer.state_size() == 4 and small.config["model"]["state_size"] == 4
+    assert small.config["model"]["mixer_kwargs"]["feature_dim"] == 4
+    compressed = small.config["init"]["compressed"]
+    assert compressed["source"] == source.run_id and compressed["state_before"] == 16
+    assert 0 < compressed["energy_kept_min"] <= 1
+    client = MlflowClient(store["uri"])
+    params = client.get_run(small.run_id).data.params
+    assert params["init.compressed.size"] == "4" and params["model.state_size"] == "4"
+    assert metric_steps(client, small.run_id, "valid/accuracy") == [0, 3]  # step 0: compressed, not yet tuned
+    # The logged config rebuilds the compressed model: a resume by run id goes on from its weights.
+    where = [f"tracking.uri={store['uri']}", f"tracking.artifact_location={store['artifacts']}",
+             f"trainer.checkpoint_dir={store['dir']}/ckpt", "trainer.progress=false"]
+    longer = run(compose_config([*where, f"trainer.resume={small.run_id}", "trainer.max_steps=6"]))
+    assert longer.steps == 6 and longer.model.blocks[0].mixer.state_size() == 4
+    with pytest.raises(ConfigError, match="init.source=.* is a gla model; this run's model is s6: add model=gla"):
+        run(compose_config(tiny("model=s6", "init=compressed", f"init.source={source.run_id}", "init.size=4")))
+    with pytest.raises(ConfigError, match=r"size for layer .* must be an int in 1\.\.16"):
+        run(compose_config(tiny("task.num_kv_pairs=2", "init=compressed", f"init.source={source.run_id}",
+                                "init.size=17")))
+    with pytest.raises(ConfigError, match="init.size must be a positive int .* or ess, got 'half'"):
+        run(compose_config(tiny("init=compressed", f"init.source={source.run_id}", "init.size=half")))
+
+
 def test_resume_with_a_changed_key_is_refused_and_writes_nothing(store, tiny):
     first = run(compose_config(tiny()))
     before = store_contents(store)

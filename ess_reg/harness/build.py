@@ -182,6 +182,9 @@ def initial_model(config: Mapping, probe: RunProbe, on_candidate=None) -> tuple[
     """
     init = config.get("init") or {}
     chosen = init.get("chosen")
+    if init.get("compressed"):  # init=compressed, logged: the compressed architecture (weights: the checkpoint's)
+        torch.manual_seed(int(config["seed"]))
+        return build_model(config["model"]), dict(config), None
     if chosen:
         torch.manual_seed(int(chosen["seed"]))
         return build_model(config["model"]), dict(config), None

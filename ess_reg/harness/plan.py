@@ -123,7 +123,14 @@ def prepare(cfg: DictConfig) -> Plan:
         log.info("init search: candidate %s -> %s %.4f", cand, config["init"]["score"], score)
 
     try:
-        model, config, search = initial_model(config, probe, on_candidate=candidate)
+        init = config.get("init") or {}
+        if init.get("source") and not init.get("compressed"):  # init=compressed, before the cut
+            from .compress import compressed_start
+
+            model, config, _ = compressed_start(config, probe)
+            search = None
+        else:
+            model, config, search = initial_model(config, probe, on_candidate=candidate)
     except ConfigError:
         raise
     except ValueError as err:
