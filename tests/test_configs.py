@@ -269,8 +269,9 @@ def test_every_value_of_a_study_presets_sweep_composes_and_builds(preset, tmp_pa
         for value in str(values).split(","):
             overrides = [*outputs, f"experiment={preset}", f"{key}={value}"]
             cfg = compose_config(overrides)
-            if OmegaConf.is_missing(cfg.distill, "teacher"):
-                continue  # the distillation study: its teachers come from step 1 (checked with a teacher above)
+            if OmegaConf.is_missing(cfg.distill, "teacher") or OmegaConf.is_missing(cfg.init, "source"):
+                continue  # distillation and compression studies: their teachers and sources come from step 1
+                # (each option is checked with one above)
             cfg.trainer.max_steps = 1
             prepare(cfg)
 
