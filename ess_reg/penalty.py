@@ -28,6 +28,7 @@ search, so a penalty on ``"utilization"`` moves exactly the number the run repor
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -296,12 +297,17 @@ class ESSPenalty(_OperatorRegularizer):
         layers: names of the layers to use (default all ESS-capable layers).
         task: a task to read ``context_end`` / ``items_to_recall`` from.
         seed: seeds the random indices and channels.
+        per_layer: the objective acts on each layer's measure (one copy per layer: a constraint
+            gets a multiplier per layer), and the term is the mean over layers; default: on the
+            mean over layers. ``per_layer`` may also map layer names to objectives (a target or
+            a floor per layer); the layers it leaves out get ``objective``.
     """
 
     def __init__(self, model: nn.Module, objective="maximize", schedule=0.01, *,
                  measure: "str | Callable[[LayerReport], torch.Tensor]" = "utilization", indices="random",
                  kind: str = "entropy", ess_options: Mapping | None = None, budget: Budget | None = None,
-                 layers: Sequence[str] | None = None, task=None, seed: int = 0):
+                 layers: Sequence[str] | None = None, task=None, seed: int = 0,
+                 per_layer: bool | Mapping = False):
         if kind not in DIFFERENTIABLE_KINDS:
             raise ValueError(f"kind must be one of {DIFFERENTIABLE_KINDS} (differentiable), got {kind!r}")
         if isinstance(measure, str):
@@ -330,6 +336,20 @@ class ESSPenalty(_OperatorRegularizer):
             raise ValueError("indices='context_end' needs context_end (the index where the context ends): pass a task")
         super().__init__(probe, schedule)
         self.objective = _objective(objective)
+        # per_layer: {layer: objective}, each its own copy (a constraint's multiplier is per layer)
+        self.per_layer: dict | None = None
+        if per_layer is not False and per_layer is not None:
+            given = dict(per_layer) if isinstance(per_layer, Mapping) else {}
+            if not isinstance(per_layer, (bool, Mapping)):
+                raise ValueError(f"per_layer must be true, false or a mapping of layer names to objectives, "
+                                 f"got {per_layer!r}")
+            unknown = sorted(set(given) - set(probe.layers))
+            if unknown:
+                raise ValueError(f"per_layer names {unknown}, which are not layers of the term; they are "
+                                 f"{sorted(probe.layers)}")
+            if per_layer is True or given:
+                self.per_layer = {name: _objective(given[name]) if name in given else copy.deepcopy(self.objective)
+                                  for name in probe.layers}
         self.measure = measure_fn
         self.budget = budget
         self._measured = False
@@ -341,24 +361,42 @@ class ESSPenalty(_OperatorRegularizer):
             self.last = {"weight": 0.0}
             return torch.zeros(())
         reports = self.probe.reports()
-        value = torch.stack([self.measure(r) for r in reports.values()]).mean()
-        penalty = self.objective(value)
+        measured = {name: self.measure(r) for name, r in reports.items()}
+        value = torch.stack(list(measured.values())).mean()
+        if self.per_layer is None:
+            penalty = self.objective(value)
+        else:
+            penalty = torch.stack([self.per_layer[name](m) for name, m in measured.items()]).mean()
         self.last = {"measure": value.item(), "weight": weight, "value": penalty.item()}
-        if isinstance(self.objective, Constraint):
-            self.last.update(multiplier=self.objective.multiplier, violation=self.objective.last_violation)
+        constraints = self._constraints()
+        if constraints:
+            self.last.update(multiplier=sum(c.multiplier for c in constraints) / len(constraints),
+                             violation=sum(c.last_violation for c in constraints) / len(constraints))
             self._measured = True  # this step's violation is what after_step ascends on
         return weight * penalty.float()  # the reports' float64 bookkeeping stays out of the loss
 
+    def _constraints(self) -> list[Constraint]:
+        objectives = [self.objective] if self.per_layer is None else list(self.per_layer.values())
+        return [o for o in objectives if isinstance(o, Constraint)]
+
     def after_step(self) -> None:
-        if isinstance(self.objective, Constraint) and self._measured:
-            self.objective.step()
+        if self._measured:
+            for constraint in self._constraints():
+                constraint.step()
         self._measured = False
 
     def penalty_state(self) -> dict:
+        if self.per_layer is not None:
+            kept = {name: o.state_dict() for name, o in self.per_layer.items() if isinstance(o, Constraint)}
+            return {"per_layer": kept} if kept else {}
         return {"objective": self.objective.state_dict()} if isinstance(self.objective, Constraint) else {}
 
     def load_penalty_state(self, state: Mapping) -> None:
-        if isinstance(self.objective, Constraint) and state.get("objective"):
+        if self.per_layer is not None:
+            for name, saved in (state.get("per_layer") or {}).items():
+                if isinstance(self.per_layer.get(name), Constraint):
+                    self.per_layer[name].load_state_dict(saved)
+        elif isinstance(self.objective, Constraint) and state.get("objective"):
             self.objective.load_state_dict(state["objective"])
 
 

@@ -93,7 +93,9 @@ def identity(record: RunRecord) -> dict[str, str]:
     """What makes a run's configuration: every param but the seed, the logging keys and the
     asked budget; the chosen option of each config group; and the step it reached (under a
     stopping rule, the rule's cap: each run stops where it converged)."""
-    out = {k: v for k, v in record.params.items() if not k.startswith(NOT_CONFIG)}
+    # a null key counts as absent: runs logged before a key with a null default existed
+    # (trainer.stop.*, penalty.per_layer) are the same configuration as those after
+    out = {k: v for k, v in record.params.items() if not k.startswith(NOT_CONFIG) and v != "None"}
     out.update({g: record.tags[g] for g in CHOICES if g in record.tags})
     out[STEPS] = f"<={record.budget} (trainer.stop)" if record.stops_by_rule else str(record.steps)
     return out
