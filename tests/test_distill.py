@@ -75,9 +75,12 @@ def test_a_teacher_with_another_vocabulary_or_none_at_all_is_refused_before_the_
     with pytest.raises(ConfigError, match="distill.teacher=.*vocabulary is 128, the student's task has 256"):
         prepare(compose_config(tiny("distill=teacher", f"distill.teacher={teacher_run.run_id}",
                                     "task.vocab_size=256")))
+    short = run(compose_config(tiny("model.max_len=32", "task.seq_len=32", "seed=1")))  # positions up to 32
+    with pytest.raises(ConfigError, match="learned positions up to 32 tokens, the student's task has sequences of 64"):
+        prepare(compose_config(tiny("distill=teacher", f"distill.teacher={short.run_id}")))
     with pytest.raises(ConfigError, match="distill.teacher=nope: neither a checkpoint file nor a run id"):
         prepare(compose_config(tiny("distill=teacher", "distill.teacher=nope")))
     with pytest.raises(ConfigError, match="distill.teacher"):
         prepare(compose_config(tiny("distill=teacher")))
     assert len(MlflowClient(store["uri"]).search_runs(
-        [MlflowClient(store["uri"]).get_experiment_by_name("ess-reg").experiment_id])) == 1
+        [MlflowClient(store["uri"]).get_experiment_by_name("ess-reg").experiment_id])) == 2  # the two teachers

@@ -70,3 +70,45 @@ def test_a_crafted_target_is_refused_and_nothing_is_called(tmp_path, trained):
     with pytest.raises(ConfigError, match=r"optimizer._target_='shutil.copyfile'"):
         run(compose_config([*overrides, f"trainer.resume={crafted}"]))
     assert not copy.exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("rng", torch.zeros(3), "its rng must be a 1-d uint8 tensor"),
+    ("step", "abc", "its step must be an int >= 0, got 'abc'"),
+    ("config", ["not", "a", "mapping"], "its config must be a mapping, got list"),
+    ("run_id", 7, "its run_id must be a string, got int"),
+])
+def test_a_malformed_field_is_refused_before_anything_is_reopened(tmp_path, trained, store, field, value, message):
+    from mlflow.tracking import MlflowClient
+
+    result, overrides = trained
+    state = torch.load(result.checkpoint, weights_only=True)
+    state[field] = value
+    crafted = tmp_path / "crafted.pt"
+    torch.save(state, crafted)
+    with pytest.raises(ConfigError, match=message):
+        analyze(str(crafted))
+    with pytest.raises(ConfigError, match=message):
+        run(compose_config([*overrides, f"trainer.resume={crafted}"]))
+    assert MlflowClient(store["uri"]).get_run(result.run_id).info.status == "FINISHED"  # not reopened
+
+
+def test_a_small_file_whose_config_asks_for_a_huge_model_is_refused_without_building_it(tmp_path, trained):
+    result, overrides = trained
+    state = torch.load(result.checkpoint, weights_only=True)
+    state["config"]["model"] = {**state["config"]["model"], "d_model": 200000, "n_layers": 64}
+    crafted = tmp_path / "crafted.pt"
+    torch.save(state, crafted)
+    with pytest.raises(ConfigError, match=r"the weights do not fit the model its config builds \(.* missing.*of another shape, e\.g\. .*200000\] in the model"):
+        analyze(str(crafted))
+    with pytest.raises(ConfigError, match="the weights do not fit the model its config builds"):
+        run(compose_config([*overrides, f"trainer.resume={crafted}"]))
+
+
+def test_a_run_id_whose_checkpoint_belongs_to_another_run_is_refused(store, tiny):
+    first = run(compose_config(tiny()))
+    second = run(compose_config(tiny("seed=1")))
+    # run two's checkpoint folder now holds run one's file
+    (store["dir"] / "ckpt" / second.run_id / "last.pt").write_bytes(first.checkpoint.read_bytes())
+    with pytest.raises(ConfigError, match=f"belongs to run {first.run_id}; refusing to continue another run"):
+        run(compose_config(tiny(f"trainer.resume={second.run_id}", "trainer.max_steps=8")))

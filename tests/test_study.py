@@ -276,3 +276,5 @@ def test_ess_report_compares_with_a_baseline_and_takes_another_target(study, cap
     assert "--baseline must be KEY=VALUE" in capsys.readouterr().err
     assert report_main(["--experiment", "study", "--tracking-uri", study["uri"], "--thresholds", "0.5,90"]) == 2
     assert "--thresholds: 90 is not an accuracy in (0, 1]" in capsys.readouterr().err
+    assert report_main(["--parent", "deadbeef00", "--tracking-uri", study["uri"]]) == 2
+    assert "no run 'deadbeef00' in the store" in capsys.readouterr().err

@@ -93,7 +93,57 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
                if not isinstance(state, Mapping) or k not in state]
     if missing:
         raise ConfigError(f"{path} is not an ess-train checkpoint (missing {missing})")
+    wrong = _malformed(state)
+    if wrong:
+        raise ConfigError(f"{path} is not an ess-train checkpoint: {wrong}")
     return dict(state)
+
+
+def _malformed(state: Mapping) -> str | None:
+    """What is of the wrong kind in a loaded checkpoint, before any of it is used (a malformed
+    field found later would fail a resumed run after it was reopened)."""
+    step, rng, run_id = state["step"], state["rng"], state["run_id"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"its step must be an int >= 0, got {step!r}"
+    if not (torch.is_tensor(rng) and rng.dtype == torch.uint8 and rng.dim() == 1):
+        return "its rng must be a 1-d uint8 tensor (torch.get_rng_state())"
+    if run_id is not None and not isinstance(run_id, str):
+        return f"its run_id must be a string, got {type(run_id).__name__}"
+    for key in ("config", "model", "optimizer"):
+        if not isinstance(state[key], Mapping):
+            return f"its {key} must be a mapping, got {type(state[key]).__name__}"
+    if not all(torch.is_tensor(v) for v in state["model"].values()):
+        return "its model weights must all be tensors"
+    curve = state.get("accuracy_curve", [])
+    if not isinstance(curve, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in curve):
+        return "its accuracy_curve must be a list of (step, accuracy) pairs"
+    if not isinstance(state.get("penalty", {}), Mapping):
+        return "its penalty state must be a mapping"
+    return None
+
+
+def check_weights_fit(model_config: Mapping, weights: Mapping, what: str) -> None:
+    """Refuse weights that the model ``model_config`` builds cannot take, before that model is
+    built: it is built on the meta device first (no memory), so a small file whose config asks
+    for a huge model is refused instead of allocated."""
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(model_config)
+    except ConfigError:
+        raise
+    except Exception as err:  # a config the zoo cannot build: say so as build_model would
+        raise ConfigError(f"{what}: its stored model config does not build: {err}") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in weights.items()}
+    if expected != given:
+        missing, extra = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+        shapes = [k for k in sorted(set(expected) & set(given)) if expected[k] != given[k]]
+        parts = [f"{len(missing)} missing, e.g. {missing[0]}" if missing else "",
+                 f"{len(extra)} unexpected, e.g. {extra[0]}" if extra else "",
+                 f"{len(shapes)} of another shape, e.g. {shapes[0]}: {list(given[shapes[0]])} in the file, "
+                 f"{list(expected[shapes[0]])} in the model" if shapes else ""]
+        detail = "; ".join(p for p in parts if p)
+        raise ConfigError(f"{what}: the weights do not fit the model its config builds ({detail})")
 
 
 def trained_model(target: str, checkpoint_root: str | os.PathLike, uri: str,
@@ -104,6 +154,7 @@ def trained_model(target: str, checkpoint_root: str | os.PathLike, uri: str,
     with scratch_dir() as scratch:
         path = locate_checkpoint(target, checkpoint_root, uri, scratch, key=key)
         state = load_checkpoint(path)
+    check_weights_fit(state["config"].get("model") or {}, state["model"], f"{key}={target}")
     model = build_model(state["config"].get("model") or {})
     try:
         model.load_state_dict(state["model"])
@@ -162,6 +213,11 @@ def check_resume(config: Mapping, overrides: Sequence[str]) -> tuple[dict, dict,
         state = load_checkpoint(locate_checkpoint(resume, config["trainer"]["checkpoint_dir"], t["uri"], scratch))
     stored = state["config"]
     check_targets(stored, f"trainer.resume={resume}")
+    if not Path(str(resume)).exists() and not str(state["run_id"] or "").startswith(str(resume)):
+        # found by run id: the file must be that run's, or the resume would extend another run
+        raise ConfigError(f"trainer.resume={resume}: the checkpoint found for it belongs to run {state['run_id']}; "
+                          "refusing to continue another run than the one asked for")
+    check_weights_fit(stored.get("model") or {}, state["model"], f"trainer.resume={resume}")
     chosen = (stored.get("init") or {}).get("chosen")
     compared = with_chosen_init(config, chosen) if chosen and not config["init"].get("chosen") else dict(config)
     given = given_keys(overrides)

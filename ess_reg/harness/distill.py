@@ -88,10 +88,16 @@ class Teacher(nn.Module):
         return super().train(False)  # a teacher never leaves eval mode (dropout, norms)
 
     @classmethod
-    def load(cls, settings: DistillSettings, *, checkpoint_root: str, uri: str, vocab_size: int) -> Teacher:
-        """The teacher ``settings.teacher`` names; its vocabulary must be the student task's."""
+    def load(cls, settings: DistillSettings, *, checkpoint_root: str, uri: str, vocab_size: int,
+             seq_len: int | None = None) -> Teacher:
+        """The teacher ``settings.teacher`` names; its vocabulary must be the student task's, and
+        it must read sequences of the student task's length (``seq_len``)."""
         model, state, path = trained_model(settings.teacher, checkpoint_root, uri, key="distill.teacher")
         config = state["config"]
+        max_len = (config.get("model") or {}).get("max_len")
+        if seq_len is not None and max_len is not None and max_len < seq_len:
+            raise ConfigError(f"distill.teacher={settings.teacher}: the teacher has learned positions up to {max_len} "
+                              f"tokens, the student's task has sequences of {seq_len}: it cannot read them")
         teacher_vocab = model.embedding.num_embeddings if hasattr(model, "embedding") else None
         if teacher_vocab != vocab_size:
             raise ConfigError(f"distill.teacher={settings.teacher}: the teacher's vocabulary is {teacher_vocab}, "

@@ -489,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or Path("runs") / "reports" / name)
     path, table = write_report(records, out, f"ess-report: {name}", target=args.target, baseline=args.baseline,
                                resamples=args.resamples, thresholds=thresholds)
-    if args.parent:
+    if args.parent:  # the full id (--parent may be a prefix of it)
+        args.parent = records[0].tags.get("mlflow.parentRunId", args.parent)
         tracker = tracking.Tracker.attach(uri, args.parent)
         for file in sorted(out.iterdir()):
             tracker.log_artifact(file, "report")

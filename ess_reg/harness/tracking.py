@@ -407,9 +407,16 @@ def resolve_run_id(uri: str, prefix: str) -> str | None:
 
 
 def child_runs(uri: str, parent_run_id: str) -> list:
-    """The runs whose parent is ``parent_run_id``, oldest first."""
+    """The runs whose parent is ``parent_run_id`` (or the one run id it starts), oldest first; an
+    unknown parent is a ValueError naming it."""
     client = MlflowClient(uri)
-    parent = client.get_run(parent_run_id)
+    parent = get_run(uri, parent_run_id)
+    if parent is None and len(parent_run_id) < 32:
+        full = resolve_run_id(uri, parent_run_id)
+        parent = get_run(uri, full) if full else None
+    if parent is None:
+        raise ValueError(f"no run {parent_run_id!r} in the store {uri} (--parent takes a sweep parent's run id)")
+    parent_run_id = parent.info.run_id
     runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                               max_results=5000)
     return sorted(runs, key=lambda r: r.info.start_time)
