@@ -1,4 +1,5 @@
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -291,6 +292,22 @@ def test_a_run_can_start_from_a_trained_run_s_model_with_its_state_cut(store, ti
                                 "init.size=17")))
     with pytest.raises(ConfigError, match="init.size must be a positive int .* or ess, got 'half'"):
         run(compose_config(tiny("init=compressed", f"init.source={source.run_id}", "init.size=half")))
+
+
+def test_a_run_that_another_process_is_training_is_not_resumed(store, tiny):
+    from ess_reg.harness.ownership import RunLock
+
+    first = run(compose_config(tiny()))
+    client = MlflowClient(store["uri"])
+    steps_before = metric_steps(client, first.run_id, "train/loss")
+    with RunLock(first.checkpoint.parent, first.run_id):  # what the live trainer of the run holds
+        with pytest.raises(ConfigError, match=f"run {first.run_id} is being trained by pid {os.getpid()} on "):
+            run(compose_config(tiny(f"trainer.resume={first.run_id}", "trainer.max_steps=8")))
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    assert metric_steps(client, first.run_id, "train/loss") == steps_before  # nothing logged twice
+    # once the holder is gone (it ended, or was killed: the OS drops its lock), the resume goes on
+    resumed = run(compose_config(tiny(f"trainer.resume={first.run_id}", "trainer.max_steps=8")))
+    assert resumed.steps == 8
 
 
 def test_resume_with_a_changed_key_is_refused_and_writes_nothing(store, tiny):

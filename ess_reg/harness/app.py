@@ -28,6 +28,7 @@ from . import tracking
 from .build import ConfigError, config_dir
 from .checkpoints import checkpoint_path
 from .distributed import Distributed, NullTracker
+from .ownership import RunLock
 from .plan import Plan, prepare
 from .process import JobTag, StopOnSignal, console_logging
 from .record import record_end, record_start, run_status
@@ -88,12 +89,28 @@ def _run(plan: Plan, distributed: Distributed) -> FitResult:
     swept = os.environ.get(tracking.SWEEP_KEYS_ENV)
     name = t.get("run_name") or run_name(plan.choices, plan.overrides, swept.split(",") if swept else None)
     resume_id = plan.resume_state["run_id"] if plan.resume_state is not None else None
-    if distributed.is_main:
-        tracker = tracking.Tracker(t["uri"], t["experiment"], t["artifact_location"], run_name=name, run_id=resume_id,
-                                   parent_run_id=None if resume_id else os.environ.get(tracking.PARENT_RUN_ENV))
-        distributed.broadcast(tracker.run_id)
-    else:
-        tracker = NullTracker(distributed.broadcast(None))
+    with contextlib.ExitStack() as owned:
+        if distributed.is_main:
+            if resume_id:  # before the run is reopened: a run another process is training is refused
+                owned.enter_context(RunLock(_run_folder(config, resume_id), resume_id))
+            tracker = tracking.Tracker(t["uri"], t["experiment"], t["artifact_location"], run_name=name,
+                                       run_id=resume_id,
+                                       parent_run_id=None if resume_id else os.environ.get(tracking.PARENT_RUN_ENV))
+            if not resume_id:
+                owned.enter_context(RunLock(_run_folder(config, tracker.run_id), tracker.run_id))
+            distributed.broadcast(tracker.run_id)
+        else:
+            tracker = NullTracker(distributed.broadcast(None))
+        return _train(plan, distributed, tracker, name, resume_id)
+
+
+def _run_folder(config, run_id: str):
+    return checkpoint_path(config["trainer"]["checkpoint_dir"], run_id).parent
+
+
+def _train(plan: Plan, distributed: Distributed, tracker, name: str, resume_id: str | None) -> FitResult:
+    config, trainer, probe = plan.config, plan.trainer, plan.probe
+    t = config["tracking"]
     job_tag = JobTag(plan.job) if plan.job is not None else None
     if job_tag is not None:
         log.addFilter(job_tag)

@@ -5,10 +5,13 @@ paired by seed. ess-report keeps runs of different budgets apart, so this pairin
 here. Run from the repository root:
 
     python docs/results/compression/compare.py [--tracking-uri sqlite:///runs/mlflow.db]
+
+It prints the table and writes report.md and compression.png beside itself.
 """
 
 import argparse
 import statistics
+from pathlib import Path
 
 from ess_reg.harness.runsets import load_runs
 from ess_reg.harness.stats import paired_test
@@ -31,19 +34,25 @@ def main():
     scratch = [r for r in runs if r.params.get("init.source") in (None, "None")
                and r.params.get("model.state_size") not in (None, "None")]
     ess_sizes = {seed(r): int(r.params["init.compressed.size"]) for r in cut if r.params.get("init.size") and
-                 r.tags.get("mlflow.runName", "").endswith("init.size=ess")}
-    print(f"sources (state {16}, 1000 steps): " + ", ".join(
+                 "init.size=ess" in r.tags.get("overrides", "")}
+    lines = []
+    say = lines.append
+    say(f"sources (state {16}, 1000 steps): " + ", ".join(
         f"seed {s}: accuracy {r.metrics['valid/accuracy']:.3f}, ESS/kv {r.metrics.get('ess/per_kv', float('nan')):.2f}"
         for s, r in sorted(sources.items())))
-    print("size the ESS suggests (init.size=ess): " + ", ".join(f"seed {s}: {n}" for s, n in sorted(ess_sizes.items())))
-    print()
-    print("| kept state | seeds | energy kept (min) | cut, before tuning | cut + 200 steps | from scratch, 1200 steps "
+    ess_cut = {seed(r): r for r in cut if "init.size=ess" in r.tags.get("overrides", "")}
+    say("size the ESS suggests (init.size=ess), and those runs' accuracy right after the cut / after 200 steps: "
+        + ", ".join(f"seed {s}: {n} ({accuracy_at(ess_cut[s], 0):.3f} / {ess_cut[s].metrics['valid/accuracy']:.3f})"
+                    for s, n in sorted(ess_sizes.items())))
+    say("")
+    say("| kept state | seeds | energy kept (min) | cut, before tuning | cut + 200 steps | from scratch, 1200 steps "
           "| difference (cut - scratch) | 95% t-interval | higher / lower | sign-flip p |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    say("|---|---|---|---|---|---|---|---|---|---|")
+    curve = []
     sizes = sorted({int(r.params["init.compressed.size"]) for r in cut}, reverse=True)
     for size in sizes:
         c = {seed(r): r for r in cut if int(r.params["init.compressed.size"]) == size
-             and not r.tags.get("mlflow.runName", "").endswith("init.size=ess")}
+             and not "init.size=ess" in r.tags.get("overrides", "")}
         s = {seed(r): r for r in scratch if int(r.params["model.state_size"]) == size}
         both = sorted(set(c) & set(s))
         energy = min(float(c[k].params["init.compressed.energy_kept_min"]) for k in c) if c else float("nan")
@@ -57,7 +66,36 @@ def main():
                      f"{t.higher} / {t.lower}", f"{t.permutation_p:.3f}"]
         else:
             cells = ["-"] * 4
-        print(f"| {size} | {len(c)} | {energy:.3f} | {mean(before)} | {mean(after)} | {mean(fresh)} | " + " | ".join(cells) + " |")
+        curve.append((size, before, after, fresh))
+        say(f"| {size} | {len(c)} | {energy:.3f} | {mean(before)} | {mean(after)} | {mean(fresh)} | " + " | ".join(cells) + " |")
+
+    here = Path(__file__).parent
+    (here / "report.md").write_text("# The compression study\n\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for k, (label, marker) in enumerate((("cut, before tuning", "v"), ("cut + 200 steps", "o"),
+                                         ("from scratch, 1200 steps", "s"))):
+        xs = [size for size, *arms in curve for _ in arms[k]]
+        ys = [v for size, *arms in curve for v in arms[k]]
+        ax.scatter(xs, ys, marker=marker, alpha=0.6, label=label)
+    for s, r in sorted(sources.items()):
+        ax.scatter([16], [r.metrics["valid/accuracy"]], marker="*", color="k", label="source (16)" if s == 0 else None)
+    for n in sorted(set(ess_sizes.values())):
+        ax.axvline(n, color="grey", ls=":", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([1, 2, 4, 8, 16], ["1", "2", "4", "8", "16"])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("state kept per head (dotted: the size the ESS suggests)")
+    ax.set_ylabel("valid accuracy")
+    ax.set_title(f"gla on MQAR, {len(sources)} sources", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(here / "compression.png", dpi=120)
 
 
 if __name__ == "__main__":
