@@ -224,6 +224,9 @@ class Probe:
 
     def __call__(self, inputs: torch.Tensor) -> dict[str, LayerReport]:
         """One forward pass on ``inputs``, then :meth:`reports`."""
+        if torch.is_tensor(inputs) and (inputs.dim() < 2 or inputs.shape[0] == 0 or inputs.shape[1] < 2):
+            raise ValueError(f"inputs must be a batch of at least one sequence of at least 2 positions, (B, L, ...) "
+                             f"with B >= 1 and L >= 2; got shape {tuple(inputs.shape)}")
         with self.capture():
             self.model(inputs)
         return self.reports()

@@ -78,6 +78,12 @@ def test_a_teacher_with_another_vocabulary_or_none_at_all_is_refused_before_the_
     short = run(compose_config(tiny("model.max_len=32", "task.seq_len=32", "seed=1")))  # positions up to 32
     with pytest.raises(ConfigError, match="learned positions up to 32 tokens, the student's task has sequences of 64"):
         prepare(compose_config(tiny("distill=teacher", f"distill.teacher={short.run_id}")))
+    with pytest.raises(ConfigError, match=r"was trained on another task \(differs in task.num_kv_pairs: 4 vs 2\); "
+                                          "add distill.other_task=true"):
+        prepare(compose_config(tiny("distill=teacher", f"distill.teacher={teacher_run.run_id}", "task.num_kv_pairs=2")))
+    plan = prepare(compose_config(tiny("distill=teacher", f"distill.teacher={teacher_run.run_id}",
+                                       "task.num_kv_pairs=2", "distill.other_task=true")))
+    assert plan.teacher is not None
     with pytest.raises(ConfigError, match="distill.teacher=nope: neither a checkpoint file nor a run id"):
         prepare(compose_config(tiny("distill=teacher", "distill.teacher=nope")))
     with pytest.raises(ConfigError, match="distill.teacher"):

@@ -89,6 +89,11 @@ def test_no_ess_layers_and_unknown_names_are_errors():
         ess_layers(UserModel(), ["third"])
     with pytest.raises(ValueError, match="unknown ESS kind"):
         measure(UserModel(), torch.randint(0, 10, (1, 8)), kind="renyi")
+    from ess_reg import analyze
+
+    for empty in (torch.zeros(0, 8, dtype=torch.long), torch.zeros(2, 1, dtype=torch.long)):
+        with pytest.raises(ValueError, match=rf"at least one sequence of at least 2 positions.*{tuple(empty.shape)}"):
+            analyze(UserModel(), empty)
 
 
 def report(ess_per_index, tss, items=None, context_end=4, name="layer"):

@@ -16,6 +16,7 @@ a study can set the student's distillation loss against the teacher's ESS.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from .checkpoints import trained_model
 
 __all__ = ["DistillSettings", "Teacher", "distillation_loss"]
 
+log = logging.getLogger("ess_reg")
+
 POSITIONS = ("answers", "all")
 
 
@@ -42,6 +45,7 @@ class DistillSettings:
     temperature: float = 1.0
     weight: float = 1.0           # the teacher's share of the loss; the labels get 1 - weight
     positions: str = "answers"    # answers: where the task asks (labels set) | all: every position
+    other_task: bool = False      # accept a teacher trained on another task of the same vocabulary
 
     def __post_init__(self):
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
@@ -56,9 +60,10 @@ class DistillSettings:
     @classmethod
     def from_config(cls, node: Mapping | None) -> DistillSettings:
         node = dict(node or {})
-        unknown = sorted(set(node) - {"teacher", "temperature", "weight", "positions"})
+        known = {"teacher", "temperature", "weight", "positions", "other_task"}
+        unknown = sorted(set(node) - known)
         if unknown:
-            raise ConfigError(f"distill: unknown keys {unknown} (known: teacher, temperature, weight, positions)")
+            raise ConfigError(f"distill: unknown keys {unknown} (known: {', '.join(sorted(known))})")
         return cls(**node)
 
 
@@ -89,9 +94,10 @@ class Teacher(nn.Module):
 
     @classmethod
     def load(cls, settings: DistillSettings, *, checkpoint_root: str, uri: str, vocab_size: int,
-             seq_len: int | None = None) -> Teacher:
-        """The teacher ``settings.teacher`` names; its vocabulary must be the student task's, and
-        it must read sequences of the student task's length (``seq_len``)."""
+             seq_len: int | None = None, task: Mapping | None = None) -> Teacher:
+        """The teacher ``settings.teacher`` names; its vocabulary must be the student task's, it
+        must read sequences of the student task's length (``seq_len``), and it must have been
+        trained on the student's ``task`` config unless ``settings.other_task``."""
         model, state, path = trained_model(settings.teacher, checkpoint_root, uri, key="distill.teacher")
         config = state["config"]
         max_len = (config.get("model") or {}).get("max_len")
@@ -102,6 +108,14 @@ class Teacher(nn.Module):
         if teacher_vocab != vocab_size:
             raise ConfigError(f"distill.teacher={settings.teacher}: the teacher's vocabulary is {teacher_vocab}, "
                               f"the student's task has {vocab_size}: they must be equal")
+        taught = config.get("task") or {}
+        if task is not None and taught and dict(taught) != dict(task):
+            differs = sorted(k for k in set(taught) | set(task) if taught.get(k) != task.get(k))
+            text = (f"distill.teacher={settings.teacher} was trained on another task (differs in "
+                    + ", ".join(f"task.{k}: {taught.get(k)!r} vs {task.get(k)!r}" for k in differs) + ")")
+            if not settings.other_task:
+                raise ConfigError(text + "; add distill.other_task=true to distill it anyway")
+            log.warning("warning: %s; distilling it anyway (distill.other_task=true)", text)
         return cls(model, settings, source=str(Path(path)), config=config, run_id=state["run_id"])
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -146,6 +146,7 @@ def prepare(cfg: DictConfig) -> Plan:
     distill = DistillSettings.from_config(config.get("distill"))
     if distill.teacher is not None:
         teacher = Teacher.load(distill, checkpoint_root=config["trainer"]["checkpoint_dir"],
-                               uri=config["tracking"]["uri"], vocab_size=task.vocab_size, seq_len=task.seq_len)
+                               uri=config["tracking"]["uri"], vocab_size=task.vocab_size, seq_len=task.seq_len,
+                               task=config["task"])
     return Plan(config, trainer, probe, task, model, make_optimizer, regularizer, choices, overrides, job,
                 search, resume_state, changes, teacher=teacher)
