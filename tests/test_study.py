@@ -276,5 +276,11 @@ def test_ess_report_compares_with_a_baseline_and_takes_another_target(study, cap
     assert "--baseline must be KEY=VALUE" in capsys.readouterr().err
     assert report_main(["--experiment", "study", "--tracking-uri", study["uri"], "--thresholds", "0.5,90"]) == 2
     assert "--thresholds: 90 is not an accuracy in (0, 1]" in capsys.readouterr().err
+    garbage = study["dir"] / "garbage.db"
+    garbage.write_bytes(b"not a database at all" * 10)
+    assert report_main(["--experiment", "study", "--tracking-uri", f"sqlite:///{garbage}"]) == 2
+    assert "is not an SQLite database (not an MLflow store)" in capsys.readouterr().err
+    assert report_main(["--experiment", "study", "--tracking-uri", "http://127.0.0.1:9"]) == 2  # nobody listens
+    assert "no tracking server answers at 127.0.0.1:9" in capsys.readouterr().err
     assert report_main(["--parent", "deadbeef00", "--tracking-uri", study["uri"]]) == 2
     assert "no run 'deadbeef00' in the store" in capsys.readouterr().err

@@ -471,8 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         print("ess-report: error: --resamples must be at least 100", file=sys.stderr)
         return 2
     try:
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-            raise ValueError(f"no store at {uri}")
+        tracking.check_readable_store(uri)
         if args.baseline:
             _baseline_rule(args.baseline)  # a malformed spec fails before the store is read
         thresholds = _thresholds(args.thresholds)

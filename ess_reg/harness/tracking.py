@@ -95,6 +95,24 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
                          "http(s)://host:port or a folder")
 
 
+def check_readable_store(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast on a store that cannot be read: a missing SQLite file or one that is not an
+    SQLite database, a server nobody answers at within ``timeout`` seconds (MLflow itself would
+    retry for minutes)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        if path is None or not path.is_file():
+            raise ValueError(f"no store at {uri}")
+        with open(path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise ValueError(f"{uri}: {path} is not an SQLite database (not an MLflow store)")
+    elif parsed.scheme in ("http", "https"):
+        check_store(uri, timeout)
+
+
 def _ensure_sqlite_dir(uri: str) -> None:
     path = _sqlite_path(uri)
     if path is not None:
