@@ -37,9 +37,15 @@ def test_a_crafted_pickle_is_refused_and_not_executed(tmp_path, trained):
     torch.save(state, crafted)
     with pytest.raises(ConfigError, match="not a loadable ess-train checkpoint"):
         analyze(str(crafted))
-    with pytest.raises(ConfigError, match="not a loadable ess-train checkpoint"):
+    with pytest.raises(ConfigError, match="not a loadable ess-train checkpoint") as refused:
         run(compose_config([*overrides, f"trainer.resume={crafted}"]))
     assert not marker.exists()
+    message = str(refused.value)
+    assert message.startswith(f"trainer.resume={crafted} ") and "weights_only=False" not in message
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00" * 4096)
+    with pytest.raises(ConfigError, match=r"garbage.pt is not an ess-train checkpoint \(not a torch.save archive\)"):
+        analyze(str(garbage))
 
 
 def test_a_crafted_target_is_refused_and_nothing_is_called(tmp_path, trained):

@@ -81,21 +81,34 @@ def locate_checkpoint(resume: str, checkpoint_root: str | os.PathLike, uri: str,
                       f"(no {local})")
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint's contents, loaded without executing anything it holds."""
+def load_checkpoint(path: str | os.PathLike, label: str | None = None) -> dict:
+    """A checkpoint's contents, loaded without executing anything it holds. ``label`` is what
+    the errors call it (``trainer.resume=<run id>``: not the scratch path of a downloaded file).
+
+    A file that is not a torch zip archive is refused from its first bytes, and the archive is
+    memory-mapped, so a large file that is not a checkpoint is never read whole."""
+    import zipfile
+
+    name = label or str(path)
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"{name} is not an ess-train checkpoint (not a torch.save archive)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for a bad file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{path} is not a loadable ess-train checkpoint (tensors and plain data only): "
-                          f"{first}") from None
+        text = str(err).strip()
+        if "Weights only load failed" in text:  # torch's message goes on to advise weights_only=False: not here
+            reason = "it holds objects other than tensors and plain data, which loading could run; refused"
+        else:
+            reason = text.splitlines()[0] if text else type(err).__name__
+        raise ConfigError(f"{name} is not a loadable ess-train checkpoint (tensors and plain data only): "
+                          f"{reason}") from None
     missing = [k for k in ("model", "optimizer", "step", "rng", "run_id", "config")
                if not isinstance(state, Mapping) or k not in state]
     if missing:
-        raise ConfigError(f"{path} is not an ess-train checkpoint (missing {missing})")
+        raise ConfigError(f"{name} is not an ess-train checkpoint (missing {missing})")
     wrong = _malformed(state)
     if wrong:
-        raise ConfigError(f"{path} is not an ess-train checkpoint: {wrong}")
+        raise ConfigError(f"{name} is not an ess-train checkpoint: {wrong}")
     return dict(state)
 
 
@@ -153,7 +166,7 @@ def trained_model(target: str, checkpoint_root: str | os.PathLike, uri: str,
     Returns ``(model, checkpoint state, checkpoint path)``."""
     with scratch_dir() as scratch:
         path = locate_checkpoint(target, checkpoint_root, uri, scratch, key=key)
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, f"{key}={target}")
     check_weights_fit(state["config"].get("model") or {}, state["model"], f"{key}={target}")
     model = build_model(state["config"].get("model") or {})
     try:
@@ -210,7 +223,8 @@ def check_resume(config: Mapping, overrides: Sequence[str]) -> tuple[dict, dict,
     :class:`ConfigError`."""
     resume, t = config["trainer"]["resume"], config["tracking"]
     with scratch_dir() as scratch:
-        state = load_checkpoint(locate_checkpoint(resume, config["trainer"]["checkpoint_dir"], t["uri"], scratch))
+        state = load_checkpoint(locate_checkpoint(resume, config["trainer"]["checkpoint_dir"], t["uri"], scratch),
+                                f"trainer.resume={resume}")
     stored = state["config"]
     check_targets(stored, f"trainer.resume={resume}")
     if not Path(str(resume)).exists() and not str(state["run_id"] or "").startswith(str(resume)):
