@@ -41,6 +41,9 @@ def main():
         f"seed {s}: accuracy {r.metrics['valid/accuracy']:.3f}, ESS/kv {r.metrics.get('ess/per_kv', float('nan')):.2f}"
         for s, r in sorted(sources.items())))
     ess_cut = {seed(r): r for r in cut if "init.size=ess" in r.tags.get("overrides", "")}
+    pairs = lambda r: int(r.params["task.num_kv_pairs"])  # noqa: E731
+    say("sources' entropy-ESS per head at the end of the context (ESS/kv x pairs): " + ", ".join(
+        f"seed {s}: {r.metrics['ess/per_kv'] * pairs(r):.2f}" for s, r in sorted(sources.items())))
     say("size the ESS suggests (init.size=ess), and those runs' accuracy right after the cut / after 200 steps: "
         + ", ".join(f"seed {s}: {n} ({accuracy_at(ess_cut[s], 0):.3f} / {ess_cut[s].metrics['valid/accuracy']:.3f})"
                     for s, n in sorted(ess_sizes.items())))
@@ -49,7 +52,8 @@ def main():
           "| difference (cut - scratch) | 95% t-interval | higher / lower | sign-flip p |")
     say("|---|---|---|---|---|---|---|---|---|---|")
     curve = []
-    sizes = sorted({int(r.params["init.compressed.size"]) for r in cut}, reverse=True)
+    sizes = sorted({int(r.params["init.compressed.size"]) for r in cut
+                    if "init.size=ess" not in r.tags.get("overrides", "")}, reverse=True)
     for size in sizes:
         c = {seed(r): r for r in cut if int(r.params["init.compressed.size"]) == size
              and not "init.size=ess" in r.tags.get("overrides", "")}
@@ -86,11 +90,13 @@ def main():
     for s, r in sorted(sources.items()):
         ax.scatter([16], [r.metrics["valid/accuracy"]], marker="*", color="k", label="source (16)" if s == 0 else None)
     for n in sorted(set(ess_sizes.values())):
-        ax.axvline(n, color="grey", ls=":", lw=1)
+        ax.axvline(n, color="grey", ls=":", lw=1, label="largest tolerance-ESS (init.size=ess)")
+    entropy = statistics.mean(r.metrics["ess/per_kv"] * pairs(r) for r in sources.values())
+    ax.axvline(entropy, color="tab:red", ls="--", lw=1, label=f"entropy-ESS at context end ({entropy:.1f})")
     ax.set_xscale("log", base=2)
     ax.set_xticks([1, 2, 4, 8, 16], ["1", "2", "4", "8", "16"])
     ax.set_ylim(0, 1)
-    ax.set_xlabel("state kept per head (dotted: the size the ESS suggests)")
+    ax.set_xlabel("state kept per head")
     ax.set_ylabel("valid accuracy")
     ax.set_title(f"gla on MQAR, {len(sources)} sources", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
