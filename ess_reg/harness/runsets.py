@@ -184,8 +184,9 @@ def _telling(key: str, ident: dict, identities: Sequence[dict]) -> bool:
     group = key.split(".")[0]
     if key == group or group not in CHOICES:
         return True
-    same_option = [other for other in identities if other.get(group) == ident.get(group) and key in other]
-    return len({other[key] for other in same_option}) > 1
+    # absent counts as a value: a key set in one configuration and null (absent) in another tells them apart
+    same_option = [other for other in identities if other.get(group) == ident.get(group)]
+    return len({other.get(key) for other in same_option}) > 1
 
 
 def _varying(identities: Sequence[dict]) -> list[str]:
