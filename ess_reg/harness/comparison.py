@@ -86,12 +86,8 @@ def compare_to_baseline(groups: Sequence, is_baseline: Callable[[object], bool],
     and the batches of a seed) from the noise; otherwise as two independent samples
     (:func:`~ess_reg.harness.stats.unpaired_test`). The permutation p-values are Holm-corrected
     over the comparisons returned: one family."""
-    baselines = _baselines(groups, is_baseline, stratum)
     out = []
-    for g in groups:
-        base = baselines.get(stratum(g))
-        if base is None or base is g:
-            continue
+    for g, base in _with_baselines(groups, is_baseline, stratum):
         a = [(r, value(r)) for r in g.runs if value(r) is not None]
         b = [(r, value(r)) for r in base.runs if value(r) is not None]
         if not a or not b:
@@ -110,16 +106,19 @@ def compare_to_baseline(groups: Sequence, is_baseline: Callable[[object], bool],
     return out
 
 
-def _baselines(groups: Sequence, is_baseline: Callable[[object], bool], stratum: Callable[[object], tuple]) -> dict:
-    """The baseline group of each stratum (the same other settings); two in one stratum is an error."""
-    out = {}
+def _with_baselines(groups: Sequence, is_baseline: Callable[[object], bool],
+                    stratum: Callable[[object], tuple]) -> list[tuple]:
+    """``(group, its baseline)`` for every group that is not a baseline and has one: the baseline
+    group of its stratum (the same other settings); two baselines in one stratum is an error."""
+    baselines = {}
     for g in groups:
         if is_baseline(g):
-            if stratum(g) in out:
-                raise ValueError(f"two baseline groups with the same other settings: {out[stratum(g)].label!r} "
+            if stratum(g) in baselines:
+                raise ValueError(f"two baseline groups with the same other settings: {baselines[stratum(g)].label!r} "
                                  f"and {g.label!r}")
-            out[stratum(g)] = g
-    return out
+            baselines[stratum(g)] = g
+    return [(g, baselines[stratum(g)]) for g in groups
+            if stratum(g) in baselines and baselines[stratum(g)] is not g]
 
 
 @dataclass
@@ -159,12 +158,8 @@ def compare_reaching(groups: Sequence, is_baseline: Callable[[object], bool], st
     rescued and lost (exact McNemar p, Holm-corrected over the list) and steps saved where both
     got there. A run that never got there is censored at its end: counted, never given a step.
     Groups that do not share their baseline's seeds are left out (a rescue is a per-seed claim)."""
-    baselines = _baselines(groups, is_baseline, stratum)
     out = []
-    for g in groups:
-        base = baselines.get(stratum(g))
-        if base is None or base is g:
-            continue
+    for g, base in _with_baselines(groups, is_baseline, stratum):
         treated = {str(pair(r)): steps_to(history(r) or [], threshold) for r in g.runs}
         control = {str(pair(r)): steps_to(history(r) or [], threshold) for r in base.runs}
         if len(treated) != len(g.runs) or len(control) != len(base.runs) or set(treated) != set(control):
