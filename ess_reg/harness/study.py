@@ -256,7 +256,7 @@ def _reaching_lines(groups: list[Group], baseline: str, target: str, thresholds:
              "the exact 95% Clopper-Pearson interval of that rate); lost: the reverse. The p-value is the exact "
              "McNemar test (rescued against lost), Holm-corrected over each threshold's rows. Steps saved: the "
              f"median of ({baseline} step - this step) over the seeds where both got there, with the exact sign "
-             "test of faster against slower. A run that never got there is counted, never given a step.", ""]
+             "test of faster against slower (not corrected over the rows). A run that never got there is counted, never given a step.", ""]
     for t in thresholds:
         rows = [c for c in found if c.threshold == t]
         if not rows:
