@@ -65,7 +65,10 @@ def test_a_model_of_known_rank_loses_nothing_down_to_it_and_loses_accuracy_below
     assert len(energies) == 2
     for energy in energies.values():  # the silent coordinates carry no energy, the others do
         assert torch.all(energy[:, ACTIVE:] == 0) and torch.all(energy[:, :ACTIVE].sum(0) > 0)
-    assert set(state_size_from_ess(model, tokens).values()) <= set(range(1, ACTIVE + 1))
+    worst = state_size_from_ess(model, tokens)
+    typical = state_size_from_ess(model, tokens, indices=[12], measure="entropy")
+    assert set(worst.values()) <= set(range(1, ACTIVE + 1))
+    assert all(1 <= typical[name] <= worst[name] for name in worst)  # an entropy-ESS never exceeds the rank
 
     at_rank = _model(mixer, **kwargs)
     at_rank.load_state_dict(model.state_dict())
@@ -124,3 +127,14 @@ def test_the_zoo_s_diagonal_mixers_follow_the_protocol():
     for name in ("la", "gla", "wla", "s6", "s4d"):
         assert isinstance(build_mixer(name, 16), StateCompressible), name
     assert not isinstance(build_mixer("sa", 16), StateCompressible)
+
+
+def test_the_entropy_size_of_one_used_coordinate_is_one_and_bad_measures_are_named():
+    model = _model("s4d")
+    for block in model.blocks:
+        _silence(block.mixer, 1)
+    tokens = torch.randint(0, TOKENS, (4, 16))
+    assert set(state_size_from_ess(model, tokens, measure="entropy").values()) == {1}
+    assert set(state_size_from_ess(model, tokens).values()) == {1}
+    with pytest.raises(ValueError, match="measure must be 'tolerance' or 'entropy', got 'median'"):
+        state_size_from_ess(model, tokens, measure="median")

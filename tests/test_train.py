@@ -290,7 +290,11 @@ def test_a_run_can_start_from_a_trained_run_s_model_with_its_state_cut(store, ti
     with pytest.raises(ConfigError, match=r"size for layer .* must be an int in 1\.\.16"):
         run(compose_config(tiny("task.num_kv_pairs=2", "init=compressed", f"init.source={source.run_id}",
                                 "init.size=17")))
-    with pytest.raises(ConfigError, match="init.size must be a positive int .* or ess, got 'half'"):
+    by_entropy = run(compose_config(tiny("task.num_kv_pairs=2", "init=compressed", f"init.source={source.run_id}",
+                                         "init.size=entropy", "trainer.max_steps=1")))
+    assert 1 <= by_entropy.config["init"]["compressed"]["size"] <= 16
+    assert by_entropy.model.blocks[0].mixer.state_size() == by_entropy.config["init"]["compressed"]["size"]
+    with pytest.raises(ConfigError, match="init.size must be a positive int .*, ess or entropy, got 'half'"):
         run(compose_config(tiny("init=compressed", f"init.source={source.run_id}", "init.size=half")))
 
 

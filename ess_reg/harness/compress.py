@@ -8,7 +8,9 @@ training batch (:func:`ess_reg.compression.compress_state`), and the run fine-tu
 on its own task: its evaluation at step 0 is the compressed model before any fine-tuning.
 ``init.size=ess`` keeps what the measured ESS says the model uses
 (:func:`ess_reg.compression.state_size_from_ess`, the largest over the layers, since every layer
-of a zoo model has one state size). The model's config is the source's with ``model.state_size``
+of a zoo model has one state size): the largest tolerance-ESS over every index, example and head
+(the worst case). ``init.size=entropy`` keeps the entropy-ESS at the end of the task's context,
+averaged over the examples, the largest over heads and layers, rounded up (the typical use). The model's config is the source's with ``model.state_size``
 set to the kept size, and ``init.compressed`` records the cut: the logged config rebuilds the
 compressed architecture, the checkpoint holds its weights.
 """
@@ -31,10 +33,13 @@ __all__ = ["compressed_start"]
 log = logging.getLogger("ess_reg")
 
 
+MEASURED_SIZES = ("ess", "entropy")  # ess: the largest tolerance-ESS; entropy: the entropy-ESS at the context end
+
+
 def _size(value, key: str = "init.size"):
-    if value == "ess" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+    if value in MEASURED_SIZES or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return value
-    raise ConfigError(f"{key} must be a positive int (state coordinates to keep) or ess, got {value!r}")
+    raise ConfigError(f"{key} must be a positive int (state coordinates to keep), ess or entropy, got {value!r}")
 
 
 def compressed_start(config: Mapping, probe: RunProbe) -> tuple[nn.Module, dict, dict]:
@@ -50,6 +55,9 @@ def compressed_start(config: Mapping, probe: RunProbe) -> tuple[nn.Module, dict,
     if mixer != config["model"].get("mixer"):
         raise ConfigError(f"init.source={source} is a {mixer} model; this run's model is {config['model'].get('mixer')}: "
                           f"add model={mixer} (the other model keys are taken from the source)")
+    if size == "entropy" and task.context_end is None:
+        raise ConfigError(f"init.size=entropy reads the ESS at the end of the task's context; the task "
+                          f"{type(task).__name__} has none: give an int")
     vocab = model.embedding.num_embeddings if hasattr(model, "embedding") else None
     if vocab != task.vocab_size:
         raise ConfigError(f"init.source={source}: the source model's vocabulary is {vocab}, this run's task has "
@@ -58,6 +66,8 @@ def compressed_start(config: Mapping, probe: RunProbe) -> tuple[nn.Module, dict,
     try:
         if size == "ess":
             size = max(state_size_from_ess(model, batch).values())
+        elif size == "entropy":  # where the task's items have all been seen
+            size = max(state_size_from_ess(model, batch, indices=[task.context_end], measure="entropy").values())
         cuts = compress_state(model, batch, size)
     except ValueError as err:
         raise ConfigError(f"init.source={source}: {err}") from None
