@@ -3,7 +3,8 @@
 It measures every index (so that profiles and boundaries are complete), averages each
 operator's ESS (a head, an SSM channel) over the examples and indices, and, given the ids of
 boundary tokens, reads how much each layer's memory drops across them
-(:mod:`ess_reg.boundaries`). Works for any model the probe measures: the zoo, a layer that
+(:mod:`ess_reg.boundaries`). A padded batch is measured on its real tokens (an
+``attention_mask``). Works for any model the probe measures: the zoo, a layer that
 implements :class:`ess_reg.contract.ESSLayer`, or an adapted one (Hugging Face Mamba, Mamba2 and
 eager attention, ``nn.MultiheadAttention``).
 """
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from .boundaries import boundary_modulation
+from ._checks import check_limit
 from .diagnosis import LayerReport
 from .probe import Probe
 
@@ -25,9 +27,11 @@ __all__ = ["Analysis", "analyze"]
 
 @dataclass
 class Analysis:
-    reports: dict[str, LayerReport]
+    reports: dict[str, LayerReport]  # with a mask of several lengths: the largest group's (see by_length)
     per_head: dict[str, torch.Tensor]  # layer -> (operators,) mean ESS of each head / channel
     modulation: dict[str, float] = field(default_factory=dict)  # layer -> drop across boundaries
+    by_length: dict[int, dict[str, LayerReport]] = field(default_factory=dict)  # real length -> reports
+    tss: dict[str, float] = field(default_factory=dict)  # layer -> mean TSS over every measured index
 
     def table(self) -> str:
         """One line per layer: operators, TSS, mean ESS, the spread over heads, the modulation."""
@@ -35,7 +39,8 @@ class Analysis:
                  + (f" {'boundary drop':>13}" if self.modulation else "")]
         for name, report in self.reports.items():
             heads = self.per_head[name]
-            line = (f"{name or '(model)':<28} {len(heads):>4} {report.tss_avg:>7.2f} {report.ess_avg:>7.2f} "
+            tss = self.tss.get(name, report.tss_avg)
+            line = (f"{name or '(model)':<28} {len(heads):>4} {tss:>7.2f} {heads.mean().item():>7.2f} "
                     f"{heads.min().item():>9.2f} {heads.max().item():>9.2f}")
             if self.modulation:  # + 0.0: a drop of -0.001 prints as 0.00, not -0.00
                 line += f" {round(self.modulation.get(name, float('nan')), 2) + 0.0:>13.2f}"
@@ -43,17 +48,101 @@ class Analysis:
         return "\n".join(lines)
 
 
-def analyze(model: nn.Module, inputs: torch.Tensor, *, separators: Collection[int] | None = None, window: int = 4,
+def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor], *,
+            attention_mask: torch.Tensor | None = None, separators: Collection[int] | None = None, window: int = 4,
             kind: str = "entropy", layers: Sequence[str] | None = None, batch_limit: int | None = None,
             ess_options: Mapping | None = None, task=None) -> Analysis:
     """ESS of every measurable layer of ``model`` on ``inputs`` at every index, per head; with
     ``separators`` (token ids), each layer's ESS drop across them. ``batch_limit`` measures the
-    first examples only (every index of a long sequence costs)."""
+    first examples only (every index of a long sequence costs).
+
+    ``inputs`` is a batch of token ids (or embeddings), or a dict of the model's keyword inputs
+    (``input_ids``, ``attention_mask``, ...). Padding: with an ``attention_mask`` (1 for a real
+    token; here or in the dict) each example is measured on its real tokens only, cut out of the
+    padding, so that a padded batch measures what the same sequences measure unpadded. Each
+    example's real tokens must be one run (left or right padding); examples of one real length
+    are measured together, and the figures are averaged over every example and index."""
+    kwargs, tokens = _split_inputs(inputs)
+    if isinstance(inputs, Mapping) and attention_mask is None:
+        attention_mask = kwargs.pop("attention_mask", None)
+    elif kwargs is not None:
+        kwargs.pop("attention_mask", None)
+    if attention_mask is None:
+        groups = {tokens.shape[1]: None}
+    else:
+        limit = check_limit("batch_limit", batch_limit)
+        groups = _real_runs(attention_mask[:limit] if limit else attention_mask, tokens.shape[:2])
+        batch_limit = None  # applied above, to the examples
     probe = Probe(model, layers=layers, indices="all", kind=kind, ess_options=ess_options, batch_limit=batch_limit,
                   task=task)
-    reports = probe(inputs)
-    per_head = {name: r.ess.values.detach().double().mean(dim=(0, 2)).cpu() for name, r in reports.items()}
-    modulation = {}
-    if separators is not None:
-        modulation = {name: boundary_modulation(r, inputs, separators, window) for name, r in reports.items()}
-    return Analysis(reports, per_head, modulation)
+    by_length, measured = {}, []
+    for length, runs in groups.items():
+        group_tokens = tokens if runs is None else _crop(tokens, runs, length)
+        group_kwargs = kwargs if runs is None or kwargs is None else {
+            k: _crop(v, runs, length) if torch.is_tensor(v) and v.shape[:2] == tokens.shape[:2] else v
+            for k, v in kwargs.items()}
+        with probe.capture():
+            model(**group_kwargs) if group_kwargs is not None else model(group_tokens)
+        reports = probe.reports()
+        by_length[length] = reports
+        measured.append((group_tokens, reports))
+    return _combine(by_length, measured, separators, window)
+
+
+def _split_inputs(inputs) -> tuple[dict | None, torch.Tensor]:
+    if isinstance(inputs, Mapping):
+        kwargs = dict(inputs)
+        tokens = kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+        if tokens is None:
+            raise ValueError(f"a dict of inputs needs input_ids or inputs_embeds; got keys {sorted(kwargs)}")
+    else:
+        kwargs, tokens = None, inputs
+    if not torch.is_tensor(tokens) or tokens.dim() < 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
+        shape = tuple(tokens.shape) if torch.is_tensor(tokens) else type(tokens).__name__
+        raise ValueError(f"inputs must be a batch of at least one sequence of at least 2 positions, (B, L, ...) "
+                         f"with B >= 1 and L >= 2; got {shape}")
+    return kwargs, tokens
+
+
+def _real_runs(mask, batch_shape) -> dict[int, list[tuple[int, int]]]:
+    """``{real length: [(example, first real position), ...]}``; a mask that is not 0/1, of
+    another shape, or with a hole in an example is refused."""
+    if not torch.is_tensor(mask) or tuple(mask.shape) != tuple(batch_shape):
+        shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
+        raise ValueError(f"attention_mask must be (B, L) = {tuple(batch_shape)} like the inputs, got {shape}")
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("attention_mask must hold 0 (padding) and 1 (a real token) only")
+    real = mask.bool().cpu()
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for example, row in enumerate(real):
+        where = row.nonzero().flatten()
+        n = len(where)
+        if n < 2:
+            raise ValueError(f"example {example} has {n} real token(s) in attention_mask: ESS needs at least 2")
+        first = int(where[0])
+        if int(where[-1]) - first + 1 != n:
+            raise ValueError(f"example {example}'s real tokens are not one run (a hole in attention_mask at "
+                             f"{first + int((~row[first:first + n]).nonzero()[0])}): pad on the left or the right only")
+        groups.setdefault(n, []).append((example, first))
+    return groups
+
+
+def _crop(tensor: torch.Tensor, runs: list[tuple[int, int]], length: int) -> torch.Tensor:
+    return torch.stack([tensor[example, first:first + length] for example, first in runs])
+
+
+def _combine(by_length, measured, separators, window) -> Analysis:
+    """One analysis from the groups: per head, the mean over every example and index."""
+    names = next(iter(by_length.values())).keys()
+    per_head, tss, modulation = {}, {}, {}
+    for name in names:
+        weights = [r[name].ess.values.shape[0] * r[name].ess.values.shape[2] for _, r in measured]
+        per_head[name] = sum(w * r[name].ess.values.detach().double().mean(dim=(0, 2)).cpu()
+                             for w, (_, r) in zip(weights, measured)) / sum(weights)
+        tss[name] = sum(w * r[name].tss_avg for w, (_, r) in zip(weights, measured)) / sum(weights)
+        if separators is not None:
+            drops = [(len(t), boundary_modulation(r[name], t, separators, window)) for t, r in measured]
+            drops = [(n, d) for n, d in drops if d == d]  # NaN: no boundary in that group
+            modulation[name] = (sum(n * d for n, d in drops) / sum(n for n, _ in drops)) if drops else float("nan")
+    largest = max(by_length, key=lambda n: (len(next(iter(by_length[n].values())).ess.values), n))
+    return Analysis(by_length[largest], per_head, modulation, by_length, tss)

@@ -150,6 +150,22 @@ def test_analyze_gives_a_per_head_report_of_a_hugging_face_model():
     assert all(h.shape == (32,) for h in mamba.per_head.values())  # one per inner channel
 
 
+def test_a_left_padded_batch_given_as_model_inputs_measures_what_the_sequences_measure_unpadded():
+    ids = torch.randint(1, 32, (2, 8), generator=torch.Generator().manual_seed(1))
+    padded = torch.cat([torch.zeros(2, 4, dtype=torch.long), ids], 1)
+    padded[1, :6] = 0  # the second example is shorter: 6 real tokens
+    mask = (torch.arange(12) >= torch.tensor([[4], [6]])).long()
+    model = tiny_llama()
+    result = ess_reg.analyze(model, {"input_ids": padded, "attention_mask": mask})
+    first, second = ess_reg.analyze(model, ids[:1]), ess_reg.analyze(model, ids[1:, 2:])
+    assert sorted(result.by_length) == [6, 8]
+    for name in result.per_head:  # the mean over every real example and index: 7 and 5 indices
+        expected = (7 * first.per_head[name] + 5 * second.per_head[name]) / 12
+        torch.testing.assert_close(result.per_head[name], expected)
+    unmasked = ess_reg.analyze(model, padded)  # the pad positions measured too: another answer
+    assert not all(torch.allclose(unmasked.per_head[n], result.per_head[n]) for n in result.per_head)
+
+
 def test_select_init_scores_hugging_face_candidates():
     ids = torch.randint(0, 32, (2, 16), generator=torch.Generator().manual_seed(0))
     result = ess_reg.select_init(lambda c: tiny_mamba(c["seed"]), [{"seed": 0}, {"seed": 1}, {"seed": 2}], ids,

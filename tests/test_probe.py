@@ -96,6 +96,32 @@ def test_no_ess_layers_and_unknown_names_are_errors():
             analyze(UserModel(), empty)
 
 
+def test_a_padded_batch_is_measured_on_each_example_s_real_tokens_only():
+    from ess_reg import analyze
+    from ess_reg.models.lm import LanguageModel
+
+    torch.manual_seed(0)
+    model = LanguageModel(vocab_size=16, d_model=16, n_layers=1, mixer="gla", state_size=4).double()
+    a, b = torch.randint(1, 16, (1, 8)), torch.randint(1, 16, (1, 6))
+    padded = torch.zeros(3, 10, dtype=torch.long)
+    padded[0, 2:], padded[1, :6], padded[2, 1:9] = a[0], b[0], a[0]  # left, right and both sides padded
+    mask = padded != 0
+    result = analyze(model, padded, attention_mask=mask)
+    alone_a, alone_b = analyze(model, a), analyze(model, b)
+    (name,) = result.per_head
+    expected = (2 * 7 * alone_a.per_head[name] + 5 * alone_b.per_head[name]) / (2 * 7 + 5)
+    torch.testing.assert_close(result.per_head[name], expected)
+    assert sorted(result.by_length) == [6, 8] and result.reports is result.by_length[8]  # the larger group
+    with pytest.raises(ValueError, match=r"example 1's real tokens are not one run \(a hole in attention_mask at 2\)"):
+        analyze(model, padded, attention_mask=torch.tensor([[1] * 10, [1, 1, 0, 1] + [0] * 6, [1] * 10]))
+    with pytest.raises(ValueError, match="example 0 has 1 real token"):
+        analyze(model, padded, attention_mask=torch.tensor([[1] + [0] * 9, [1] * 10, [1] * 10]))
+    with pytest.raises(ValueError, match=r"attention_mask must be \(B, L\) = \(3, 10\) like the inputs, got \(3, 9\)"):
+        analyze(model, padded, attention_mask=mask[:, 1:])
+    with pytest.raises(ValueError, match="0 \\(padding\\) and 1"):
+        analyze(model, padded, attention_mask=mask.long() * 2)
+
+
 def report(ess_per_index, tss, items=None, context_end=4, name="layer"):
     idx = torch.tensor([1, 4, 6])  # L = 8: reach min(i, L - i, TSS) = 1, 4, 2 for TSS >= 4
     values = torch.tensor(ess_per_index, dtype=torch.float32).expand(1, 2, 3)

@@ -118,3 +118,13 @@ def test_a_run_id_whose_checkpoint_belongs_to_another_run_is_refused(store, tiny
     (store["dir"] / "ckpt" / second.run_id / "last.pt").write_bytes(first.checkpoint.read_bytes())
     with pytest.raises(ConfigError, match=f"belongs to run {first.run_id}; refusing to continue another run"):
         run(compose_config(tiny(f"trainer.resume={second.run_id}", "trainer.max_steps=8")))
+
+
+def test_a_run_id_against_a_server_that_does_not_answer_is_refused_in_seconds(tmp_path, capsys):
+    from ess_reg.harness.analyze import main as analyze_main
+
+    code = analyze_main(["0123456789abcdef0123456789abcdef", "--tracking-uri", "http://127.0.0.1:9",
+                         "--checkpoint-root", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "is not a local checkpoint, and tracking.uri=http://127.0.0.1:9: no tracking server answers" in err

@@ -536,8 +536,13 @@ def test_a_signal_ends_the_run_killed_and_resuming_finishes_it_with_contiguous_s
                                 f"hydra.run.dir={store['dir']}/hydra"], env=child_env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not list((store["dir"] / "ckpt").glob("*/last.pt")):
-        assert process.poll() is None and time.time() < deadline, "no checkpoint appeared"
+
+    def trained_steps() -> int:  # the first checkpoint (step 0) is written before any training
+        found = list((store["dir"] / "ckpt").glob("*/last.pt"))
+        return torch.load(found[0], weights_only=True)["step"] if found else -1
+
+    while trained_steps() < 5:
+        assert process.poll() is None and time.time() < deadline, "no checkpoint after training appeared"
         time.sleep(0.2)
     process.send_signal(getattr(signal, signal_name))
     _, stderr = process.communicate(timeout=120)

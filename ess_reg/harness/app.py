@@ -95,13 +95,19 @@ def _run(plan: Plan, distributed: Distributed) -> FitResult:
                 owned.enter_context(RunLock(_run_folder(config, resume_id), resume_id))
             tracker = tracking.Tracker(t["uri"], t["experiment"], t["artifact_location"], run_name=name,
                                        run_id=resume_id,
-                                       parent_run_id=None if resume_id else os.environ.get(tracking.PARENT_RUN_ENV))
+                                       parent_run_id=None if resume_id else os.environ.get(tracking.PARENT_RUN_ENV),
+                                       retry_seconds=t.get("retry_seconds", tracking.RETRY_SECONDS))
             if not resume_id:
                 owned.enter_context(RunLock(_run_folder(config, tracker.run_id), tracker.run_id))
+            tracker.spool = _run_folder(config, tracker.run_id) / SPOOL_NAME
+            tracker.replay_spool()  # what an earlier process of this run could not log
             distributed.broadcast(tracker.run_id)
         else:
             tracker = NullTracker(distributed.broadcast(None))
         return _train(plan, distributed, tracker, name, resume_id)
+
+
+SPOOL_NAME = "unlogged.jsonl"  # beside the checkpoint: what the store did not take yet
 
 
 def _run_folder(config, run_id: str):
@@ -117,7 +123,9 @@ def _train(plan: Plan, distributed: Distributed, tracker, name: str, resume_id: 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(resolve_threads(trainer.threads))
     try:
-        with StopOnSignal() as signals, (run_status(tracker) if distributed.is_main else contextlib.nullcontext()):
+        checkpoint = checkpoint_path(config["trainer"]["checkpoint_dir"], tracker.run_id)
+        with StopOnSignal() as signals, (run_status(tracker, checkpoint) if distributed.is_main
+                                         else contextlib.nullcontext()):
             if distributed.is_main:
                 record_start(tracker, plan)
                 if distributed.enabled:  # the logged trainer.batch_size is the global batch: say how it was split
@@ -138,7 +146,7 @@ def _train(plan: Plan, distributed: Distributed, tracker, name: str, resume_id: 
                 tracker.log_image(figures[-1], "ess_vs_index", step)
 
             result = fit(plan.model, plan.task, plan.make_optimizer, trainer, probe, tracker,
-                         checkpoint_path=checkpoint_path(config["trainer"]["checkpoint_dir"], tracker.run_id),
+                         checkpoint_path=checkpoint,
                          seed=config["seed"], config=config, resume_state=plan.resume_state,
                          regularizer=plan.regularizer, teacher=plan.teacher, distributed=distributed,
                          on_evaluate=on_evaluate, stop=signals.reason)
@@ -166,6 +174,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"ess-train: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except tracking.StoreUnavailable as err:
+        print(f"ess-train: error: {err}; {getattr(err, 'hint', '')}", file=sys.stderr)
+        sys.exit(3)
 
 
 def main() -> None:

@@ -64,6 +64,11 @@ def locate_checkpoint(resume: str, checkpoint_root: str | os.PathLike, uri: str,
     local = checkpoint_path(checkpoint_root, resume)
     if local.is_file():
         return local
+    if uri.startswith(("http://", "https://")):  # 5 s, not MLflow's minutes of retries
+        try:
+            tracking.check_store(uri)
+        except ValueError as err:
+            raise ConfigError(f"{key}={resume} is not a local checkpoint, and {err}") from None
     if os.sep not in resume and len(resume) < 32:  # a shortened run id, as the UI shows it
         try:
             full = tracking.resolve_run_id(uri, resume)

@@ -60,6 +60,9 @@ def _check_outputs(config: dict) -> None:
     t = config["tracking"]
     try:
         tracking.check_store(t["uri"])
+        retry = t.get("retry_seconds", tracking.RETRY_SECONDS)
+        if isinstance(retry, bool) or not isinstance(retry, (int, float)) or not retry >= 0:
+            raise ValueError(f"tracking.retry_seconds must be a number of seconds >= 0, got {retry!r}")
         if t.get("artifact_location"):
             tracking.check_writable_dir(t["artifact_location"], "tracking.artifact_location")
         tracking.check_writable_dir(config["trainer"]["checkpoint_dir"], "trainer.checkpoint_dir")

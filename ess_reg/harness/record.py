@@ -21,13 +21,31 @@ __all__ = ["record_start", "record_end", "run_status"]
 log = logging.getLogger("ess_reg")
 
 
+def _resume_hint(tracker: tracking.Tracker, checkpoint: Path | None) -> str:
+    """How to go on from the run's last checkpoint, if it has one."""
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return ""
+    return f"; its last checkpoint ({checkpoint}) continues it: ess-train trainer.resume={tracker.run_id}"
+
+
 @contextmanager
-def run_status(tracker: tracking.Tracker) -> Iterator[None]:
+def run_status(tracker: tracking.Tracker, checkpoint: Path | None = None) -> Iterator[None]:
     """Close the run with the status that says how it ended, and why when it did not finish:
     FINISHED; FAILED with the reason (a diverged loss, any error); KILLED on an interrupt, with
-    the command that continues it."""
+    the command that continues it, and when the store stayed away (if it answers that once)."""
     try:
         yield
+    except tracking.StoreUnavailable as err:  # nothing can wait longer: one try at a true status
+        where = getattr(err, "checkpoint", None)
+        err.hint = (f"run {tracker.run_id} stopped at step {getattr(err, 'step', '?')}"
+                    + (f", checkpoint {where}" if where else "")
+                    + (f"; {tracker.kept_aside} writes the store did not take wait in {tracker.spool} and are logged "
+                       "on resume" if tracker.kept_aside and tracker.spool else "")
+                    + f". Once the store answers: ess-train trainer.resume={tracker.run_id}")
+        marked = tracker.give_up(f"{err}; {err.hint}")
+        log.error("ess-train: run %s %s: %s", tracker.run_id,
+                  "KILLED" if marked else "stopped (its status in the store could not be changed)", err)
+        raise
     except TrainingDiverged as err:
         tracker.set_tags({"failure_reason": str(err)})
         tracker.finish("FAILED")
@@ -38,9 +56,12 @@ def run_status(tracker: tracking.Tracker) -> Iterator[None]:
                                             f"trainer.resume={tracker.run_id}"})
         tracker.finish("KILLED")
         raise
-    except BaseException as err:
-        tracker.set_tags({"failure_reason": f"{type(err).__name__}: {err}"[:2000]})
+    except BaseException as err:  # a crash, or a torchrun process that died under this one
+        hint = _resume_hint(tracker, checkpoint)
+        tracker.set_tags({"failure_reason": f"{type(err).__name__}: {str(err)[:1500]}{hint}"})
         tracker.finish("FAILED")
+        if hint:
+            log.error("ess-train: run %s FAILED (%s)%s", tracker.run_id, type(err).__name__, hint)
         raise
     tracker.finish("FINISHED")
 

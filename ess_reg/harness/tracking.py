@@ -20,6 +20,8 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from .outages import RETRY_SECONDS, Backoff, StoreUnavailable, retrying, transient
+
 log = logging.getLogger("ess_reg")
 DEFAULT_URI = "sqlite:///runs/mlflow.db"  # the store ess-train writes to and the readers read by default
 PARENT_RUN_ENV = "ESS_REG_PARENT_RUN_ID"  # set by a multirun's parent run for its jobs
@@ -281,30 +283,175 @@ def experiment_id(uri: str, experiment: str, artifact_location: str | None = Non
 
 
 class Tracker:
-    """One MLflow run: parameters, metrics by step, tags and artifacts."""
+    """One MLflow run: parameters, metrics by step, tags and artifacts.
+
+    Survives a store that goes away for a while (:mod:`ess_reg.harness.outages`): the writes of
+    a run's start and end wait for it, up to ``retry_seconds``; metrics and figures logged while
+    training are kept aside in order, in memory and in ``spool`` (a JSON-lines file beside the
+    checkpoint, so a killed process loses none), and written first when the store answers again.
+    Past ``retry_seconds`` without an answer, :class:`StoreUnavailable` is raised."""
 
     def __init__(self, uri: str, experiment: str, artifact_location: str | None = None,
-                 run_name: str | None = None, run_id: str | None = None, parent_run_id: str | None = None):
-        self.uri = uri
-        self.experiment_id = experiment_id(uri, experiment, artifact_location)
+                 run_name: str | None = None, run_id: str | None = None, parent_run_id: str | None = None,
+                 retry_seconds: float = RETRY_SECONDS):
+        self._setup(uri, retry_seconds)
+        # first: opening the store creates it, under its lock (concurrent first use)
+        self.experiment_id = self._call("opening the experiment",
+                                        lambda: experiment_id(uri, experiment, artifact_location))
         self.client = MlflowClient(uri)
         if run_id is None:
             tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
-            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+            run = self._call("creating the run",
+                             lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags))
             run_id = run.info.run_id
         else:
-            self.client.update_run(run_id, status="RUNNING")
+            self._call("reopening the run", lambda: self.client.update_run(run_id, status="RUNNING"))
         self.run_id = run_id
-        self._last_step = self._logged_steps()
+        self._last_step = self._call("reading the logged steps", self._logged_steps)
 
     @classmethod
-    def attach(cls, uri: str, run_id: str) -> "Tracker":
+    def attach(cls, uri: str, run_id: str, retry_seconds: float = RETRY_SECONDS) -> "Tracker":
         """Log into an existing run without touching its status (a sweep's summary)."""
         self = cls.__new__(cls)
-        self.uri, self.client, self.run_id = uri, MlflowClient(uri), run_id
-        self.experiment_id = self.client.get_run(run_id).info.experiment_id
-        self._last_step = self._logged_steps()
+        self._setup(uri, retry_seconds)
+        self.client, self.run_id = MlflowClient(uri), run_id
+        self.experiment_id = self._call("reading the run", lambda: self.client.get_run(run_id)).info.experiment_id
+        self._last_step = self._call("reading the logged steps", self._logged_steps)
         return self
+
+    def _setup(self, uri: str, retry_seconds: float) -> None:
+        if uri.startswith(("http://", "https://")):
+            # MLflow would retry each request on its own for minutes (and not at all on a cut
+            # answer), holding training up; the waiting is done here, where what waits is chosen.
+            # A user's own setting is kept.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        self.uri, self.retry_seconds = uri, float(retry_seconds)
+        self.spool: Path | None = None  # where writes kept aside are mirrored on disk
+        self._pending: list[dict] = []  # writes kept aside while the store is away, oldest first
+        self._away_since: float | None = None
+        self._error: BaseException | None = None
+        self._backoff, self._next_try = Backoff(), 0.0
+
+    # ---- every call to the store goes through one of these two ----------------------------
+
+    def _call(self, what: str, call):
+        """A write (or read) that must happen now: what waits goes first, then ``call``, each
+        retried while the store is away, up to ``retry_seconds``."""
+        if self._pending:
+            retrying(self._flush, uri=self.uri, window=self.retry_seconds, what="logging what was kept aside")
+        return retrying(call, uri=self.uri, window=self.retry_seconds, what=what)
+
+    def _write_or_keep(self, record: dict) -> None:
+        """A metric or figure: written if the store answers, else kept aside (in order) and
+        training goes on; :class:`StoreUnavailable` once the store has been away too long."""
+        if self._pending and time.monotonic() >= self._next_try:
+            try:
+                self._flush()
+            except Exception as err:
+                if not transient(err):
+                    raise
+                self._error, self._next_try = err, time.monotonic() + self._backoff.wait()
+        if not self._pending:
+            try:
+                self._apply(record)
+                return
+            except Exception as err:
+                if not transient(err):
+                    raise
+                self._error, self._away_since = err, time.monotonic()
+                self._next_try = self._away_since + self._backoff.wait()
+                log.warning("ess-train: the tracking store at %s did not answer (%s); training goes on, metrics are "
+                            "kept aside%s and logged when it answers (for up to %.0f s)", self.uri,
+                            type(err).__name__, f" in {self.spool}" if self.spool else "", self.retry_seconds)
+        self._keep(record)
+        away = time.monotonic() - self._away_since
+        if away > self.retry_seconds:
+            raise StoreUnavailable(self.uri, away, self._error)
+
+    def _apply(self, record: dict) -> None:
+        if record["kind"] == "metrics":
+            self.client.log_batch(self.run_id, metrics=[mlflow.entities.Metric(k, v, record["timestamp"], record["step"])
+                                                        for k, v in record["metrics"].items()])
+        else:
+            import io
+
+            from PIL import Image
+
+            png = record["png"] if "png" in record else Path(record["file"]).read_bytes()
+            with Image.open(io.BytesIO(png)) as image:
+                self.client.log_image(self.run_id, image.convert("RGB"), key=record["key"], step=record["step"])
+
+    def _flush(self) -> None:
+        while self._pending:
+            self._apply(self._pending[0])
+            self._pending.pop(0)
+        if self._away_since is not None:
+            log.warning("ess-train: the tracking store at %s answers again after %.0f s; what was kept aside is logged",
+                        self.uri, time.monotonic() - self._away_since)
+        self._away_since, self._next_try = None, 0.0
+        self._backoff.reset()
+        self._clear_spool()
+
+    def _keep(self, record: dict) -> None:
+        self._pending.append(record)
+        if self.spool is None:
+            return
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        line = dict(record)
+        if "png" in line:  # a figure: its own file beside the spool
+            image = self.spool.with_name(f"{self.spool.stem}-{line['key']}-{line['step']}.png")
+            image.write_bytes(line.pop("png"))
+            line["file"] = str(image)
+        with open(self.spool, "a") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _clear_spool(self) -> None:
+        if self.spool is None:
+            return
+        for path in [self.spool, *self.spool.parent.glob(f"{self.spool.stem}-*.png")]:
+            path.unlink(missing_ok=True)
+
+    def replay_spool(self) -> int:
+        """Log what an earlier process of this run kept aside and could not log (its spool),
+        oldest first; steps already in the store are not logged twice. Returns how many writes."""
+        if self.spool is None or not self.spool.is_file():
+            return 0
+        records = []
+        for number, line in enumerate(self.spool.read_text().splitlines(), 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # the last line of a process killed mid-write
+                log.warning("ess-train: %s line %d is not a whole record; skipped", self.spool, number)
+        for record in records:
+            if record.get("kind") == "metrics":
+                self.log_metrics(record["metrics"], record["step"], timestamp=record["timestamp"])
+            elif record.get("kind") == "image" and Path(record.get("file", "")).is_file():
+                self._call("logging a kept figure", lambda r=record: self._apply(r))
+        self._clear_spool()
+        log.info("ess-train: logged %d writes that an earlier process of run %s kept aside", len(records), self.run_id)
+        return len(records)
+
+    def give_up(self, reason: str) -> bool:
+        """After :class:`StoreUnavailable`: one try, without waiting, to mark the run KILLED
+        with ``reason``; False when the store still does not answer (the status then stays as
+        it was, and the spool keeps what was not logged)."""
+        try:
+            self.client.set_tag(self.run_id, "failure_reason", reason[:8000])
+            self.client.set_terminated(self.run_id, status="KILLED")
+            return True
+        except Exception as err:
+            if transient(err):
+                return False
+            raise
+
+    @property
+    def kept_aside(self) -> int:
+        return len(self._pending)
+
+    # ---- the interface --------------------------------------------------------------------
 
     def _logged_steps(self) -> dict[str, int]:
         """The last step already logged for each metric: a resumed run never logs a step twice."""
@@ -316,35 +463,35 @@ class Tracker:
         return last
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        existing = self.client.get_run(self.run_id).data.params
+        existing = self._call("reading the params", lambda: self.client.get_run(self.run_id).data.params)
         fresh = {k: str(v)[:6000] for k, v in params.items() if k not in existing}
         for start in range(0, len(fresh), 100):
             batch = dict(list(fresh.items())[start : start + 100])
-            self.client.log_batch(self.run_id, params=[mlflow.entities.Param(k, v) for k, v in batch.items()])
+            self._call("logging params", lambda b=batch: self.client.log_batch(
+                self.run_id, params=[mlflow.entities.Param(k, v) for k, v in b.items()]))
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp: int | None = None) -> None:
         fresh = {k: float(v) for k, v in metrics.items() if step > self._last_step.get(k, -1)}
         if not fresh:
             return
-        timestamp = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id, metrics=[mlflow.entities.Metric(k, v, timestamp, step) for k, v in fresh.items()]
-        )
-        self._last_step.update({k: step for k in fresh})
+        self._last_step.update({k: step for k in fresh})  # kept aside counts as logged: never twice
+        self._write_or_keep({"kind": "metrics", "step": int(step), "metrics": fresh,
+                             "timestamp": timestamp or int(time.time() * 1000)})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value)[:8000])
+            self._call(f"setting tag {key}", lambda k=key, v=value: self.client.set_tag(self.run_id, k, str(v)[:8000]))
 
     def delete_tags(self, *keys: str) -> None:
         """Remove tags if present (a resumed run that finishes drops its old failure reason)."""
-        present = self.client.get_run(self.run_id).data.tags
+        present = self._call("reading the tags", lambda: self.client.get_run(self.run_id).data.tags)
         for key in keys:
             if key in present:
-                self.client.delete_tag(self.run_id, key)
+                self._call(f"deleting tag {key}", lambda k=key: self.client.delete_tag(self.run_id, k))
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._call(f"uploading {Path(path).name}",
+                   lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_json(self, data: Any, name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -362,16 +509,12 @@ class Tracker:
         """A figure as an image of ``step`` under ``key``: the MLflow UI steps through them."""
         import io
 
-        from PIL import Image
-
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-        buffer.seek(0)
-        with Image.open(buffer) as image:
-            self.client.log_image(self.run_id, image.convert("RGB"), key=key, step=step)
+        self._write_or_keep({"kind": "image", "key": key, "step": int(step), "png": buffer.getvalue()})
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
+        self._call(f"closing the run as {status}", lambda: self.client.set_terminated(self.run_id, status=status))
 
 
 def start_parent_run(uri: str, experiment: str, artifact_location: str | None, run_name: str) -> str:

@@ -24,6 +24,7 @@ from ..tasks import IGNORE, Task
 from .checkpoints import save_checkpoint
 from .run_probe import RunProbe
 from .distributed import Distributed
+from .outages import StoreUnavailable
 from .settings import TrainerSettings, resolve_device
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "FitResult", "fit", "evaluate",
@@ -207,9 +208,9 @@ def fit(
         reports = probe.report(model)
         metrics["time/ess_probe_s"] = time.perf_counter() - start
         metrics.update(evaluation_metrics(reports))
-        tracker.log_metrics(metrics, step)
-        if "valid/accuracy" in metrics:
+        if "valid/accuracy" in metrics:  # before logging: a store outage raised there keeps it
             accuracy_curve.append((step, metrics["valid/accuracy"]))
+        tracker.log_metrics(metrics, step)
         if on_evaluate is not None:
             on_evaluate(step, reports, metrics)
         model.train()
@@ -230,82 +231,90 @@ def fit(
         log.info("step %d/%d  loss %.3f%s  %.1f it/s  eta %s", step, trainer.max_steps, last["train/loss"],
                  evaluated, rate, _duration(eta))
 
-    if teacher is not None:
-        teacher.to(device)
-        if start_step == 0 and main:  # what the student learns from, once: the teacher's accuracy and ESS
-            teacher_metrics = {f"valid/{k}": v for k, v in
-                               evaluate(teacher.model, test_inputs, test_labels, trainer.batch_size).items()}
-            teacher_metrics.update(evaluation_metrics(probe.report(teacher.model)))
-            tracker.log_metrics({f"teacher/{k}": v for k, v in teacher_metrics.items()}, 0)
-    if start_step == 0:
-        reports = evaluate_and_log(0)  # ESS and accuracy at initialization
-    model.train()
-    for step in range(start_step + 1, trainer.max_steps + 1):
-        reason = stop() if stop is not None else None
-        if reason:
-            raise TrainingInterrupted(f"{reason} before step {step}")
-        batch = task.train_batch(trainer.batch_size, step, seed)  # the global batch, the same on every process
-        x, y = distributed.shard(batch.inputs).to(device), distributed.shard(batch.labels).to(device)
-        capture = regularizer.capture() if regularizer is not None else contextlib.nullcontext()
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None), capture:
-            logits = trained(x)
-        if distributed.enabled:
-            # summed over this slice, over the whole batch's answered positions, times the processes:
-            # the averaged gradient is the gradient of the global batch's mean loss
-            local = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE,
-                                    reduction="sum")
-            totals = distributed.sum(torch.stack([local.detach(), (y != IGNORE).sum().to(local.dtype)]))
-            task_loss = local / totals[1].clamp_min(1) * distributed.world_size
-            global_loss = totals[0] / totals[1].clamp_min(1)
-        else:
-            task_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                        ignore_index=IGNORE)
-            global_loss = task_loss.detach()
-        objective = task_loss
+    trained_to = start_step  # the last step whose update is done: where a checkpoint can stand
+    try:
         if teacher is not None:
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                kl = teacher.loss(x, logits, y)
-            objective = teacher.blend(task_loss, kl)
-            last["train/distill_kl"] = kl.item()
-        if not torch.isfinite(global_loss) or not torch.isfinite(objective):  # before the penalty's spectra
-            raise TrainingDiverged(f"non-finite training loss ({global_loss.item()}, the task loss) at step {step}")
-        loss = objective if regularizer is None else objective + regularizer.compute(step)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"non-finite training loss ({loss.item()}, from the penalty) at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if trainer.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
-        optimizer.step()
-        if regularizer is not None:
-            regularizer.after_step()  # a constraint's multiplier moves once per step
-        last["train/loss"] = global_loss.item()
-        if regularizer is not None:
-            last.update({f"penalty/{k}": v for k, v in regularizer.last.items()})
-            last["train/total_loss"] = loss.item()
-        if step % trainer.log_every == 0 or step == trainer.max_steps:
-            tracker.log_metrics({k: v for k, v in last.items() if k.startswith(("train/", "penalty/"))}, step)
-            loss_curve.append((step, last["train/loss"]))
-        last_step = step == trainer.max_steps
-        if step % trainer.eval_every == 0 or last_step:
-            reports = evaluate_and_log(step)
-            if not last_step and trainer.stop.active:
-                reason = distributed.broadcast(trainer.stop.reason(accuracy_curve) if main else None)
-                if reason:  # converged: end here as at the last step, every process together
-                    stopped.append(reason)
-                    last_step = True
-        if stopped and step % trainer.log_every:  # stopped between two log steps: the loss where it ended
-            tracker.log_metrics({k: v for k, v in last.items() if k.startswith(("train/", "penalty/"))}, step)
-            loss_curve.append((step, last["train/loss"]))
-        if step % trainer.checkpoint_every == 0 or last_step:
-            checkpoint(step)
-        if step % trainer.log_every == 0 or last_step:
-            progress(step)
-        if stopped:
-            log.info("trainer.stop at step %d: %s", step, stopped[0])
-            break
-    else:
-        step = trainer.max_steps
+            teacher.to(device)
+            if start_step == 0 and main:  # what the student learns from, once: the teacher's accuracy and ESS
+                teacher_metrics = {f"valid/{k}": v for k, v in
+                                   evaluate(teacher.model, test_inputs, test_labels, trainer.batch_size).items()}
+                teacher_metrics.update(evaluation_metrics(probe.report(teacher.model)))
+                tracker.log_metrics({f"teacher/{k}": v for k, v in teacher_metrics.items()}, 0)
+        if start_step == 0:
+            reports = evaluate_and_log(0)  # ESS and accuracy at initialization
+            checkpoint(0)  # at once: whatever happens next, the run can be resumed
+        model.train()
+        for step in range(start_step + 1, trainer.max_steps + 1):
+            reason = stop() if stop is not None else None
+            if reason:
+                raise TrainingInterrupted(f"{reason} before step {step}")
+            batch = task.train_batch(trainer.batch_size, step, seed)  # the global batch, the same on every process
+            x, y = distributed.shard(batch.inputs).to(device), distributed.shard(batch.labels).to(device)
+            capture = regularizer.capture() if regularizer is not None else contextlib.nullcontext()
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None), capture:
+                logits = trained(x)
+            if distributed.enabled:
+                # summed over this slice, over the whole batch's answered positions, times the processes:
+                # the averaged gradient is the gradient of the global batch's mean loss
+                local = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE,
+                                        reduction="sum")
+                totals = distributed.sum(torch.stack([local.detach(), (y != IGNORE).sum().to(local.dtype)]))
+                task_loss = local / totals[1].clamp_min(1) * distributed.world_size
+                global_loss = totals[0] / totals[1].clamp_min(1)
+            else:
+                task_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                            ignore_index=IGNORE)
+                global_loss = task_loss.detach()
+            objective = task_loss
+            if teacher is not None:
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    kl = teacher.loss(x, logits, y)
+                objective = teacher.blend(task_loss, kl)
+                last["train/distill_kl"] = kl.item()
+            if not torch.isfinite(global_loss) or not torch.isfinite(objective):  # before the penalty's spectra
+                raise TrainingDiverged(f"non-finite training loss ({global_loss.item()}, the task loss) at step {step}")
+            loss = objective if regularizer is None else objective + regularizer.compute(step)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"non-finite training loss ({loss.item()}, from the penalty) at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if trainer.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
+            optimizer.step()
+            if regularizer is not None:
+                regularizer.after_step()  # a constraint's multiplier moves once per step
+            trained_to = step
+            last["train/loss"] = global_loss.item()
+            if regularizer is not None:
+                last.update({f"penalty/{k}": v for k, v in regularizer.last.items()})
+                last["train/total_loss"] = loss.item()
+            if step % trainer.log_every == 0 or step == trainer.max_steps:
+                tracker.log_metrics({k: v for k, v in last.items() if k.startswith(("train/", "penalty/"))}, step)
+                loss_curve.append((step, last["train/loss"]))
+            last_step = step == trainer.max_steps
+            if step % trainer.eval_every == 0 or last_step:
+                reports = evaluate_and_log(step)
+                if not last_step and trainer.stop.active:
+                    reason = distributed.broadcast(trainer.stop.reason(accuracy_curve) if main else None)
+                    if reason:  # converged: end here as at the last step, every process together
+                        stopped.append(reason)
+                        last_step = True
+            if stopped and step % trainer.log_every:  # stopped between two log steps: the loss where it ended
+                tracker.log_metrics({k: v for k, v in last.items() if k.startswith(("train/", "penalty/"))}, step)
+                loss_curve.append((step, last["train/loss"]))
+            if step % trainer.checkpoint_every == 0 or last_step:
+                checkpoint(step)
+            if step % trainer.log_every == 0 or last_step:
+                progress(step)
+            if stopped:
+                log.info("trainer.stop at step %d: %s", step, stopped[0])
+                break
+        else:
+            step = trainer.max_steps
+    except StoreUnavailable as err:  # the store stayed away: keep the work, and say how to go on
+        checkpoint(trained_to)
+        err.step, err.checkpoint = trained_to, checkpoint_path
+        raise
     if not reports and main:  # resumed at the end: nothing was trained, measure once
         reports = evaluate_and_log(trainer.max_steps)
     verdict = diagnose(reports, last.get("valid/accuracy"), probe.thresholds, loss_curve=loss_curve) if main else None
