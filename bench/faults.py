@@ -121,23 +121,30 @@ def outage(root: Path, n: int, down: float, steps: int) -> Outcome:
     port = free_port()
     uri, started = f"http://127.0.0.1:{port}", time.perf_counter()
     server = start_server(root, port)
+    root.mkdir(parents=True, exist_ok=True)
+    logs = [root / f"run{i}.log" for i in range(n)]  # the runs' terminal output: did they see the outage?
     procs = [subprocess.Popen([*TRAIN, *overrides(uri, root, "trainer.log_every=1", f"trainer.max_steps={steps}",
                                                   "trainer.eval_every=50", f"seed={i}",
                                                   f"tracking.retry_seconds={down * 3}")],
-                              env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-              for i in range(n)]
+                              env=env(), stdout=open(log, "w"), stderr=subprocess.STDOUT)
+              for i, log in enumerate(logs)]
     deadline = time.time() + 300
     while len([r for r in all_runs(uri) if r.data.metrics.get("train/loss") is not None]) < n:
         if time.time() > deadline:
             break
         time.sleep(1)
+    before = sorted(int(r.data.metrics.get("train/loss") is not None) and
+                    max(m.step for m in MlflowClient(uri).get_metric_history(r.info.run_id, "train/loss"))
+                    for r in all_runs(uri))
     stop_server(server)
     time.sleep(down)
     server = start_server(root, port)
     try:
         codes = [p.wait(timeout=3600) for p in procs]
+        kept = sum("metrics are kept aside" in log.read_text() for log in logs)
         out = summarize(f"{n} runs, mlflow server stopped {down:.0f} s mid-run", uri, root, steps, started)
-        out.note = f"exit codes {sorted(set(codes))}"
+        out.note = (f"exit codes {sorted(set(codes))}; last step logged when the server stopped {before} of "
+                    f"{steps}; {kept} of {n} kept metrics aside while training")
     finally:
         stop_server(server)
     return out
