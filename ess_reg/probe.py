@@ -34,7 +34,12 @@ def ess_layers(model: nn.Module, names: Sequence[str] | None = None) -> dict[str
         raise TypeError(f"layers (names) must be a list of layer names or None, got {names!r}")
     if names is not None and not names:
         raise ValueError("layers (names) is empty: name at least one ESS-capable layer, or pass None for all")
-    layers = {name: m for name, m in model.named_modules() if _adapter_for(m) is not None}
+    found = {name: m for name, m in model.named_modules() if _adapter_for(m) is not None}
+    # A measurable layer that wraps another one (GPT-Neo's GPTNeoAttention around its
+    # GPTNeoSelfAttention, which returns the same probabilities) is the same operator twice:
+    # the innermost is the one that computes it, and it alone is measured.
+    layers = {name: m for name, m in found.items()
+              if not any(other.startswith(f"{name}.") for other in found if name)}
     if not layers:
         raise ValueError(
             f"{type(model).__name__} has no ESS-capable layer: give its mixers operator(x) and "

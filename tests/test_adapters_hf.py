@@ -173,3 +173,51 @@ def test_select_init_scores_hugging_face_candidates():
     assert len(result.scores) == 3 and result.scores[result.index] == max(result.scores)
     again = ess_reg.measure(tiny_mamba(result.candidate["seed"]), ids)  # the chosen one, rebuilt, scores the same
     assert sum(r.ess_avg for r in again.values()) / len(again) == pytest.approx(result.scores[result.index], rel=1e-5)
+
+
+def _windowed(name):
+    """Tiny random models whose layers see a window or a block, as their configs say."""
+    torch.manual_seed(0)
+    common = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=2,
+                  max_position_embeddings=64, attn_implementation="eager")
+    if name == "mistral":  # one window for every layer, set on the config only
+        return transformers.MistralForCausalLM(transformers.MistralConfig(num_hidden_layers=2, sliding_window=8,
+                                                                          **common)), {0: 8, 1: 8}
+    if name == "gemma2":  # local and global layers in turn
+        config = transformers.Gemma2Config(num_hidden_layers=2, sliding_window=6, head_dim=8, **common)
+        return transformers.Gemma2ForCausalLM(config), {i: 6 if t == "sliding_attention" else None
+                                                       for i, t in enumerate(config.layer_types)}
+    if name == "gpt_neo":
+        config = transformers.GPTNeoConfig(vocab_size=32, hidden_size=16, num_layers=2, num_heads=2, window_size=5,
+                                           attention_types=[[["local", "global"], 1]], max_position_embeddings=64,
+                                           attn_implementation="eager")
+        return transformers.GPTNeoForCausalLM(config), {0: 5, 1: None}
+    raise ValueError(name)
+
+
+@pytest.mark.parametrize("name", ["mistral", "gemma2", "gpt_neo"])
+def test_sliding_window_layers_get_the_window_s_tss_and_reach_it(name):
+    model, windows = _windowed(name)
+    model = model.double().eval()
+    L = 24
+    ids = torch.randint(1, 32, (2, L), generator=torch.Generator().manual_seed(0))
+    reports = ess_reg.measure(model, ids, kind="tolerance", ess_options={"tol": 1e-9})
+    assert len(reports) == len(windows)
+    for (name_, report), window in zip(reports.items(), windows.values()):
+        idx = report.ess.indices
+        full = torch.minimum(idx, L - idx).double()
+        expected = full if window is None else torch.clamp(full, max=window - 1)
+        reach = report.reach.double()
+        torch.testing.assert_close(reach, expected)  # what the mask lets through
+        measured = report.ess.values.amax(dim=(0, 1)).double()
+        assert torch.all(measured <= reach + 1e-9), name_  # the rank never exceeds it...
+        assert torch.equal(measured.round(), reach), name_  # ...and random weights attain it
+
+
+def test_chunked_attention_s_tss_is_counted_within_its_block():
+    from ess_reg.adapters.hf import chunked_state_size
+
+    idx = torch.arange(1, 20)
+    tss = chunked_state_size(8)(idx, 20)
+    # blocks [0, 8), [8, 16), [16, 20): zero at a block's start, the shorter side of the split inside
+    assert tss.tolist() == [1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 1]

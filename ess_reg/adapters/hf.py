@@ -5,7 +5,9 @@
 - Attention layers (a class named ``...Attention`` whose forward returns ``(output, weights)``,
   as Llama, Qwen, Mistral, GPT-2 and most decoders do): the per-head attention probabilities it
   returns when the model runs with ``attn_implementation="eager"``, as dense operators of batch
-  shape ``(B, heads)``, each serving ``head_dim`` value channels.
+  shape ``(B, heads)``, each serving ``head_dim`` value channels. Their TSS follows the layer's
+  mask: ``min(i, L - i)`` for full attention, capped at ``W - 1`` for a sliding window of ``W``,
+  and within its block for chunked attention (:func:`attention_reach`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ..operators import DenseOperator
 from .registry import Adapter, register_adapter
 from .hf_mamba import mamba2_operator, mamba_operator
 
-__all__ = ["maybe_register", "attention_from_forward"]
+__all__ = ["maybe_register", "attention_from_forward", "attention_reach", "attention_state_size"]
 
 
 def attention_from_forward(module, args, kwargs, output) -> DenseOperator:
@@ -32,6 +34,59 @@ def attention_from_forward(module, args, kwargs, output) -> DenseOperator:
     return DenseOperator(weights, multiplicity=int(head_dim))
 
 
+def _positive_int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def attention_reach(module):
+    """What the layer's mask lets through, as ``(kind, size)``: ``("window", W)`` for sliding
+    windows (a query sees itself and the ``W - 1`` tokens before it, as transformers' masks do),
+    ``("chunk", C)`` for chunked attention (a query sees the earlier tokens of its own block of
+    ``C``), ``("full", None)`` otherwise. Read from the layer (``sliding_window``, GPT-Neo's
+    ``attention_type``) or its config (``layer_types[layer_idx]``; a model-wide
+    ``sliding_window`` where layers have no types, as Mistral's)."""
+    config = getattr(module, "config", None)
+    window = _positive_int(getattr(module, "sliding_window", None))
+    if window:
+        return "window", window
+    layer_types = getattr(config, "layer_types", None)
+    layer = getattr(module, "layer_idx", None)
+    if layer_types and isinstance(layer, int) and 0 <= layer < len(layer_types):
+        kind = layer_types[layer]
+        if kind in ("sliding_attention", "local_attention", "local") and _positive_int(getattr(config, "sliding_window", None)):
+            return "window", config.sliding_window
+        if kind == "chunked_attention" and _positive_int(getattr(config, "attention_chunk_size", None)):
+            return "chunk", config.attention_chunk_size
+        return "full", None
+    if getattr(module, "attention_type", None) == "local" and _positive_int(getattr(config, "window_size", None)):
+        return "window", config.window_size  # GPT-Neo's local layers
+    if (not hasattr(module, "sliding_window") and _positive_int(getattr(config, "sliding_window", None))
+            and getattr(config, "use_sliding_window", True)):
+        return "window", config.sliding_window  # one window for every layer (Mistral)
+    return "full", None
+
+
+def chunked_state_size(chunk: int):
+    """TSS of attention within blocks of ``chunk`` tokens: the block ``H_i`` links the block's
+    tokens before ``i`` to those from ``i`` on, so its rank is at most
+    ``min(i mod C, min(start + C, L) - i)``, 0 at a block's start."""
+    def tss(indices: torch.Tensor, seq_len: int) -> torch.Tensor:
+        start = indices - indices % chunk
+        return torch.minimum(indices % chunk, torch.clamp(start + chunk, max=seq_len) - indices)
+    return tss
+
+
+def attention_state_size(module):
+    """TSS of an attention layer: the window's ``W - 1`` past tokens, the chunk's rule, or
+    ``min(i, L - i)`` for full causal attention."""
+    kind, size = attention_reach(module)
+    if kind == "window":
+        return size - 1
+    if kind == "chunk":
+        return chunked_state_size(size)
+    return growing_state_size
+
+
 def _is_attention(cls: type) -> bool:
     return cls.__name__.endswith("Attention") and ".models." in cls.__module__
 
@@ -42,5 +97,5 @@ def maybe_register(cls: type) -> None:
     elif cls.__name__ == "Mamba2Mixer":
         register_adapter(cls, Adapter(operator=mamba2_operator, state_size=lambda m: m.ssm_state_size))
     elif _is_attention(cls):
-        register_adapter(cls, Adapter(operator=None, state_size=lambda m: growing_state_size,
+        register_adapter(cls, Adapter(operator=None, state_size=attention_state_size,
                                       from_forward=attention_from_forward))
