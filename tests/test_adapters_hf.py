@@ -192,11 +192,16 @@ def _windowed(name):
                                            attention_types=[[["local", "global"], 1]], max_position_embeddings=64,
                                            attn_implementation="eager")
         return transformers.GPTNeoForCausalLM(config), {0: 5, 1: None}
+    if name == "llama4":  # chunked attention on the layers without rope, blocks of 8
+        config = transformers.Llama4TextConfig(intermediate_size_mlp=32, num_hidden_layers=2, head_dim=8,
+                                               attention_chunk_size=8, num_local_experts=2, num_experts_per_tok=1,
+                                               no_rope_layers=[1, 0], **common)
+        return transformers.Llama4ForCausalLM(config), {0: ("chunk", 8), 1: None}
     raise ValueError(name)
 
 
-@pytest.mark.parametrize("name", ["mistral", "gemma2", "gpt_neo"])
-def test_sliding_window_layers_get_the_window_s_tss_and_reach_it(name):
+@pytest.mark.parametrize("name", ["mistral", "gemma2", "gpt_neo", "llama4"])
+def test_windowed_and_chunked_layers_get_their_mask_s_reach_and_attain_it(name):
     model, windows = _windowed(name)
     model = model.double().eval()
     L = 24
@@ -206,7 +211,14 @@ def test_sliding_window_layers_get_the_window_s_tss_and_reach_it(name):
     for (name_, report), window in zip(reports.items(), windows.values()):
         idx = report.ess.indices
         full = torch.minimum(idx, L - idx).double()
-        expected = full if window is None else torch.clamp(full, max=window - 1)
+        if window is None:
+            expected = full
+        elif isinstance(window, tuple):  # a block of C: the split inside it, 0 at its start
+            chunk = window[1]
+            start = idx - idx % chunk
+            expected = torch.minimum(idx % chunk, torch.clamp(start + chunk, max=L) - idx).double()
+        else:
+            expected = torch.clamp(full, max=window - 1)
         reach = report.reach.double()
         torch.testing.assert_close(reach, expected)  # what the mask lets through
         measured = report.ess.values.amax(dim=(0, 1)).double()
