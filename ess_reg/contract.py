@@ -34,7 +34,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from .diagnosis import StateSize
+from .state_size import StateSize
 from .operators import DeferredOperator, Operator
 
 __all__ = ["ESSLayer", "hand_over", "capturing", "listen"]

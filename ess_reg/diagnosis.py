@@ -1,4 +1,7 @@
-"""Theoretical state size (TSS), the reachable state, utilization, and the model's verdict."""
+"""A layer's report (ESS against its reachable state, utilization) and the model's verdict.
+
+What a state size is (TSS, the reachable state) lives in :mod:`ess_reg.state_size`; its names
+are re-exported here for code written before the split."""
 
 from __future__ import annotations
 
@@ -10,41 +13,12 @@ import torch
 
 from ._checks import check_int
 from .ess import LayerESS
-from .spectra import resolve_indices
+from .state_size import StateSize, growing_state_size, reachable_state, tss_at  # noqa: F401 (re-exported)
 
 __all__ = ["StateSize", "growing_state_size", "tss_at", "reachable_state", "utilization", "FailureThresholds",
            "LayerReport", "MEASURES", "mean_over_layers", "layer_utilization", "layer_ess_per_item", "layer_mean_ess", "Verdict", "diagnose", "model_summary", "SATURATION", "COLLAPSE", "HEALTHY",
            "INCONCLUSIVE", "NEAR_SATURATION", "NEAR_COLLAPSE", "STILL_TRAINING", "VERDICTS",
            "loss_still_falling"]
-
-# A mixer's TSS per channel: a number (SSM state N, linear-attention feature size, SWA window),
-# or a function of (indices, L) for layers whose state grows with the sequence.
-StateSize = int | float | Callable[[torch.Tensor, int], torch.Tensor]
-
-
-def growing_state_size(indices: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """TSS of softmax attention and long convolutions: ``min(i, L - i)``.
-
-    The KV cache (or the convolution's input history) holds all ``i`` past tokens, and no block
-    ``H_i`` can have rank above ``min(i, L - i)``.
-    """
-    idx = resolve_indices(indices, seq_len)  # validates both; a valid tensor is used as given
-    if isinstance(indices, torch.Tensor):
-        idx = indices
-    return torch.minimum(idx, seq_len - idx)
-
-
-def tss_at(
-    tss: StateSize, indices: "int | Sequence[int] | torch.Tensor | None", seq_len: int
-) -> torch.Tensor:
-    """TSS at each requested index, as a float64 tensor ``(len(indices),)``."""
-    idx = resolve_indices(indices, seq_len)
-    if callable(tss):
-        return torch.as_tensor(tss(idx, seq_len), dtype=torch.float64)
-    if isinstance(tss, bool) or not isinstance(tss, (int, float)) or not tss >= 0:
-        raise ValueError(f"a state size must be a non-negative number or a function of (indices, L), got {tss!r}")
-    return torch.full(idx.shape, float(tss), dtype=torch.float64)
-
 
 # ---- per-layer reports and the model's verdict ------------------------------------------------
 
@@ -59,31 +33,6 @@ VERDICTS = (HEALTHY, SATURATION, NEAR_SATURATION, COLLAPSE, NEAR_COLLAPSE, INCON
 
 # How much of its reachable state a layer uses, as evidence for the verdict.
 FULL, PARTIAL, UNUSED = "full", "partial", "unused"
-
-
-def reachable_state(tss: torch.Tensor, indices: torch.Tensor, seq_len: int,
-                    io_width: tuple[int, int] = (1, 1)) -> torch.Tensor:
-    """The most rank any block ``H_i`` of the operator can have: ``min(i, L - i, TSS_i)``.
-
-    ``H_i`` is ``(L - i) x i``, so even a full state cannot show more than ``min(i, L - i)``
-    there: at ``i = 1`` a state of 16 reaches 1. A multi-channel operator (a Jacobian, with
-    ``io_width = (D_in, D_out)`` channels in and out) has blocks ``((L - i) D_out) x (i D_in)``.
-    """
-    for name, value in (("tss", tss), ("indices", indices)):
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    check_int("seq_len", seq_len, 2)
-    try:
-        torch.broadcast_shapes(tss.shape, indices.shape)
-    except RuntimeError:
-        raise ValueError(f"tss of shape {tuple(tss.shape)} does not match indices of shape "
-                         f"{tuple(indices.shape)}") from None
-    d_in, d_out = io_width
-    if io_width == (1, 1):
-        shape = growing_state_size(indices, seq_len).to(torch.float64)
-    else:
-        shape = torch.minimum(indices * d_in, (seq_len - indices) * d_out).to(torch.float64)
-    return torch.minimum(shape, tss.to(torch.float64))
 
 
 def utilization(ess_per_index: torch.Tensor, reach: torch.Tensor) -> torch.Tensor:

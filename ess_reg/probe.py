@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ._checks import check_limit, check_seed
-from .diagnosis import LayerReport, tss_at
+from .diagnosis import LayerReport
+from .state_size import tss_at
 from .ess import ESS_KINDS, _check_ess_options, layer_ess
 from .indices import index_rule
 from .adapters.registry import Adapter, adapter_for as _adapter_for, register_adapter

@@ -26,7 +26,7 @@ from torch import nn
 
 from ess_reg import DeltaRuleOperator, DenseOperator, StateSpaceOperator
 from ess_reg.contract import hand_over
-from ess_reg.diagnosis import StateSize
+from ess_reg.state_size import StateSize
 
 
 class MixerTrace(NamedTuple):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ess_reg import DenseOperator
-from ess_reg.diagnosis import growing_state_size
+from ess_reg.state_size import growing_state_size
 from ess_reg.kernels import causal_fft_conv, toeplitz
 
 from .base import Mixer, MixerTrace, ShortConv, channels_first, channels_last, check_positive

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ess_reg.diagnosis import tss_at
+from ess_reg.state_size import tss_at
 
 from . import build_mixer
 from .base import Mixer, RMSNorm, ShortConv, check_positive

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ess_reg import DenseOperator
-from ess_reg.diagnosis import growing_state_size
+from ess_reg.state_size import growing_state_size
 
 from .base import Mixer, MixerTrace, head_dim, merge_heads, split_heads
 

@@ -6,7 +6,7 @@ from torch import nn
 
 import ess_reg
 from ess_reg.adapters.torch_attention import attention_operator, attention_values
-from ess_reg.diagnosis import growing_state_size
+from ess_reg.state_size import growing_state_size
 
 
 class CausalBlock(nn.Module):

@@ -227,7 +227,7 @@ def test_windowed_and_chunked_layers_get_their_mask_s_reach_and_attain_it(name):
 
 
 def test_chunked_attention_s_tss_is_counted_within_its_block():
-    from ess_reg.adapters.hf import chunked_state_size
+    from ess_reg.state_size import chunked_state_size
 
     idx = torch.arange(1, 20)
     tss = chunked_state_size(8)(idx, 20)

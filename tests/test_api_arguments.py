@@ -13,7 +13,8 @@ import torch
 
 from ess_reg import (DenseOperator, LayerESS, average_ess, entropy_ess, entropy_ess_from_svdvals, hankel_svdvals,
                      layer_ess, soft_tolerance_ess, soft_tolerance_ess_from_svdvals, total_ess)
-from ess_reg.diagnosis import growing_state_size, reachable_state, tss_at, utilization
+from ess_reg.diagnosis import utilization
+from ess_reg.state_size import growing_state_size, reachable_state, tss_at
 from ess_reg.diagnosis import diagnose as diagnose_reports
 from ess_reg.diagnosis import model_summary
 from ess_reg.init_search import select_init

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ess_reg import DeltaRuleOperator, DenseOperator, StateSpaceOperator, tolerance_ess
-from ess_reg.diagnosis import tss_at
+from ess_reg.state_size import tss_at
 from ess_reg.models import MIXERS, build_mixer
 from ess_reg.models.lm import LanguageModel
 from ess_reg.models.sa import SoftmaxAttention

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ess_reg import tolerance_ess
-from ess_reg.diagnosis import tss_at
+from ess_reg.state_size import tss_at
 from ess_reg.harness.app import compose_config, prepare
 from ess_reg.harness.build import ConfigError
 from ess_reg.models import MIXERS, build_mixer, state_kwargs

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..diagnosis import growing_state_size
+from ..state_size import chunked_state_size, growing_state_size
 from ..operators import DenseOperator
 from .registry import Adapter, register_adapter
 from .hf_mamba import mamba2_operator, mamba_operator
@@ -64,16 +64,6 @@ def attention_reach(module):
             and getattr(config, "use_sliding_window", True)):
         return "window", config.sliding_window  # one window for every layer (Mistral)
     return "full", None
-
-
-def chunked_state_size(chunk: int):
-    """TSS of attention within blocks of ``chunk`` tokens: the block ``H_i`` links the block's
-    tokens before ``i`` to those from ``i`` on, so its rank is at most
-    ``min(i mod C, min(start + C, L) - i)``, 0 at a block's start."""
-    def tss(indices: torch.Tensor, seq_len: int) -> torch.Tensor:
-        start = indices - indices % chunk
-        return torch.minimum(indices % chunk, torch.clamp(start + chunk, max=seq_len) - indices)
-    return tss
 
 
 def attention_state_size(module):

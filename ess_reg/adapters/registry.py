@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..contract import ESSLayer
-from ..diagnosis import StateSize
+from ..state_size import StateSize
 from ..operators import Operator
 from . import register_for
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..diagnosis import growing_state_size
+from ..state_size import growing_state_size
 from ..operators import DenseOperator
 from .registry import Adapter, register_adapter
 
