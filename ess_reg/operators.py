@@ -25,7 +25,7 @@ from .kernels.delta_rule import chunked_delta_rule, sequential_delta_rule
 from .kernels.scan import scan_apply
 from .kernels.segments import segment_sums
 
-__all__ = ["DenseOperator", "StateSpaceOperator", "DeltaRuleOperator", "JacobianOperator", "DeferredOperator", "as_operator", "Operator"]
+__all__ = ["DenseOperator", "StateSpaceOperator", "selective_ssm_operator", "DeltaRuleOperator", "JacobianOperator", "DeferredOperator", "as_operator", "Operator"]
 
 # A dense T counts as causal when max|T above the diagonal| <= CAUSAL_RTOL * max|T|.
 CAUSAL_RTOL = 1e-6
@@ -287,6 +287,20 @@ class StateSpaceOperator:
             f"StateSpaceOperator(batch_shape={tuple(self.batch_shape)}, L={self.seq_len}, "
             f"N={self.state_size}, dtype={self.dtype}, multiplicity={self.multiplicity})"
         )
+
+
+def selective_ssm_operator(dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, *,
+                           check_values: bool = True) -> StateSpaceOperator:
+    """The operator of a selective SSM (Mamba's S6), one per channel ``e``: decay
+    ``exp(dt_e A_e)``, input ``dt_e B``, output ``C`` (``B`` and ``C`` shared by the channels).
+
+    ``dt`` ``(batch, L, E)`` (after its softplus), ``A`` ``(E, N)`` (negative), ``B, C``
+    ``(batch, L, N)``; the result has batch shape ``(batch, E)``. One constructor for the zoo's
+    ``s6`` and the Hugging Face ``MambaMixer`` adapter."""
+    shape = (dt.shape[0], A.shape[0], dt.shape[1], A.shape[-1])
+    dt = dt.transpose(1, 2).unsqueeze(-1)  # (batch, E, L, 1)
+    return StateSpaceOperator(dt * A[None, :, None, :], dt * B.unsqueeze(1), C.unsqueeze(1).expand(shape),
+                              check_values=check_values)
 
 
 class DeltaRuleOperator:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ess_reg import StateSpaceOperator
+from ess_reg.operators import selective_ssm_operator
 from ess_reg.contract import capturing, hand_over
 from ess_reg.operators import DeferredOperator
 from ess_reg.kernels import selective_scan
@@ -83,10 +84,7 @@ class SelectiveSSM(Mixer):
 
     @staticmethod
     def _operator(dt, A, B, C, check_values: bool = True) -> StateSpaceOperator:
-        shape = (dt.shape[0], A.shape[0], dt.shape[1], A.shape[-1])
-        dt = dt.transpose(1, 2).unsqueeze(-1)  # (B, E, L, 1)
-        return StateSpaceOperator(dt * A[None, :, None, :], dt * B.unsqueeze(1), C.unsqueeze(1).expand(shape),
-                                  check_values=check_values)
+        return selective_ssm_operator(dt, A, B, C, check_values=check_values)
 
     @classmethod
     def _narrowed_operator(cls, dt, A, B, C, examples: int | None, channels: torch.Tensor | None):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..operators import StateSpaceOperator
+from ..operators import StateSpaceOperator, selective_ssm_operator
 
 __all__ = ["mamba_streams", "mamba_operator", "mamba_readout"]
 
@@ -28,10 +28,7 @@ def mamba_streams(module, x: torch.Tensor):
 def mamba_operator(module, x: torch.Tensor) -> StateSpaceOperator:
     """``T`` with ``y = T u`` per inner channel: decay ``exp(dt A)``, input ``dt B``, output ``C``."""
     _, _, dt, A, B, C = mamba_streams(module, x)
-    shape = (x.shape[0], A.shape[0], x.shape[1], A.shape[1])
-    dt = dt.transpose(1, 2).unsqueeze(-1)  # (B, E, L, 1)
-    return StateSpaceOperator(dt * A[None, :, None, :], dt * B.unsqueeze(1), C.unsqueeze(1).expand(shape),
-                              check_values=False)
+    return selective_ssm_operator(dt, A, B, C, check_values=False)
 
 
 def mamba_readout(module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
