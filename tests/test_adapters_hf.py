@@ -233,3 +233,84 @@ def test_chunked_attention_s_tss_is_counted_within_its_block():
     tss = chunked_state_size(8)(idx, 20)
     # blocks [0, 8), [8, 16), [16, 20): zero at a block's start, the shorter side of the split inside
     assert tss.tolist() == [1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 1]
+
+
+def _hybrid(name):
+    """A tiny random hybrid (Mamba2 layers beside attention) and the class name of its mixer."""
+    torch.manual_seed(0)
+    common = dict(vocab_size=32, hidden_size=16, num_attention_heads=2, num_key_value_heads=2, intermediate_size=32,
+                  attn_implementation="eager")
+    mamba = dict(mamba_n_heads=4, mamba_d_head=8, mamba_n_groups=1, mamba_d_state=4, mamba_d_conv=4, mamba_expand=2)
+    if name == "bamba":
+        config = transformers.BambaConfig(num_hidden_layers=2, attn_layer_indices=[1], **mamba, **common)
+        return transformers.BambaForCausalLM(config), "BambaMixer", torch.float64
+    if name == "nemotron_h":
+        config = transformers.NemotronHConfig(num_hidden_layers=2, hybrid_override_pattern="M*", mamba_num_heads=4,
+                                              mamba_head_dim=8, n_groups=1, ssm_state_size=4, conv_kernel=4, expand=2,
+                                              head_dim=8, **common)
+        return transformers.NemotronHForCausalLM(config), "NemotronHMamba2Mixer", torch.float64
+    if name == "zamba2":
+        config = transformers.Zamba2Config(num_hidden_layers=2, layers_block_type=["mamba", "hybrid"],
+                                           hybrid_layer_ids=[1], num_mem_blocks=1, mamba_headdim=8, n_mamba_heads=4,
+                                           mamba_ngroups=1, mamba_d_state=4, mamba_d_conv=4, mamba_expand=2, **common)
+        return transformers.Zamba2ForCausalLM(config), "Zamba2MambaMixer", torch.float64
+    if name == "granitemoehybrid":  # its experts' grouped matmul takes float32 only
+        config = transformers.GraniteMoeHybridConfig(num_hidden_layers=2, layer_types=["mamba", "attention"],
+                                                     num_local_experts=2, num_experts_per_tok=1, **mamba, **common)
+        return transformers.GraniteMoeHybridForCausalLM(config), "GraniteMoeHybridMambaLayer", torch.float32
+    raise ValueError(name)
+
+
+@pytest.mark.parametrize("name", ["jamba", "falcon_mamba"])
+def test_a_mamba_mixer_with_norms_on_dt_b_c_is_measured_as_the_operator_it_applies(name):
+    from ess_reg.adapters.hf_mamba import mamba_operator, mamba_readout, mamba_streams
+
+    torch.manual_seed(0)
+    if name == "jamba":  # its experts' grouped matmul takes float32 only
+        config = transformers.JambaConfig(vocab_size=32, hidden_size=16, num_attention_heads=2, num_key_value_heads=2,
+                                          intermediate_size=32, num_hidden_layers=2, attn_layer_period=2,
+                                          attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
+                                          num_experts=2, mamba_d_state=4, mamba_d_conv=4, mamba_expand=2,
+                                          mamba_dt_rank=4, attn_implementation="eager")
+        model, dtype, mixer_class = transformers.JambaForCausalLM(config), torch.float32, "JambaMambaMixer"
+    else:
+        config = transformers.FalconMambaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=2, state_size=4,
+                                                expand=2, conv_kernel=4, time_step_rank=4)
+        model, dtype, mixer_class = transformers.FalconMambaForCausalLM(config), torch.float64, "FalconMambaMixer"
+    model = model.to(dtype).eval()
+    mixer = next(m for m in model.modules() if type(m).__name__ == mixer_class)
+    x = torch.randn(2, 11, 16, dtype=dtype)
+    op = mamba_operator(mixer, x)
+    u = mamba_streams(mixer, x)[0]
+    y = (op.materialize() @ u.transpose(1, 2).unsqueeze(-1)).squeeze(-1)
+    out = mixer(x)
+    scale = out.abs().max().item()
+    assert scale > 0 and torch.allclose(mamba_readout(mixer, x, y), out, atol=1e-5 * scale, rtol=1e-4)
+    reports = ess_reg.measure(model, torch.randint(1, 32, (2, 12)), kind="tolerance")
+    assert mixer_class in {type(m).__name__ for n, m in model.named_modules() if n in reports}
+
+
+@pytest.mark.parametrize("name", ["bamba", "nemotron_h", "zamba2", "granitemoehybrid"])
+def test_a_hybrid_s_mamba2_mixer_is_measured_as_the_operator_it_applies(name):
+    from ess_reg.adapters.hf_mamba import mamba2_operator, mamba2_readout, mamba2_streams
+
+    model, mixer_class, dtype = _hybrid(name)
+    model = model.to(dtype).eval()
+    mixer = next(m for m in model.modules() if type(m).__name__ == mixer_class)
+    with torch.no_grad():  # non-trivial skip and decays, so that every part is checked
+        mixer.D.uniform_(-1, 1)
+        mixer.A_log.uniform_(-1, 1)
+    x = torch.randn(2, 13, 16, dtype=dtype)
+    op = mamba2_operator(mixer, x)
+    assert op.batch_shape == (2, 4) and op.multiplicity == 8 and op.state_size == 4
+    y = op.materialize() @ mamba2_streams(mixer, x)[1]
+    out = mixer(x)
+    out = out[0] if isinstance(out, tuple) else out
+    scale = out.abs().max().item()
+    assert scale > 0 and torch.allclose(mamba2_readout(mixer, x, y), out, atol=1e-5 * scale, rtol=1e-4)
+    reports = ess_reg.measure(model, torch.randint(1, 32, (2, 12)), kind="tolerance")
+    measured = {n: type(m).__name__ for n, m in model.named_modules() if n in reports}
+    assert mixer_class in measured.values()  # the hybrid's own mixer class, by name
+    for layer, report in reports.items():
+        if measured[layer] == mixer_class:
+            assert torch.all(report.ess.values <= 4 + 1e-6)  # ESS <= TSS (its state of 4)

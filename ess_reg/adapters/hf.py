@@ -1,7 +1,9 @@
 """Adapters for ``transformers`` modules; imported by the probe the first time it meets one (so
 ``import ess_reg`` never imports ``transformers``), then asked about each class it meets.
 
-- ``MambaMixer`` and ``Mamba2Mixer``: their selective SSMs (:mod:`ess_reg.adapters.hf_mamba`).
+- ``MambaMixer`` and ``Mamba2Mixer``: their selective SSMs (:mod:`ess_reg.adapters.hf_mamba`),
+  and the other families' copies of them: Jamba's and FalconMamba's Mamba mixers (with their
+  norms on ``dt``, ``B``, ``C``), Bamba's, Nemotron-H's, Zamba2's and GraniteMoeHybrid's Mamba2.
 - Attention layers (a class named ``...Attention`` whose forward returns ``(output, weights)``,
   as Llama, Qwen, Mistral, GPT-2 and most decoders do): the per-head attention probabilities it
   returns when the model runs with ``attn_implementation="eager"``, as dense operators of batch
@@ -32,6 +34,13 @@ def attention_from_forward(module, args, kwargs, output) -> DenseOperator:
                            "measure it")
     head_dim = getattr(module, "head_dim", None) or output[0].shape[-1] // weights.shape[1]
     return DenseOperator(weights, multiplicity=int(head_dim))
+
+
+# Mixers that compute what MambaMixer / Mamba2Mixer do, under their models' own class names
+# (each checked against its own forward in tests/test_adapters_hf.py).
+MAMBA_MIXERS = frozenset({"MambaMixer", "JambaMambaMixer", "FalconMambaMixer"})
+MAMBA2_MIXERS = frozenset({"Mamba2Mixer", "BambaMixer", "NemotronHMamba2Mixer", "Zamba2MambaMixer",
+                           "GraniteMoeHybridMambaLayer"})
 
 
 def _positive_int(value) -> int | None:
@@ -82,9 +91,9 @@ def _is_attention(cls: type) -> bool:
 
 
 def maybe_register(cls: type) -> None:
-    if cls.__name__ == "MambaMixer":
+    if cls.__name__ in MAMBA_MIXERS:
         register_adapter(cls, Adapter(operator=mamba_operator, state_size=lambda m: m.ssm_state_size))
-    elif cls.__name__ == "Mamba2Mixer":
+    elif cls.__name__ in MAMBA2_MIXERS:
         register_adapter(cls, Adapter(operator=mamba2_operator, state_size=lambda m: m.ssm_state_size))
     elif _is_attention(cls):
         register_adapter(cls, Adapter(operator=None, state_size=attention_state_size,

@@ -1,4 +1,5 @@
-"""``transformers``' ``MambaMixer`` as a measurable layer: its selective SSM as a state-space
+"""``transformers``' ``MambaMixer`` (and Jamba's and FalconMamba's, which normalize ``dt``, ``B``
+and ``C`` first) as a measurable layer: its selective SSM as a state-space
 operator per inner channel (batch shape ``(B, intermediate_size)``, state ``state_size``), the
 operator of its full-sequence forward (no cache, no padding mask). Loaded by the probe the first
 time it meets a ``transformers`` module; nothing here imports ``transformers``."""
@@ -21,6 +22,8 @@ def mamba_streams(module, x: torch.Tensor):
     u = module.act(module.conv1d(u.transpose(1, 2))[..., :length]).transpose(1, 2)
     step, B, C = module.x_proj(u).split([module.time_step_rank, module.ssm_state_size, module.ssm_state_size],
                                         dim=-1)
+    if hasattr(module, "dt_layernorm"):  # Jamba and FalconMamba normalize the three first
+        step, B, C = module.dt_layernorm(step), module.b_layernorm(B), module.c_layernorm(C)
     dt = F.softplus(module.dt_proj(step))
     return u, gate, dt, -torch.exp(module.A_log.to(x.dtype)), B, C
 
