@@ -314,3 +314,36 @@ def test_a_hybrid_s_mamba2_mixer_is_measured_as_the_operator_it_applies(name):
     for layer, report in reports.items():
         if measured[layer] == mixer_class:
             assert torch.all(report.ess.values <= 4 + 1e-6)  # ESS <= TSS (its state of 4)
+
+
+def tiny_qwen3_next(dtype=torch.float64):
+    torch.manual_seed(0)
+    config = transformers.Qwen3NextConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                          num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                                          linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
+                                          linear_value_head_dim=4, linear_conv_kernel_dim=4,
+                                          layer_types=["linear_attention", "full_attention"], num_experts=2,
+                                          num_experts_per_tok=1, moe_intermediate_size=16,
+                                          shared_expert_intermediate_size=16, attn_implementation="eager")
+    return transformers.Qwen3NextForCausalLM(config).to(dtype).eval()
+
+
+def test_qwen3_next_gated_deltanet_is_measured_as_the_delta_rule_it_applies():
+    from ess_reg.adapters.hf_deltanet import gated_deltanet_operator, gated_deltanet_readout, gated_deltanet_streams
+
+    model = tiny_qwen3_next(torch.float32)  # its experts' grouped matmul takes float32 only
+    layer = model.model.layers[0].linear_attn
+    with torch.no_grad():  # decays away from 1, so that the gate is checked
+        layer.A_log.uniform_(-1, 1)
+    x = torch.randn(2, 13, 16)
+    op = gated_deltanet_operator(layer, x)
+    assert op.batch_shape == (2, 4) and op.multiplicity == 4 and op.state_size == 8  # 2 key heads serve 4 value heads
+    values = gated_deltanet_streams(layer, x)[2].transpose(1, 2)  # (B, Hv, L, d_v)
+    out = layer(x)
+    scale = out.abs().max().item()
+    # the layer's kernel runs in float32, chunked: agreement to float32 precision
+    assert scale > 0 and torch.allclose(gated_deltanet_readout(layer, x, op.materialize() @ values), out,
+                                        atol=1e-5 * scale, rtol=1e-4)
+    reports = ess_reg.measure(model, torch.randint(1, 32, (2, 12)), kind="tolerance")
+    assert set(reports) == {"model.layers.0.linear_attn", "model.layers.1.self_attn"}
+    assert torch.all(reports["model.layers.0.linear_attn"].ess.values <= 8 + 1e-4)  # ESS <= TSS (d_k = 8)

@@ -4,6 +4,8 @@
 - ``MambaMixer`` and ``Mamba2Mixer``: their selective SSMs (:mod:`ess_reg.adapters.hf_mamba`),
   and the other families' copies of them: Jamba's and FalconMamba's Mamba mixers (with their
   norms on ``dt``, ``B``, ``C``), Bamba's, Nemotron-H's, Zamba2's and GraniteMoeHybrid's Mamba2.
+- Gated DeltaNet layers (Qwen3-Next): the delta rule per value head
+  (:mod:`ess_reg.adapters.hf_deltanet`).
 - Attention layers (a class named ``...Attention`` whose forward returns ``(output, weights)``,
   as Llama, Qwen, Mistral, GPT-2 and most decoders do): the per-head attention probabilities it
   returns when the model runs with ``attn_implementation="eager"``, as dense operators of batch
@@ -19,6 +21,7 @@ import torch
 from ..state_size import chunked_state_size, growing_state_size
 from ..operators import DenseOperator
 from .registry import Adapter, register_adapter
+from .hf_deltanet import gated_deltanet_operator
 from .hf_mamba import mamba2_operator, mamba_operator
 
 __all__ = ["maybe_register", "attention_from_forward", "attention_reach", "attention_state_size"]
@@ -39,6 +42,7 @@ def attention_from_forward(module, args, kwargs, output) -> DenseOperator:
 # Mixers that compute what MambaMixer / Mamba2Mixer do, under their models' own class names
 # (each checked against its own forward in tests/test_adapters_hf.py).
 MAMBA_MIXERS = frozenset({"MambaMixer", "JambaMambaMixer", "FalconMambaMixer"})
+GATED_DELTANETS = frozenset({"Qwen3NextGatedDeltaNet"})
 MAMBA2_MIXERS = frozenset({"Mamba2Mixer", "BambaMixer", "NemotronHMamba2Mixer", "Zamba2MambaMixer",
                            "GraniteMoeHybridMambaLayer"})
 
@@ -95,6 +99,8 @@ def maybe_register(cls: type) -> None:
         register_adapter(cls, Adapter(operator=mamba_operator, state_size=lambda m: m.ssm_state_size))
     elif cls.__name__ in MAMBA2_MIXERS:
         register_adapter(cls, Adapter(operator=mamba2_operator, state_size=lambda m: m.ssm_state_size))
+    elif cls.__name__ in GATED_DELTANETS:
+        register_adapter(cls, Adapter(operator=gated_deltanet_operator, state_size=lambda m: m.head_k_dim))
     elif _is_attention(cls):
         register_adapter(cls, Adapter(operator=None, state_size=attention_state_size,
                                       from_forward=attention_from_forward))
