@@ -347,3 +347,16 @@ def test_qwen3_next_gated_deltanet_is_measured_as_the_delta_rule_it_applies():
     reports = ess_reg.measure(model, torch.randint(1, 32, (2, 12)), kind="tolerance")
     assert set(reports) == {"model.layers.0.linear_attn", "model.layers.1.self_attn"}
     assert torch.all(reports["model.layers.0.linear_attn"].ess.values <= 8 + 1e-4)  # ESS <= TSS (d_k = 8)
+
+
+def test_the_coverage_page_is_the_registry_and_names_real_tests():
+    from pathlib import Path
+
+    from ess_reg.adapters.hf import FAMILIES, coverage_table
+
+    root = Path(__file__).resolve().parent.parent
+    assert coverage_table() in (root / "docs" / "coverage.md").read_text()
+    here = Path(__file__).read_text()
+    for family in FAMILIES:
+        path, test = family.tested.split("::")
+        assert path == "tests/test_adapters_hf.py" and f"def {test}(" in here, family.tested

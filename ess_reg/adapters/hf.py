@@ -12,9 +12,13 @@
   shape ``(B, heads)``, each serving ``head_dim`` value channels. Their TSS follows the layer's
   mask: ``min(i, L - i)`` for full attention, capped at ``W - 1`` for a sliding window of ``W``,
   and within its block for chunked attention (:func:`attention_reach`).
+
+:data:`FAMILIES` lists them; docs/coverage.md is generated from it (:func:`coverage_table`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,7 +28,8 @@ from .registry import Adapter, register_adapter
 from .hf_deltanet import gated_deltanet_operator
 from .hf_mamba import mamba2_operator, mamba_operator
 
-__all__ = ["maybe_register", "attention_from_forward", "attention_reach", "attention_state_size"]
+__all__ = ["maybe_register", "FAMILIES", "Family", "coverage_table", "attention_from_forward", "attention_reach",
+           "attention_state_size"]
 
 
 def attention_from_forward(module, args, kwargs, output) -> DenseOperator:
@@ -37,14 +42,6 @@ def attention_from_forward(module, args, kwargs, output) -> DenseOperator:
                            "measure it")
     head_dim = getattr(module, "head_dim", None) or output[0].shape[-1] // weights.shape[1]
     return DenseOperator(weights, multiplicity=int(head_dim))
-
-
-# Mixers that compute what MambaMixer / Mamba2Mixer do, under their models' own class names
-# (each checked against its own forward in tests/test_adapters_hf.py).
-MAMBA_MIXERS = frozenset({"MambaMixer", "JambaMambaMixer", "FalconMambaMixer"})
-GATED_DELTANETS = frozenset({"Qwen3NextGatedDeltaNet"})
-MAMBA2_MIXERS = frozenset({"Mamba2Mixer", "BambaMixer", "NemotronHMamba2Mixer", "Zamba2MambaMixer",
-                           "GraniteMoeHybridMambaLayer"})
 
 
 def _positive_int(value) -> int | None:
@@ -94,13 +91,60 @@ def _is_attention(cls: type) -> bool:
     return cls.__name__.endswith("Attention") and ".models." in cls.__module__
 
 
+@dataclass(frozen=True)
+class Family:
+    """One row of the coverage table: which transformers classes are measured, and how."""
+
+    models: str                 # the model families
+    classes: tuple[str, ...]    # the layer classes, by name
+    operator: str               # what the layer is measured as
+    tss: str                    # its TSS per operator
+    tested: str                 # the test that checks the operator against the layer's own forward
+    adapter: Adapter | None = field(default=None, compare=False)
+
+
+_MAMBA = Adapter(operator=mamba_operator, state_size=lambda m: m.ssm_state_size)
+_MAMBA2 = Adapter(operator=mamba2_operator, state_size=lambda m: m.ssm_state_size)
+_TESTS = "tests/test_adapters_hf.py::"
+
+# Each class is matched by name (its module is never imported here); a family's copy of a mixer
+# is listed only once its own forward has been checked against the operator.
+FAMILIES = (
+    Family("Mamba", ("MambaMixer",), "selective SSM per inner channel (exact)", "`ssm_state_size`",
+           _TESTS + "test_mamba_operator_reproduces_the_mixer", _MAMBA),
+    Family("Jamba, FalconMamba", ("JambaMambaMixer", "FalconMambaMixer"),
+           "selective SSM per inner channel, after the norms on dt, B, C (exact)", "`ssm_state_size`",
+           _TESTS + "test_a_mamba_mixer_with_norms_on_dt_b_c_is_measured_as_the_operator_it_applies", _MAMBA),
+    Family("Mamba2", ("Mamba2Mixer",), "SSD per head, scalar decay (exact)", "`ssm_state_size`",
+           _TESTS + "test_mamba2_operator_reproduces_the_mixer", _MAMBA2),
+    Family("Bamba, Nemotron-H, Zamba2, GraniteMoeHybrid",
+           ("BambaMixer", "NemotronHMamba2Mixer", "Zamba2MambaMixer", "GraniteMoeHybridMambaLayer"),
+           "SSD per head, scalar decay (exact)", "`ssm_state_size`",
+           _TESTS + "test_a_hybrid_s_mamba2_mixer_is_measured_as_the_operator_it_applies", _MAMBA2),
+    Family("Qwen3-Next", ("Qwen3NextGatedDeltaNet",), "gated delta rule per value head (exact)",
+           "`linear_key_head_dim`", _TESTS + "test_qwen3_next_gated_deltanet_is_measured_as_the_delta_rule_it_applies",
+           Adapter(operator=gated_deltanet_operator, state_size=lambda m: m.head_k_dim)),
+    Family("decoders with eager attention (Llama, Qwen, Mistral, Gemma-2, GPT-Neo, Llama 4, the hybrids' "
+           "attention, ...)", ("*Attention",),
+           "attention probabilities per head, from the layer's own forward (exact; `attn_implementation=\"eager\"`)",
+           "`min(i, L - i)`; `min(i, L - i, W - 1)` for a sliding window of W; within its block for chunked attention",
+           _TESTS + "test_windowed_and_chunked_layers_get_their_mask_s_reach_and_attain_it",
+           Adapter(operator=None, state_size=attention_state_size, from_forward=attention_from_forward)),
+)
+_BY_CLASS = {name: family for family in FAMILIES for name in family.classes if not name.startswith("*")}
+_ATTENTION = FAMILIES[-1]
+
+
 def maybe_register(cls: type) -> None:
-    if cls.__name__ in MAMBA_MIXERS:
-        register_adapter(cls, Adapter(operator=mamba_operator, state_size=lambda m: m.ssm_state_size))
-    elif cls.__name__ in MAMBA2_MIXERS:
-        register_adapter(cls, Adapter(operator=mamba2_operator, state_size=lambda m: m.ssm_state_size))
-    elif cls.__name__ in GATED_DELTANETS:
-        register_adapter(cls, Adapter(operator=gated_deltanet_operator, state_size=lambda m: m.head_k_dim))
-    elif _is_attention(cls):
-        register_adapter(cls, Adapter(operator=None, state_size=attention_state_size,
-                                      from_forward=attention_from_forward))
+    family = _BY_CLASS.get(cls.__name__) or (_ATTENTION if _is_attention(cls) else None)
+    if family is not None:
+        register_adapter(cls, family.adapter)
+
+
+def coverage_table() -> str:
+    """The coverage table of docs/coverage.md, from :data:`FAMILIES` (a test keeps them equal)."""
+    lines = ["| models | layer classes | measured as | TSS per operator | checked by |", "| --- | --- | --- | --- | --- |"]
+    for f in FAMILIES:
+        lines.append(f"| {f.models} | {', '.join(f'`{c}`' for c in f.classes)} | {f.operator} | {f.tss} | "
+                     f"`{f.tested}` |")
+    return "\n".join(lines)
