@@ -360,3 +360,24 @@ def test_the_coverage_page_is_the_registry_and_names_real_tests():
     for family in FAMILIES:
         path, test = family.tested.split("::")
         assert path == "tests/test_adapters_hf.py" and f"def {test}(" in here, family.tested
+
+
+def test_lfm2_short_convolution_is_measured_as_its_gated_toeplitz_operator():
+    from ess_reg.adapters.hf_conv import short_conv_operator, short_conv_readout, short_conv_streams
+
+    torch.manual_seed(0)
+    config = transformers.Lfm2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, num_key_value_heads=2, conv_L_cache=3, conv_bias=True,
+                                     layer_types=["conv", "full_attention"], attn_implementation="eager")
+    model = transformers.Lfm2ForCausalLM(config).double().eval()
+    layer = model.model.layers[0].conv
+    x = torch.randn(2, 13, 16, dtype=torch.float64)
+    op = short_conv_operator(layer, x)
+    assert op.batch_shape == (2, 16)
+    y = (op.materialize() @ short_conv_streams(layer, x)[2].unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(short_conv_readout(layer, x, y), layer(x), atol=1e-12, rtol=1e-10)
+    reports = ess_reg.measure(model, torch.randint(1, 32, (2, 12)), kind="tolerance")
+    conv = reports["model.layers.0.conv"]
+    # a state of K - 1 = 2 past inputs: the reach is min(i, L - i, 2), and random weights attain it
+    assert torch.equal(conv.reach.double(), torch.clamp(torch.minimum(conv.ess.indices, 12 - conv.ess.indices), max=2).double())
+    assert torch.equal(conv.ess.values.amax(dim=(0, 1)).round().double(), conv.reach.double())

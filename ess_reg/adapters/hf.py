@@ -5,7 +5,8 @@
   and the other families' copies of them: Jamba's and FalconMamba's Mamba mixers (with their
   norms on ``dt``, ``B``, ``C``), Bamba's, Nemotron-H's, Zamba2's and GraniteMoeHybrid's Mamba2.
 - Gated DeltaNet layers (Qwen3-Next): the delta rule per value head
-  (:mod:`ess_reg.adapters.hf_deltanet`).
+  (:mod:`ess_reg.adapters.hf_deltanet`); LFM2's gated short convolutions
+  (:mod:`ess_reg.adapters.hf_conv`).
 - Attention layers (a class named ``...Attention`` whose forward returns ``(output, weights)``,
   as Llama, Qwen, Mistral, GPT-2 and most decoders do): the per-head attention probabilities it
   returns when the model runs with ``attn_implementation="eager"``, as dense operators of batch
@@ -25,6 +26,7 @@ import torch
 from ..state_size import chunked_state_size, growing_state_size
 from ..operators import DenseOperator
 from .registry import Adapter, register_adapter
+from .hf_conv import short_conv_operator
 from .hf_deltanet import gated_deltanet_operator
 from .hf_mamba import mamba2_operator, mamba_operator
 
@@ -124,6 +126,10 @@ FAMILIES = (
     Family("Qwen3-Next", ("Qwen3NextGatedDeltaNet",), "gated delta rule per value head (exact)",
            "`linear_key_head_dim`", _TESTS + "test_qwen3_next_gated_deltanet_is_measured_as_the_delta_rule_it_applies",
            Adapter(operator=gated_deltanet_operator, state_size=lambda m: m.head_k_dim)),
+    Family("LFM2", ("Lfm2ShortConv",), "gated short convolution per channel, banded Toeplitz between two gates "
+           "(exact, dense)", "`conv_L_cache - 1`",
+           _TESTS + "test_lfm2_short_convolution_is_measured_as_its_gated_toeplitz_operator",
+           Adapter(operator=short_conv_operator, state_size=lambda m: m.conv_kernel_size - 1)),
     Family("decoders with eager attention (Llama, Qwen, Mistral, Gemma-2, GPT-Neo, Llama 4, the hybrids' "
            "attention, ...)", ("*Attention",),
            "attention probabilities per head, from the layer's own forward (exact; `attn_implementation=\"eager\"`)",
