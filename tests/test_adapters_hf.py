@@ -381,3 +381,28 @@ def test_lfm2_short_convolution_is_measured_as_its_gated_toeplitz_operator():
     # a state of K - 1 = 2 past inputs: the reach is min(i, L - i, 2), and random weights attain it
     assert torch.equal(conv.reach.double(), torch.clamp(torch.minimum(conv.ess.indices, 12 - conv.ess.indices), max=2).double())
     assert torch.equal(conv.ess.values.amax(dim=(0, 1)).round().double(), conv.reach.double())
+
+
+def test_recurrent_gemma_s_rg_lru_is_measured_as_its_diagonal_recurrence():
+    from ess_reg.adapters.hf_rglru import rglru_operator
+
+    torch.manual_seed(0)
+    config = transformers.RecurrentGemmaConfig(vocab_size=32, hidden_size=16, lru_width=16, intermediate_size=32,
+                                               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                               head_dim=8, attention_window_size=8,
+                                               block_types=["recurrent", "attention"], attn_implementation="eager")
+    model = transformers.RecurrentGemmaForCausalLM(config).double().eval()
+    layer = model.model.layers[0].temporal_block.rg_lru
+    u = torch.randn(2, 13, 16, dtype=torch.float64)
+    positions = torch.tensor([list(range(13)), list(range(6)) + list(range(7))])  # the second holds two documents
+    op = rglru_operator(layer, u, positions)
+    assert op.batch_shape == (2, 16) and op.state_size == 1
+    y = (op.materialize() @ u.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+    layer.recurrent_states = None
+    torch.testing.assert_close(y, layer(u, positions), atol=1e-6, rtol=1e-5)  # its scan accumulates in float32
+    assert torch.all(op.materialize()[1, :, 6:, :6] == 0)  # nothing crosses the document boundary
+    reports = ess_reg.measure(model, torch.randint(1, 32, (2, 24)), kind="tolerance", ess_options={"tol": 1e-9})
+    assert {"model.layers.0.temporal_block.rg_lru", "model.layers.1.temporal_block"} <= set(reports)
+    assert torch.all(reports["model.layers.0.temporal_block.rg_lru"].ess.values <= 1 + 1e-9)  # one state
+    local = reports["model.layers.1.temporal_block"]  # its local attention: a window of 8
+    assert local.reach.max() == 7 and torch.all(local.ess.values.amax(dim=(0, 1)) <= local.reach + 1e-9)

@@ -6,7 +6,7 @@
   norms on ``dt``, ``B``, ``C``), Bamba's, Nemotron-H's, Zamba2's and GraniteMoeHybrid's Mamba2.
 - Gated DeltaNet layers (Qwen3-Next): the delta rule per value head
   (:mod:`ess_reg.adapters.hf_deltanet`); LFM2's gated short convolutions
-  (:mod:`ess_reg.adapters.hf_conv`).
+  (:mod:`ess_reg.adapters.hf_conv`); RecurrentGemma's RG-LRU (:mod:`ess_reg.adapters.hf_rglru`).
 - Attention layers (a class named ``...Attention`` whose forward returns ``(output, weights)``,
   as Llama, Qwen, Mistral, GPT-2 and most decoders do): the per-head attention probabilities it
   returns when the model runs with ``attn_implementation="eager"``, as dense operators of batch
@@ -29,6 +29,7 @@ from .registry import Adapter, register_adapter
 from .hf_conv import short_conv_operator
 from .hf_deltanet import gated_deltanet_operator
 from .hf_mamba import mamba2_operator, mamba_operator
+from .hf_rglru import rglru_from_forward
 
 __all__ = ["maybe_register", "FAMILIES", "Family", "coverage_table", "attention_from_forward", "attention_reach",
            "attention_state_size"]
@@ -130,6 +131,10 @@ FAMILIES = (
            "(exact, dense)", "`conv_L_cache - 1`",
            _TESTS + "test_lfm2_short_convolution_is_measured_as_its_gated_toeplitz_operator",
            Adapter(operator=short_conv_operator, state_size=lambda m: m.conv_kernel_size - 1)),
+    Family("RecurrentGemma", ("RecurrentGemmaRglru",), "RG-LRU: a diagonal recurrence per channel, from the "
+           "layer's forward (exact)", "1 (a scalar state per channel)",
+           _TESTS + "test_recurrent_gemma_s_rg_lru_is_measured_as_its_diagonal_recurrence",
+           Adapter(operator=None, state_size=lambda m: 1, from_forward=rglru_from_forward)),
     Family("decoders with eager attention (Llama, Qwen, Mistral, Gemma-2, GPT-Neo, Llama 4, the hybrids' "
            "attention, ...)", ("*Attention",),
            "attention probabilities per head, from the layer's own forward (exact; `attn_implementation=\"eager\"`)",
