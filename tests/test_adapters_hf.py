@@ -406,3 +406,39 @@ def test_recurrent_gemma_s_rg_lru_is_measured_as_its_diagonal_recurrence():
     assert torch.all(reports["model.layers.0.temporal_block.rg_lru"].ess.values <= 1 + 1e-9)  # one state
     local = reports["model.layers.1.temporal_block"]  # its local attention: a window of 8
     assert local.reach.max() == 7 and torch.all(local.ess.values.amax(dim=(0, 1)) <= local.reach + 1e-9)
+
+
+def test_minimax_lightning_attention_is_measured_as_decayed_linear_attention():
+    from ess_reg.adapters.hf_lightning import lightning_operator, lightning_readout, lightning_streams
+
+    torch.manual_seed(0)
+    config = transformers.MiniMaxConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=2, head_dim=8, block_size=4,
+                                        layer_types=["linear_attention", "full_attention"], num_local_experts=2,
+                                        num_experts_per_tok=1, attn_implementation="eager")
+    model = transformers.MiniMaxForCausalLM(config).float().eval()  # its experts' grouped matmul: float32 only
+    layer = model.model.layers[0].self_attn
+    x = torch.randn(2, 11, 16)  # 11 tokens in blocks of 4: the layer's blocked computation is crossed
+    op = lightning_operator(layer, x)
+    assert op.batch_shape == (2, 2) and op.state_size == 8 and op.multiplicity == 8
+    y = op.materialize() @ list(lightning_streams(layer, x))[2]
+    out = layer(x, None, None)[0]
+    torch.testing.assert_close(lightning_readout(layer, x, y), out, atol=1e-5, rtol=1e-4)
+    reports = ess_reg.measure(model, torch.randint(1, 32, (2, 12)), kind="tolerance")
+    assert {"model.layers.0.self_attn", "model.layers.1.self_attn"} <= set(reports)
+    assert torch.all(reports["model.layers.0.self_attn"].ess.values <= 8 + 1e-4)  # ESS <= TSS (head_dim)
+
+
+def test_a_layer_named_like_attention_that_is_not_softmax_attention_is_left_out_not_misread():
+    torch.manual_seed(0)
+    config = transformers.KimiLinearConfig(vocab_size=32, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                           hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                           num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                                           linear_attn_config={"kda_layers": [1], "num_heads": 2, "head_dim": 8,
+                                                               "short_conv_kernel_size": 4, "full_attn_layers": [2]},
+                                           num_experts=2, num_experts_per_token=1, moe_intermediate_size=16,
+                                           first_k_dense_replace=2, attn_implementation="eager")
+    model = transformers.KimiLinearForCausalLM(config).float().eval()
+    assert type(model.model.layers[0].self_attn).__name__ == "KimiLinearDeltaAttention"  # returns no probabilities
+    reports = ess_reg.measure(model, torch.randint(1, 32, (2, 12)))
+    assert list(reports) == ["model.layers.1.self_attn"]  # its full-attention layer, measured
