@@ -106,6 +106,7 @@ class Family:
     tss: str                    # its TSS per operator
     tested: str                 # the test that checks the operator against the layer's own forward
     adapter: Adapter | None = field(default=None, compare=False)
+    exact: bool = True          # the operator the layer applies (False: the Jacobian of a linearization)
 
 
 _MAMBA = Adapter(operator=mamba_operator, state_size=lambda m: m.ssm_state_size)
@@ -115,35 +116,35 @@ _TESTS = "tests/test_adapters_hf.py::"
 # Each class is matched by name (its module is never imported here); a family's copy of a mixer
 # is listed only once its own forward has been checked against the operator.
 FAMILIES = (
-    Family("Mamba", ("MambaMixer",), "selective SSM per inner channel (exact)", "`ssm_state_size`",
+    Family("Mamba", ("MambaMixer",), "selective SSM per inner channel", "`ssm_state_size`",
            _TESTS + "test_mamba_operator_reproduces_the_mixer", _MAMBA),
     Family("Jamba, FalconMamba", ("JambaMambaMixer", "FalconMambaMixer"),
-           "selective SSM per inner channel, after the norms on dt, B, C (exact)", "`ssm_state_size`",
+           "selective SSM per inner channel, after the norms on dt, B, C", "`ssm_state_size`",
            _TESTS + "test_a_mamba_mixer_with_norms_on_dt_b_c_is_measured_as_the_operator_it_applies", _MAMBA),
-    Family("Mamba2", ("Mamba2Mixer",), "SSD per head, scalar decay (exact)", "`ssm_state_size`",
+    Family("Mamba2", ("Mamba2Mixer",), "SSD per head, scalar decay", "`ssm_state_size`",
            _TESTS + "test_mamba2_operator_reproduces_the_mixer", _MAMBA2),
     Family("Bamba, Nemotron-H, Zamba2, GraniteMoeHybrid",
            ("BambaMixer", "NemotronHMamba2Mixer", "Zamba2MambaMixer", "GraniteMoeHybridMambaLayer"),
-           "SSD per head, scalar decay (exact)", "`ssm_state_size`",
+           "SSD per head, scalar decay", "`ssm_state_size`",
            _TESTS + "test_a_hybrid_s_mamba2_mixer_is_measured_as_the_operator_it_applies", _MAMBA2),
-    Family("Qwen3-Next", ("Qwen3NextGatedDeltaNet",), "gated delta rule per value head (exact)",
+    Family("Qwen3-Next", ("Qwen3NextGatedDeltaNet",), "gated delta rule per value head",
            "`linear_key_head_dim`", _TESTS + "test_qwen3_next_gated_deltanet_is_measured_as_the_delta_rule_it_applies",
            Adapter(operator=gated_deltanet_operator, state_size=lambda m: m.head_k_dim)),
     Family("LFM2", ("Lfm2ShortConv",), "gated short convolution per channel, banded Toeplitz between two gates "
-           "(exact, dense)", "`conv_L_cache - 1`",
+           "(dense)", "`conv_L_cache - 1`",
            _TESTS + "test_lfm2_short_convolution_is_measured_as_its_gated_toeplitz_operator",
            Adapter(operator=short_conv_operator, state_size=lambda m: m.conv_kernel_size - 1)),
     Family("RecurrentGemma", ("RecurrentGemmaRglru",), "RG-LRU: a diagonal recurrence per channel, from the "
-           "layer's forward (exact)", "1 (a scalar state per channel)",
+           "layer's forward", "1 (a scalar state per channel)",
            _TESTS + "test_recurrent_gemma_s_rg_lru_is_measured_as_its_diagonal_recurrence",
            Adapter(operator=None, state_size=lambda m: 1, from_forward=rglru_from_forward)),
     Family("MiniMax", ("MiniMaxLightningAttention",), "lightning attention: linear attention with a fixed "
-           "decay per head (exact)", "`head_dim`",
+           "decay per head", "`head_dim`",
            _TESTS + "test_minimax_lightning_attention_is_measured_as_decayed_linear_attention",
            Adapter(operator=lightning_operator, state_size=lambda m: m.head_dim)),
     Family("decoders with eager attention (Llama, Qwen, Mistral, Gemma-2, GPT-Neo, Llama 4, the hybrids' "
            "attention, ...)", ("*Attention",),
-           "attention probabilities per head, from the layer's own forward (exact; `attn_implementation=\"eager\"`)",
+           "attention probabilities per head, from the layer's own forward (`attn_implementation=\"eager\"`)",
            "`min(i, L - i)`; `min(i, L - i, W - 1)` for a sliding window of W; within its block for chunked attention",
            _TESTS + "test_windowed_and_chunked_layers_get_their_mask_s_reach_and_attain_it",
            Adapter(operator=None, state_size=attention_state_size, from_forward=attention_from_forward)),
@@ -165,8 +166,9 @@ def maybe_register(cls: type) -> None:
 
 def coverage_table() -> str:
     """The coverage table of docs/coverage.md, from :data:`FAMILIES` (a test keeps them equal)."""
-    lines = ["| models | layer classes | measured as | TSS per operator | checked by |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| models | layer classes | measured as | exact or Jacobian | TSS per operator | checked by |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for f in FAMILIES:
-        lines.append(f"| {f.models} | {', '.join(f'`{c}`' for c in f.classes)} | {f.operator} | {f.tss} | "
-                     f"`{f.tested}` |")
+        lines.append(f"| {f.models} | {', '.join(f'`{c}`' for c in f.classes)} | {f.operator} | "
+                     f"{'exact' if f.exact else 'Jacobian'} | {f.tss} | `{f.tested}` |")
     return "\n".join(lines)
