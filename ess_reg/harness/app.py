@@ -175,7 +175,8 @@ def _hydra_main(cfg: DictConfig) -> None:
         print(f"ess-train: error: {err}", file=sys.stderr)
         sys.exit(2)
     except tracking.StoreUnavailable as err:
-        print(f"ess-train: error: {err}; {getattr(err, 'hint', '')}", file=sys.stderr)
+        hint = getattr(err, "hint", "the run did not start; start it again once the store answers")
+        print(f"ess-train: error: {err}; {hint}", file=sys.stderr)
         sys.exit(3)
 
 
