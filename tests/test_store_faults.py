@@ -222,3 +222,20 @@ def test_a_run_that_fails_after_a_checkpoint_says_how_to_continue_it(store, tmp_
         run = client.get_run(tracker.run_id)
         assert run.info.status == "FAILED" and "Connection closed by peer" in run.data.tags["failure_reason"]
         assert (f"ess-train trainer.resume={tracker.run_id}" in run.data.tags["failure_reason"]) == saved
+
+
+def test_a_replay_cut_short_by_the_store_keeps_every_record_and_the_next_write_flushes_them(store, tmp_path,
+                                                                                             monkeypatch):
+    import json
+
+    tracker = tracking.Tracker(store["uri"], "faults", store["artifacts"])
+    tracker.spool = tmp_path / "unlogged.jsonl"
+    kept = [{"kind": "metrics", "step": s, "metrics": {"x": float(s)}, "timestamp": 1} for s in (1, 2, 3)]
+    tracker.spool.write_text("".join(json.dumps(r) + "\n" for r in kept) + '{"kind": "metr')  # killed mid-line
+    with monkeypatch.context() as away:
+        Outage(away, down_at=0)  # the store fails every write during the replay
+        assert tracker.replay_spool() == 3
+    assert tracker.kept_aside == 3 and len(tracker.spool.read_text().splitlines()) == 3  # kept anew, on disk
+    assert not (tmp_path / "unlogged.replay.jsonl").exists()
+    tracker.finish()  # the store is back: what waits goes first
+    assert _steps(MlflowClient(store["uri"]), tracker.run_id, "x") == [1, 2, 3] and not tracker.spool.exists()

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -400,7 +401,7 @@ class Tracker:
         self.spool.parent.mkdir(parents=True, exist_ok=True)
         line = dict(record)
         if "png" in line:  # a figure: its own file beside the spool
-            image = self.spool.with_name(f"{self.spool.stem}-{line['key']}-{line['step']}.png")
+            image = self.spool.with_name(f"{self.spool.stem}-{line['key']}-{line['step']}-{uuid.uuid4().hex[:8]}.png")
             image.write_bytes(line.pop("png"))
             line["file"] = str(image)
         with open(self.spool, "a") as f:
@@ -416,21 +417,45 @@ class Tracker:
 
     def replay_spool(self) -> int:
         """Log what an earlier process of this run kept aside and could not log (its spool),
-        oldest first; steps already in the store are not logged twice. Returns how many writes."""
-        if self.spool is None or not self.spool.is_file():
+        oldest first; steps already in the store are not logged twice. Returns how many writes.
+
+        The spool is moved aside first (``*.replay.jsonl``) and removed only once every record
+        was logged or kept aside anew, so neither a store that goes away during the replay nor a
+        kill in the middle of it loses a record."""
+        if self.spool is None:
             return 0
-        records = []
-        for number, line in enumerate(self.spool.read_text().splitlines(), 1):
+        replay = self.spool.with_name(f"{self.spool.stem}.replay.jsonl")
+        if self.spool.is_file():
+            if replay.is_file():  # a replay that was cut short: its records come first
+                with open(replay, "a") as f:
+                    f.write(self.spool.read_text())
+                self.spool.unlink()
+            else:
+                self.spool.replace(replay)
+        if not replay.is_file():
+            return 0
+        records, images = [], []
+        for number, line in enumerate(replay.read_text().splitlines(), 1):
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:  # the last line of a process killed mid-write
-                log.warning("ess-train: %s line %d is not a whole record; skipped", self.spool, number)
+                log.warning("ess-train: %s line %d is not a whole record; skipped", replay, number)
+                continue
+            if record.get("kind") == "image":
+                image = Path(record.pop("file", ""))
+                if not image.is_file():
+                    continue
+                record["png"] = image.read_bytes()
+                images.append(image)
+            records.append(record)
         for record in records:
-            if record.get("kind") == "metrics":
+            if record["kind"] == "metrics":
                 self.log_metrics(record["metrics"], record["step"], timestamp=record["timestamp"])
-            elif record.get("kind") == "image" and Path(record.get("file", "")).is_file():
-                self._call("logging a kept figure", lambda r=record: self._apply(r))
-        self._clear_spool()
+            else:
+                self._write_or_keep(record)
+        replay.unlink()
+        for image in images:
+            image.unlink(missing_ok=True)
         log.info("ess-train: logged %d writes that an earlier process of run %s kept aside", len(records), self.run_id)
         return len(records)
 
