@@ -20,7 +20,7 @@ from torch import nn
 from .boundaries import boundary_modulation
 from ._checks import check_limit
 from .diagnosis import LayerReport
-from .probe import Probe
+from .probe import Probe, check_batch
 
 __all__ = ["Analysis", "analyze"]
 
@@ -97,10 +97,7 @@ def _split_inputs(inputs) -> tuple[dict | None, torch.Tensor]:
             raise ValueError(f"a dict of inputs needs input_ids or inputs_embeds; got keys {sorted(kwargs)}")
     else:
         kwargs, tokens = None, inputs
-    if not torch.is_tensor(tokens) or tokens.dim() < 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
-        shape = tuple(tokens.shape) if torch.is_tensor(tokens) else type(tokens).__name__
-        raise ValueError(f"inputs must be a batch of at least one sequence of at least 2 positions, (B, L, ...) "
-                         f"with B >= 1 and L >= 2; got {shape}")
+    check_batch(tokens)
     return kwargs, tokens
 
 

@@ -135,6 +135,15 @@ class capture_operators:
         return out
 
 
+def check_batch(inputs) -> None:
+    """A batch of at least one sequence of at least 2 positions, ``(B, L, ...)``: ESS needs a
+    split of the sequence, and an empty batch would fail deep inside the model."""
+    if not torch.is_tensor(inputs) or inputs.dim() < 2 or inputs.shape[0] == 0 or inputs.shape[1] < 2:
+        shape = f"shape {tuple(inputs.shape)}" if torch.is_tensor(inputs) else type(inputs).__name__
+        raise ValueError(f"inputs must be a batch of at least one sequence of at least 2 positions, (B, L, ...) "
+                         f"with B >= 1 and L >= 2; got {shape}")
+
+
 class Probe:
     """The one route from a model's operators to numbers: which layers, which indices, which
     ESS, at what cost — shared by :func:`measure`, the penalty and the init search.
@@ -230,9 +239,8 @@ class Probe:
 
     def __call__(self, inputs: torch.Tensor) -> dict[str, LayerReport]:
         """One forward pass on ``inputs``, then :meth:`reports`."""
-        if torch.is_tensor(inputs) and (inputs.dim() < 2 or inputs.shape[0] == 0 or inputs.shape[1] < 2):
-            raise ValueError(f"inputs must be a batch of at least one sequence of at least 2 positions, (B, L, ...) "
-                             f"with B >= 1 and L >= 2; got shape {tuple(inputs.shape)}")
+        if torch.is_tensor(inputs):
+            check_batch(inputs)
         with self.capture():
             self.model(inputs)
         return self.reports()

@@ -44,16 +44,14 @@ def transient(err: BaseException) -> bool:
     """True for an error that a store which comes back would not repeat: no connection, a
     connection cut mid-answer, a timeout, a 502/503/504, a locked SQLite file; looked for in the
     error and in what caused it."""
+    try:
+        import requests
+        dropped = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+    except ImportError:  # pragma: no cover - mlflow depends on it
+        dropped = ()
     seen = 0
     while err is not None and seen < 8:
-        if isinstance(err, (ConnectionError, TimeoutError, http.client.HTTPException)):
-            return True
-        try:
-            import requests
-        except ImportError:  # pragma: no cover - mlflow depends on it
-            requests = None
-        if requests is not None and isinstance(err, (requests.ConnectionError, requests.Timeout,
-                                                     requests.exceptions.ChunkedEncodingError)):
+        if isinstance(err, (ConnectionError, TimeoutError, http.client.HTTPException, *dropped)):
             return True
         if _NO_ANSWER.search(str(err)):
             return True
