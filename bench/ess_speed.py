@@ -59,7 +59,7 @@ OPERATORS = {"state_space": make_operator, "delta_rule": make_delta_rule}
 
 def with_leaf(op):
     """The operator with a leaf factor that needs gradients (the fast path's backward)."""
-    if isinstance(op, DeltaRuleOperator):
+    if op.kind == "delta_rule":
         leaf = op.Q.detach().requires_grad_()
         return DeltaRuleOperator(op.log_alpha.squeeze(-1), op.beta.squeeze(-1), op.K, leaf), leaf
     leaf = op.B.detach().requires_grad_()

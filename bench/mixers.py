@@ -92,7 +92,7 @@ def measure(name: str, length: int, with_ess: bool, repeats: int, device: str = 
     """Runs inside the subprocess: one mixer at one length (peak memory: RSS on a CPU, the
     allocator's peak on a GPU)."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    from ess_reg import DenseOperator, entropy_ess
+    from ess_reg import entropy_ess
     from ess_reg.models import build_mixer
 
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def measure(name: str, length: int, with_ess: bool, repeats: int, device: str = 
         with torch.no_grad():
             forward_s = best_of(lambda: mixer(x), repeats, warmup=1, device=device).best
             op = mixer.operator(x)
-            dense = isinstance(op, DenseOperator)
+            dense = op.kind == "dense"
             indices = torch.linspace(1, length - 1, DENSE_ESS_INDICES).round().long().unique() if dense else None
             if not dense and not cuda:
                 spectra = op.batch_shape.numel() * (length - 1)

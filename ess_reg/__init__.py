@@ -11,7 +11,8 @@ The experiment harness (``ess-train``, MLflow, Hydra) is :mod:`ess_reg.harness`,
 from .analysis import Analysis, analyze
 from .boundaries import boundary_modulation, boundary_profile
 from .contract import ESSLayer, hand_over
-from .diagnosis import MEASURES, FailureThresholds, LayerReport, Verdict, diagnose, model_summary
+from .layer_report import MEASURES, FailureThresholds, LayerReport, model_summary
+from .verdict import Verdict, diagnose
 from .ess import (
     LayerESS,
     average_ess,

@@ -19,7 +19,7 @@ from torch import nn
 
 from .boundaries import boundary_modulation
 from ._checks import check_limit
-from .diagnosis import LayerReport
+from .layer_report import LayerReport
 from .probe import Probe, check_batch
 
 __all__ = ["Analysis", "analyze"]

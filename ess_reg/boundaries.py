@@ -14,7 +14,7 @@ from collections.abc import Collection
 
 import torch
 
-from .diagnosis import LayerReport
+from .layer_report import LayerReport
 
 __all__ = ["boundary_profile", "boundary_modulation"]
 

@@ -28,8 +28,7 @@ import torch
 from torch import nn
 
 from .ess import DEFAULT_TOL, entropy_ess_from_svdvals, tolerance_ess_from_svdvals
-from .kernels.segments import segment_sums
-from .operators import StateSpaceOperator
+from .operators import DiagonalState
 from .probe import capture_operators
 from .spectra import hankel_svdvals
 
@@ -66,23 +65,13 @@ class StateCut:
                 f"(min over {share.numel()} operators {share.min():.4f})")
 
 
-def coordinate_energy(op: StateSpaceOperator) -> torch.Tensor:
-    """``||T_n||_F^2`` for every state coordinate ``n``: shape ``(*batch_shape, N)``.
-
-    One batch element at a time over the first batch dim, so the ``L x L x N`` segment sums of
-    one element are the largest thing held."""
-    if not isinstance(op, StateSpaceOperator):
+def coordinate_energy(op: DiagonalState) -> torch.Tensor:
+    """``||T_n||_F^2`` for every state coordinate ``n`` of a diagonal recurrence: shape
+    ``(*batch_shape, N)`` (see :meth:`StateSpaceOperator.coordinate_energy`)."""
+    if not isinstance(op, DiagonalState):
         raise TypeError(f"coordinate energies need a StateSpaceOperator (a diagonal recurrence), got "
                         f"{type(op).__name__}")
-    log_decay, B, C = op.factors()
-    if log_decay.dim() == 2:  # no batch dims
-        log_decay, B, C = log_decay[None], B[None], C[None]
-    out = []
-    for a, b, c in zip(log_decay, B, C):
-        seg = segment_sums(a)  # (..., L, L, N), -inf above the diagonal
-        out.append(torch.einsum("...in,...ijn,...jn->...n", c.square(), (2 * seg).exp(), b.square()))
-    energy = torch.stack(out)
-    return energy if len(op.batch_shape) else energy[0]
+    return op.coordinate_energy()
 
 
 def _operators(model: nn.Module, inputs: torch.Tensor, layers: Sequence[str] | None):
@@ -99,7 +88,7 @@ def _operators(model: nn.Module, inputs: torch.Tensor, layers: Sequence[str] | N
 def _energies(modules: Mapping[str, nn.Module], ops: Mapping[str, object], explicit: bool) -> dict[str, torch.Tensor]:
     out = {}
     for name, op in ops.items():
-        if not isinstance(op, StateSpaceOperator) or len(op.batch_shape) != 2:
+        if not isinstance(op, DiagonalState) or len(op.batch_shape) != 2:
             if explicit:
                 raise ValueError(f"layer {name!r} ({type(modules[name]).__name__}) applies a "
                                  f"{type(op).__name__}, not a diagonal recurrence of batch shape (B, C): its state "

@@ -73,7 +73,7 @@ def run(seq_len: int = 128, channels: int = 4, seed: int = 0, tol: float = 1e-3)
         rows.append(
             {
                 "operator": ex.name,
-                "path": "state-space" if isinstance(ex.operator, StateSpaceOperator) else "dense",
+                "path": ex.operator.kind.replace("_", "-"),
                 "tss": tss.mean().item(),
                 "tolerance_ess": tol_ess.mean().item(),
                 "entropy_ess": ent.mean().item(),

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from ._checks import check_int, check_number
-from .operators import Operator, _check_multiplicity, as_operator
+from .operators import Operator, as_operator
+from .operators.checks import _check_multiplicity
 from .spectra import hankel_svdvals, resolve_indices
 
 __all__ = [
@@ -256,14 +257,19 @@ def layer_ess(
             op = as_operator(x)
         except (TypeError, ValueError) as err:
             raise type(err)(f"operators[{name!r}]: {err}") from None
-        if len(op.batch_shape) not in (1, 2):
-            raise ValueError(
-                f"layer {name!r}: operator batch shape must be (batch, channels) or (channels,), "
-                f"got {tuple(op.batch_shape)}"
-            )
-        idx = resolve_indices(indices, op.seq_len)
-        values = ESS_KINDS[kind](hankel_svdvals(op, idx, **spectra_options), **(ess_options or {}))
-        if values.dim() == 2:
-            values = values.unsqueeze(0)
-        result[name] = LayerESS(values=values, indices=idx, multiplicity=op.multiplicity)
+        result[name] = operator_ess(op, kind, resolve_indices(indices, op.seq_len), name=name,
+                                    ess_options=ess_options, **spectra_options)
     return result
+
+
+def operator_ess(op: Operator, kind: str, idx: torch.Tensor, *, name: str = "operator",
+                 ess_options: Mapping | None = None, **spectra_options) -> LayerESS:
+    """ESS of one operator at validated indices ``idx`` (``kind`` and ``ess_options`` checked by
+    the caller), shaped ``(batch, channels, indices)``: what :func:`layer_ess` does per layer."""
+    if len(op.batch_shape) not in (1, 2):
+        raise ValueError(f"layer {name!r}: operator batch shape must be (batch, channels) or (channels,), "
+                         f"got {tuple(op.batch_shape)}")
+    values = ESS_KINDS[kind](hankel_svdvals(op, idx, **spectra_options), **(ess_options or {}))
+    if values.dim() == 2:
+        values = values.unsqueeze(0)
+    return LayerESS(values=values, indices=idx, multiplicity=op.multiplicity)

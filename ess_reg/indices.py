@@ -16,9 +16,49 @@ from typing import Protocol
 import torch
 
 from ._checks import check_int
-from .spectra import _index_tensor, resolve_indices
 
-__all__ = ["IndexRule", "AllIndices", "EvenIndices", "RandomIndices", "ContextEnd", "GivenIndices", "index_rule"]
+__all__ = ["resolve_indices", "IndexRule", "AllIndices", "EvenIndices", "RandomIndices", "ContextEnd", "GivenIndices", "index_rule"]
+
+
+def resolve_indices(indices: "int | Sequence[int] | torch.Tensor | None", seq_len: int) -> torch.Tensor:
+    """Validate sequence indices (each in ``1..L-1``) and return them as a 1-D int64 tensor.
+
+    ``indices``: None (all), an int, a sequence of ints (list, tuple, range...) or an integer
+    tensor of at most one dim."""
+    check_int("seq_len", seq_len, 2)
+    if indices is None:
+        return torch.arange(1, seq_len, dtype=torch.long)
+    idx = _index_tensor(indices)
+    bad = idx[(idx < 1) | (idx > seq_len - 1)]
+    if bad.numel():
+        raise ValueError(
+            f"indices must lie in 1..L-1 = 1..{seq_len - 1} (H_i = T[i:, :i] is empty otherwise); "
+            f"got {bad.tolist()[:8]}"
+        )
+    return idx
+
+
+def _index_tensor(indices: "int | Sequence[int] | torch.Tensor") -> torch.Tensor:
+    """``indices`` as a non-empty 1-D int64 CPU tensor, its type and shape checked (not its range)."""
+    if isinstance(indices, torch.Tensor):
+        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+            raise ValueError(f"indices must be integers, got a tensor of dtype {indices.dtype}")
+        if indices.dim() > 1:
+            raise ValueError(f"indices must be a 1-D tensor, got shape {tuple(indices.shape)}")
+        idx = indices.detach().to("cpu", torch.long).reshape(-1)
+    else:
+        if isinstance(indices, int) and not isinstance(indices, bool):
+            indices = [indices]
+        if isinstance(indices, (str, bytes)) or not isinstance(indices, Sequence):
+            raise ValueError(
+                f"indices must be None, an int, a sequence of ints or an integer tensor, got {indices!r}"
+            )
+        if any(isinstance(i, bool) or not isinstance(i, int) for i in indices):
+            raise ValueError(f"indices must be integers, got {list(indices)!r}")
+        idx = torch.tensor(list(indices), dtype=torch.long)
+    if idx.numel() == 0:
+        raise ValueError("indices is empty: ask for at least one sequence index in 1..L-1")
+    return idx
 
 
 class IndexRule(Protocol):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ._checks import check_limit, check_seed
-from .diagnosis import MEASURES, LayerReport, mean_over_layers
+from .layer_report import MEASURES, LayerReport, mean_over_layers
 from .indices import index_rule
 from .probe import measure
 
@@ -75,7 +75,7 @@ def select_init(
 ) -> InitSearchResult:
     """Build every candidate, score its ESS on ``probe_inputs``, keep the best.
 
-    ``score`` is a name from :data:`SCORES` (the measures of :data:`ess_reg.diagnosis.MEASURES`,
+    ``score`` is a name from :data:`SCORES` (the measures of :data:`ess_reg.layer_report.MEASURES`,
     averaged over layers) or a function of the per-layer reports; ``indices`` an index rule or
     its short form (default all); ``kind`` the ESS;
     ``on_candidate(i, candidate, score, reports)`` is called after each one (logging, progress).

@@ -14,7 +14,7 @@ second forward of the model), so gradients reach every mixer parameter through i
 The ESS penalty is a small composition, each part replaceable and each built by Hydra from a
 nested config:
 
-* **what to measure**: a name from :data:`ess_reg.diagnosis.MEASURES` (``"utilization"``,
+* **what to measure**: a name from :data:`ess_reg.layer_report.MEASURES` (``"utilization"``,
   ``"per_item"``, ``"ess"``) or a function of a layer's report, with the ESS ``kind``;
 * **which indices**: an index rule (:mod:`ess_reg.indices`);
 * **the objective**: :class:`Maximize`, :class:`Minimize`, :class:`Target` (with its hinge) or
@@ -36,9 +36,9 @@ import torch
 from torch import nn
 
 from ._checks import check_int, check_limit, check_number
-from .diagnosis import MEASURES, LayerReport
+from .layer_report import MEASURES, LayerReport
 from .indices import ContextEnd, EvenIndices, GivenIndices, index_rule
-from .operators import StateSpaceOperator
+from .operators import DiagonalState
 from .probe import Probe, capture_operators
 
 __all__ = ["ESSPenalty", "DecayIdentityPenalty", "Maximize", "Minimize", "Target", "Constraint", "Schedule", "Budget",
@@ -289,7 +289,7 @@ class ESSPenalty(_OperatorRegularizer):
         measure: what to read off each layer's report: ``"utilization"`` (ESS over the
             reachable state ``min(i, L - i, TSS)``), ``"per_item"`` (ESS/kv at the end of the
             context; needs ``indices="context_end"`` and a task), ``"ess"``, or a function of a
-            :class:`~ess_reg.diagnosis.LayerReport` returning a scalar tensor.
+            :class:`~ess_reg.layer_report.LayerReport` returning a scalar tensor.
         indices: an index rule or its short form (default ``"random"``: 8 fresh indices per step).
         kind: ``"entropy"`` (effective rank) or ``"soft_tolerance"`` (sigmoid-relaxed count);
             ``ess_options`` go to it (``{"tol": 1e-3, "temperature": 0.5}`` for the latter).
@@ -414,7 +414,7 @@ class DecayIdentityPenalty(_OperatorRegularizer):
     def compute(self, step: int | None = None) -> torch.Tensor:
         weight = self.weight_at(step)
         norms = [torch.linalg.vector_norm(torch.expm1(op.log_decay), dim=-1).mean()
-                 for op in self.probe.operators().values() if isinstance(op, StateSpaceOperator)]
+                 for op in self.probe.operators().values() if isinstance(op, DiagonalState)]
         if not norms:
             raise ValueError("decay_identity needs state-space layers (gla, wla, s6, ...); this model has none")
         value = torch.stack(norms).mean()

@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from ._checks import check_limit, check_seed
-from .diagnosis import LayerReport
+from .layer_report import LayerReport
 from .state_size import tss_at
-from .ess import ESS_KINDS, _check_ess_options, layer_ess
+from .ess import ESS_KINDS, _check_ess_options, operator_ess
 from .indices import index_rule
 from .adapters.registry import Adapter, adapter_for as _adapter_for, register_adapter
 from .contract import hand_over, listen
-from .operators import DeferredOperator, JacobianOperator, Operator, resolve
+from .operators import DeferredOperator, Operator, resolve
 
 __all__ = ["Adapter", "register_adapter", "ess_layers", "capture_operators", "Probe", "measure"]
 
@@ -71,8 +71,9 @@ class capture_operators:
     of the model. Nothing is set on the layers.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None):
-        self.layers = ess_layers(model, layers)
+    def __init__(self, model: nn.Module, layers: Sequence[str] | Mapping[str, nn.Module] | None = None):
+        # a mapping is layers already found (a Probe's, found once): the model is not walked again
+        self.layers = dict(layers) if isinstance(layers, Mapping) else ess_layers(model, layers)
         self.inputs: dict[str, torch.Tensor] = {}
         self.handed: dict[str, Operator | DeferredOperator] = {}
         self._handles = []
@@ -186,7 +187,6 @@ class Probe:
         if ess_options:  # their values, now: a bad tol would otherwise surface at the first measurement
             ESS_KINDS[kind](torch.ones(1, dtype=torch.float64), **ess_options)
         self.model = model
-        self.layer_names = layers
         self.layers = ess_layers(model, layers)  # validates now: raises without ESS-capable layers
         self.indices = index_rule(indices)
         self.kind, self.ess_options, self.spectra_options = kind, dict(ess_options or {}), spectra_options
@@ -199,7 +199,7 @@ class Probe:
 
     def capture(self) -> capture_operators:
         """Context manager: a forward pass of the model inside it is what :meth:`reports` reads."""
-        self._capture = capture_operators(self.model, self.layer_names)
+        self._capture = capture_operators(self.model, self.layers)
         return self._capture
 
     def operators(self) -> dict[str, Operator]:
@@ -222,7 +222,7 @@ class Probe:
             if self.context_end is not None and self.context_end > op.seq_len - 1:
                 raise ValueError(f"context_end={self.context_end} lies past the sequence of layer {name!r} "
                                  f"(indices 1..L-1 = 1..{op.seq_len - 1})")
-            ess = layer_ess({name: op}, self.kind, idx, ess_options=self.ess_options, **self.spectra_options)[name]
+            ess = operator_ess(op, self.kind, idx, name=name, ess_options=self.ess_options, **self.spectra_options)
             module = self.layers[name]
             reports[name] = LayerReport(
                 name=name,
@@ -233,7 +233,7 @@ class Probe:
                 seq_len=op.seq_len,
                 context_end=self.context_end,
                 items_to_recall=self.items_to_recall,
-                io_width=(op.J.shape[4], op.J.shape[2]) if isinstance(op, JacobianOperator) else (1, 1),
+                io_width=op.io_width,
             )
         return reports
 

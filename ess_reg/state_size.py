@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ._checks import check_int
-from .spectra import resolve_indices
+from .indices import resolve_indices
+from .operators.checks import shape_rank
 
 __all__ = ["StateSize", "growing_state_size", "chunked_state_size", "tss_at", "reachable_state"]
 
@@ -28,9 +29,7 @@ def growing_state_size(indices: torch.Tensor, seq_len: int) -> torch.Tensor:
     ``H_i`` can have rank above ``min(i, L - i)``.
     """
     idx = resolve_indices(indices, seq_len)  # validates both; a valid tensor is used as given
-    if isinstance(indices, torch.Tensor):
-        idx = indices
-    return torch.minimum(idx, seq_len - idx)
+    return shape_rank(indices if isinstance(indices, torch.Tensor) else idx, seq_len)
 
 
 def tss_at(
@@ -74,9 +73,8 @@ def reachable_state(tss: torch.Tensor, indices: torch.Tensor, seq_len: int,
     except RuntimeError:
         raise ValueError(f"tss of shape {tuple(tss.shape)} does not match indices of shape "
                          f"{tuple(indices.shape)}") from None
-    d_in, d_out = io_width
     if io_width == (1, 1):
-        shape = growing_state_size(indices, seq_len).to(torch.float64)
+        shape = growing_state_size(indices, seq_len)  # validates the indices too
     else:
-        shape = torch.minimum(indices * d_in, (seq_len - indices) * d_out).to(torch.float64)
-    return torch.minimum(shape, tss.to(torch.float64))
+        shape = shape_rank(indices, seq_len, io_width)
+    return torch.minimum(shape.to(torch.float64), tss.to(torch.float64))

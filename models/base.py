@@ -79,9 +79,7 @@ class Mixer(nn.Module):
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The same output by the plain step-by-step recurrence (tests only: a loop over L)."""
         trace = self.operator_and_values(x, check_values=False)
-        if isinstance(trace.operator, (StateSpaceOperator, DeltaRuleOperator)):
-            return trace.readout(trace.operator.apply(trace.values, method="sequential"))
-        return trace.readout(trace.operator.apply(trace.values))
+        return trace.readout(trace.operator.apply_reference(trace.values))
 
 
 def check_positive(name: str, value: int) -> None:

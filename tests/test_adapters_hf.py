@@ -93,7 +93,7 @@ def test_a_llama_model_is_measured_per_head_and_sdpa_is_named():
     assert set(reports) == {"model.layers.0.self_attn", "model.layers.1.self_attn"}
     for report in reports.values():
         assert report.ess.values.shape[:2] == (2, 4)  # per example, per head
-        tss = ess_reg.diagnosis.growing_state_size(report.ess.indices, 16).to(torch.float64)
+        tss = ess_reg.state_size.growing_state_size(report.ess.indices, 16).to(torch.float64)
         assert torch.all(report.ess.values <= tss + 1e-9)
     with pytest.raises(RuntimeError, match="attn_implementation='eager'"):
         ess_reg.measure(tiny_llama("sdpa"), torch.randint(0, 32, (2, 16)))

@@ -13,16 +13,16 @@ import torch
 
 from ess_reg import (DenseOperator, LayerESS, average_ess, entropy_ess, entropy_ess_from_svdvals, hankel_svdvals,
                      layer_ess, soft_tolerance_ess, soft_tolerance_ess_from_svdvals, total_ess)
-from ess_reg.diagnosis import utilization
+from ess_reg.layer_report import utilization
 from ess_reg.state_size import growing_state_size, reachable_state, tss_at
-from ess_reg.diagnosis import diagnose as diagnose_reports
-from ess_reg.diagnosis import model_summary
+from ess_reg.verdict import diagnose as diagnose_reports
+from ess_reg.layer_report import model_summary
 from ess_reg.init_search import select_init
 from ess_reg.indices import EvenIndices, RandomIndices
 from ess_reg.penalty import Budget, DecayIdentityPenalty, ESSPenalty, Schedule, Target
 from ess_reg.probe import Adapter, capture_operators, ess_layers, measure, register_adapter
 from ess_reg.kernels.scan import scan_apply
-from ess_reg.spectra import resolve_indices
+from ess_reg.indices import resolve_indices
 from ess_reg.tasks import MQAR, Compression, SelectiveCopy
 
 from factories import lm, random_causal, random_state_space
@@ -146,7 +146,7 @@ CASES = {
     "resolve_indices-seq_len=bool": ("seq_len", lambda: resolve_indices([1], True)),
     "resolve_indices-seq_len=nan": ("seq_len", lambda: resolve_indices([1], NAN)),
     "resolve_indices-seq_len=1.5": ("seq_len", lambda: resolve_indices(None, 8.5)),
-    # ---- operators (ess_reg/operators.py) and their scans (ess_reg/kernels/scan/)
+    # ---- operators (ess_reg/operators/) and their scans (ess_reg/kernels/scan/)
     "DenseOperator-causal_rtol=nan": ("causal_rtol", lambda: DenseOperator(torch.ones(L, L), causal_rtol=NAN)),
     "DenseOperator-causal_rtol=-1": ("causal_rtol", lambda: DenseOperator(dense(), causal_rtol=-1.0)),
     "DenseOperator-causal_rtol=str": ("causal_rtol", lambda: DenseOperator(dense(), causal_rtol="x")),
@@ -157,7 +157,7 @@ CASES = {
     "StateSpaceOperator.apply-chunk_size=inf": ("chunk_size", lambda: ssm().apply(torch.ones(L, 2), chunk_size=INF)),
     "StateSpaceOperator.apply-chunk_size=bool": ("chunk_size", lambda: ssm().apply(torch.ones(L, 2), chunk_size=True)),
     "scan_apply-v=list": ("v", lambda: scan_apply(*ssm().factors(), [[1.0]])),
-    # ---- diagnose (ess_reg/diagnosis.py)
+    # ---- diagnose (ess_reg/verdict.py)
     "growing_state_size-indices=0": ("indices", lambda: growing_state_size(torch.tensor([0, 2]), L)),
     "growing_state_size-indices=float_tensor": ("indices", lambda: growing_state_size(torch.tensor([1.0]), L)),
     "growing_state_size-seq_len=nan": ("seq_len", lambda: growing_state_size(torch.tensor([1, 2]), NAN)),

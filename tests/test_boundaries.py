@@ -33,7 +33,7 @@ class ToyAttention(nn.Module):
         return ess_reg.DenseOperator(weights.unsqueeze(1))  # (B, 1, L, L): one head
 
     def state_size(self):
-        return ess_reg.diagnosis.growing_state_size
+        return ess_reg.state_size.growing_state_size
 
     def forward(self, tokens):
         self.tokens = tokens

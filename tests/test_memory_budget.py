@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from ess_reg import DenseOperator, StateSpaceOperator, entropy_ess, hankel_svdvals
-from ess_reg import operators, spectra
+from ess_reg.operators import batching, checks, dense, state_space
 
 from factories import DECAY_REGIMES, random_causal, random_state_space
 
 
-def whole_tensor_check(T: torch.Tensor, causal_rtol: float = operators.CAUSAL_RTOL) -> None:
+def whole_tensor_check(T: torch.Tensor, causal_rtol: float = dense.CAUSAL_RTOL) -> None:
     """The checks as they were, on the whole tensor at once: the reference for verdicts and messages."""
     if not bool(torch.isfinite(T).all()):
         raise ValueError(f"T has {(~torch.isfinite(T)).sum().item()} NaN/Inf entries")
@@ -43,8 +43,8 @@ CHUNK_BYTES = [1, 3 * 7 * 8, 7 * 7 * 8, 3 * 49 * 8, 2**30]
 
 @pytest.fixture(params=CHUNK_BYTES, ids=lambda b: f"chunk{b}")
 def chunk_bytes(request, monkeypatch):
-    # Sets operators._CHECK_CHUNK_BYTES, the validation's slice size (no public knob): small T in many slices.
-    monkeypatch.setattr(operators, "_CHECK_CHUNK_BYTES", request.param)
+    # Sets checks._CHECK_CHUNK_BYTES, the validation's slice size (no public knob): small T in many slices.
+    monkeypatch.setattr(checks, "_CHECK_CHUNK_BYTES", request.param)
     return request.param
 
 
@@ -52,8 +52,8 @@ def chunk_bytes(request, monkeypatch):
 def test_slices_cover_every_entry_once_with_row_offsets(shape, chunk_bytes):
     count = torch.zeros(shape)
     row_of = torch.full(shape, -1.0)
-    # Pins operators._slices, the slicing the validation scans T by (no public route to the slices).
-    for part, row0 in operators._slices(count, max(1, chunk_bytes // 8)):
+    # Pins checks._slices, the slicing the validation scans T by (no public route to the slices).
+    for part, row0 in checks._slices(count, max(1, chunk_bytes // 8)):
         assert part.numel() <= max(7, chunk_bytes // 8)  # at most the limit, or one row
         part += 1  # a view into `count`
         # Write each entry's row index, as the slice's offset gives it, through the same view.
@@ -119,8 +119,8 @@ def _rss_growth(fn) -> int | None:
 
 def test_validation_does_not_copy_T(monkeypatch):
     # Generous: the checks used to hold 1-2 full-size temporaries (2.1x T at peak); now one
-    # 1 MiB slice buffer (operators._CHECK_CHUNK_BYTES, the private slice size, set to 1 MiB).
-    monkeypatch.setattr(operators, "_CHECK_CHUNK_BYTES", 2**20)
+    # 1 MiB slice buffer (checks._CHECK_CHUNK_BYTES, the private slice size, set to 1 MiB).
+    monkeypatch.setattr(checks, "_CHECK_CHUNK_BYTES", 2**20)
     DenseOperator(torch.ones(2, 64, 64).tril_())  # the kernels' code paged in before measuring
     T = torch.ones(8, 1024, 1024).tril_()  # 32 MiB
     growth = _rss_growth(lambda: DenseOperator(T))
@@ -154,8 +154,8 @@ def test_grouped_blocks_convert_like_the_whole_tensor(span):
     T = random_causal(2, 30, 30, seed=2, dtype=torch.float32).to(torch.bfloat16)
     idx = torch.tensor([5, 1, 29, 6, 7, 15, 14, 22])
     expected = hankel_svdvals(T.double(), idx, method="loop")
-    # Pins spectra._dense_svdvals's `span` (how far apart grouped indices may be): set by the device, not public.
-    got = spectra._dense_svdvals(T, idx, 2**28, span=span, dtype=torch.float64)
+    # Pins dense._dense_svdvals's `span` (how far apart grouped indices may be): set by the device, not public.
+    got = dense._dense_svdvals(T, idx, 2**28, span=span, dtype=torch.float64)
     assert torch.allclose(got, expected, atol=1e-12)
 
 
@@ -163,8 +163,8 @@ def test_dense_budget_chunks_batch_and_keeps_order():
     T = random_causal(5, 40, 40, seed=3)
     idx = [20, 3, 39, 20, 11]
     roomy = hankel_svdvals(T, idx)
-    # spectra._SVD_OVERHEAD and _SVD_UV_OVERHEAD: the private memory model the budget is checked by, to hit its edge.
-    largest = 20 * 20 * 8 * spectra._SVD_OVERHEAD
+    # batching._SVD_OVERHEAD and _SVD_UV_OVERHEAD: the private memory model the budget is checked by, to hit its edge.
+    largest = 20 * 20 * 8 * batching._SVD_OVERHEAD
     for budget in (largest + 1, 2 * largest + 1, 3 * largest):  # one, two, three batch elements a chunk
         assert torch.allclose(hankel_svdvals(T, idx, memory_budget=budget), roomy, rtol=1e-13, atol=1e-13)
     with torch.inference_mode():  # the output is written by the calling thread
@@ -172,7 +172,7 @@ def test_dense_budget_chunks_batch_and_keeps_order():
     with pytest.raises(ValueError, match="memory_budget"):
         hankel_svdvals(T, idx, memory_budget=largest - 1)
     leaf = T.clone().requires_grad_()
-    with_grad = hankel_svdvals(leaf, idx, memory_budget=20 * 20 * 8 * spectra._SVD_UV_OVERHEAD + 1)
+    with_grad = hankel_svdvals(leaf, idx, memory_budget=20 * 20 * 8 * batching._SVD_UV_OVERHEAD + 1)
     assert torch.allclose(with_grad.detach(), roomy, atol=1e-12)
     with_grad.sum().backward()
     assert torch.isfinite(leaf.grad).all()
@@ -186,8 +186,8 @@ def test_row_blocks_materialize_T(regime, rows):
     op = random_state_space((2, 3), 29, 4, regime, seed=7)
     T = op.materialize()
     factors = (t.reshape(-1, 29, 4) for t in op.factors())
-    # Pins spectra._materialize_rows, the row-block materialization inside method="dense" (no public route).
-    blocked = spectra._materialize_rows(*factors, rows).reshape(T.shape)
+    # Pins state_space._materialize_rows, the row-block materialization inside method="dense" (no public route).
+    blocked = state_space._materialize_rows(*factors, rows).reshape(T.shape)
     assert torch.allclose(blocked, T, rtol=1e-12, atol=1e-14 * float(T.abs().max()))
     assert torch.equal(torch.triu(blocked, 1), torch.zeros_like(blocked))
 
@@ -197,14 +197,14 @@ def test_state_space_dense_path_in_channel_groups_equals_one_shot(monkeypatch):
     op = random_state_space((2, 3), length, state, "mixed", seed=8)
     one_shot = hankel_svdvals(op.materialize(), method="dense")  # T of every channel at once
     calls = []
-    # Spies on spectra._materialize_rows (private) to see the channel groups and row blocks the budget gives.
-    materialize = spectra._materialize_rows
+    # Spies on state_space._materialize_rows (private) to see the channel groups and row blocks the budget gives.
+    materialize = state_space._materialize_rows
 
     def spy(log_decay, B, C, rows, trimmer=None):
         calls.append((B.shape[0], rows))
         return materialize(log_decay, B, C, rows, trimmer)
 
-    monkeypatch.setattr(spectra, "_materialize_rows", spy)
+    monkeypatch.setattr(state_space, "_materialize_rows", spy)
     assert torch.allclose(hankel_svdvals(op, method="dense"), one_shot, atol=1e-12)
     assert calls == [(6, length)]  # the default budget: every channel, one row block
     calls.clear()
@@ -244,8 +244,8 @@ def test_state_space_dense_path_gradients_through_row_blocks():
     length, state = 16, 3
     op = random_state_space((2,), length, state, "moderate", seed=10)
     grads = []
-    # spectra._SVD_UV_OVERHEAD: the private memory model of an SVD with singular vectors; here H_8's.
-    largest = 8 * 8 * 8 * spectra._SVD_UV_OVERHEAD
+    # batching._SVD_UV_OVERHEAD: the private memory model of an SVD with singular vectors; here H_8's.
+    largest = 8 * 8 * 8 * batching._SVD_UV_OVERHEAD
     for budget in (None, length**2 * 8 + largest + 100):  # one row block; one channel, one row at a time
         leaves = [t.detach().clone().requires_grad_() for t in (op.log_decay, op.B, op.C)]
         ess = entropy_ess(StateSpaceOperator(*leaves), method="dense", memory_budget=budget)
@@ -267,8 +267,8 @@ def test_grouped_and_gathered_blocks_keep_gradients():
     for span, permute in [(3, False), (100, False), (0, True), (3, True)]:
         leaf = base.clone().requires_grad_()
         T = leaf.transpose(0, 1) if permute else leaf  # (2, 3, L, L): batch dims that do not merge
-        # Pins spectra._dense_svdvals's `span` (the CUDA grouping), set by the device, not public.
-        sigma = spectra._dense_svdvals(T, idx, 2**28, span=span)
+        # Pins dense._dense_svdvals's `span` (the CUDA grouping), set by the device, not public.
+        sigma = dense._dense_svdvals(T, idx, 2**28, span=span)
         expected = hankel_svdvals(reference_leaf.detach().transpose(0, 1) if permute else reference_leaf.detach(),
                                   idx, method="loop")
         assert torch.allclose(sigma, expected, atol=1e-12)

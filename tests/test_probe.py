@@ -3,9 +3,10 @@ import torch
 from torch import nn
 
 from ess_reg import DenseOperator, LayerESS, StateSpaceOperator
-from ess_reg.diagnosis import (COLLAPSE, HEALTHY, INCONCLUSIVE, NEAR_COLLAPSE, NEAR_SATURATION, SATURATION,
-                               STILL_TRAINING, FailureThresholds, LayerReport,
-                               diagnose, model_summary, reachable_state, tss_at)
+from ess_reg.layer_report import FailureThresholds, LayerReport, model_summary
+from ess_reg.state_size import reachable_state, tss_at
+from ess_reg.verdict import (COLLAPSE, HEALTHY, INCONCLUSIVE, NEAR_COLLAPSE, NEAR_SATURATION, SATURATION,
+                             STILL_TRAINING, diagnose)
 from ess_reg.contract import capturing
 from ess_reg.probe import Adapter, capture_operators, ess_layers, measure, register_adapter
 
@@ -184,7 +185,7 @@ def test_the_verdict_holds_at_its_edges():
 
 
 def test_a_run_whose_loss_still_falls_is_still_training():
-    from ess_reg.diagnosis import loss_still_falling
+    from ess_reg.verdict import loss_still_falling
 
     # A known curve: over the second half (steps 500-1000) the loss falls 2.0 -> 1.0 on a line: 50%.
     falling = [(0, 4.0), (250, 3.0), (500, 2.0), (750, 1.5), (1000, 1.0)]
@@ -231,3 +232,19 @@ def test_batch_head_keeps_shared_factors():
     assert DenseOperator(torch.eye(5).expand(4, 2, 5, 5)).batch_head(3).T.shape == (3, 2, 5, 5)
     with pytest.raises(ValueError, match="positive int"):
         op.batch_head(0)
+
+
+def test_a_probe_finds_its_layers_once_and_every_capture_reuses_them():
+    from ess_reg import Probe
+    model = lm("gla", n_layers=2)
+    probe = Probe(model, indices=[3, 7])
+    first = probe(tokens())
+
+    def walked(*args, **kwargs):
+        raise AssertionError("the model was walked again")
+
+    model.named_modules = walked  # a later capture that searched the model for layers would fail here
+    again = probe(tokens())
+    assert list(again) == list(first) == ["blocks.0.mixer", "blocks.1.mixer"]
+    for name in first:
+        torch.testing.assert_close(again[name].ess.values, first[name].ess.values)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ess_reg import StateSpaceOperator, hankel_svdvals
-from ess_reg.spectra import resolve_indices
+from ess_reg.indices import resolve_indices
 
 from factories import DECAY_REGIMES, random_causal, random_state_space
 
@@ -38,7 +38,7 @@ def test_state_space_path_matches_dense(regime, chunk_size):
 def test_state_space_batches_by_offset_in_chunk(chunk_size):
     # 99 indices >= MIN_GROUP * c: one SVD batch per i mod c, each at its exact width; L mod c
     # differs from 0 for c = 3, so the reversed side's offsets differ from the forward side's.
-    from ess_reg.spectra import MIN_GROUP
+    from ess_reg.operators.state_space import MIN_GROUP
 
     op = random_state_space((2,), 100, 4, "mixed", seed=5)
     assert 99 >= MIN_GROUP * chunk_size
@@ -82,8 +82,8 @@ def test_state_space_near_ends_exact_zeros():
 @pytest.mark.parametrize("span", [0, 3, 100])
 def test_dense_grouped_blocks_match_loop(span):
     # Grouping neighbouring indices into one zero-padded batch (the CUDA layout) changes nothing.
-    # Pins spectra._dense_svdvals's `span`: hankel_svdvals groups only on CUDA, with no public knob.
-    from ess_reg.spectra import _dense_svdvals
+    # Pins the dense path's _dense_svdvals's `span`: hankel_svdvals groups only on CUDA, with no public knob.
+    from ess_reg.operators.dense import _dense_svdvals
 
     T = random_causal(2, 30, 30, seed=2)
     idx = torch.tensor([5, 1, 29, 6, 7, 15, 14, 22])

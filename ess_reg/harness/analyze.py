@@ -20,7 +20,8 @@ import torch
 
 from . import tracking
 from .build import ConfigError, build_task, probe_settings
-from ..diagnosis import LayerReport, Verdict, diagnose
+from ..layer_report import LayerReport
+from ..verdict import Verdict, diagnose
 from .reporting import format_report
 from .checkpoints import trained_model
 from .run_probe import ProbeSettings, RunProbe

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..diagnosis import FailureThresholds
+from ..layer_report import FailureThresholds
 from ..tasks import TASKS, Task
 from .run_probe import ProbeSettings, RunProbe
 from .settings import TrainerSettings

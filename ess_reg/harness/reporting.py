@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..diagnosis import FailureThresholds, LayerReport, Verdict, model_summary
+from ..layer_report import FailureThresholds, LayerReport, model_summary
+from ..verdict import Verdict
 from .training import layer_keys
 
 __all__ = ["format_report", "ess_table", "ess_figure"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..diagnosis import FailureThresholds, LayerReport
+from ..layer_report import FailureThresholds, LayerReport
 from ..indices import EvenIndices
 from ..probe import Probe
 from ..tasks import Task
