@@ -18,13 +18,12 @@ import itertools
 import os
 
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from common import Results, Timing, add_common_args, best_of, machine_line, setup
 from ess_reg.harness.app import compose_config
 from ess_reg.harness.build import trainer_settings
-from ess_reg.tasks import IGNORE
+from ess_reg.harness.step import TrainingStep
 from train_speed import L256
 
 SUMMARY = ("The time of a training step with the ESS penalty (penalty=ess_max) / the same step without it, "
@@ -41,20 +40,11 @@ def step_time(mixer: str, with_penalty: bool, steps: int, batch_limit: int) -> T
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     penalty = instantiate(cfg.penalty)(model, task=task) if with_penalty else None
     counter = itertools.count()
+    train_step = TrainingStep(model, optimizer, grad_clip=trainer.grad_clip, regularizer=penalty)  # ess-train's step
 
     def step():
         batch = task.train_batch(trainer.batch_size, next(counter))
-        if penalty is not None:
-            with penalty.capture():
-                logits = model(batch.inputs)
-        else:
-            logits = model(batch.inputs)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1), ignore_index=IGNORE)
-        if penalty is not None:
-            loss = loss + penalty.compute(1000)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        train_step(batch.inputs, batch.labels, 1000)  # past any warm-up of the penalty's schedule
 
     return best_of(step, steps, warmup=WARMUP_STEPS)
 

@@ -15,14 +15,13 @@ import argparse
 import itertools
 
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from common import Results, add_common_args, best_of, machine_line, setup
 from ess_reg.harness.app import compose_config
 from ess_reg.harness.build import probe_settings, trainer_settings
 from ess_reg.harness.run_probe import RunProbe
-from ess_reg.tasks import IGNORE
+from ess_reg.harness.step import TrainingStep
 
 SUMMARY = ("Training steps per second of ess-train's default job and of sa / gla / s6 on MQAR at L=256, "
            "and the time of one ESS probe / one training step (what ESS logging adds to a run).")
@@ -43,14 +42,12 @@ def measure(overrides, steps: int, probes: int) -> dict:
     task, model = instantiate(cfg.task), instantiate(cfg.model)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     counter = itertools.count()
+    train_step = TrainingStep(model, optimizer, grad_clip=trainer.grad_clip)  # ess-train's step
 
     def step():
-        batch = task.train_batch(trainer.batch_size, next(counter))
-        logits = model(batch.inputs)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1), ignore_index=IGNORE)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        i = next(counter)
+        batch = task.train_batch(trainer.batch_size, i)
+        train_step(batch.inputs, batch.labels, i)
 
     step_s = best_of(step, steps, warmup=WARMUP_STEPS).best
     run_probe = RunProbe(task, probe, seed=0)

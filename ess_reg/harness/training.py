@@ -6,7 +6,6 @@ Plain Python on purpose (no Hydra here): :mod:`ess_reg.harness.app` composes the
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -19,12 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diagnosis import LayerReport, Verdict, diagnose, model_summary
+from ..layer_report import LayerReport, model_summary
+from ..verdict import Verdict, diagnose
 from ..tasks import IGNORE, Task
 from .checkpoints import save_checkpoint
 from .run_probe import RunProbe
 from .distributed import Distributed
 from .outages import StoreUnavailable
+from .step import TrainingDiverged, TrainingStep
 from .settings import TrainerSettings, resolve_device
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "FitResult", "fit", "evaluate",
@@ -52,10 +53,6 @@ class FitResult:
     @property
     def accuracy(self) -> float | None:
         return self.metrics.get("valid/accuracy")
-
-
-class TrainingDiverged(RuntimeError):
-    pass
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -231,6 +228,9 @@ def fit(
         log.info("step %d/%d  loss %.3f%s  %.1f it/s  eta %s", step, trainer.max_steps, last["train/loss"],
                  evaluated, rate, _duration(eta))
 
+    train_step = TrainingStep(model, optimizer, forward=trained, grad_clip=trainer.grad_clip,
+                              autocast_dtype=autocast_dtype, regularizer=regularizer, teacher=teacher,
+                              distributed=distributed)
     trained_to = start_step  # the last step whose update is done: where a checkpoint can stand
     try:
         if teacher is not None:
@@ -250,44 +250,14 @@ def fit(
                 raise TrainingInterrupted(f"{reason} before step {step}")
             batch = task.train_batch(trainer.batch_size, step, seed)  # the global batch, the same on every process
             x, y = distributed.shard(batch.inputs).to(device), distributed.shard(batch.labels).to(device)
-            capture = regularizer.capture() if regularizer is not None else contextlib.nullcontext()
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None), capture:
-                logits = trained(x)
-            if distributed.enabled:
-                # summed over this slice, over the whole batch's answered positions, times the processes:
-                # the averaged gradient is the gradient of the global batch's mean loss
-                local = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE,
-                                        reduction="sum")
-                totals = distributed.sum(torch.stack([local.detach(), (y != IGNORE).sum().to(local.dtype)]))
-                task_loss = local / totals[1].clamp_min(1) * distributed.world_size
-                global_loss = totals[0] / totals[1].clamp_min(1)
-            else:
-                task_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                            ignore_index=IGNORE)
-                global_loss = task_loss.detach()
-            objective = task_loss
-            if teacher is not None:
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    kl = teacher.loss(x, logits, y)
-                objective = teacher.blend(task_loss, kl)
-                last["train/distill_kl"] = kl.item()
-            if not torch.isfinite(global_loss) or not torch.isfinite(objective):  # before the penalty's spectra
-                raise TrainingDiverged(f"non-finite training loss ({global_loss.item()}, the task loss) at step {step}")
-            loss = objective if regularizer is None else objective + regularizer.compute(step)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"non-finite training loss ({loss.item()}, from the penalty) at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if trainer.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
-            optimizer.step()
-            if regularizer is not None:
-                regularizer.after_step()  # a constraint's multiplier moves once per step
+            outcome = train_step(x, y, step)
             trained_to = step
-            last["train/loss"] = global_loss.item()
+            last["train/loss"] = outcome.loss.item()
+            if outcome.distill_kl is not None:
+                last["train/distill_kl"] = outcome.distill_kl
             if regularizer is not None:
                 last.update({f"penalty/{k}": v for k, v in regularizer.last.items()})
-                last["train/total_loss"] = loss.item()
+                last["train/total_loss"] = outcome.total.item()
             if step % trainer.log_every == 0 or step == trainer.max_steps:
                 tracker.log_metrics({k: v for k, v in last.items() if k.startswith(("train/", "penalty/"))}, step)
                 loss_curve.append((step, last["train/loss"]))
