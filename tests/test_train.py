@@ -212,13 +212,18 @@ def test_resume_after_a_kill_continues_the_same_run_without_duplicate_steps(stor
     assert client.get_run(killed.info.run_id).data.tags["resumed.trainer.max_steps"] == "6 -> 8"
 
 
-def test_resume_by_run_id_alone_goes_on_under_the_run_s_config(store, tiny):
+def test_resume_by_run_id_alone_goes_on_under_the_run_s_config(store, tiny, caplog):
     first = run(compose_config(tiny("task.num_kv_pairs=2", "optimizer.lr=0.01", "seed=3")))
     # The README's command: the run id and a new budget; where the store is, and nothing else.
     where = [f"tracking.uri={store['uri']}", f"tracking.artifact_location={store['artifacts']}",
              f"trainer.checkpoint_dir={store['dir']}/ckpt", "trainer.progress=false"]
-    longer = run(compose_config([*where, f"trainer.resume={first.run_id}", "trainer.max_steps=8"]))
+    with caplog.at_level("INFO", logger="ess_reg"):
+        longer = run(compose_config([*where, f"trainer.resume={first.run_id}", "trainer.max_steps=8"]))
     assert longer.run_id == first.run_id and longer.resumed_from == 6 and longer.steps == 8
+    # Announced under the name it was given, not one made from this command line's choices.
+    stored_name = MlflowClient(store["uri"]).get_run(first.run_id).info.run_name
+    announced = [r.getMessage() for r in caplog.records if "-> MLflow run" in r.getMessage()]
+    assert announced and repr(stored_name) in announced[-1] and "trainer.max_steps=8" not in announced[-1]
     config = longer.config
     assert (config["task"]["num_kv_pairs"], config["optimizer"]["lr"], config["seed"]) == (2, 0.01, 3)
     assert config["model"]["d_model"] == 16  # experiment=tiny's, not the default's 64

@@ -99,6 +99,7 @@ def _run(plan: Plan, distributed: Distributed) -> FitResult:
                                        retry_seconds=t.get("retry_seconds", tracking.RETRY_SECONDS))
             if not resume_id:
                 owned.enter_context(RunLock(_run_folder(config, tracker.run_id), tracker.run_id))
+            name = tracker.run_name or name  # a resumed run is named as it was, not after this command line
             tracker.spool = _run_folder(config, tracker.run_id) / SPOOL_NAME
             tracker.replay_spool()  # what an earlier process of this run could not log
             distributed.broadcast(tracker.run_id)

@@ -307,7 +307,8 @@ class Tracker:
             run_id = run.info.run_id
         else:
             self._call("reopening the run", lambda: self.client.update_run(run_id, status="RUNNING"))
-        self.run_id = run_id
+            run = self._call("reading the run", lambda: self.client.get_run(run_id))
+        self.run_id, self.run_name = run_id, run.info.run_name  # a resumed run keeps the name it was given
         self._last_step = self._call("reading the logged steps", self._logged_steps)
 
     @classmethod
