@@ -1,6 +1,9 @@
 """What a regular (non-editable) install ships: every package of the source tree."""
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package (the dev extra)
+    import tomli as tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
