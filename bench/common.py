@@ -103,7 +103,8 @@ def add_common_args(parser: argparse.ArgumentParser, threads: int | None = None)
     parser.add_argument("--threads", type=int, default=default,
                         help=f"torch threads, set explicitly (default {default})")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON (read by bench/report.py)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the workloads run (default cpu)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where the workloads run (default cpu)")
 
 
 def setup(args: argparse.Namespace) -> None:
@@ -177,7 +178,8 @@ class Results:
 
     def to_dict(self) -> dict:
         return {"bench": self.bench, "summary": self.summary, "params": self.params, "machine": machine(),
-                "argv": sys.argv[1:], "details": self.details, "tables": [t.to_dict() for t in self.tables], "notes": self.notes}
+                "argv": sys.argv[1:], "details": self.details, "tables": [t.to_dict() for t in self.tables],
+                "notes": self.notes}
 
     def write(self, path: str | None) -> None:
         """Write the JSON to ``path`` (nothing when ``path`` is None)."""

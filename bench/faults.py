@@ -51,7 +51,8 @@ def env() -> dict:
 
 def overrides(uri: str, root: Path, *extra: str) -> list[str]:
     return ["experiment=tiny", f"tracking.uri={uri}", f"trainer.checkpoint_dir={root}/ckpt",
-            f"tracking.artifact_location={root}/artifacts" if uri.startswith("sqlite") else "tracking.artifact_location=null",
+            f"tracking.artifact_location={root}/artifacts" if uri.startswith("sqlite")
+            else "tracking.artifact_location=null",
             "trainer.progress=false", "trainer.threads=1", f"hydra.run.dir={root}/hydra", *extra]
 
 
@@ -70,7 +71,8 @@ def summarize(case: str, uri: str, root: Path, steps: int, started: float, note:
     runs = all_runs(uri)
     finished = [r for r in runs if r.info.status == "FINISHED"]
     once = [r for r in finished if steps_once(client, r.info.run_id, "train/loss", list(range(1, steps + 1)))]
-    lost = [r for r in runs if r.info.status != "FINISHED" and not (root / "ckpt" / r.info.run_id / "last.pt").is_file()]
+    lost = [r for r in runs
+            if r.info.status != "FINISHED" and not (root / "ckpt" / r.info.run_id / "last.pt").is_file()]
     return Outcome(case, len(runs), len(finished), len(once), len(lost),
                    statuses_true=len(finished) == len(runs), seconds=time.perf_counter() - started, note=note)
 
@@ -217,7 +219,8 @@ def main() -> None:
     print("| case | runs | finished | every step logged once | lost | statuses true | time | note |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for o in outcomes:
-        print(f"| {o.case} | {o.runs} | {o.finished} | {o.logged_once} | {o.lost} | {'yes' if o.statuses_true else 'no'} "
+        print(f"| {o.case} | {o.runs} | {o.finished} | {o.logged_once} | {o.lost} "
+              f"| {'yes' if o.statuses_true else 'no'} "
               f"| {o.seconds:.0f} s | {o.note} |")
 
 

@@ -217,7 +217,8 @@ def main() -> None:
         results.write(args.json)
         return
     print()
-    results.note(f"peak measured as {'VmHWM after a reset (exact)' if all(r['exact'] for r in measured) else 'ru_maxrss'}")
+    results.note("peak measured as "
+                 f"{'VmHWM after a reset (exact)' if all(r['exact'] for r in measured) else 'ru_maxrss'}")
     results.note(f"fixed constant (growth of each worker's first call, L={WARMUP_LENGTH}, charged to no case; mostly "
                  "library code paged in): " + ", ".join(
                      f"{kind} {min(r['warmup_bytes'] for r in measured if r['kind'] == kind) / MiB:.1f}-"

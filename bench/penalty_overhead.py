@@ -61,8 +61,8 @@ def main() -> None:
     results = Results("penalty_overhead", SUMMARY, {"steps": args.steps, "batch_limit": args.batch_limit,
                                                     "mixers": args.mixers})
     print(f"machine: {machine_line()}")
-    results.describe(f"MQAR L=256, batch 64, penalty on {args.batch_limit} examples x 8 random indices x 16 channels x every "
-          f"layer; best of {args.steps} steps after {WARMUP_STEPS} warm-up, each side in its own run")
+    results.describe(f"MQAR L=256, batch 64, penalty on {args.batch_limit} examples x 8 random indices x 16 channels "
+          f"x every layer; best of {args.steps} steps after {WARMUP_STEPS} warm-up, each side in its own run")
     table = results.table(["mixer", "step ms", "with penalty ms", "ratio", "median ratio"],
                           key=["ratio"], widths=[6, 9, 16, 7, 13])
     for mixer in args.mixers:

@@ -156,7 +156,8 @@ def main() -> None:
                         help="torch threads of every bench (default 1: on a shared machine, more threads than "
                              "free cores make the timings many times slower and noisier)")
     parser.add_argument("--gpu", action="store_true",
-                        help=f"on a CUDA GPU: {', '.join(GPU_BENCHES)} at GPU sizes (default page docs/benchmarks_gpu.md)")
+                        help=f"on a CUDA GPU: {', '.join(GPU_BENCHES)} at GPU sizes "
+                             "(default page docs/benchmarks_gpu.md)")
     parser.add_argument("--out", default=None, help="the Markdown page to write (default docs/benchmarks.md)")
     args = parser.parse_args()
     names = [name for name in BENCHES if name in args.only] if args.only else default_names()
@@ -194,7 +195,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(page).rstrip() + "\n")
-    print(f"\nwrote {out} ({duration(time.perf_counter() - start)})" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    print(f"\nwrote {out} ({duration(time.perf_counter() - start)})"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     sys.exit(1 if failed else 0)
 
 

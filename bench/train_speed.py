@@ -66,8 +66,8 @@ def main() -> None:
     setup(args)
     results = Results("train_speed", SUMMARY, {"steps": args.steps, "probes": args.probes, "setups": args.setups})
     print(f"machine: {machine_line()}")
-    results.describe(f"batch 64, d_model 64, 2 layers, probe: 4 examples x 17 indices; steps best of {args.steps} after "
-          f"{WARMUP_STEPS} warm-up, probes best of {args.probes} after 1")
+    results.describe(f"batch 64, d_model 64, 2 layers, probe: 4 examples x 17 indices; steps best of {args.steps} "
+          f"after {WARMUP_STEPS} warm-up, probes best of {args.probes} after 1")
     table = results.table(["setup", "steps/s", "probe ms", "probe/step", "ESS logging overhead"],
                           key=["probe/step", "ESS logging overhead"], widths=[22, 8, 9, 11, 22])
     for key in args.setups:

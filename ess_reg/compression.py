@@ -98,7 +98,8 @@ def _energies(modules: Mapping[str, nn.Module], ops: Mapping[str, object], expli
     return out
 
 
-def state_energy(model: nn.Module, inputs: torch.Tensor, layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+def state_energy(model: nn.Module, inputs: torch.Tensor,
+                 layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """Each diagonal state-space layer's coordinate energies on ``inputs``, ``(C, N)`` per layer
     (mean over the examples): what :func:`compress_state` ranks coordinates by."""
     modules, ops = _operators(model, inputs, layers)

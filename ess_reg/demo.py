@@ -46,16 +46,20 @@ def examples(seq_len: int = 128, channels: int = 4, seed: int = 0) -> list[Examp
     gates = torch.nn.functional.logsigmoid(randn(C, L, d_k)) / 16  # GLA-style normalizer
     shift = 3
     return [
-        Example(f"LTI SSM, order {order}", lti, _constant_tss(order), "real modes: Hankel spectrum decays fast, ESS < N"),
-        Example("same LTI, materialized", DenseOperator(lti.materialize()), _constant_tss(order), "dense path, same answer"),
+        Example(f"LTI SSM, order {order}", lti, _constant_tss(order),
+                "real modes: Hankel spectrum decays fast, ESS < N"),
+        Example("same LTI, materialized", DenseOperator(lti.materialize()), _constant_tss(order),
+                "dense path, same answer"),
         Example(
             f"softmax attention, d={d_k}", DenseOperator(attention),
             lambda idx: torch.minimum(idx, L - idx).to(torch.float64), "KV cache grows: TSS = min(i, L-i)",
         ),
-        Example(f"gated linear recurrence, d_k={d_k}", StateSpaceOperator(gates, k, q), _constant_tss(d_k), "input-dependent decay"),
+        Example(f"gated linear recurrence, d_k={d_k}", StateSpaceOperator(gates, k, q), _constant_tss(d_k),
+                "input-dependent decay"),
         Example(f"linear attention, d_k={d_k}", StateSpaceOperator(torch.zeros(C, L, d_k, dtype=torch.float64), k, q),
                 _constant_tss(d_k), "no decay"),
-        Example(f"shift by {shift}", DenseOperator(torch.diag(torch.ones(L - shift, dtype=torch.float64), -shift).expand(C, L, L)),
+        Example(f"shift by {shift}",
+                DenseOperator(torch.diag(torch.ones(L - shift, dtype=torch.float64), -shift).expand(C, L, L)),
                 _constant_tss(shift), "a delay line of length 3"),
     ]
 
@@ -87,7 +91,8 @@ def run(seq_len: int = 128, channels: int = 4, seed: int = 0, tol: float = 1e-3)
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"{'operator':<34} {'path':<11} {'TSS':>6} {'tol-ESS':>8} {'ent-ESS':>8} {'ent@L/2':>8} {'ent/TSS':>8} {'ms':>7}  note"
+    header = (f"{'operator':<34} {'path':<11} {'TSS':>6} {'tol-ESS':>8} {'ent-ESS':>8} {'ent@L/2':>8} "
+              f"{'ent/TSS':>8} {'ms':>7}  note")
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(

@@ -17,7 +17,8 @@ import torch
 
 from ._checks import check_int
 
-__all__ = ["resolve_indices", "IndexRule", "AllIndices", "EvenIndices", "RandomIndices", "ContextEnd", "GivenIndices", "index_rule"]
+__all__ = ["resolve_indices", "IndexRule", "AllIndices", "EvenIndices", "RandomIndices", "ContextEnd", "GivenIndices",
+           "index_rule"]
 
 
 def resolve_indices(indices: "int | Sequence[int] | torch.Tensor | None", seq_len: int) -> torch.Tensor:

@@ -48,7 +48,8 @@ def build_mixer(name: str, d_model: int, state_size: int | None = None, **kwargs
         clash = {k: (kwargs[k], v) for k, v in knob.items() if k in kwargs and kwargs[k] != v}
         if clash:
             raise ValueError(f"state_size={state_size} sets {', '.join(f'{k}={v}' for k, (_, v) in clash.items())} "
-                             f"of {name}, but it is also given as {', '.join(f'{k}={a}' for k, (a, _) in clash.items())}")
+                             f"of {name}, but it is also given as "
+                             f"{', '.join(f'{k}={a}' for k, (a, _) in clash.items())}")
         kwargs = {**kwargs, **knob}
     return MIXERS[name](d_model, **kwargs)
 

@@ -18,7 +18,8 @@ class WeightedLinearAttention(LinearAttention):
                  decay_min: float = 1e-3, decay_max: float = 1e-1, **kwargs):
         super().__init__(d_model, num_heads, feature_dim, **kwargs)
         if not 0 < decay_min <= decay_max < 1:
-            raise ValueError(f"need 0 < decay_min <= decay_max < 1 (forgetting rates 1 - a), got {decay_min}, {decay_max}")
+            raise ValueError("need 0 < decay_min <= decay_max < 1 (forgetting rates 1 - a), "
+                             f"got {decay_min}, {decay_max}")
         # 1 - a log-uniform in [decay_min, decay_max]: memories from ~10 to ~1000 steps.
         forget = log_uniform((num_heads, self.feature_size), decay_min, decay_max)
         self.decay_logit = nn.Parameter(torch.log(1 - forget) - torch.log(forget))  # logit(a)

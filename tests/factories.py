@@ -26,7 +26,8 @@ def random_state_space(batch_shape, length, state, regime="moderate", seed=0, dt
     g = torch.Generator().manual_seed(seed)
     lo, hi = DECAY_REGIMES[regime]
     u = torch.rand(*batch_shape, length, state, generator=g, dtype=dtype)
-    log_decay = -torch.exp(torch.log(torch.tensor(-lo, dtype=dtype)) * u + torch.log(torch.tensor(-hi, dtype=dtype)) * (1 - u))
+    log_decay = -torch.exp(torch.log(torch.tensor(-lo, dtype=dtype)) * u
+                           + torch.log(torch.tensor(-hi, dtype=dtype)) * (1 - u))
     B = torch.randn(*batch_shape, length, state, generator=g, dtype=dtype)
     C = torch.randn(*batch_shape, length, state, generator=g, dtype=dtype)
     return StateSpaceOperator(log_decay, B, C, multiplicity=multiplicity)

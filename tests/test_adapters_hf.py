@@ -379,7 +379,8 @@ def test_lfm2_short_convolution_is_measured_as_its_gated_toeplitz_operator():
     reports = ess_reg.measure(model, torch.randint(1, 32, (2, 12)), kind="tolerance")
     conv = reports["model.layers.0.conv"]
     # a state of K - 1 = 2 past inputs: the reach is min(i, L - i, 2), and random weights attain it
-    assert torch.equal(conv.reach.double(), torch.clamp(torch.minimum(conv.ess.indices, 12 - conv.ess.indices), max=2).double())
+    assert torch.equal(conv.reach.double(),
+                       torch.clamp(torch.minimum(conv.ess.indices, 12 - conv.ess.indices), max=2).double())
     assert torch.equal(conv.ess.values.amax(dim=(0, 1)).round().double(), conv.reach.double())
 
 

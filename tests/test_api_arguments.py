@@ -207,7 +207,8 @@ CASES = {
                                                                      task=task_info(context_end="x"))),
     "ESSPenalty-context_end=past_L":
         ("context_end", lambda: ESSPenalty(model(), indices="context_end", task=task_info(context_end=100))(tokens())),
-    "ESSPenalty-items_to_recall=-1": ("items_to_recall", lambda: ESSPenalty(model(), task=task_info(items_to_recall=-1))),
+    "ESSPenalty-items_to_recall=-1":
+        ("items_to_recall", lambda: ESSPenalty(model(), task=task_info(items_to_recall=-1))),
     "ESSPenalty-tol=nan": ("tol", lambda: ESSPenalty(model(), kind="soft_tolerance", ess_options={"tol": NAN})),
     "ESSPenalty-temperature=0":
         ("temperature", lambda: ESSPenalty(model(), kind="soft_tolerance", ess_options={"temperature": 0})),

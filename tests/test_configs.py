@@ -215,7 +215,8 @@ def test_model_option_is_the_base_plus_its_mixer(option):
 def test_a_model_option_without_a_mixer_is_refused_with_the_choices(tmp_path):
     cfg = compose_config(cheap(tmp_path, "model=gla"))
     cfg.model.mixer = "???"  # what the base leaves when an option forgets its mixer
-    with pytest.raises(ConfigError, match=r"model: unknown mixer '\?\?\?'; choose one of \['deltanet', 'gated_deltanet', 'gla'"):
+    with pytest.raises(ConfigError,
+                       match=r"model: unknown mixer '\?\?\?'; choose one of \['deltanet', 'gated_deltanet', 'gla'"):
         prepare(cfg)
 
 

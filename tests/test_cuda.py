@@ -54,7 +54,8 @@ def test_a_bf16_run_with_the_penalty_finishes_on_cuda(tmp_path):
     pytest.importorskip("mlflow", reason="the harness (ess-reg[train]) is not installed here")
     from ess_reg.harness.app import compose_config, run
 
-    overrides = ["experiment=tiny", f"tracking.uri=sqlite:///{tmp_path}/m.db", f"tracking.artifact_location={tmp_path}/a",
+    overrides = ["experiment=tiny", f"tracking.uri=sqlite:///{tmp_path}/m.db",
+                 f"tracking.artifact_location={tmp_path}/a",
                  f"trainer.checkpoint_dir={tmp_path}/c", "trainer.progress=false", "trainer.device=cuda",
                  "trainer.precision=bf16", "penalty=ess_max", "trainer.max_steps=20"]
     result = run(compose_config(overrides))

@@ -70,7 +70,8 @@ def test_reflections_at_the_edge_and_the_checks():
 
 def test_entropy_ess_of_the_fast_path_passes_gradcheck():
     op = random_delta(batch=(1, 1), length=8, state=3, seed=3)
-    factors = [t.detach().clone().requires_grad_(True) for t in (op.log_alpha.squeeze(-1), op.beta.squeeze(-1), op.K, op.Q)]
+    factors = [t.detach().clone().requires_grad_(True)
+               for t in (op.log_alpha.squeeze(-1), op.beta.squeeze(-1), op.K, op.Q)]
 
     def ess(log_alpha, beta, K, Q):
         built = DeltaRuleOperator(log_alpha, beta, K, Q, check_values=False)
@@ -101,7 +102,8 @@ def test_the_chunked_delta_rule_has_the_sequential_gradients():
     v = torch.randn(1, 2, 10, 3, dtype=torch.float64)
     grads = []
     for method in ("chunked", "sequential"):
-        leaves = [t.detach().clone().requires_grad_(True) for t in (op.log_alpha.squeeze(-1), op.beta.squeeze(-1), op.K)]
+        leaves = [t.detach().clone().requires_grad_(True)
+                  for t in (op.log_alpha.squeeze(-1), op.beta.squeeze(-1), op.K)]
         built = DeltaRuleOperator(*leaves, op.Q, check_values=False)
         (built.apply(v, chunk_size=4, method=method) ** 2).sum().backward()
         grads.append([leaf.grad for leaf in leaves])

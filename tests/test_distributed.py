@@ -40,7 +40,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(store, tiny, ch
     client = MlflowClient(store["uri"])
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("ess-reg").experiment_id])}
     assert sorted(runs) == ["ddp", "single"]  # one run for the two processes
-    assert runs["ddp"].data.tags["distributed.world_size"] == "2" and "distributed.world_size" not in runs["single"].data.tags
+    assert (runs["ddp"].data.tags["distributed.world_size"] == "2"
+            and "distributed.world_size" not in runs["single"].data.tags)
     assert runs["ddp"].data.tags["distributed.batch_per_process"] == "4"
     for name in runs:
         steps = [m.step for m in client.get_metric_history(runs[name].info.run_id, "train/loss")]

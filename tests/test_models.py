@@ -47,8 +47,8 @@ def inputs(seed=1, batch=2, length=L):
 
 
 def test_registry_has_the_thirteen_families():
-    assert sorted(MIXERS) == sorted(["sa", "swa", "la", "wla", "gla", "s6", "s4d", "hyena", "deltanet", "gated_deltanet",
-                                     "mingru", "gru", "lstm"])
+    assert sorted(MIXERS) == sorted(["sa", "swa", "la", "wla", "gla", "s6", "s4d", "hyena", "deltanet",
+                                     "gated_deltanet", "mingru", "gru", "lstm"])
     assert {CASES[c][0] for c in CASES} | set(JACOBIAN) == set(MIXERS)
 
 

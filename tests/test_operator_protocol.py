@@ -6,8 +6,7 @@ from torch import nn
 
 from ess_reg import hankel_svdvals
 from ess_reg.jacobian import jacobian_operator
-from ess_reg.operators import (DeltaRuleOperator, DenseOperator, DiagonalState, JacobianOperator, Operator,
-                               StateSpaceOperator, as_operator)
+from ess_reg.operators import DeltaRuleOperator, DenseOperator, DiagonalState, Operator, as_operator
 
 from factories import random_causal, random_state_space
 

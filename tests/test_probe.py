@@ -208,7 +208,8 @@ def test_state_space_mixers_hand_over_the_operator_of_their_forward_pass(monkeyp
     calls = []
     mixer_cls = type(model.blocks[0].mixer)
     original = mixer_cls.operator_and_values
-    monkeypatch.setattr(mixer_cls, "operator_and_values", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(mixer_cls, "operator_and_values",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     ops = capture.operators(batch_limit=3)
     assert not calls  # nothing rebuilt: the forward pass's operators are reused
     rebuilt = model.blocks[1].mixer.operator(capture.inputs["blocks.1.mixer"][:3])

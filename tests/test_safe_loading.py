@@ -105,7 +105,8 @@ def test_a_small_file_whose_config_asks_for_a_huge_model_is_refused_without_buil
     state["config"]["model"] = {**state["config"]["model"], "d_model": 200000, "n_layers": 64}
     crafted = tmp_path / "crafted.pt"
     torch.save(state, crafted)
-    with pytest.raises(ConfigError, match=r"the weights do not fit the model its config builds \(.* missing.*of another shape, e\.g\. .*200000\] in the model"):
+    with pytest.raises(ConfigError, match=r"the weights do not fit the model its config builds \(.* missing.*"
+                                          r"of another shape, e\.g\. .*200000\] in the model"):
         analyze(str(crafted))
     with pytest.raises(ConfigError, match="the weights do not fit the model its config builds"):
         run(compose_config([*overrides, f"trainer.resume={crafted}"]))

@@ -49,7 +49,8 @@ def test_mixers_without_a_finite_state_and_bad_sizes_are_refused():
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="state_size must be a positive int"):
             state_kwargs("gla", bad)
-    with pytest.raises(ValueError, match="state_size=8 sets feature_dim=8 of gla, but it is also given as feature_dim=16"):
+    with pytest.raises(ValueError,
+                       match="state_size=8 sets feature_dim=8 of gla, but it is also given as feature_dim=16"):
         build_mixer("gla", D, 8, feature_dim=16)
     assert build_mixer("gla", D, 8, feature_dim=8).state_size() == 8  # agreeing is fine
 

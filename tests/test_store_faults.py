@@ -130,7 +130,8 @@ def test_retrying_waits_out_a_passing_trouble_and_gives_up_after_the_window():
 
     assert retrying(flaky, uri="u", window=60, what="x", sleep=sleep, clock=lambda: clock[0]) == "ok"
     assert calls == [0.0, 0.5, 1.5, 3.5]  # a doubling backoff
-    with pytest.raises(StoreUnavailable, match=r"the tracking store at u has not answered for 10 s \(MlflowException: API request"):
+    with pytest.raises(StoreUnavailable,
+                       match=r"the tracking store at u has not answered for 10 s \(MlflowException: API request"):
         retrying(lambda: (_ for _ in ()).throw(REFUSED), uri="u", window=10, what="x", sleep=sleep,
                  clock=lambda: clock[0])
     with pytest.raises(ValueError, match="bad"):  # not a trouble that passes: at once

@@ -127,7 +127,8 @@ def test_the_baseline_is_found_whatever_the_runs_are_named(tmp_path):
                       name=f"treated seed {s}")
         pen.metrics["valid/accuracy"] = none.metrics["valid/accuracy"] + 0.02 + 0.001 * s
         for r in (none, pen):  # the accuracy curve: at 0.5 and above by step 100 (0.5 + ... >= 0.5)
-            r.history["valid/accuracy"] = [(0, 0.01), (100, r.metrics["valid/accuracy"]), (200, r.metrics["valid/accuracy"])]
+            r.history["valid/accuracy"] = [(0, 0.01), (100, r.metrics["valid/accuracy"]),
+                                           (200, r.metrics["valid/accuracy"])]
         records += [none, pen]
     path, terminal = write_report(records, tmp_path, "t", baseline="penalty=none", resamples=200)
     text = path.read_text()
@@ -168,7 +169,8 @@ def test_rescued_and_lost_seeds_and_steps_saved_are_counted_pair_by_pair(tmp_pat
     path, _ = write_report(records, tmp_path, "t", baseline="penalty=none", resamples=200, thresholds=(0.25,))
     row = next(line for line in path.read_text().split("### Accuracy 0.25")[1].splitlines()
                if line.startswith("| penalty=ess_max |"))
-    assert row == "| penalty=ess_max | 10 | 7 | 4 | 4 of 6 | 0.67 [0.22, 0.96] | 1 of 4 | 0.375 | 0.375 | 3 / 0 | +100 | 0.250 |"
+    assert row == ("| penalty=ess_max | 10 | 7 | 4 | 4 of 6 | 0.67 [0.22, 0.96] | 1 of 4 | 0.375 | 0.375 | 3 / 0 "
+                   "| +100 | 0.250 |")
 
 
 def test_steps_to_a_threshold_are_read_from_a_known_curve():

@@ -159,7 +159,8 @@ def test_end_to_end_run_is_read_back_from_mlflow(store, tiny, caplog):
     # by run id from the store alone (no local checkpoint): the logged artifact
     elsewhere = analyze(r.info.run_id, uri=store["uri"], checkpoint_root=str(store["dir"] / "nothing-here"))
     assert elsewhere.reports["blocks.0.mixer"].ess_avg == pytest.approx(r.data.metrics["L0/ess"], abs=1e-6)
-    short = analyze(r.info.run_id[:8], uri=store["uri"], checkpoint_root=str(store["dir"] / "ckpt"))  # as the UI shows it
+    # as the UI shows it
+    short = analyze(r.info.run_id[:8], uri=store["uri"], checkpoint_root=str(store["dir"] / "ckpt"))
     assert short.checkpoint == checkpoint
     assert analyze_main([str(store["dir"] / "missing.pt"), "--tracking-uri", store["uri"]]) == 2
 
@@ -403,7 +404,8 @@ LAUNCHERS = {
 
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_multirun_with_two_parallel_jobs_groups_children_under_one_parent(store, tiny, child_env, launcher):
-    done = ess_train(child_env, "-m", *tiny(), "seed=0,1", *LAUNCHERS[launcher], f"hydra.sweep.dir={store['dir']}/sweep")
+    done = ess_train(child_env, "-m", *tiny(), "seed=0,1", *LAUNCHERS[launcher],
+                     f"hydra.sweep.dir={store['dir']}/sweep")
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(store["uri"])
     runs = all_runs(store)
@@ -458,7 +460,8 @@ def test_penalty_configs_train_and_log(store, tiny, penalty):
         assert "penalty/value" not in r.data.metrics and r.data.tags["penalty"] == "none"
         return
     assert metric_steps(client, r.info.run_id, "penalty/value") == [2, 4, 6]
-    weights = [m.value for m in sorted(client.get_metric_history(r.info.run_id, "penalty/weight"), key=lambda m: m.step)]
+    weights = [m.value for m in sorted(client.get_metric_history(r.info.run_id, "penalty/weight"),
+                                       key=lambda m: m.step)]
     full = {"ess_target": 1.0, "decay_identity": 0.1}.get(penalty, 0.01)
     ramp = [1.0] * 3 if penalty == "decay_identity" else [s / 100 for s in (2, 4, 6)]  # linear ramp over 100 steps
     assert weights == pytest.approx([full * r for r in ramp])
@@ -471,7 +474,8 @@ def test_init_search_logs_every_candidate_and_the_config_rebuilds_the_chosen_mod
     result = run(compose_config(overrides))
     client = MlflowClient(store["uri"])
     r = client.get_run(result.run_id)
-    table = json.loads(Path(client.download_artifacts(r.info.run_id, "init_search.json", str(store["dir"]))).read_text())
+    table = json.loads(Path(client.download_artifacts(r.info.run_id, "init_search.json",
+                                                      str(store["dir"]))).read_text())
     assert len(table) == 6 and sum(row["chosen"] for row in table) == 1
     chosen = next(row for row in table if row["chosen"])
     assert chosen["score"] == max(row["score"] for row in table)
@@ -511,7 +515,8 @@ def test_a_starved_model_that_fails_is_saturated(store, tiny):
 
 def test_a_model_whose_state_sits_unused_while_it_fails_is_collapsed(store, tiny):
     # Decays of 0.7-0.95 per step: 16 directions per head, ESS/reach about 0.13 (below 0.2 - margin).
-    wla = ["model=wla", "+model.mixer_kwargs.decay_min=0.7", "+model.mixer_kwargs.decay_max=0.95", "task.num_kv_pairs=8"]
+    wla = ["model=wla", "+model.mixer_kwargs.decay_min=0.7", "+model.mixer_kwargs.decay_max=0.95",
+           "task.num_kv_pairs=8"]
     result = verdict_of(store, tiny, *wla)
     assert result.metrics["valid/accuracy"] < 0.9
     assert result.verdict.mode == "collapse" and "<= collapse 0.2 - margin 0.05" in result.verdict.reason

@@ -68,7 +68,8 @@ def attention_reach(module):
     layer = getattr(module, "layer_idx", None)
     if layer_types and isinstance(layer, int) and 0 <= layer < len(layer_types):
         kind = layer_types[layer]
-        if kind in ("sliding_attention", "local_attention", "local") and _positive_int(getattr(config, "sliding_window", None)):
+        if (kind in ("sliding_attention", "local_attention", "local")
+                and _positive_int(getattr(config, "sliding_window", None))):
             return "window", config.sliding_window
         if kind == "chunked_attention" and _positive_int(getattr(config, "attention_chunk_size", None)):
             return "chunk", config.attention_chunk_size

@@ -27,7 +27,8 @@ def _gates(module, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     blocks = u.reshape(batch * length, module.num_attention_heads, module.block_width).permute(1, 0, 2)
 
     def gate(weight, bias):
-        return torch.sigmoid(torch.baddbmm(bias[:, None, :], blocks, weight).transpose(0, 1).reshape(batch, length, width))
+        return torch.sigmoid(torch.baddbmm(bias[:, None, :], blocks, weight).transpose(0, 1)
+                             .reshape(batch, length, width))
 
     return gate(module.input_gate_weight, module.input_gate_bias), gate(module.recurrent_gate_weight,
                                                                         module.recurrent_gate_bias)

@@ -84,7 +84,7 @@ def run(cfg: DictConfig) -> FitResult:
 
 
 def _run(plan: Plan, distributed: Distributed) -> FitResult:
-    config, trainer, probe = plan.config, plan.trainer, plan.probe
+    config = plan.config
     t = config["tracking"]
     swept = os.environ.get(tracking.SWEEP_KEYS_ENV)
     name = t.get("run_name") or run_name(plan.choices, plan.overrides, swept.split(",") if swept else None)

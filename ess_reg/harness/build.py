@@ -22,7 +22,8 @@ from ..tasks import TASKS, Task
 from .run_probe import ProbeSettings, RunProbe
 from .settings import TrainerSettings
 
-__all__ = ["with_state_size", "ConfigError", "config_dir", "config_targets", "check_targets", "MODEL_TARGETS", "TASK_TARGETS", "build_task", "build_model", "trainer_settings",
+__all__ = ["with_state_size", "ConfigError", "config_dir", "config_targets", "check_targets", "MODEL_TARGETS",
+           "TASK_TARGETS", "build_task", "build_model", "trainer_settings",
            "probe_settings", "with_chosen_init", "initial_model"]
 
 log = logging.getLogger("ess_reg")
@@ -203,6 +204,7 @@ def initial_model(config: Mapping, probe: RunProbe, on_candidate=None) -> tuple[
         return build_model(node)
 
     result = select_init(factory, candidates, probe.inputs, score=init["score"], indices=probe.indices,
-                         kind=probe.settings.kind, context_end=probe.task.context_end, items_to_recall=probe.task.items_to_recall,
+                         kind=probe.settings.kind, context_end=probe.task.context_end,
+                         items_to_recall=probe.task.items_to_recall,
                          on_candidate=on_candidate)
     return result.model, with_chosen_init(config, result.candidate), result

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from .stats import (PairedTest, UnpairedTest, holm, paired_test, proportion_interval, sign_test, smallest_paired_p,
                     unpaired_test)
 
-__all__ = ["Comparison", "compare_to_baseline", "Reaching", "compare_reaching", "steps_to", "collapse_steps", "Collapse", "collapse_summary"]
+__all__ = ["Comparison", "compare_to_baseline", "Reaching", "compare_reaching", "steps_to", "collapse_steps",
+           "Collapse", "collapse_summary"]
 
 
 @dataclass

@@ -10,9 +10,9 @@ on its own task: its evaluation at step 0 is the compressed model before any fin
 (:func:`ess_reg.compression.state_size_from_ess`, the largest over the layers, since every layer
 of a zoo model has one state size): the largest tolerance-ESS over every index, example and head
 (the worst case). ``init.size=entropy`` keeps the entropy-ESS at the end of the task's context,
-averaged over the examples, the largest over heads and layers, rounded up (the typical use). The model's config is the source's with ``model.state_size``
-set to the kept size, and ``init.compressed`` records the cut: the logged config rebuilds the
-compressed architecture, the checkpoint holds its weights.
+averaged over the examples, the largest over heads and layers, rounded up (the typical use). The
+model's config is the source's with ``model.state_size`` set to the kept size, and ``init.compressed``
+records the cut: the logged config rebuilds the compressed architecture, the checkpoint holds its weights.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def compressed_start(config: Mapping, probe: RunProbe) -> tuple[nn.Module, dict,
     task = probe.task
     mixer = (state["config"].get("model") or {}).get("mixer")
     if mixer != config["model"].get("mixer"):
-        raise ConfigError(f"init.source={source} is a {mixer} model; this run's model is {config['model'].get('mixer')}: "
+        raise ConfigError(f"init.source={source} is a {mixer} model; "
+                          f"this run's model is {config['model'].get('mixer')}: "
                           f"add model={mixer} (the other model keys are taken from the source)")
     if size == "entropy" and task.context_end is None:
         raise ConfigError(f"init.size=entropy reads the ESS at the end of the task's context; the task "

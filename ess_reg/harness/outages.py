@@ -89,7 +89,8 @@ def retrying(call: Callable[[], T], *, uri: str, window: float, what: str,
                 raise StoreUnavailable(uri, waited, err) from err
             if not warned:
                 log.warning("ess-train: the tracking store at %s did not answer (%s: %s) while %s; trying again "
-                            "for up to %.0f s", uri, type(err).__name__, str(err).splitlines()[0][:160] if str(err) else "",
+                            "for up to %.0f s", uri, type(err).__name__,
+                            str(err).splitlines()[0][:160] if str(err) else "",
                             what, window)
                 warned = True
             sleep(min(backoff.wait(), max(window - waited, 0.0)))

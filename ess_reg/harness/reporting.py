@@ -32,8 +32,9 @@ def format_report(reports: Mapping[str, LayerReport], verdict: Verdict, threshol
     lines.append("")
     lines.append(f"verdict: {verdict.mode} — {verdict.reason}")
     lines.append(f"(thresholds: solved >= {thresholds.solved:g}, layer state full at ESS/reach >= "
-                 f"{thresholds.saturation:g}, unused at <= {thresholds.collapse:g}, 'near' within {thresholds.margin:g} "
-                 f"of either; still training while the loss falls > {thresholds.still_falling:.0%} over the second half; "
+                 f"{thresholds.saturation:g}, unused at <= {thresholds.collapse:g}, "
+                 f"'near' within {thresholds.margin:g} of either; "
+                 f"still training while the loss falls > {thresholds.still_falling:.0%} over the second half; "
                  "ESS per head or channel, reach = min(i, L - i, TSS))")
     return "\n".join(lines)
 

@@ -33,7 +33,8 @@ class TrainerSettings:
         if isinstance(self.stop, Mapping):
             unknown = set(self.stop) - {"target", "patience", "min_delta"}
             if unknown:
-                raise ValueError(f"trainer.stop has no key {sorted(unknown)[0]!r}; it takes target, patience, min_delta")
+                raise ValueError(f"trainer.stop has no key {sorted(unknown)[0]!r}; "
+                                 "it takes target, patience, min_delta")
             self.stop = StopRule(**self.stop)
         elif self.stop is None:
             self.stop = StopRule()

@@ -256,7 +256,8 @@ def _reaching_lines(groups: list[Group], baseline: str, target: str, thresholds:
              "the exact 95% Clopper-Pearson interval of that rate); lost: the reverse. The p-value is the exact "
              "McNemar test (rescued against lost), Holm-corrected over each threshold's rows. Steps saved: the "
              f"median of ({baseline} step - this step) over the seeds where both got there, with the exact sign "
-             "test of faster against slower (not corrected over the rows). A run that never got there is counted, never given a step.", ""]
+             "test of faster against slower (not corrected over the rows). A run that never got there is counted, "
+             "never given a step.", ""]
     for t in thresholds:
         rows = [c for c in found if c.threshold == t]
         if not rows:
@@ -321,7 +322,8 @@ def _count(n: int, noun: str) -> str:
 
 def _seeds_sentence(groups: Sequence[Group]) -> str:
     counts = Counter(len(g.runs) for g in groups)
-    parts = [f"{_count(configs, 'configuration')} with {_count(seeds, 'seed')}" for seeds, configs in sorted(counts.items())]
+    parts = [f"{_count(configs, 'configuration')} with {_count(seeds, 'seed')}"
+             for seeds, configs in sorted(counts.items())]
     return ", ".join(parts)
 
 
@@ -338,7 +340,8 @@ def warnings_for(groups: Sequence[Group]) -> list[str]:
         diff = {k: v for k, v in differing(scoped).items() if k != STEPS}
         if diff:
             where = f"At {steps} steps, the" if len(by_budget) > 1 else "The"
-            out.append(f"{where} pooled rows (\"all runs\") span different models or tasks: {describe_differences(diff)}.")
+            out.append(f"{where} pooled rows (\"all runs\") span different models or tasks: "
+                       f"{describe_differences(diff)}.")
     return out
 
 
@@ -398,7 +401,8 @@ def write_report(records: Sequence[RunRecord], out_dir: str | os.PathLike, title
             if len(same) == len([o for o in corr if (o.scope, o.unit) == (c.scope, c.unit)]) > 1:
                 if (c.scope, c.unit) not in shown:  # refused for every measure alike: one row says it
                     shown.add((c.scope, c.unit))
-                    lines.append(f"| {c.scope} | {c.unit} | every measure | {t.n} | - | - | - | - | refused: {t.refused} |")
+                    lines.append(f"| {c.scope} | {c.unit} | every measure | {t.n} | - | - | - | - | "
+                                 f"refused: {t.refused} |")
                 continue
             lines.append(f"| {c.scope} | {c.unit} | {c.measure} | {t.n} | - | - | - | - | refused: {t.refused} |")
         else:

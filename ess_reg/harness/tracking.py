@@ -373,8 +373,9 @@ class Tracker:
 
     def _apply(self, record: dict) -> None:
         if record["kind"] == "metrics":
-            self.client.log_batch(self.run_id, metrics=[mlflow.entities.Metric(k, v, record["timestamp"], record["step"])
-                                                        for k, v in record["metrics"].items()])
+            self.client.log_batch(self.run_id,
+                                  metrics=[mlflow.entities.Metric(k, v, record["timestamp"], record["step"])
+                                           for k, v in record["metrics"].items()])
         else:
             import io
 

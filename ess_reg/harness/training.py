@@ -140,7 +140,8 @@ def fit(
     ``DecayIdentityPenalty``) reads the operators of each training forward pass and adds its
     term to the loss. ``teacher`` (an :class:`ess_reg.harness.distill.Teacher`) turns the task
     loss into its blend of the labels and the teacher's outputs, and adds the held-out
-    distillation loss (``valid/distill_kl``) to each evaluation. ``on_evaluate(step, reports, metrics)`` runs after each evaluation.
+    distillation loss (``valid/distill_kl``) to each evaluation. ``on_evaluate(step, reports, metrics)``
+    runs after each evaluation.
     ``distributed`` (a ``torchrun`` launch, :mod:`ess_reg.harness.distributed`) trains each
     process on its slice of the global batch with averaged gradients; process 0 alone evaluates,
     logs and checkpoints (the others return without reports or verdict).

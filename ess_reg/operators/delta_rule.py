@@ -36,7 +36,8 @@ class DeltaRuleOperator:
         for name, x in (("log_alpha", log_alpha), ("beta", beta), ("K", K), ("Q", Q)):
             check_floating(name, x)
         if K.dim() < 2 or K.shape[-2:] != Q.shape[-2:]:
-            raise ValueError(f"K and Q must be (..., L, N) of the same L and N, got {tuple(K.shape)} and {tuple(Q.shape)}")
+            raise ValueError("K and Q must be (..., L, N) of the same L and N, "
+                             f"got {tuple(K.shape)} and {tuple(Q.shape)}")
         length = K.shape[-2]
         for name, x in (("log_alpha", log_alpha), ("beta", beta)):
             if x.dim() < 1 or x.shape[-1] != length:

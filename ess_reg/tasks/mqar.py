@@ -33,7 +33,8 @@ class MQAR(Task):
                 f"(context and queries), got {seq_len}"
             )
         if vocab_size // 2 - 1 < num_kv_pairs:
-            raise ValueError(f"vocab_size={vocab_size} has {vocab_size // 2 - 1} keys, fewer than num_kv_pairs={num_kv_pairs}")
+            raise ValueError(f"vocab_size={vocab_size} has {vocab_size // 2 - 1} keys, "
+                             f"fewer than num_kv_pairs={num_kv_pairs}")
         if vocab_size <= seq_len:
             raise ValueError(f"vocab_size must exceed seq_len (as in zoology), got {vocab_size} <= {seq_len}")
         check_number("power_a", power_a, minimum=0, strict=True)

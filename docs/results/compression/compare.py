@@ -56,7 +56,7 @@ def main():
                     if "init.size=ess" not in r.tags.get("overrides", "")}, reverse=True)
     for size in sizes:
         c = {seed(r): r for r in cut if int(r.params["init.compressed.size"]) == size
-             and not "init.size=ess" in r.tags.get("overrides", "")}
+             and "init.size=ess" not in r.tags.get("overrides", "")}
         s = {seed(r): r for r in scratch if int(r.params["model.state_size"]) == size}
         both = sorted(set(c) & set(s))
         energy = min(float(c[k].params["init.compressed.energy_kept_min"]) for k in c) if c else float("nan")
@@ -71,7 +71,8 @@ def main():
         else:
             cells = ["-"] * 4
         curve.append((size, before, after, fresh))
-        say(f"| {size} | {len(c)} | {energy:.3f} | {mean(before)} | {mean(after)} | {mean(fresh)} | " + " | ".join(cells) + " |")
+        say(f"| {size} | {len(c)} | {energy:.3f} | {mean(before)} | {mean(after)} | {mean(fresh)} | "
+            + " | ".join(cells) + " |")
 
     here = Path(__file__).parent
     (here / "report.md").write_text("# The compression study\n\n" + "\n".join(lines) + "\n")

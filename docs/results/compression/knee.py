@@ -49,7 +49,8 @@ def main():
         if r.params.get("init.source") in (None, "None"):
             continue
         # the logged init.size is the size chosen; the command line says it was the entropy's
-        size = "entropy" if "init.size=entropy" in r.tags.get("overrides", "") else int(r.params["init.compressed.size"])
+        size = ("entropy" if "init.size=entropy" in r.tags.get("overrides", "")
+                else int(r.params["init.compressed.size"]))
         cuts.setdefault(key(r), {})[size] = r
     lines, say = [], None
     say = lines.append
