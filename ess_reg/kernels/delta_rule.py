@@ -7,15 +7,41 @@ the chunk's own output from a zero state, its end state from a zero state, the p
 from. Then the chunk-start states are carried across chunks (``L / C`` steps):
 ``x_{m+1} = (A_C ... A_1) x_m + end_m``, and each output adds ``r_t . x_m``. Every ``A_t`` is a
 contraction (``DeltaRuleOperator`` checks it), so nothing grows.
+
+The reference, one step per position, lives beside it (:func:`sequential_delta_rule`), with the
+step both share (:func:`delta_rule_transition`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .naive import delta_rule_transition
+__all__ = ["delta_rule_transition", "sequential_delta_rule", "chunked_delta_rule"]
 
-__all__ = ["chunked_delta_rule"]
+
+def delta_rule_transition(log_alpha: torch.Tensor, beta: torch.Tensor, k: torch.Tensor,
+                          x: torch.Tensor) -> torch.Tensor:
+    """``alpha (x - beta k (k^T x))`` for ``x`` ``(..., N, W)``, one step's ``log_alpha``, ``beta``
+    ``(..., 1)`` and ``k`` ``(..., N)``: the transition applied without forming the ``N x N`` matrix."""
+    kx = (k.unsqueeze(-1) * x).sum(-2, keepdim=True)  # (..., 1, W)
+    return log_alpha.exp().unsqueeze(-1) * (x - beta.unsqueeze(-1) * k.unsqueeze(-1) * kx)
+
+
+def sequential_delta_rule(log_alpha: torch.Tensor, beta: torch.Tensor, K: torch.Tensor, Q: torch.Tensor,
+                          v: torch.Tensor) -> torch.Tensor:
+    """``y = T v`` of the delta rule: ``log_alpha``, ``beta`` ``(..., L, 1)``, ``K``, ``Q`` ``(..., L, N)``,
+    ``v`` ``(..., L, W)`` -> ``(..., L, W)``, with ``x_{-1} = 0``."""
+    state = None
+    out = []
+    for t in range(v.shape[-2]):
+        update = (beta[..., t, :] * K[..., t, :]).unsqueeze(-1) * v[..., t, None, :]  # (..., N, W)
+        state = update if state is None else delta_rule_transition(log_alpha[..., t, :], beta[..., t, :],
+                                                                   K[..., t, :], state) + update
+        out.append((Q[..., t, :, None] * state).sum(-2))
+    return torch.stack(out, dim=-2)
+
+
+# ---- the chunked form ----------------------------------------------------------------------------
 
 
 def _pad_steps(t: torch.Tensor, steps: int, value: float = 0.0) -> torch.Tensor:
