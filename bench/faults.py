@@ -28,7 +28,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-TRAIN = [sys.executable, "-m", "ess_reg.harness.app"]
+TRAIN = [sys.executable, "-m", "ess_reg.harness.ess_train"]
 
 
 @dataclass

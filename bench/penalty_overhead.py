@@ -21,7 +21,7 @@ import torch
 from hydra.utils import instantiate
 
 from common import Results, Timing, add_common_args, best_of, machine_line, setup
-from ess_reg.harness.app import compose_config
+from ess_reg.harness.ess_train import compose_config
 from ess_reg.harness.build import trainer_settings
 from ess_reg.harness.step import TrainingStep
 from train_speed import L256

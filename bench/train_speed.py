@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 
 from common import Results, add_common_args, best_of, machine_line, setup
-from ess_reg.harness.app import compose_config
+from ess_reg.harness.ess_train import compose_config
 from ess_reg.harness.build import probe_settings, trainer_settings
 from ess_reg.harness.run_probe import RunProbe
 from ess_reg.harness.step import TrainingStep

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ess_reg import RandomIndices
-from ess_reg.harness.app import CONFIG_DIR, compose_config, prepare
+from ess_reg.harness.ess_train import CONFIG_DIR, compose_config, prepare
 from ess_reg.harness.build import MODEL_TARGETS, ConfigError
 from ess_reg.harness.checkpoints import save_checkpoint
 from ess_reg.harness.distill import DistillSettings

@@ -52,7 +52,7 @@ def test_mixer_forward_and_backward_on_cuda_equal_the_cpu(mixer):
 def test_a_bf16_run_with_the_penalty_finishes_on_cuda(tmp_path):
     pytest.importorskip("hydra", reason="the harness (ess-reg[train]) is not installed here")
     pytest.importorskip("mlflow", reason="the harness (ess-reg[train]) is not installed here")
-    from ess_reg.harness.app import compose_config, run
+    from ess_reg.harness.ess_train import compose_config, run
 
     overrides = ["experiment=tiny", f"tracking.uri=sqlite:///{tmp_path}/m.db",
                  f"tracking.artifact_location={tmp_path}/a",

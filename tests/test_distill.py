@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 
 from ess_reg.harness import plan as plan_module
-from ess_reg.harness.app import ConfigError, compose_config, prepare, run
+from ess_reg.harness.ess_train import ConfigError, compose_config, prepare, run
 from ess_reg.harness.checkpoints import load_checkpoint
 from ess_reg.harness.distill import DistillSettings, distillation_loss
 

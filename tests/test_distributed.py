@@ -23,9 +23,9 @@ def launch(env, overrides, processes=None):
     # Hydra's job folder beside the test's store, not in the user's runs/hydra
     checkpoints = next(o.split("=", 1)[1] for o in overrides if o.startswith("trainer.checkpoint_dir="))
     overrides = [*overrides, f"hydra.run.dir={Path(checkpoints).parent / 'hydra'}"]
+    entry = ["-m", "ess_reg.harness.ess_train", *overrides]
     cmd = [*TORCHRUN, f"--nproc_per_node={processes}", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-           "-m", "ess_reg.harness.app", *overrides] if processes else [sys.executable, "-m", "ess_reg.harness.app",
-                                                                        *overrides]
+           *entry] if processes else [sys.executable, *entry]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 

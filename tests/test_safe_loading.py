@@ -5,9 +5,9 @@ import pathlib
 import pytest
 import torch
 
-from ess_reg.harness.analyze import analyze
+from ess_reg.harness.ess_analyze import analyze_run
 from ess_reg.harness.build import ConfigError
-from ess_reg.harness.app import compose_config, run
+from ess_reg.harness.ess_train import compose_config, run
 
 
 class Payload:
@@ -36,7 +36,7 @@ def test_a_crafted_pickle_is_refused_and_not_executed(tmp_path, trained):
     state["model"] = Payload(str(marker))
     torch.save(state, crafted)
     with pytest.raises(ConfigError, match="not a loadable ess-train checkpoint"):
-        analyze(str(crafted))
+        analyze_run(str(crafted))
     with pytest.raises(ConfigError, match="not a loadable ess-train checkpoint") as refused:
         run(compose_config([*overrides, f"trainer.resume={crafted}"]))
     assert not marker.exists()
@@ -45,7 +45,7 @@ def test_a_crafted_pickle_is_refused_and_not_executed(tmp_path, trained):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00" * 4096)
     with pytest.raises(ConfigError, match=r"garbage.pt is not an ess-train checkpoint \(not a torch.save archive\)"):
-        analyze(str(garbage))
+        analyze_run(str(garbage))
 
 
 def test_a_crafted_target_is_refused_and_nothing_is_called(tmp_path, trained):
@@ -57,7 +57,7 @@ def test_a_crafted_target_is_refused_and_nothing_is_called(tmp_path, trained):
     crafted = tmp_path / "crafted.pt"
     torch.save(state, crafted)
     with pytest.raises(ConfigError, match="model._target_='shutil.copyfile' is not one of ess-reg's models"):
-        analyze(str(crafted))
+        analyze_run(str(crafted))
     with pytest.raises(ConfigError, match=r"names model._target_='shutil.copyfile', which none of ess-reg's configs"):
         run(compose_config([*overrides, f"trainer.resume={crafted}"]))  # the run would go on under its stored config
     # also below the top of the config: only plain data is passed on
@@ -65,7 +65,7 @@ def test_a_crafted_target_is_refused_and_nothing_is_called(tmp_path, trained):
                                 "mixer_kwargs": {"_target_": "shutil.copyfile", "src": str(source), "dst": str(copy)}}
     torch.save(state, crafted)
     with pytest.raises(ConfigError, match="may not name a class"):
-        analyze(str(crafted))
+        analyze_run(str(crafted))
     with pytest.raises(ConfigError, match=r"model.mixer_kwargs._target_='shutil.copyfile'"):
         run(compose_config([*overrides, f"trainer.resume={crafted}"]))
     # A resumed run instantiates its stored optimizer: only targets ess-reg's configs name pass.
@@ -93,7 +93,7 @@ def test_a_malformed_field_is_refused_before_anything_is_reopened(tmp_path, trai
     crafted = tmp_path / "crafted.pt"
     torch.save(state, crafted)
     with pytest.raises(ConfigError, match=message):
-        analyze(str(crafted))
+        analyze_run(str(crafted))
     with pytest.raises(ConfigError, match=message):
         run(compose_config([*overrides, f"trainer.resume={crafted}"]))
     assert MlflowClient(store["uri"]).get_run(result.run_id).info.status == "FINISHED"  # not reopened
@@ -107,7 +107,7 @@ def test_a_small_file_whose_config_asks_for_a_huge_model_is_refused_without_buil
     torch.save(state, crafted)
     with pytest.raises(ConfigError, match=r"the weights do not fit the model its config builds \(.* missing.*"
                                           r"of another shape, e\.g\. .*200000\] in the model"):
-        analyze(str(crafted))
+        analyze_run(str(crafted))
     with pytest.raises(ConfigError, match="the weights do not fit the model its config builds"):
         run(compose_config([*overrides, f"trainer.resume={crafted}"]))
 
@@ -122,7 +122,7 @@ def test_a_run_id_whose_checkpoint_belongs_to_another_run_is_refused(store, tiny
 
 
 def test_a_run_id_against_a_server_that_does_not_answer_is_refused_in_seconds(tmp_path, capsys):
-    from ess_reg.harness.analyze import main as analyze_main
+    from ess_reg.harness.ess_analyze import main as analyze_main
 
     code = analyze_main(["0123456789abcdef0123456789abcdef", "--tracking-uri", "http://127.0.0.1:9",
                          "--checkpoint-root", str(tmp_path)])

@@ -8,7 +8,7 @@ import torch
 
 from ess_reg import tolerance_ess
 from ess_reg.state_size import tss_at
-from ess_reg.harness.app import compose_config, prepare
+from ess_reg.harness.ess_train import compose_config, prepare
 from ess_reg.harness.build import ConfigError
 from ess_reg.models import MIXERS, build_mixer, state_kwargs
 

@@ -98,7 +98,7 @@ import http.client  # noqa: E402
 import torch  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-from ess_reg.harness.app import compose_config, run  # noqa: E402
+from ess_reg.harness.ess_train import compose_config, run  # noqa: E402
 from ess_reg.harness.outages import StoreUnavailable, retrying, transient  # noqa: E402
 
 CUT = http.client.IncompleteRead(b"{}", 120)  # an answer cut short: MLflow does not retry it
@@ -209,7 +209,7 @@ def test_a_store_away_too_long_stops_the_run_with_its_work_kept_and_the_resume_l
 
 
 def test_a_run_that_fails_after_a_checkpoint_says_how_to_continue_it(store, tmp_path):
-    from ess_reg.harness.record import run_status
+    from ess_reg.harness.lifecycle import run_status
 
     client = MlflowClient(store["uri"])
     checkpoint = tmp_path / "last.pt"

@@ -5,10 +5,10 @@ import math
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ess_reg.harness.app import compose_config, run
+from ess_reg.harness.ess_train import compose_config, run
 from ess_reg.harness.stats import bootstrap_interval, mean_spread, pearson, ranks, spearman
-from ess_reg.harness.study import MEASURES, correlations, group_runs, load_runs
-from ess_reg.harness.study import main as report_main
+from ess_reg.harness.ess_report import RUN_MEASURES, correlations, group_runs, load_runs
+from ess_reg.harness.ess_report import main as report_main
 
 
 def test_ranks_share_ties_and_spearman_matches_the_formula():
@@ -50,10 +50,10 @@ def test_runs_are_grouped_by_config_without_the_seed(study):
     by_id = {r.run_id: r for r in study["results"]}
     for g in groups:  # the group's values are its runs' logged values
         expected = sorted(by_id[r.run_id].metrics["ess/per_kv"] for r in g.runs)
-        assert sorted(g.values(MEASURES["ESS/kv"])) == pytest.approx(expected)
+        assert sorted(g.values(RUN_MEASURES["ESS/kv"])) == pytest.approx(expected)
     first = records[0]  # TSS/kv: the layers' TSS at the end of the context over the pairs
-    assert MEASURES["TSS/kv"](first) == pytest.approx(16 / 4)  # feature_dim 16, 4 pairs (tiny)
-    assert MEASURES["ESS/kv at init"](first) is not None
+    assert RUN_MEASURES["TSS/kv"](first) == pytest.approx(16 / 4)  # feature_dim 16, 4 pairs (tiny)
+    assert RUN_MEASURES["ESS/kv at init"](first) is not None
 
 
 def test_correlations_pool_and_split_by_mixer(study):
@@ -66,7 +66,7 @@ def test_correlations_pool_and_split_by_mixer(study):
 
 
 def _record(run_id, seed, steps, params, tags=None, name=None):
-    from ess_reg.harness.study import RunRecord
+    from ess_reg.harness.ess_report import RunRecord
 
     base = {"model.mixer": "gla", "model._target_": "ess_reg.models.lm.LanguageModel", "task.num_kv_pairs": "4",
             "trainer.max_steps": "200", "trainer.eval_examples": "512", "seed": str(seed),
@@ -77,7 +77,7 @@ def _record(run_id, seed, steps, params, tags=None, name=None):
 
 
 def test_configurations_are_the_full_config_and_labels_name_only_what_differs():
-    from ess_reg.harness.study import differing, group_runs, labels, warnings_for
+    from ess_reg.harness.ess_report import differing, group_runs, labels, warnings_for
 
     ess_max = {"penalty._target_": "ess_reg.penalty.ESSPenalty", "penalty.objective": "maximize"}
     records = [
@@ -103,7 +103,7 @@ def test_configurations_are_the_full_config_and_labels_name_only_what_differs():
 
 
 def test_runs_under_a_stopping_rule_are_one_configuration_whatever_step_each_stopped_at(tmp_path):
-    from ess_reg.harness.study import budgets, group_runs, write_report
+    from ess_reg.harness.ess_report import budgets, group_runs, write_report
 
     rule = {"trainer.max_steps": "2000", "trainer.stop.patience": "500", "trainer.stop.target": "None"}
     records = [_record(f"s{s}", s, steps, rule) for s, steps in enumerate((600, 900, 1500))]
@@ -118,7 +118,7 @@ def test_runs_under_a_stopping_rule_are_one_configuration_whatever_step_each_sto
 
 
 def test_the_baseline_is_found_whatever_the_runs_are_named(tmp_path):
-    from ess_reg.harness.study import write_report
+    from ess_reg.harness.ess_report import write_report
 
     records = []
     for s in range(8):
@@ -144,7 +144,7 @@ def test_the_baseline_is_found_whatever_the_runs_are_named(tmp_path):
 
 def test_rescued_and_lost_seeds_and_steps_saved_are_counted_pair_by_pair(tmp_path):
     from ess_reg.harness.comparison import compare_reaching
-    from ess_reg.harness.study import group_runs, write_report
+    from ess_reg.harness.ess_report import group_runs, write_report
 
     # Ten seeds. Without the penalty seeds 0-5 never reach 0.25; with it seeds 0-3 do (rescued),
     # seed 9 does not (lost); seeds 6-8 reach it with both, 100 steps sooner with the penalty.

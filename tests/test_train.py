@@ -14,14 +14,14 @@ from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
 from ess_reg.harness import tracking
-from ess_reg.harness.analyze import analyze
-from ess_reg.harness.analyze import main as analyze_main
+from ess_reg.harness.ess_analyze import analyze_run
+from ess_reg.harness.ess_analyze import main as analyze_main
 from ess_reg.harness.build import build_model
-from ess_reg.harness.app import ConfigError, compose_config, run
+from ess_reg.harness.ess_train import ConfigError, compose_config, run
 from ess_reg.models import MIXERS
 
 TASKS = ["mqar", "selective_copy", "compression"]
-ESS_TRAIN = [sys.executable, "-m", "ess_reg.harness.app"]  # the ess-train command, installed as a script or not
+ESS_TRAIN = [sys.executable, "-m", "ess_reg.harness.ess_train"]  # the ess-train command, installed as a script or not
 
 
 def ess_train(env, *args, timeout=600):
@@ -150,17 +150,17 @@ def test_end_to_end_run_is_read_back_from_mlflow(store, tiny, caplog):
 
     # ess-analyze reads the checkpoint back, by path and by run id, and reproduces the final ESS.
     for target in (str(checkpoint), r.info.run_id):
-        analysis = analyze(target, uri=store["uri"], checkpoint_root=str(store["dir"] / "ckpt"))
+        analysis = analyze_run(target, uri=store["uri"], checkpoint_root=str(store["dir"] / "ckpt"))
         report = analysis.reports["blocks.0.mixer"]
         assert report.ess_avg == pytest.approx(r.data.metrics["L0/ess"], abs=1e-6)
         assert report.utilization == pytest.approx(r.data.metrics["L0/util"], abs=1e-6)
         assert analysis.accuracy == pytest.approx(r.data.metrics["valid/accuracy"], abs=1e-9)
         assert analysis.verdict.mode == tags["verdict"]
     # by run id from the store alone (no local checkpoint): the logged artifact
-    elsewhere = analyze(r.info.run_id, uri=store["uri"], checkpoint_root=str(store["dir"] / "nothing-here"))
+    elsewhere = analyze_run(r.info.run_id, uri=store["uri"], checkpoint_root=str(store["dir"] / "nothing-here"))
     assert elsewhere.reports["blocks.0.mixer"].ess_avg == pytest.approx(r.data.metrics["L0/ess"], abs=1e-6)
     # as the UI shows it
-    short = analyze(r.info.run_id[:8], uri=store["uri"], checkpoint_root=str(store["dir"] / "ckpt"))
+    short = analyze_run(r.info.run_id[:8], uri=store["uri"], checkpoint_root=str(store["dir"] / "ckpt"))
     assert short.checkpoint == checkpoint
     assert analyze_main([str(store["dir"] / "missing.pt"), "--tracking-uri", store["uri"]]) == 2
 
@@ -493,7 +493,7 @@ def test_init_search_logs_every_candidate_and_the_config_rebuilds_the_chosen_mod
     rebuilt.load_state_dict(state["model"])
     x = torch.randint(0, 128, (2, 64))
     assert torch.equal(rebuilt.eval()(x), result.model.eval()(x))
-    analysis = analyze(str(result.checkpoint), uri=store["uri"])
+    analysis = analyze_run(str(result.checkpoint), uri=store["uri"])
     for name, key in (("blocks.0.mixer", "L0"),):
         assert analysis.reports[name].ess_avg == pytest.approx(r.data.metrics[f"{key}/ess"], abs=1e-6)
 

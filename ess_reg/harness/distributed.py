@@ -1,6 +1,6 @@
 """Data-parallel training with ``torch.distributed``, launched by ``torchrun``:
 
-    torchrun --nproc_per_node=2 -m ess_reg.harness.app trainer.batch_size=64   # 32 examples per process
+    torchrun --nproc_per_node=2 -m ess_reg.harness.ess_train trainer.batch_size=64   # 32 examples per process
 
 Every process builds the same model under the same seed and draws the same global batch;
 process ``r`` trains on its slice ``r`` of it, and the gradients are averaged (gloo on CPU,

@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from . import tracking
-from .runinfo import CHOSEN_GROUPS
+from .naming import CHOSEN_GROUPS
 
-__all__ = ["RunRecord", "load_runs", "identity", "Group", "group_runs", "labels", "differing", "budgets", "MEASURES",
-           "ACCURACY", "STEPS", "NOT_CONFIG", "describe_differences"]
+__all__ = ["RunRecord", "load_runs", "identity", "Group", "group_runs", "labels", "differing", "budgets",
+           "RUN_MEASURES", "ACCURACY", "STEPS", "NOT_CONFIG", "describe_differences"]
 
 # Params that differ between runs without making them a different configuration: the seed, where
 # and how a run logs, and the budget asked for (a run's *reached* step stands in for it).
@@ -107,7 +107,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 # Measure name -> value of a run (None when the run lacks it). ESS figures are per operator (a
 # head, an SSM channel) and at the end of the context for the per-item ones, as the runs log them.
-MEASURES: dict[str, Callable[[RunRecord], float | None]] = {
+RUN_MEASURES: dict[str, Callable[[RunRecord], float | None]] = {
     "ESS/kv": lambda r: r.metrics.get("ess/per_kv"),
     "TSS/kv": lambda r: r.layer_mean("tss_kv"),
     "ESS/TSS": lambda r: _ratio(r.layer_mean("ess"), r.layer_mean("tss")),

@@ -1,6 +1,6 @@
 """The training loop: task batches in, ESS / TSS / accuracy / failure modes out to a tracker.
 
-Plain Python on purpose (no Hydra here): :mod:`ess_reg.harness.app` composes the config and calls
+Plain Python on purpose (no Hydra here): :mod:`ess_reg.harness.ess_train` composes the config and calls
 :func:`fit`; tests call it directly.
 """
 

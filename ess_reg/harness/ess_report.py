@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import tracking
-from .runsets import (ACCURACY, MEASURES, STEPS, Group, RunRecord, describe_differences, budgets, differing, group_runs,
-                      identity, labels, load_runs)
+from .runsets import (ACCURACY, RUN_MEASURES, STEPS, Group, RunRecord, describe_differences, budgets, differing,
+                      group_runs, identity, labels, load_runs)
 from .comparison import collapse_summary, compare_reaching, compare_to_baseline, steps_to
 from .stats import (MIN_PAIRS, MIN_POINTS, CorrelationTest, accuracy_noise, bootstrap_interval, correlation_test, holm,
                     mean_spread, spearman)
 
-__all__ = ["RunRecord", "load_runs", "identity", "group_runs", "labels", "differing", "MEASURES", "correlations",
+__all__ = ["RunRecord", "load_runs", "identity", "group_runs", "labels", "differing", "RUN_MEASURES", "correlations",
            "write_report", "main"]
 
 log = logging.getLogger("ess_reg")
@@ -58,7 +58,7 @@ def _rows(units: Sequence, target: Callable, *measures: str) -> list[tuple[float
     """``(target, measure...)`` of every unit (a run, or a group's seed means) that has them all."""
     rows = []
     for u in units:
-        values = [_value(u, MEASURES[m]) for m in measures]
+        values = [_value(u, RUN_MEASURES[m]) for m in measures]
         y = _value(u, target)
         if y is not None and all(v is not None for v in values):
             rows.append((y, *values))
@@ -168,7 +168,7 @@ def _scatter(groups: Sequence[Group], measure: str, target: str, path: Path, tit
     series: dict[str, list[tuple[float, float]]] = {}
     for g in groups:
         for r in g.runs:
-            x, y = MEASURES[measure](r), r.metrics.get(target)
+            x, y = RUN_MEASURES[measure](r), r.metrics.get(target)
             if x is not None and y is not None:
                 series.setdefault(g.label if by_config else r.mixer, []).append((x, y))
     n = sum(len(points) for points in series.values())
@@ -358,7 +358,7 @@ def write_report(records: Sequence[RunRecord], out_dir: str | os.PathLike, title
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     groups = group_runs(records)
-    present = [m for m in MEASURES if any(MEASURES[m](r) is not None for r in records)]
+    present = [m for m in RUN_MEASURES if any(RUN_MEASURES[m](r) is not None for r in records)]
     warnings = warnings_for(groups)
     lines = [f"# {title}", "",
              f"{_count(len(records), 'finished run')} in {_count(len(groups), 'configuration')} "
@@ -373,7 +373,7 @@ def write_report(records: Sequence[RunRecord], out_dir: str | os.PathLike, title
         table.append("| " + " | ".join([g.label, str(len(g.runs)), _steps_cell(g),
                                         _cell(g.values(lambda r: r.metrics.get(target))),
                                         *(_speed_cell(g, target, t) for t in speeds),
-                                        *(_cell(g.values(MEASURES[m])) for m in present),
+                                        *(_cell(g.values(RUN_MEASURES[m])) for m in present),
                                         ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()))]) + " |")
     lines += ["## Configurations (mean ± sample standard deviation over seeds)", "", *table, ""]
     if baseline:

@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 
 from . import tracking
 from .plan import Plan
-from .reporting import ess_figure, ess_table
-from .runinfo import CHOSEN_GROUPS, run_tags
+from .findings import ess_figure, ess_table
+from .naming import CHOSEN_GROUPS, run_tags
 from .training import FitResult, TrainingDiverged, layer_keys
 
 __all__ = ["record_start", "record_end", "run_status"]

@@ -31,9 +31,9 @@ from .distributed import Distributed, NullTracker
 from .ownership import RunLock
 from .plan import Plan, prepare
 from .process import JobTag, StopOnSignal, console_logging
-from .record import record_end, record_start, run_status
-from .reporting import ess_figure, format_report
-from .runinfo import run_name
+from .lifecycle import record_end, record_start, run_status
+from .findings import ess_figure, format_report
+from .naming import run_name
 from .settings import resolve_device, resolve_threads
 from .training import FitResult, fit
 

@@ -22,20 +22,20 @@ from . import tracking
 from .build import ConfigError, build_task, probe_settings
 from ..layer_report import LayerReport
 from ..verdict import Verdict, diagnose
-from .reporting import format_report
+from .findings import format_report
 from .checkpoints import trained_model
 from .run_probe import ProbeSettings, RunProbe
 from .settings import resolve_threads
 from .training import evaluate
 
-__all__ = ["Analysis", "analyze", "main", "DEFAULT_URI"]
+__all__ = ["RunAnalysis", "analyze_run", "main", "DEFAULT_URI"]
 
 DEFAULT_URI = tracking.DEFAULT_URI
 DEFAULT_CHECKPOINTS = "runs/checkpoints"
 
 
 @dataclass
-class Analysis:
+class RunAnalysis:
     checkpoint: Path
     config: dict
     step: int
@@ -45,8 +45,8 @@ class Analysis:
     verdict: Verdict
 
 
-def analyze(target: str, *, uri: str | None = None, checkpoint_root: str = DEFAULT_CHECKPOINTS,
-            examples: int | None = None, num_indices: int | None = None) -> Analysis:
+def analyze_run(target: str, *, uri: str | None = None, checkpoint_root: str = DEFAULT_CHECKPOINTS,
+                examples: int | None = None, num_indices: int | None = None) -> RunAnalysis:
     """Analyze the run ``target`` names: a checkpoint file or folder, or a run id (its local
     checkpoint, else its ``checkpoint`` artifact in the store at ``uri``)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
@@ -60,7 +60,7 @@ def analyze(target: str, *, uri: str | None = None, checkpoint_root: str = DEFAU
     test = task.test_set(config["trainer"]["eval_examples"], seed=seed)
     accuracy = evaluate(model, test.inputs, test.labels, config["trainer"]["batch_size"])["accuracy"]
     reports = RunProbe(task, probe, seed).report(model)
-    return Analysis(path, config, int(state["step"]), accuracy, probe, reports,
+    return RunAnalysis(path, config, int(state["step"]), accuracy, probe, reports,
                     diagnose(reports, accuracy, probe.thresholds))
 
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     threads_before = torch.get_num_threads()
     torch.set_num_threads(resolve_threads("auto"))  # the trainer's default for shared machines
     try:
-        result = analyze(args.target, uri=args.tracking_uri, checkpoint_root=args.checkpoint_root,
+        result = analyze_run(args.target, uri=args.tracking_uri, checkpoint_root=args.checkpoint_root,
                          examples=args.examples, num_indices=args.num_indices)
     except (ConfigError, ValueError) as err:
         print(f"ess-analyze: error: {err}", file=sys.stderr)

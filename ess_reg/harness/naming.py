@@ -1,7 +1,7 @@
 """What makes a run recognizable in the MLflow UI: its name, its tags, the code it ran.
 
 Plain functions of plain data (the command-line overrides, the config-group choices); the
-Hydra app (:mod:`ess_reg.harness.app`) reads those from Hydra and passes them in.
+Hydra app (:mod:`ess_reg.harness.ess_train`) reads those from Hydra and passes them in.
 """
 
 from __future__ import annotations
