@@ -3,8 +3,8 @@
 #
 #   bash bench/gpu_check.sh [OUT_DIR]        # OUT_DIR: default $OUT, else runs/gpu_check
 #
-# 1. the CUDA tests: tests/test_cuda.py (spectra, the delta rule, the s6 / gla / deltanet mixers on
-#    CUDA against the CPU, a bf16 run with the penalty) and the CUDA run of tests/test_train.py;
+# 1. the CUDA tests, every test marked gpu: tests/test_cuda.py (spectra, the delta rule, the s6 / gla / deltanet mixers on
+#    CUDA against the CPU, a bf16 run with the penalty) and the CUDA run of tests/harness/test_train.py;
 # 2. bench/report.py --gpu: the ESS fast paths (L = 256, 1024) and the mixers (L = 1024, 4096) on
 #    cuda, into OUT_DIR/benchmarks_gpu.md with the card's name; copy it to docs/ when it is good.
 # Each step has its own time limit, so that one stuck step leaves the others' results. About 6
@@ -23,14 +23,14 @@ fi
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" \
   | tee -a "$out/gpu.txt"
 
-echo "== CUDA tests"
+echo "== CUDA tests (every test marked gpu)"
 targets=(tests/test_cuda.py)
-if "$py" -c "import hydra, mlflow" 2>/dev/null; then  # the harness's own CUDA run, where ess-reg[train] is installed
-  targets+=("tests/test_train.py::test_tiny_run_on_cuda")
+if "$py" -c "import hydra, mlflow" 2>/dev/null; then  # the harness's own CUDA runs, where ess-reg[train] is installed
+  targets=(tests)
 else
   echo "(hydra-core / mlflow not installed: the training runs on CUDA are skipped; carry them as wheels to run them)"
 fi
-timeout 300 "$py" -m pytest -q -p no:cacheprovider "${targets[@]}" 2>&1 | tee "$out/tests.txt"
+timeout 300 "$py" -m pytest -q -p no:cacheprovider -o addopts=-ra -m gpu "${targets[@]}" 2>&1 | tee "$out/tests.txt"
 tests=$?
 
 echo "== benches"

@@ -8,6 +8,18 @@ are plain functions in ``tests/factories.py``, imported where used.
 import os
 
 import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skipped, in one place, where there is none (CI); on a GPU
+    machine ``pytest -m gpu`` runs exactly them (bench/gpu_check.sh)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (marked gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture

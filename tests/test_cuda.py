@@ -1,4 +1,4 @@
-"""The CUDA path: every test here needs a GPU (skipped without one; bench/gpu_check.sh runs them).
+"""The CUDA path: every test here is marked ``gpu`` (skipped without CUDA; bench/gpu_check.sh runs them).
 
 Each checks a CUDA result against the same computation on the CPU, or a run that must finish.
 """
@@ -12,7 +12,7 @@ from ess_reg.operators import DeltaRuleOperator
 
 from factories import random_state_space
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+pytestmark = pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 
 
 def test_state_space_spectra_on_cuda_equal_the_cpu():

@@ -112,7 +112,7 @@ class Family:
 
 _MAMBA = Adapter(operator=mamba_operator, state_size=lambda m: m.ssm_state_size)
 _MAMBA2 = Adapter(operator=mamba2_operator, state_size=lambda m: m.ssm_state_size)
-_TESTS = "tests/test_adapters_hf.py::"
+_TESTS = "tests/core/test_adapters_hf.py::"
 
 # Each class is matched by name (its module is never imported here); a family's copy of a mixer
 # is listed only once its own forward has been checked against the operator.

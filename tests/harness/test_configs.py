@@ -25,7 +25,7 @@ from ess_reg.models.lm import LanguageModel
 from ess_reg.penalty import OBJECTIVES, Budget, ESSPenalty, Schedule
 
 CONF = Path(CONFIG_DIR)
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 MODEL_BASE = CONF / "model" / "base" / "lm.yaml"
 
 

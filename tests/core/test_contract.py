@@ -15,7 +15,7 @@ from ess_reg.probe import capture_operators
 from factories import lm, tokens
 
 
-LIBRARY = Path(__file__).resolve().parents[1] / "docs" / "library.md"
+LIBRARY = Path(__file__).resolve().parents[2] / "docs" / "library.md"
 
 
 def docs_example():

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ess_reg.kernels.selective_scan import selective_scan, selective_scan_reference
 # Pins the kernel's chunk-bounds rule (the data-sized chunks, cut to whole blocks): no public route
-# shows the chunks a call runs in; `bounded_chunk` (tests/test_kernels.py) is the bound it starts from.
+# shows the chunks a call runs in; `bounded_chunk` (tests/core/test_kernels.py) is the bound it starts from.
 from ess_reg.kernels.selective_scan.chunked import _chunk_bounds
 
 

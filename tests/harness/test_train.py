@@ -445,7 +445,6 @@ def test_a_sweep_whose_job_fails_still_closes_its_parent(store, tiny, child_env)
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_tiny_run_on_cuda(tiny):
     result = run(compose_config(tiny("trainer.device=cuda")))
     assert result.metrics["valid/accuracy"] >= 0

@@ -8,8 +8,6 @@ import torch
 
 from ess_reg import tolerance_ess
 from ess_reg.state_size import tss_at
-from ess_reg.harness.ess_train import compose_config, prepare
-from ess_reg.harness.build import ConfigError
 from ess_reg.models import MIXERS, build_mixer, state_kwargs
 
 D, L = 8, 40
@@ -35,7 +33,7 @@ def test_state_size_is_the_tss_and_the_rank_reaches_it(case, size):
 
 
 def test_mixers_without_a_finite_state_and_bad_sizes_are_refused():
-    # gru and lstm: sized in tests/test_models.py (measured through their Jacobian); mingru: 1 per channel
+    # gru and lstm: sized in tests/zoo/test_models.py (measured through their Jacobian); mingru: 1 per channel
     assert {n for n in MIXERS if n not in FINITE} == {"sa", "hyena", "mingru", "gru", "lstm"}
     with pytest.raises(ValueError, match="MinGRU's state is 1 per channel"):
         state_kwargs("mingru", 4)
@@ -53,16 +51,3 @@ def test_mixers_without_a_finite_state_and_bad_sizes_are_refused():
                        match="state_size=8 sets feature_dim=8 of gla, but it is also given as feature_dim=16"):
         build_mixer("gla", D, 8, feature_dim=16)
     assert build_mixer("gla", D, 8, feature_dim=8).state_size() == 8  # agreeing is fine
-
-
-@pytest.mark.parametrize("model", ["la", "gla", "s6", "s4d", "swa"])
-def test_one_config_key_sizes_every_mixer_and_the_logged_config_says_so(model):
-    plan = prepare(compose_config([f"model={model}", "model.state_size=6", "experiment=tiny"]))
-    assert {m.state_size() for m in plan.model.mixers().values()} == {6}
-    knob = state_kwargs(model, 6)
-    assert knob.items() <= plan.config["model"]["mixer_kwargs"].items()  # the preset's own value replaced
-
-
-def test_a_state_size_for_attention_stops_the_run_before_it_starts():
-    with pytest.raises(ConfigError, match="model.state_size: SoftmaxAttention's state grows"):
-        prepare(compose_config(["model=sa", "model.state_size=6", "experiment=tiny"]))
