@@ -27,16 +27,28 @@ def resolve_indices(indices: "int | Sequence[int] | torch.Tensor | None", seq_le
     ``indices``: None (all), an int, a sequence of ints (list, tuple, range...) or an integer
     tensor of at most one dim."""
     check_int("seq_len", seq_len, 2)
+    if isinstance(indices, torch.Tensor) and not indices.is_inference() and \
+            getattr(indices, _VALID, None) == (seq_len, indices._version):
+        return indices  # this very tensor was validated for this length, and not changed since
     if indices is None:
-        return torch.arange(1, seq_len, dtype=torch.long)
-    idx = _index_tensor(indices)
-    bad = idx[(idx < 1) | (idx > seq_len - 1)]
-    if bad.numel():
-        raise ValueError(
-            f"indices must lie in 1..L-1 = 1..{seq_len - 1} (H_i = T[i:, :i] is empty otherwise); "
-            f"got {bad.tolist()[:8]}"
-        )
+        idx = torch.arange(1, seq_len, dtype=torch.long)
+    else:
+        idx = _index_tensor(indices)
+        bad = idx[(idx < 1) | (idx > seq_len - 1)]
+        if bad.numel():
+            raise ValueError(
+                f"indices must lie in 1..L-1 = 1..{seq_len - 1} (H_i = T[i:, :i] is empty otherwise); "
+                f"got {bad.tolist()[:8]}"
+            )
+    if not idx.is_inference():  # an inference tensor keeps no version counter: it is checked every time
+        setattr(idx, _VALID, (seq_len, idx._version))
     return idx
+
+
+# The mark resolve_indices leaves on a tensor it returns: (L, the tensor's version counter). The
+# probe resolves a layer's indices once; the spectra, the TSS and the reach it hands them to
+# then take them as they are (an in-place change bumps the version and voids the mark).
+_VALID = "_ess_reg_valid_for"
 
 
 def _index_tensor(indices: "int | Sequence[int] | torch.Tensor") -> torch.Tensor:

@@ -18,7 +18,7 @@ from ._checks import check_limit, check_seed
 from .layer_report import LayerReport
 from .state_size import tss_at
 from .ess import ESS_KINDS, _check_ess_options, operator_ess
-from .indices import index_rule
+from .indices import index_rule, resolve_indices
 from .adapters.registry import Adapter, adapter_for as _adapter_for, register_adapter
 from .contract import hand_over, listen
 from .operators import DeferredOperator, Operator, resolve
@@ -218,7 +218,7 @@ class Probe:
         operators = self.operators()
         reports = {}
         for name, op in operators.items():
-            idx = self.indices(op.seq_len, self.context_end, self.generator)
+            idx = resolve_indices(self.indices(op.seq_len, self.context_end, self.generator), op.seq_len)  # once
             if self.context_end is not None and self.context_end > op.seq_len - 1:
                 raise ValueError(f"context_end={self.context_end} lies past the sequence of layer {name!r} "
                                  f"(indices 1..L-1 = 1..{op.seq_len - 1})")

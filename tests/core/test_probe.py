@@ -249,3 +249,26 @@ def test_a_probe_finds_its_layers_once_and_every_capture_reuses_them():
     assert list(again) == list(first) == ["blocks.0.mixer", "blocks.1.mixer"]
     for name in first:
         torch.testing.assert_close(again[name].ess.values, first[name].ess.values)
+
+
+def test_a_probe_call_validates_each_layer_s_indices_once(monkeypatch):
+    import ess_reg.indices
+    from ess_reg import Probe
+    from ess_reg.indices import resolve_indices
+
+    probe = Probe(lm("gla", n_layers=2), indices=[3, 7, 11])
+    checked = []
+    real = ess_reg.indices._index_tensor
+    monkeypatch.setattr(ess_reg.indices, "_index_tensor", lambda i: checked.append(i) or real(i))
+    reports = probe(tokens())
+    for report in reports.values():
+        _ = report.reach, report.utilization  # the reach and the TSS read the same, already valid, indices
+    assert len(checked) == 2  # one per layer, not once per consumer
+    # The mark is void once the tensor changes in place: it is checked again, and refused.
+    idx = resolve_indices([3, 7], 24)
+    assert resolve_indices(idx, 24) is idx
+    idx[0] = 30
+    with pytest.raises(ValueError, match="indices must lie in 1..L-1"):
+        resolve_indices(idx, 24)
+    with pytest.raises(ValueError, match="indices must lie in 1..L-1"):
+        resolve_indices(resolve_indices([20], 24), 16)  # valid for L = 24, not for L = 16
