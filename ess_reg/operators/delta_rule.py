@@ -15,10 +15,11 @@ from .._checks import check_floating, check_limit
 from ..kernels.delta_rule import chunked_delta_rule, delta_rule_transition, sequential_delta_rule
 from .checks import _check_finite, _check_multiplicity, _check_values, _head, _select, shape_rank
 from .dense import _dense_svdvals, _loop_svdvals
+from .finite_state import FiniteStateOperator
 from .state_space import _compress
 
 
-class DeltaRuleOperator:
+class DeltaRuleOperator(FiniteStateOperator):
     """The causal operator of the delta rule (DeltaNet, Gated DeltaNet): state size ``N``,
     transitions ``A_t = alpha_t (I - beta_t k_t k_t^T)`` (identity plus rank one, not diagonal):
 
@@ -63,28 +64,9 @@ class DeltaRuleOperator:
         # log_alpha and beta carry a trailing dim of 1, so that every factor is (..., L, F)
         self.log_alpha, self.beta = log_alpha.unsqueeze(-1), beta.unsqueeze(-1)
         self.K, self.Q = K, Q
+        self._factor = K
         self.multiplicity = _check_multiplicity(multiplicity)
         self._batch_shape = batch
-
-    @property
-    def seq_len(self) -> int:
-        return self.K.shape[-2]
-
-    @property
-    def state_size(self) -> int:
-        return self.K.shape[-1]
-
-    @property
-    def batch_shape(self) -> torch.Size:
-        return self._batch_shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.K.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.K.device
 
     def _with(self, factors) -> DeltaRuleOperator:
         log_alpha, beta, K, Q = factors
@@ -125,11 +107,6 @@ class DeltaRuleOperator:
 
     kind = "delta_rule"
     methods = ("state_space", "dense", "loop")  # the first is what method="auto" takes
-    io_width = (1, 1)
-
-    def max_rank(self, idx: torch.Tensor) -> torch.Tensor:
-        """The most rank ``H_i`` can have: ``min(i, L - i, N)``."""
-        return torch.clamp(shape_rank(idx, self.seq_len), max=self.state_size)
 
     def svdvals(self, idx: torch.Tensor, *, method: str, dtype: torch.dtype, budget: int,
                 chunk_size: int | None = None) -> torch.Tensor:
@@ -141,10 +118,6 @@ class DeltaRuleOperator:
 
     def value_tensors(self) -> tuple[torch.Tensor, ...]:
         return (self.log_alpha, self.beta, self.K, self.Q)
-
-    def apply_reference(self, v: torch.Tensor) -> torch.Tensor:
-        """``T @ v`` by the plain step-by-step recurrence (a loop over L)."""
-        return self.apply(v, method="sequential")
 
     def __repr__(self) -> str:
         return (f"DeltaRuleOperator(batch_shape={tuple(self.batch_shape)}, L={self.seq_len}, N={self.state_size}, "

@@ -41,6 +41,7 @@ from ..kernels.segments import decayed_columns, in_chunks, segment_sums
 from .batching import _SVD_OVERHEAD, _SVD_UV_OVERHEAD, _batch_chunks, _HeapTrimmer, _map, _workers
 from .checks import _check_finite, _check_multiplicity, _check_values, _head, _select, shape_rank
 from .dense import _dense_item_bytes, _dense_svdvals, _loop_svdvals
+from .finite_state import FiniteStateOperator
 
 # Steps between compressed factors on the state-space path: short chunks when most indices are
 # asked (their SVDs, at most N + c - 1 wide, dominate), long when few are (then the sequential
@@ -56,7 +57,7 @@ MIN_GROUP = 32
 _MATERIALIZE_OVERHEAD = 4
 
 
-class StateSpaceOperator:
+class StateSpaceOperator(FiniteStateOperator):
     """A causal operator realized by a diagonal recurrence with state size ``N``.
 
     ``log_decay``, ``B`` and ``C`` each have shape ``(..., L, N)`` (leading dims broadcast);
@@ -101,28 +102,9 @@ class StateSpaceOperator:
                     f"log_decay must be <= 0 (a decay in (0, 1]); its largest entry is {log_decay.max().item():.3g}"
                 )
         self.log_decay, self.B, self.C = log_decay, B, C
+        self._factor = B
         self.multiplicity = _check_multiplicity(multiplicity)
         self._batch_shape = batch
-
-    @property
-    def seq_len(self) -> int:
-        return self.B.shape[-2]
-
-    @property
-    def state_size(self) -> int:
-        return self.B.shape[-1]
-
-    @property
-    def batch_shape(self) -> torch.Size:
-        return self._batch_shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.B.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.B.device
 
     def batch_head(self, n: int) -> "StateSpaceOperator":
         """The operator of the first ``n`` elements of the leading (batch) dim (factors shared by
@@ -161,11 +143,6 @@ class StateSpaceOperator:
 
     kind = "state_space"
     methods = ("state_space", "dense", "loop")  # the first is what method="auto" takes
-    io_width = (1, 1)
-
-    def max_rank(self, idx: torch.Tensor) -> torch.Tensor:
-        """The most rank ``H_i`` can have: ``min(i, L - i, N)``."""
-        return torch.clamp(shape_rank(idx, self.seq_len), max=self.state_size)
 
     def svdvals(self, idx: torch.Tensor, *, method: str, dtype: torch.dtype, budget: int,
                 chunk_size: int | None = None) -> torch.Tensor:
@@ -178,10 +155,6 @@ class StateSpaceOperator:
 
     def value_tensors(self) -> tuple[torch.Tensor, ...]:
         return (self.log_decay, self.B, self.C)
-
-    def apply_reference(self, v: torch.Tensor) -> torch.Tensor:
-        """``T @ v`` by the plain step-by-step recurrence (a loop over L)."""
-        return self.apply(v, method="sequential")
 
     def coordinate_energy(self) -> torch.Tensor:
         """``||T_n||_F^2`` for every state coordinate ``n``: shape ``(*batch_shape, N)``, where
