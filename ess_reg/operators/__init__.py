@@ -15,8 +15,9 @@ kind (module)                what it holds                               spectra
 Every kind follows :class:`Operator`, the protocol the rest of ess-reg uses: nothing outside
 this package looks at an operator's concrete type.  What a kind knows about itself (how it
 checks its values, how large its blocks' rank can be, how to take their singular values within
-a memory budget) lives in its own module; :mod:`.finite_state` is the base of the two finite-state kinds, :mod:`.batching` holds what their spectra paths share
-(the budget, the thread pool, the C heap), :mod:`.checks` the shared checks.
+a memory budget) lives in its own module; :mod:`.finite_state` is the base of the two
+finite-state kinds, :mod:`.batching` holds what their spectra paths share (the budget, the
+thread pool, the C heap), :mod:`.checks` the shared checks.
 :class:`DeferredOperator` is not a kind: it builds one only for the examples and channels a
 probe asks for.
 
