@@ -1,7 +1,10 @@
-"""Reference zoo of sequence mixers, each exposing the causal operator it applies.
+"""Reference zoo of sequence mixers (installed as ``ess_reg.models``), one file per mixer, each
+exposing the causal operator it applies.
 
 Every mixer maps ``(B, L, D) -> (B, L, D)`` and implements the ESS contract of
-:mod:`models.base`: ``operator(x)``, ``operator_and_values(x)`` and ``state_size()``.
+:mod:`ess_reg.models.base`: ``operator(x)``, ``operator_and_values(x)`` and ``state_size()``.
+:data:`MIXERS` names them; :func:`build_mixer` builds one by name, its state set by
+``state_size``; :class:`ess_reg.models.lm.LanguageModel` stacks them into a language model.
 """
 
 from __future__ import annotations
