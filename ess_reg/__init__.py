@@ -31,6 +31,7 @@ from .jacobian import jacobian_ess, jacobian_operator
 from .operators import (DeferredOperator, DeltaRuleOperator, DenseOperator, JacobianOperator, StateSpaceOperator,
                         as_operator)
 from .penalty import Budget, Constraint, DecayIdentityPenalty, ESSPenalty, Schedule, Target
+from .monitor import ESSMonitor
 from .probe import Adapter, Probe, measure, register_adapter
 from .spectra import hankel_svdvals
 
@@ -68,6 +69,7 @@ __all__ = [
     "boundary_modulation",
     "Probe",
     "measure",
+    "ESSMonitor",
     "Adapter",
     "register_adapter",
     "AllIndices",

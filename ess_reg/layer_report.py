@@ -13,7 +13,8 @@ from .ess import LayerESS
 from .state_size import reachable_state
 
 __all__ = ["utilization", "FailureThresholds", "LayerReport", "MEASURES", "layer_utilization", "layer_ess_per_item",
-           "layer_mean_ess", "model_summary", "mean_over_layers", "FULL", "PARTIAL", "UNUSED"]
+           "layer_mean_ess", "model_summary", "mean_over_layers", "layer_keys", "report_metrics", "FULL", "PARTIAL",
+           "UNUSED"]
 
 # How much of its reachable state a layer uses, as evidence for the verdict.
 FULL, PARTIAL, UNUSED = "full", "partial", "unused"
@@ -246,3 +247,15 @@ def mean_over_layers(reports: "Mapping[str, LayerReport]", measure: str) -> floa
     return sum(MEASURES[measure](r).item() for r in reports.values()) / len(reports)
 
 
+def layer_keys(names) -> dict[str, str]:
+    """Short metric names for layers, in model order: ``{"blocks.0.mixer": "L0", ...}``."""
+    return {name: f"L{i}" for i, name in enumerate(names)}
+
+
+def report_metrics(reports: "Mapping[str, LayerReport]") -> dict[str, float]:
+    """The figures of one measurement as flat metric names, as every logger takes them:
+    model-wide ``ess/*`` (:func:`model_summary`) and per layer ``L<i>/*`` (:meth:`LayerReport.metrics`)."""
+    metrics = {f"ess/{k}": v for k, v in model_summary(reports).items()}
+    for name, key in layer_keys(reports).items():
+        metrics.update({f"{key}/{k}": v for k, v in reports[name].metrics().items()})
+    return metrics

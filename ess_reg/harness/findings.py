@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from ..layer_report import FailureThresholds, LayerReport, model_summary
 from ..verdict import Verdict
-from .training import layer_keys
+from ..layer_report import layer_keys
 
 __all__ = ["format_report", "ess_table", "ess_figure"]
 

@@ -14,7 +14,8 @@ from . import tracking
 from .plan import Plan
 from .findings import ess_figure, ess_table
 from .naming import CHOSEN_GROUPS, run_tags
-from .training import FitResult, TrainingDiverged, layer_keys
+from ..layer_report import layer_keys
+from .training import FitResult, TrainingDiverged
 
 __all__ = ["record_start", "record_end", "run_status"]
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layer_report import LayerReport, model_summary
+from ..layer_report import LayerReport, layer_keys, report_metrics
 from ..verdict import Verdict, diagnose
 from ..tasks import IGNORE, Task
 from .checkpoints import save_checkpoint
@@ -29,7 +29,7 @@ from .step import TrainingDiverged, TrainingStep
 from .settings import TrainerSettings, resolve_device
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "FitResult", "fit", "evaluate",
-           "layer_keys", "evaluation_metrics"]
+           "layer_keys", "report_metrics"]
 
 log = logging.getLogger("ess_reg")
 
@@ -64,19 +64,6 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
-
-
-def layer_keys(names) -> dict[str, str]:
-    """Short metric names for layers, in model order: ``{"blocks.0.mixer": "L0", ...}``."""
-    return {name: f"L{i}" for i, name in enumerate(names)}
-
-
-def evaluation_metrics(reports: Mapping[str, LayerReport]) -> dict[str, float]:
-    """The ESS metrics of one evaluation: model-wide ``ess/*`` and per-layer ``L<i>/*``."""
-    metrics = {f"ess/{k}": v for k, v in model_summary(reports).items()}
-    for name, key in layer_keys(reports).items():
-        metrics.update({f"{key}/{k}": v for k, v in reports[name].metrics().items()})
-    return metrics
 
 
 def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
@@ -205,7 +192,7 @@ def fit(
         start = time.perf_counter()
         reports = probe.report(model)
         metrics["time/ess_probe_s"] = time.perf_counter() - start
-        metrics.update(evaluation_metrics(reports))
+        metrics.update(report_metrics(reports))
         if "valid/accuracy" in metrics:  # before logging: a store outage raised there keeps it
             accuracy_curve.append((step, metrics["valid/accuracy"]))
         tracker.log_metrics(metrics, step)
@@ -239,7 +226,7 @@ def fit(
             if start_step == 0 and main:  # what the student learns from, once: the teacher's accuracy and ESS
                 teacher_metrics = {f"valid/{k}": v for k, v in
                                    evaluate(teacher.model, test_inputs, test_labels, trainer.batch_size).items()}
-                teacher_metrics.update(evaluation_metrics(probe.report(teacher.model)))
+                teacher_metrics.update(report_metrics(probe.report(teacher.model)))
                 tracker.log_metrics({f"teacher/{k}": v for k, v in teacher_metrics.items()}, 0)
         if start_step == 0:
             reports = evaluate_and_log(0)  # ESS and accuracy at initialization
