@@ -1,4 +1,7 @@
-"""``ess-analyze RUN_ID | CHECKPOINT``: a trained model's per-layer ESS report and verdict.
+"""``ess-analyze RUN_ID | CHECKPOINT | FOLDER``: a trained model's per-layer ESS report and verdict.
+
+A folder written by ``save_pretrained`` is measured on a token batch instead
+(:mod:`ess_reg.harness.pretrained`).
 
 The model and task are rebuilt from the checkpoint's config through the project's registries
 (never from a class named in the file), the checkpoint loads with ``weights_only=True``, and
@@ -23,6 +26,7 @@ from .build import ConfigError, build_task, probe_settings
 from ..layer_report import LayerReport
 from ..verdict import Verdict, diagnose
 from .findings import format_report
+from .pretrained import analyze_pretrained, is_pretrained_folder, write_outputs
 from .checkpoints import trained_model
 from .run_probe import ProbeSettings, RunProbe
 from .settings import resolve_threads
@@ -68,14 +72,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ess-analyze",
         description="Per-layer ESS report and verdict of a trained ess-train model, on the run's own probe batch.")
-    parser.add_argument("target", help="an MLflow run id, or a checkpoint file (last.pt) or its folder")
+    parser.add_argument("target", help="an MLflow run id, a checkpoint file (last.pt) or its folder, or a folder "
+                                           "written by save_pretrained (a Hugging Face model)")
     parser.add_argument("--tracking-uri", default=None,
                         help=f"the store holding the run (default: $MLFLOW_TRACKING_URI, else {DEFAULT_URI})")
     parser.add_argument("--checkpoint-root", default=DEFAULT_CHECKPOINTS,
                         help=f"where runs keep checkpoints, one folder per run id (default {DEFAULT_CHECKPOINTS})")
     parser.add_argument("--examples", type=int, default=None, help="probe batch size (default: the run's)")
     parser.add_argument("--num-indices", type=int, default=None, help="evenly spaced indices (default: the run's)")
+    hf = parser.add_argument_group("a save_pretrained folder (loaded offline, with eager attention)")
+    hf.add_argument("--ids", default=None, help="a text file of token ids, one sequence per line (default: random ids)")
+    hf.add_argument("--length", type=int, default=128, help="length of the random sequences (default 128)")
+    hf.add_argument("--separator", type=int, default=None,
+                    help="a separator token id: the ESS drop across it and its boundary profile")
+    hf.add_argument("--seed", type=int, default=0, help="seed of the random ids (default 0)")
+    hf.add_argument("--out", default=None, help="folder for table.txt, ess_vs_index.png and boundary_profile.json "
+                                                "(default runs/analyze/<folder name>)")
     args = parser.parse_args(argv)
+    if is_pretrained_folder(args.target):
+        return _pretrained_main(args)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(resolve_threads("auto"))  # the trainer's default for shared machines
@@ -91,6 +106,39 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result.checkpoint}: {c['model']['mixer']} on {c['task']['_target_'].rsplit('.', 1)[-1]} "
           f"(L={c['task']['seq_len']}), step {result.step}, valid accuracy {result.accuracy:.3f}")
     print(format_report(result.reports, result.verdict, result.probe.thresholds))
+    return 0
+
+
+def _pretrained_main(args) -> int:
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(resolve_threads("auto"))
+    try:
+        result = analyze_pretrained(args.target, ids=args.ids, length=args.length, examples=args.examples or 2,
+                                    separator=args.separator, seed=args.seed)
+    except (ValueError, OSError) as err:
+        print(f"ess-analyze: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        torch.set_num_threads(threads_before)
+    out = Path(args.out) if args.out else Path("runs/analyze") / Path(args.target).resolve().name
+    written = write_outputs(result, out)
+    b, length = result.tokens.shape
+    print(f"{args.target}: {result.model_type}, {b} sequence(s) of {length} tokens, every index")
+    print(result.analysis.table())
+    print("wrote " + ", ".join(str(p) for p in written))
+    if args.tracking_uri:
+        tracker = tracking.Tracker(args.tracking_uri, "ess-analyze", None, run_name=f"{result.model_type} {out.name}")
+        tracker.log_params({"folder": str(Path(args.target).resolve()), "model_type": result.model_type,
+                            "examples": b, "length": length, "separator": args.separator,
+                            "ids": args.ids or f"random, seed {args.seed}"})
+        tracker.log_metrics({f"{name}/ess": float(h.mean()) for name, h in result.analysis.per_head.items()}
+                            | {f"{name}/tss": v for name, v in result.analysis.tss.items()}
+                            | {f"{name}/boundary_drop": v for name, v in result.analysis.modulation.items()
+                               if v == v}, 0)
+        for path in written:
+            tracker.log_artifact(path)
+        tracker.finish()
+        print(f"logged as MLflow run {tracker.run_id} ({args.tracking_uri}, experiment 'ess-analyze')")
     return 0
 
 
