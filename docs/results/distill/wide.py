@@ -43,14 +43,16 @@ def main():
     rows, by_size = [], {}
     for s in students:
         t = teacher_of(s)
-        name = "?" if t is None else f"{t.mixer} {t.params.get('model.state_size', '-')} seed {t.params.get('seed')}"
+        stated = None if t is None else t.params.get("model.state_size")
+        size = "" if stated in (None, "None") else f" {stated}"  # attention has no state size
+        name = "?" if t is None else f"{t.mixer}{size} seed {t.params.get('seed')}"
         acc = s.metrics.get("teacher/valid/accuracy")
         ess = s.metrics.get("teacher/ess/per_kv")
         kl = s.metrics.get("valid/distill_kl")
-        size = int(s.params["model.state_size"])
-        rows.append((size, ess if ess is not None else float("nan"), name, acc, kl, s.metrics.get("valid/accuracy")))
+        student = int(s.params["model.state_size"])
+        rows.append((student, ess if ess is not None else float("nan"), name, acc, kl, s.metrics.get("valid/accuracy")))
         if acc is not None and acc >= COMPETENT and ess is not None and kl is not None:
-            by_size.setdefault(size, []).append((ess, kl))
+            by_size.setdefault(student, []).append((ess, kl))
     lines = ["| student state | teacher | teacher accuracy | teacher ESS/kv | student distill KL | student accuracy |",
              "|---|---|---|---|---|---|"]
     for size, ess, name, acc, kl, sacc in sorted(rows):
