@@ -42,10 +42,12 @@ def attn_implementation_eager(model):
 
 
 def test_the_trainer_logs_ess_at_each_evaluation_into_mlflow(tmp_path, monkeypatch):
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)  # as in a fresh process: a store another test of this worker set is not this one
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "hf-trainer")
     model = attn_implementation_eager(tiny_llama())
     data = dataset()
