@@ -169,9 +169,11 @@ def _train(plan: Plan, distributed: Distributed, tracker, name: str, resume_id: 
 
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """Runs ``cfg``; returns the validation accuracy at the end, the objective a tuning sweeper
+    (``hydra/sweeper=optuna``, conf/experiment/tune_penalty.yaml) maximizes; None without one."""
     try:
-        run(cfg)
+        return run(cfg).accuracy
     except ConfigError as err:
         print(f"ess-train: error: {err}", file=sys.stderr)
         sys.exit(2)

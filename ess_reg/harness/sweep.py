@@ -32,7 +32,7 @@ def swept_keys(overrides: list[str]) -> list[str]:
     keys = []
     for override in overrides:
         key, _, value = override.partition("=")
-        if "," in value or value.startswith(("range(", "choice(", "interval(", "glob(")):
+        if "," in value or value.startswith(("range(", "choice(", "interval(", "glob(", "tag(")):
             keys.append(key.lstrip("+~"))
     return keys
 
@@ -110,12 +110,31 @@ def sweep_digest(uri: str, parent_run_id: str, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SEARCH_RESULT = "optimization_results.yaml"  # what a tuning sweeper (Optuna's) writes in the sweep folder
+
+
+def _log_search_result(uri: str, parent_run_id: str, sweep_dir: Path | None) -> None:
+    """A tuning sweep's answer on its parent run: the sweeper's result file as an artifact, and
+    the best value and parameters as tags (read in the MLflow UI's run list)."""
+    path = None if sweep_dir is None else sweep_dir / SEARCH_RESULT
+    if path is None or not path.is_file():
+        return  # a grid sweep: its summary table is the answer
+    result = OmegaConf.to_container(OmegaConf.load(path))
+    tracker = tracking.Tracker.attach(uri, parent_run_id)
+    tracker.log_artifact(path)
+    if "best_value" in result:
+        tracker.set_tags({"sweep.best_value": result["best_value"],
+                          "sweep.best_params": " ".join(f"{k}={v}" for k, v in result["best_params"].items())})
+    log.info("ess-train: search result %s", {k: result[k] for k in ("best_params", "best_value") if k in result})
+
+
 class SweepCallback(Callback):
     """Hydra callback: the parent run of a multirun (its id reaches the jobs via the environment)."""
 
     def __init__(self):
         self.run_id: str | None = None
         self.uri: str | None = None
+        self.sweep_dir: Path | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         t = config.tracking
@@ -127,6 +146,7 @@ class SweepCallback(Callback):
                           "mlflow.note.content": f"Sweep over {', '.join(keys) or 'nothing'}: "
                                                  f"`ess-train -m {' '.join(overrides)}`"})
         self.run_id, self.uri = tracker.run_id, t.uri
+        self.sweep_dir = Path(config.hydra.sweep.dir)
         os.environ[tracking.PARENT_RUN_ENV] = self.run_id
         os.environ[tracking.SWEEP_KEYS_ENV] = ",".join(keys)
         atexit.register(self._close, None)  # a failed job makes Hydra exit without on_multirun_end
@@ -146,6 +166,10 @@ class SweepCallback(Callback):
         except Exception as err:  # the summary must never keep the parent open
             log.error("ess-train: sweep summary failed: %s", err)
             rows = []
+        try:
+            _log_search_result(self.uri, run_id, self.sweep_dir)
+        except Exception as err:
+            log.error("ess-train: the search's result was not logged: %s", err)
         statuses = {r["status"] for r in rows}
         if status is None:  # ended early (a job raised, Ctrl-C): say why, from the children
             status = "KILLED" if "KILLED" in statuses else "FAILED"

@@ -260,6 +260,19 @@ STUDIES = [o for o in options("experiment")
            if "sweeper" in (OmegaConf.load(CONF / "experiment" / f"{o}.yaml").get("hydra") or {})]
 
 
+def swept_values(override: str) -> list[str]:
+    """The values a sweep override names, as Hydra parses it: each choice of a list or range,
+    both ends of a tuning sweeper's interval."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_override(override)
+    if parsed.is_discrete_sweep():
+        return list(parsed.sweep_string_iterator())
+    if parsed.is_interval_sweep():
+        return [str(parsed.value().start), str(parsed.value().end)]
+    return [str(parsed.value())]
+
+
 @pytest.mark.parametrize("preset", STUDIES)
 def test_every_value_of_a_study_presets_sweep_composes_and_builds(preset, tmp_path):
     """A sweep is only checked job by job when it runs: each value of each swept key must compose
@@ -267,7 +280,7 @@ def test_every_value_of_a_study_presets_sweep_composes_and_builds(preset, tmp_pa
     params = OmegaConf.load(CONF / "experiment" / f"{preset}.yaml").hydra.sweeper.params
     outputs = [o for o in cheap(tmp_path) if o.startswith(("tracking.", "trainer.checkpoint_dir", "trainer.device"))]
     for key, values in params.items():
-        for value in str(values).split(","):
+        for value in swept_values(f"{key}={values}"):
             overrides = [*outputs, f"experiment={preset}", f"{key}={value}"]
             cfg = compose_config(overrides)
             if OmegaConf.is_missing(cfg.distill, "teacher") or OmegaConf.is_missing(cfg.init, "source"):

@@ -444,6 +444,28 @@ def test_a_sweep_whose_job_fails_still_closes_its_parent(store, tiny, child_env)
     assert statuses == ["FAILED", "FINISHED"] and parent.info.status == "FAILED"
 
 
+def test_a_tuning_sweep_maximizes_the_validation_accuracy_its_runs_log(store, tiny, child_env):
+    """conf/experiment/tune_penalty.yaml with Optuna's sweeper: every trial is a child run whose
+    weight Optuna proposed, and the answer on the parent is the trial that logged the best accuracy."""
+    small = [o for o in tiny() if o != "experiment=tiny"]
+    done = ess_train(child_env, "-m", *small, "experiment=tune_penalty", "model.d_model=16", "trainer.max_steps=6",
+                     "trainer.batch_size=8", "trainer.eval_every=3", "trainer.eval_examples=16", "probe.num_indices=4",
+                     "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={store['dir']}/sweep", "tracking.experiment=ess-reg")
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(store["uri"])
+    runs = all_runs(store)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r is not parent]
+    weights = {float(r.data.params["penalty.schedule.weight"]): r.data.metrics["valid/accuracy"] for r in children}
+    assert len(weights) == 3 and all(1e-4 <= w <= 1.0 for w in weights)  # three proposals, in the interval
+    assert {r.data.params["seed"] for r in children} == {"900"}  # the preset's own seed, never a study's
+    assert float(parent.data.tags["sweep.best_value"]) == pytest.approx(max(weights.values()))
+    key, _, best = parent.data.tags["sweep.best_params"].partition("=")
+    assert key == "penalty.schedule.weight" and weights[float(best)] == pytest.approx(max(weights.values()))
+    assert "optimization_results.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert parent.data.tags["sweep.keys"] == "penalty.schedule.weight" and parent.info.status == "FINISHED"
+
+
 @pytest.mark.gpu
 def test_tiny_run_on_cuda(tiny):
     result = run(compose_config(tiny("trainer.device=cuda")))
