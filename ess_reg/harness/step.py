@@ -30,6 +30,17 @@ class StepOutcome:
     loss: torch.Tensor            # the task's loss over the global batch, detached: what the run reports
     total: torch.Tensor           # what was minimized: the task loss (or its blend) plus the penalty, detached
     distill_kl: float | None = None
+    penalty: dict[str, float] | None = None  # the penalty's own figures at this step (value, weight, ...)
+
+    def metrics(self) -> dict[str, float]:
+        """The step's figures under the names a run logs them."""
+        out = {"train/loss": self.loss.item()}
+        if self.distill_kl is not None:
+            out["train/distill_kl"] = self.distill_kl
+        if self.penalty is not None:
+            out.update({f"penalty/{k}": v for k, v in self.penalty.items()})
+            out["train/total_loss"] = self.total.item()
+        return out
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, distributed: Distributed | None = None):
@@ -88,4 +99,5 @@ class TrainingStep:
         self.optimizer.step()
         if regularizer is not None:
             regularizer.after_step()  # a constraint's multiplier moves once per step
-        return StepOutcome(loss=global_loss, total=total.detach(), distill_kl=None if kl is None else kl.item())
+        return StepOutcome(loss=global_loss, total=total.detach(), distill_kl=None if kl is None else kl.item(),
+                           penalty=None if regularizer is None else dict(regularizer.last))

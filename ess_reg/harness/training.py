@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -100,6 +100,132 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s"
 
 
+@dataclass
+class _Record:
+    """What the run has measured so far: the latest value of every metric, and the curves that
+    trainer.stop (accuracy) and the verdict (training loss) read."""
+
+    accuracy_curve: list[tuple[int, float]]  # (step, valid/accuracy) at each evaluation; a resumed run keeps its own
+    last: dict[str, float] = field(default_factory=lambda: {"train/loss": float("nan")})
+    # (step, train/loss) at each log step: is the run still learning at the end? Every batch is a
+    # fresh sample of the task, so the training loss is the task's loss, not a memorized one.
+    loss_curve: list[tuple[int, float]] = field(default_factory=list)
+    evaluated_at: int = 0  # the step of the latest evaluation, for the progress line
+
+    def log_training(self, tracker, step: int) -> None:
+        tracker.log_metrics({k: v for k, v in self.last.items() if k.startswith(("train/", "penalty/"))}, step)
+        self.loss_curve.append((step, self.last["train/loss"]))
+
+
+@dataclass
+class _Evaluation:
+    """Held-out accuracy and the ESS probe at a step, logged. Process 0 alone evaluates; the
+    others go on to the next step and wait for it there."""
+
+    model: nn.Module
+    task: Task
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    batch_size: int
+    probe: RunProbe
+    tracker: object
+    record: _Record
+    teacher: object = None
+    on_evaluate: Callable | None = None
+    main: bool = True
+
+    def __call__(self, step: int) -> dict[str, LayerReport]:
+        if not self.main:
+            return {}
+        self.model.eval()
+        metrics = {f"valid/{k}": v for k, v in
+                   evaluate(self.model, self.inputs, self.labels, self.batch_size, self.teacher).items()}
+        if self.task.chance_accuracy is not None:
+            metrics["valid/chance"] = self.task.chance_accuracy
+        start = time.perf_counter()
+        reports = self.probe.report(self.model)
+        metrics["time/ess_probe_s"] = time.perf_counter() - start
+        metrics.update(report_metrics(reports))
+        if "valid/accuracy" in metrics:  # before logging: a store outage raised there keeps it
+            self.record.accuracy_curve.append((step, metrics["valid/accuracy"]))
+        self.tracker.log_metrics(metrics, step)
+        if self.on_evaluate is not None:
+            self.on_evaluate(step, reports, metrics)
+        self.model.train()
+        self.record.last.update(metrics)
+        self.record.evaluated_at = step
+        return reports
+
+    def teacher_once(self) -> None:
+        """What a student learns from, logged once at step 0: the teacher's accuracy and ESS."""
+        if not self.main:
+            return
+        metrics = {f"valid/{k}": v for k, v in
+                   evaluate(self.teacher.model, self.inputs, self.labels, self.batch_size).items()}
+        metrics.update(report_metrics(self.probe.report(self.teacher.model)))
+        self.tracker.log_metrics({f"teacher/{k}": v for k, v in metrics.items()}, 0)
+
+
+@dataclass
+class _Checkpoints:
+    """The run's one checkpoint file, rewritten atomically by process 0: model, optimizer, step,
+    the penalty's state and the accuracy curve, all a resume needs."""
+
+    path: Path
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    tracker: object
+    config: Mapping | None
+    regularizer: object
+    record: _Record
+    on_checkpoint: Callable[[int], None] | None = None
+    main: bool = True
+
+    def __call__(self, step: int) -> None:
+        if not self.main:
+            return
+        save_checkpoint(self.path, self.model, self.optimizer, step, self.tracker.run_id, self.config,
+                        penalty=self.regularizer.penalty_state() if self.regularizer is not None else None,
+                        accuracy_curve=self.record.accuracy_curve)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(step)
+
+
+@dataclass
+class _Progress:
+    """The progress line: step, loss, the latest evaluation, speed and time left."""
+
+    max_steps: int
+    start_step: int
+    enabled: bool = True
+    started: float = field(default_factory=time.perf_counter)
+
+    def __call__(self, step: int, record: _Record) -> None:
+        if not self.enabled:
+            return
+        rate = (step - self.start_step) / max(time.perf_counter() - self.started, 1e-9)
+        eta = (self.max_steps - step) / rate if rate > 0 else float("inf")
+        last, util = record.last, record.last.get("ess/util")
+        evaluated = ""  # the latest evaluation's figures, with the step they are from
+        if "valid/accuracy" in last:
+            evaluated = (f"  [eval @{record.evaluated_at}: acc {last['valid/accuracy']:.3f}"
+                         + (f", ESS/reach {util:.3f}" if util is not None else "") + "]")
+        log.info("step %d/%d  loss %.3f%s  %.1f it/s  eta %s", step, self.max_steps, last["train/loss"],
+                 evaluated, rate, _duration(eta))
+
+
+def _resume(model: nn.Module, optimizer, regularizer, resume_state: Mapping | None) -> int:
+    """Load a checkpoint's state into the run; the step it continues from (0 for a new run)."""
+    if resume_state is None:
+        return 0
+    model.load_state_dict(resume_state["model"])
+    optimizer.load_state_dict(resume_state["optimizer"])
+    torch.set_rng_state(resume_state["rng"])
+    if regularizer is not None and resume_state.get("penalty"):
+        regularizer.load_penalty_state(resume_state["penalty"])
+    return int(resume_state["step"])
+
+
 def fit(
     model: nn.Module,
     task: Task,
@@ -140,7 +266,6 @@ def fit(
     distributed = distributed or Distributed()
     device = distributed.device(resolve_device(trainer.device))
     main = distributed.is_main
-    autocast_dtype = _autocast_dtype(trainer.precision, device)
     torch.manual_seed(seed)
     model.to(device)
     optimizer = make_optimizer(model.parameters())
@@ -149,85 +274,26 @@ def fit(
         from torch.nn.parallel import DistributedDataParallel
 
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    checkpoint_path = Path(checkpoint_path)
-    start_step = 0
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        start_step = int(resume_state["step"])
-        torch.set_rng_state(resume_state["rng"])
-        if regularizer is not None and resume_state.get("penalty"):
-            regularizer.load_penalty_state(resume_state["penalty"])
-    # (step, valid/accuracy) at each evaluation, for trainer.stop; a resumed run keeps its own
-    accuracy_curve: list[tuple[int, float]] = [tuple(p) for p in (resume_state or {}).get("accuracy_curve", [])]
-    stopped: list[str] = []  # trainer.stop's reason, once it ends the run
+    start_step = _resume(model, optimizer, regularizer, resume_state)
+    record = _Record(accuracy_curve=[tuple(p) for p in (resume_state or {}).get("accuracy_curve", [])])
     test = task.test_set(trainer.eval_examples, seed=seed)
-    test_inputs, test_labels = test.inputs.to(device), test.labels.to(device)
     probe.to(device)
-    last = {"train/loss": float("nan")}
-    # (step, train/loss) at each log step: is the run still learning at the end? Every batch is a
-    # fresh sample of the task, so the training loss is the task's loss, not a memorized one.
-    loss_curve: list[tuple[int, float]] = []
-    evaluated_at = [0]  # the step of the latest evaluation, for the progress line
-    reports: dict[str, LayerReport] = {}
-    started = time.perf_counter()
-
-    def checkpoint(step: int) -> None:
-        if not main:
-            return
-        save_checkpoint(checkpoint_path, model, optimizer, step, tracker.run_id, config,
-                        penalty=regularizer.penalty_state() if regularizer is not None else None,
-                        accuracy_curve=accuracy_curve)
-        if on_checkpoint is not None:
-            on_checkpoint(step)
-
-    def evaluate_and_log(step: int) -> dict[str, LayerReport]:
-        if not main:  # process 0 evaluates; the others go on to the next step and wait for it there
-            return {}
-        model.eval()
-        metrics = {f"valid/{k}": v for k, v in
-                   evaluate(model, test_inputs, test_labels, trainer.batch_size, teacher).items()}
-        if task.chance_accuracy is not None:
-            metrics["valid/chance"] = task.chance_accuracy
-        start = time.perf_counter()
-        reports = probe.report(model)
-        metrics["time/ess_probe_s"] = time.perf_counter() - start
-        metrics.update(report_metrics(reports))
-        if "valid/accuracy" in metrics:  # before logging: a store outage raised there keeps it
-            accuracy_curve.append((step, metrics["valid/accuracy"]))
-        tracker.log_metrics(metrics, step)
-        if on_evaluate is not None:
-            on_evaluate(step, reports, metrics)
-        model.train()
-        last.update(metrics)
-        evaluated_at[0] = step
-        return reports
-
-    def progress(step: int) -> None:
-        if not trainer.progress:
-            return
-        rate = (step - start_step) / max(time.perf_counter() - started, 1e-9)
-        eta = (trainer.max_steps - step) / rate if rate > 0 else float("inf")
-        util = last.get("ess/util")
-        evaluated = ""  # the latest evaluation's figures, with the step they are from
-        if "valid/accuracy" in last:
-            evaluated = (f"  [eval @{evaluated_at[0]}: acc {last['valid/accuracy']:.3f}"
-                         + (f", ESS/reach {util:.3f}" if util is not None else "") + "]")
-        log.info("step %d/%d  loss %.3f%s  %.1f it/s  eta %s", step, trainer.max_steps, last["train/loss"],
-                 evaluated, rate, _duration(eta))
-
+    evaluate_and_log = _Evaluation(model, task, test.inputs.to(device), test.labels.to(device), trainer.batch_size,
+                                   probe, tracker, record, teacher, on_evaluate, main)
+    checkpoint = _Checkpoints(Path(checkpoint_path), model, optimizer, tracker, config, regularizer, record,
+                              on_checkpoint, main)
+    progress = _Progress(trainer.max_steps, start_step, trainer.progress)
     train_step = TrainingStep(model, optimizer, forward=trained, grad_clip=trainer.grad_clip,
-                              autocast_dtype=autocast_dtype, regularizer=regularizer, teacher=teacher,
-                              distributed=distributed)
-    trained_to = start_step  # the last step whose update is done: where a checkpoint can stand
+                              autocast_dtype=_autocast_dtype(trainer.precision, device), regularizer=regularizer,
+                              teacher=teacher, distributed=distributed)
+    reports: dict[str, LayerReport] = {}
+    stopped: str | None = None  # trainer.stop's reason, once it ends the run
+    trained_to = step = start_step  # the last step whose update is done: where a checkpoint can stand
     try:
         if teacher is not None:
             teacher.to(device)
-            if start_step == 0 and main:  # what the student learns from, once: the teacher's accuracy and ESS
-                teacher_metrics = {f"valid/{k}": v for k, v in
-                                   evaluate(teacher.model, test_inputs, test_labels, trainer.batch_size).items()}
-                teacher_metrics.update(report_metrics(probe.report(teacher.model)))
-                tracker.log_metrics({f"teacher/{k}": v for k, v in teacher_metrics.items()}, 0)
+            if start_step == 0:
+                evaluate_and_log.teacher_once()
         if start_step == 0:
             reports = evaluate_and_log(0)  # ESS and accuracy at initialization
             checkpoint(0)  # at once: whatever happens next, the run can be resumed
@@ -237,44 +303,35 @@ def fit(
             if reason:
                 raise TrainingInterrupted(f"{reason} before step {step}")
             batch = task.train_batch(trainer.batch_size, step, seed)  # the global batch, the same on every process
-            x, y = distributed.shard(batch.inputs).to(device), distributed.shard(batch.labels).to(device)
-            outcome = train_step(x, y, step)
+            outcome = train_step(distributed.shard(batch.inputs).to(device),
+                                 distributed.shard(batch.labels).to(device), step)
             trained_to = step
-            last["train/loss"] = outcome.loss.item()
-            if outcome.distill_kl is not None:
-                last["train/distill_kl"] = outcome.distill_kl
-            if regularizer is not None:
-                last.update({f"penalty/{k}": v for k, v in regularizer.last.items()})
-                last["train/total_loss"] = outcome.total.item()
-            if step % trainer.log_every == 0 or step == trainer.max_steps:
-                tracker.log_metrics({k: v for k, v in last.items() if k.startswith(("train/", "penalty/"))}, step)
-                loss_curve.append((step, last["train/loss"]))
+            record.last.update(outcome.metrics())
             last_step = step == trainer.max_steps
+            if step % trainer.log_every == 0 or last_step:
+                record.log_training(tracker, step)
             if step % trainer.eval_every == 0 or last_step:
                 reports = evaluate_and_log(step)
-                if not last_step and trainer.stop.active:
-                    reason = distributed.broadcast(trainer.stop.reason(accuracy_curve) if main else None)
-                    if reason:  # converged: end here as at the last step, every process together
-                        stopped.append(reason)
-                        last_step = True
+                if not last_step and trainer.stop.active:  # converged: end here, every process together
+                    stopped = distributed.broadcast(trainer.stop.reason(record.accuracy_curve) if main else None)
+                    last_step = bool(stopped)
             if stopped and step % trainer.log_every:  # stopped between two log steps: the loss where it ended
-                tracker.log_metrics({k: v for k, v in last.items() if k.startswith(("train/", "penalty/"))}, step)
-                loss_curve.append((step, last["train/loss"]))
+                record.log_training(tracker, step)
             if step % trainer.checkpoint_every == 0 or last_step:
                 checkpoint(step)
             if step % trainer.log_every == 0 or last_step:
-                progress(step)
+                progress(step, record)
             if stopped:
-                log.info("trainer.stop at step %d: %s", step, stopped[0])
+                log.info("trainer.stop at step %d: %s", step, stopped)
                 break
-        else:
-            step = trainer.max_steps
     except StoreUnavailable as err:  # the store stayed away: keep the work, and say how to go on
         checkpoint(trained_to)
-        err.step, err.checkpoint = trained_to, checkpoint_path
+        err.step, err.checkpoint = trained_to, checkpoint.path
         raise
     if not reports and main:  # resumed at the end: nothing was trained, measure once
         reports = evaluate_and_log(trainer.max_steps)
-    verdict = diagnose(reports, last.get("valid/accuracy"), probe.thresholds, loss_curve=loss_curve) if main else None
-    return FitResult(metrics=dict(last), reports=reports, verdict=verdict, checkpoint=checkpoint_path,
-                     steps=step, resumed_from=start_step, model=model, stopped=stopped[0] if stopped else None)
+        step = trainer.max_steps
+    verdict = (diagnose(reports, record.last.get("valid/accuracy"), probe.thresholds, loss_curve=record.loss_curve)
+               if main else None)
+    return FitResult(metrics=dict(record.last), reports=reports, verdict=verdict, checkpoint=checkpoint.path,
+                     steps=step, resumed_from=start_step, model=model, stopped=stopped)
