@@ -12,7 +12,8 @@ of a zoo model has one state size): the largest tolerance-ESS over every index, 
 (the worst case). ``init.size=entropy`` keeps the entropy-ESS at the end of the task's context,
 averaged over the examples, the largest over heads and layers, rounded up (the typical use). The
 model's config is the source's with ``model.state_size`` set to the kept size, and ``init.compressed``
-records the cut: the logged config rebuilds the compressed architecture, the checkpoint holds its weights.
+records the cut and the rule that chose its size (``given``, ``ess`` or ``entropy``): the logged
+config rebuilds the compressed architecture, the checkpoint holds its weights.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def compressed_start(config: Mapping, probe: RunProbe) -> tuple[nn.Module, dict,
     it; and what was cut (``{layer: StateCut}``)."""
     init = config["init"]
     size = _size(init.get("size"))
+    rule = size if size in MEASURED_SIZES else "given"  # recorded: the resolved size alone hides who chose it
     source = str(init["source"])
     model, state, _ = trained_model(source, config["trainer"]["checkpoint_dir"], config["tracking"]["uri"],
                                     key="init.source")
@@ -78,7 +80,7 @@ def compressed_start(config: Mapping, probe: RunProbe) -> tuple[nn.Module, dict,
     out = with_state_size(out)
     energy = min(float(c.energy_kept.min()) for c in cuts.values())
     out["init"] = {**out["init"], "size": size,
-                   "compressed": {"source": state.get("run_id") or source, "size": size,
+                   "compressed": {"source": state.get("run_id") or source, "size": size, "rule": rule,
                                   "state_before": max(c.before for c in cuts.values()),
                                   "energy_kept_min": round(energy, 6)}}
     rebuilt = build_model(out["model"])  # the logged config must rebuild exactly this model

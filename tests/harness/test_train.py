@@ -281,10 +281,12 @@ def test_a_run_can_start_from_a_trained_run_s_model_with_its_state_cut(store, ti
     assert small.config["model"]["mixer_kwargs"]["feature_dim"] == 4
     compressed = small.config["init"]["compressed"]
     assert compressed["source"] == source.run_id and compressed["state_before"] == 16
+    assert compressed["rule"] == "given"  # the size came from the command line, not a measurement
     assert 0 < compressed["energy_kept_min"] <= 1
     client = MlflowClient(store["uri"])
     params = client.get_run(small.run_id).data.params
     assert params["init.compressed.size"] == "4" and params["model.state_size"] == "4"
+    assert params["init.compressed.rule"] == "given"
     assert metric_steps(client, small.run_id, "valid/accuracy") == [0, 3]  # step 0: compressed, not yet tuned
     # The logged config rebuilds the compressed model: a resume by run id goes on from its weights.
     where = [f"tracking.uri={store['uri']}", f"tracking.artifact_location={store['artifacts']}",
@@ -299,6 +301,7 @@ def test_a_run_can_start_from_a_trained_run_s_model_with_its_state_cut(store, ti
     by_entropy = run(compose_config(tiny("task.num_kv_pairs=2", "init=compressed", f"init.source={source.run_id}",
                                          "init.size=entropy", "trainer.max_steps=1")))
     assert 1 <= by_entropy.config["init"]["compressed"]["size"] <= 16
+    assert by_entropy.config["init"]["compressed"]["rule"] == "entropy"
     assert by_entropy.model.blocks[0].mixer.state_size() == by_entropy.config["init"]["compressed"]["size"]
     with pytest.raises(ConfigError, match="init.size must be a positive int .*, ess or entropy, got 'half'"):
         run(compose_config(tiny("init=compressed", f"init.source={source.run_id}", "init.size=half")))
