@@ -1,7 +1,7 @@
 """``analyze(model, inputs)``: every measurable layer's ESS, per head, in one call.
 
-It measures every index (so that profiles and boundaries are complete), averages each
-operator's ESS (a head, an SSM channel) over the examples and indices, and, given the ids of
+It measures every index by default (or the indices asked for), averages each operator's ESS
+(a head, an SSM channel) over the examples and indices, and, given the ids of
 boundary tokens, reads how much each layer's memory drops across them
 (:mod:`ess_reg.boundaries`). A padded batch is measured on its real tokens (an
 ``attention_mask``). Works for any model the probe measures: the zoo, a layer that
@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .boundaries import boundary_modulation
+from .boundaries import boundary_profile, profile_drop
 from ._checks import check_limit
+from .indices import AllIndices, GivenIndices, index_rule
 from .layer_report import LayerReport
 from .probe import Probe, check_batch
 
@@ -32,6 +33,8 @@ class Analysis:
     modulation: dict[str, float] = field(default_factory=dict)  # layer -> drop across boundaries
     by_length: dict[int, dict[str, LayerReport]] = field(default_factory=dict)  # real length -> reports
     tss: dict[str, float] = field(default_factory=dict)  # layer -> mean TSS over every measured index
+    # layer -> ESS at offsets -window..window around the separators (boundaries.boundary_profile)
+    profiles: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def table(self) -> str:
         """One line per layer: operators, TSS, mean ESS, the spread over heads, the modulation."""
@@ -51,10 +54,13 @@ class Analysis:
 def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor], *,
             attention_mask: torch.Tensor | None = None, separators: Collection[int] | None = None, window: int = 4,
             kind: str = "entropy", layers: Sequence[str] | None = None, batch_limit: int | None = None,
-            ess_options: Mapping | None = None, task=None) -> Analysis:
-    """ESS of every measurable layer of ``model`` on ``inputs`` at every index, per head; with
-    ``separators`` (token ids), each layer's ESS drop across them. ``batch_limit`` measures the
-    first examples only (every index of a long sequence costs).
+            indices="all", ess_options: Mapping | None = None, task=None) -> Analysis:
+    """ESS of every measurable layer of ``model`` on ``inputs``, per head; with ``separators``
+    (token ids), each layer's ESS drop across them. ``batch_limit`` measures the first examples
+    only; ``indices`` (default ``"all"``) chooses the indices as a :class:`Probe` does, e.g.
+    ``EvenIndices(64)`` for a long sequence, where every index costs. The figures are means over
+    the chosen indices; with ``separators`` and fewer than every index, the indices within
+    ``window`` of each separator are measured as well, apart, for the drop alone.
 
     ``inputs`` is a batch of token ids (or embeddings), or a dict of the model's keyword inputs
     (``input_ids``, ``attention_mask``, ...). Padding: with an ``attention_mask`` (1 for a real
@@ -73,20 +79,42 @@ def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor],
         limit = check_limit("batch_limit", batch_limit)
         groups = _real_runs(attention_mask[:limit] if limit else attention_mask, tokens.shape[:2])
         batch_limit = None  # applied above, to the examples
-    probe = Probe(model, layers=layers, indices="all", kind=kind, ess_options=ess_options, batch_limit=batch_limit,
-                  task=task)
+    rule = index_rule(indices)
+    options = dict(layers=layers, kind=kind, ess_options=ess_options, batch_limit=batch_limit, task=task)
+    probe = Probe(model, indices=rule, **options)
+    # Fewer than every index: the boundaries' neighbourhoods are measured by a probe of their own,
+    # so that the means stay those of the chosen indices.
+    around = None if separators is None or isinstance(rule, AllIndices) else Probe(model, indices="all", **options)
     by_length, measured = {}, []
     for length, runs in groups.items():
         group_tokens = tokens if runs is None else _crop(tokens, runs, length)
         group_kwargs = kwargs if runs is None or kwargs is None else {
             k: _crop(v, runs, length) if torch.is_tensor(v) and v.shape[:2] == tokens.shape[:2] else v
             for k, v in kwargs.items()}
-        with probe.capture():
-            model(**group_kwargs) if group_kwargs is not None else model(group_tokens)
-        reports = probe.reports()
-        by_length[length] = reports
-        measured.append((group_tokens, reports))
+
+        def measure(with_probe):
+            with with_probe.capture():
+                model(**group_kwargs) if group_kwargs is not None else model(group_tokens)
+            return with_probe.reports()
+
+        reports = by_length[length] = measure(probe)
+        near = None
+        if around is not None:
+            positions = _near_boundaries(group_tokens[:batch_limit] if batch_limit else group_tokens,
+                                         separators, window, length)
+            if positions:
+                around.indices = GivenIndices(positions)
+                near = measure(around)
+        measured.append((group_tokens, reports, near if around is not None else reports))
     return _combine(by_length, measured, separators, window)
+
+
+def _near_boundaries(tokens: torch.Tensor, separators: Collection[int], window: int, length: int) -> tuple[int, ...]:
+    """The indices a boundary profile reads: within ``window`` of the index after each separator."""
+    marks = torch.isin(tokens, torch.as_tensor(list(separators), dtype=tokens.dtype, device=tokens.device))
+    after = {int(p) + 1 for p in marks.nonzero()[:, 1].tolist()}
+    return tuple(sorted({i + offset for i in after for offset in range(-window, window + 1)
+                         if 1 <= i + offset <= length - 1}))
 
 
 def _split_inputs(inputs) -> tuple[dict | None, torch.Tensor]:
@@ -131,15 +159,25 @@ def _crop(tensor: torch.Tensor, runs: list[tuple[int, int]], length: int) -> tor
 def _combine(by_length, measured, separators, window) -> Analysis:
     """One analysis from the groups: per head, the mean over every example and index."""
     names = next(iter(by_length.values())).keys()
-    per_head, tss, modulation = {}, {}, {}
+    per_head, tss, modulation, profiles = {}, {}, {}, {}
     for name in names:
-        weights = [r[name].ess.values.shape[0] * r[name].ess.values.shape[2] for _, r in measured]
+        weights = [r[name].ess.values.shape[0] * r[name].ess.values.shape[2] for _, r, _ in measured]
         per_head[name] = sum(w * r[name].ess.values.detach().double().mean(dim=(0, 2)).cpu()
-                             for w, (_, r) in zip(weights, measured)) / sum(weights)
-        tss[name] = sum(w * r[name].tss_avg for w, (_, r) in zip(weights, measured)) / sum(weights)
+                             for w, (_, r, _) in zip(weights, measured)) / sum(weights)
+        tss[name] = sum(w * r[name].tss_avg for w, (_, r, _) in zip(weights, measured)) / sum(weights)
         if separators is not None:
-            drops = [(len(t), boundary_modulation(r[name], t, separators, window)) for t, r in measured]
-            drops = [(n, d) for n, d in drops if d == d]  # NaN: no boundary in that group
+            found = [(len(t), boundary_profile(near[name], t, separators, window))
+                     for t, _, near in measured if near is not None and _has_boundary(t, separators)]
+            drops = [(n, profile_drop(p, window)) for n, p in found]
+            drops = [(n, d) for n, d in drops if d == d]  # NaN: nothing measured before the boundary
             modulation[name] = (sum(n * d for n, d in drops) / sum(n for n, _ in drops)) if drops else float("nan")
+            if found:  # per offset, over the groups that reach it
+                stacked = torch.stack([p for _, p in found])
+                weight = torch.tensor([float(n) for n, _ in found])[:, None] * ~stacked.isnan()
+                profiles[name] = (weight * stacked.nan_to_num()).sum(0) / weight.sum(0)
     largest = max(by_length, key=lambda n: (len(next(iter(by_length[n].values())).ess.values), n))
-    return Analysis(by_length[largest], per_head, modulation, by_length, tss)
+    return Analysis(by_length[largest], per_head, modulation, by_length, tss, profiles)
+
+
+def _has_boundary(tokens: torch.Tensor, separators: Collection[int]) -> bool:
+    return bool(torch.isin(tokens, torch.as_tensor(list(separators), dtype=tokens.dtype, device=tokens.device)).any())

@@ -16,7 +16,7 @@ import torch
 
 from .layer_report import LayerReport
 
-__all__ = ["boundary_profile", "boundary_modulation"]
+__all__ = ["boundary_profile", "boundary_modulation", "profile_drop"]
 
 
 def _boundaries(inputs: torch.Tensor, separators: Collection[int]) -> list[tuple[int, int]]:
@@ -64,7 +64,12 @@ def boundary_modulation(report: LayerReport, inputs: torch.Tensor, separators: C
     "before" the mean over the ``window`` indices before it. 1: the layer carries nothing across a
     boundary; 0: a boundary does not change what it carries. (Past the boundary the ESS grows
     back as the new segment is read, so the drop is read where it is.)"""
-    profile = boundary_profile(report, inputs, separators, window)
+    return profile_drop(boundary_profile(report, inputs, separators, window), window)
+
+
+def profile_drop(profile: torch.Tensor, window: int) -> float:
+    """A profile's relative drop, ``1 - profile[window] / mean(profile[:window])`` over what was
+    measured; NaN where nothing was, before or just after."""
     before, after = profile[:window], profile[window]
     before = before[~before.isnan()]
     if not len(before) or after.isnan() or before.mean() == 0:

@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-root", default=DEFAULT_CHECKPOINTS,
                         help=f"where runs keep checkpoints, one folder per run id (default {DEFAULT_CHECKPOINTS})")
     parser.add_argument("--examples", type=int, default=None, help="probe batch size (default: the run's)")
-    parser.add_argument("--num-indices", type=int, default=None, help="evenly spaced indices (default: the run's)")
+    parser.add_argument("--num-indices", type=int, default=None,
+                        help="evenly spaced indices (default: the run's; for a folder, every index)")
     hf = parser.add_argument_group("a save_pretrained folder (loaded offline, with eager attention)")
     hf.add_argument("--ids", default=None, help="a text file of token ids, one sequence per line (default: random ids)")
     hf.add_argument("--length", type=int, default=128, help="length of the random sequences (default 128)")
@@ -114,7 +115,7 @@ def _pretrained_main(args) -> int:
     torch.set_num_threads(resolve_threads("auto"))
     try:
         result = analyze_pretrained(args.target, ids=args.ids, length=args.length, examples=args.examples or 2,
-                                    separator=args.separator, seed=args.seed)
+                                    separator=args.separator, seed=args.seed, num_indices=args.num_indices)
     except (ValueError, OSError) as err:
         print(f"ess-analyze: error: {err}", file=sys.stderr)
         return 2
@@ -123,13 +124,15 @@ def _pretrained_main(args) -> int:
     out = Path(args.out) if args.out else Path("runs/analyze") / Path(args.target).resolve().name
     written = write_outputs(result, out)
     b, length = result.tokens.shape
-    print(f"{args.target}: {result.model_type}, {b} sequence(s) of {length} tokens, every index")
+    where = f"{args.num_indices} evenly spaced indices" if args.num_indices else "every index"
+    print(f"{args.target}: {result.model_type}, {b} sequence(s) of {length} tokens, {where}")
     print(result.analysis.table())
     print("wrote " + ", ".join(str(p) for p in written))
     if args.tracking_uri:
         tracker = tracking.Tracker(args.tracking_uri, "ess-analyze", None, run_name=f"{result.model_type} {out.name}")
         tracker.log_params({"folder": str(Path(args.target).resolve()), "model_type": result.model_type,
                             "examples": b, "length": length, "separator": args.separator,
+                            "indices": args.num_indices or "all",
                             "ids": args.ids or f"random, seed {args.seed}"})
         tracker.log_metrics({f"{name}/ess": float(h.mean()) for name, h in result.analysis.per_head.items()}
                             | {f"{name}/tss": v for name, v in result.analysis.tss.items()}

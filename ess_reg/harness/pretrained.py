@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..analysis import Analysis, analyze
-from ..boundaries import boundary_profile
+from ..indices import EvenIndices
 from ..layer_report import FailureThresholds
 
 __all__ = ["is_pretrained_folder", "load_pretrained", "read_ids", "PretrainedAnalysis", "analyze_pretrained"]
@@ -84,7 +84,8 @@ class PretrainedAnalysis:
 
 
 def analyze_pretrained(folder: str, *, ids: str | None = None, length: int = 128, examples: int = 2,
-                       separator: int | None = None, window: int = 4, seed: int = 0) -> PretrainedAnalysis:
+                       separator: int | None = None, window: int = 4, seed: int = 0,
+                       num_indices: int | None = None) -> PretrainedAnalysis:
     model = load_pretrained(folder)
     vocab = getattr(model.config, "vocab_size", None)
     if ids is not None:
@@ -98,17 +99,14 @@ def analyze_pretrained(folder: str, *, ids: str | None = None, length: int = 128
     if separator is not None and vocab is not None and not 0 <= separator < vocab:
         raise ValueError(f"--separator {separator} is not an id of the model's vocabulary (0..{vocab - 1})")
     separators = [separator] if separator is not None else None
+    if num_indices is not None and num_indices < 1:
+        raise ValueError(f"--num-indices must be >= 1, got {num_indices}")
     with torch.no_grad():
-        analysis = analyze(model, tokens, separators=separators, window=window)
-    profiles = {}
-    if separators is not None:
-        for name, report in analysis.reports.items():
-            try:
-                profiles[name] = boundary_profile(report, tokens, separators, window).tolist()
-            except ValueError:  # no separator in the tokens: said once, below
-                pass
-        if not profiles:
-            log.warning("ess-analyze: no token %d in the inputs: no boundary profile", separator)
+        analysis = analyze(model, tokens, separators=separators, window=window,
+                           indices=EvenIndices(num_indices) if num_indices else "all")
+    profiles = {name: profile.tolist() for name, profile in analysis.profiles.items()}
+    if separators is not None and not profiles:
+        log.warning("ess-analyze: no token %d in the inputs: no boundary profile", separator)
     return PretrainedAnalysis(folder, model.config.model_type, tokens, analysis, profiles)
 
 

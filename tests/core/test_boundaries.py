@@ -80,3 +80,25 @@ def test_analyze_reports_per_head_and_the_boundary_drop():
     assert result.modulation["resets"] == pytest.approx(1.0) and abs(result.modulation["plain"]) < 0.2
     table = result.table()
     assert "boundary drop" in table and table.count("\n") == 2
+
+
+def test_analyze_at_chosen_indices_averages_those_and_still_reads_the_boundary_drop_exactly():
+    torch.manual_seed(0)
+    tokens = torch.randint(1, 8, (3, 40))
+    tokens[:, [9, 21, 30]] = SEP
+    model = nn.ModuleDict({"resets": ToyAttention(True), "plain": ToyAttention(False)})
+    model.forward = lambda t: [model["resets"](t), model["plain"](t)]
+    full = ess_reg.analyze(model, tokens, separators=[SEP], window=3, kind="tolerance")
+    chosen = ess_reg.analyze(model, tokens, separators=[SEP], window=3, kind="tolerance",
+                             indices=ess_reg.EvenIndices(5))
+    even = torch.linspace(1, 39, 5).round().long()
+    for name, report in chosen.reports.items():
+        assert report.ess.indices.tolist() == even.tolist()  # the means are those of the chosen indices only
+        columns = full.reports[name].ess.values[:, :, even - 1]
+        assert torch.allclose(chosen.per_head[name], columns.mean(dim=(0, 2)))
+        # the neighbourhoods of the separators were measured apart: the same drop as with every index
+        assert chosen.modulation[name] == pytest.approx(full.modulation[name], abs=1e-12)
+    listed = ess_reg.analyze(model, tokens, kind="tolerance", indices=[5, 17])
+    assert listed.reports["plain"].ess.indices.tolist() == [5, 17] and not listed.modulation
+    assert torch.allclose(chosen.profiles["resets"], full.profiles["resets"], atol=1e-12)
+    assert chosen.profiles["resets"][3] == pytest.approx(0.0, abs=1e-9)  # offset 0: nothing crosses

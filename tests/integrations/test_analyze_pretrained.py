@@ -57,3 +57,19 @@ def test_random_ids_of_a_stated_length_and_bad_inputs_refused(folder, tmp_path, 
     bad.write_text("1 2 300\n")
     assert main([str(folder), "--ids", str(bad), "--out", str(tmp_path / "c")]) == 2
     assert "0..63" in capsys.readouterr().err
+
+
+def test_a_few_indices_measure_less_and_read_the_same_boundary_profile(folder, tmp_path, capsys):
+    ids = tmp_path / "ids.txt"
+    rows = torch.randint(5, 64, (2, 32), generator=torch.Generator().manual_seed(4))
+    rows[:, 20] = 2
+    ids.write_text("\n".join(" ".join(str(int(v)) for v in row) for row in rows))
+    every, few = tmp_path / "every", tmp_path / "few"
+    assert main([str(folder), "--ids", str(ids), "--separator", "2", "--out", str(every)]) == 0
+    assert main([str(folder), "--ids", str(ids), "--separator", "2", "--out", str(few), "--num-indices", "4"]) == 0
+    assert "4 evenly spaced indices" in capsys.readouterr().out
+    profiles = [json.loads((o / "boundary_profile.json").read_text())["profiles"] for o in (every, few)]
+    for name, profile in profiles[0].items():  # the separator's neighbourhood is measured in full either way
+        assert profiles[1][name] == pytest.approx(profile, abs=1e-6)
+    assert main([str(folder), "--length", "8", "--out", str(tmp_path / "bad"), "--num-indices", "0"]) == 2
+    assert "--num-indices must be >= 1" in capsys.readouterr().err
