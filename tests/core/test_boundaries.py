@@ -102,3 +102,17 @@ def test_analyze_at_chosen_indices_averages_those_and_still_reads_the_boundary_d
     assert listed.reports["plain"].ess.indices.tolist() == [5, 17] and not listed.modulation
     assert torch.allclose(chosen.profiles["resets"], full.profiles["resets"], atol=1e-12)
     assert chosen.profiles["resets"][3] == pytest.approx(0.0, abs=1e-9)  # offset 0: nothing crosses
+
+
+def test_a_padded_group_without_a_separator_leaves_the_drop_to_the_groups_that_have_one():
+    torch.manual_seed(0)
+    tokens = torch.randint(1, 8, (3, 40))
+    tokens[:2, [9, 21, 30]] = SEP
+    mask = torch.ones(3, 40, dtype=torch.long)
+    mask[2, 30:] = 0  # the third example: 30 real tokens, no separator among them
+    layer = ToyAttention(True)
+    padded = ess_reg.analyze(layer, tokens, attention_mask=mask, separators=[SEP], window=3, kind="tolerance")
+    alone = ess_reg.analyze(layer, tokens[:2], separators=[SEP], window=3, kind="tolerance")
+    assert sorted(padded.by_length) == [30, 40]
+    assert padded.modulation[""] == pytest.approx(alone.modulation[""], abs=1e-12)
+    assert torch.allclose(padded.profiles[""], alone.profiles[""], atol=1e-12)
