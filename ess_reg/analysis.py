@@ -11,6 +11,8 @@ eager attention, ``nn.MultiheadAttention``).
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +26,8 @@ from .layer_report import LayerReport
 from .probe import Probe, check_batch
 
 __all__ = ["Analysis", "analyze"]
+
+log = logging.getLogger("ess_reg")
 
 
 @dataclass
@@ -54,13 +58,14 @@ class Analysis:
 def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor], *,
             attention_mask: torch.Tensor | None = None, separators: Collection[int] | None = None, window: int = 4,
             kind: str = "entropy", layers: Sequence[str] | None = None, batch_limit: int | None = None,
-            indices="all", ess_options: Mapping | None = None, task=None) -> Analysis:
+            indices="all", ess_options: Mapping | None = None, task=None, progress: bool = False) -> Analysis:
     """ESS of every measurable layer of ``model`` on ``inputs``, per head; with ``separators``
     (token ids), each layer's ESS drop across them. ``batch_limit`` measures the first examples
     only; ``indices`` (default ``"all"``) chooses the indices as a :class:`Probe` does, e.g.
     ``EvenIndices(64)`` for a long sequence, where every index costs. The figures are means over
     the chosen indices; with ``separators`` and fewer than every index, the indices within
-    ``window`` of each separator are measured as well, apart, for the drop alone.
+    ``window`` of each separator are measured as well, apart, for the drop alone. ``progress``
+    logs each layer as it is done (logger ``ess_reg``, INFO), with the time so far.
 
     ``inputs`` is a batch of token ids (or embeddings), or a dict of the model's keyword inputs
     (``input_ids``, ``attention_mask``, ...). Padding: with an ``attention_mask`` (1 for a real
@@ -95,7 +100,7 @@ def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor],
         def measure(with_probe):
             with with_probe.capture():
                 model(**group_kwargs) if group_kwargs is not None else model(group_tokens)
-            return with_probe.reports()
+            return with_probe.reports(on_layer=_progress(length, len(group_tokens)) if progress else None)
 
         reports = by_length[length] = measure(probe)
         near = None
@@ -107,6 +112,16 @@ def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor],
                 near = measure(around)
         measured.append((group_tokens, reports, near if around is not None else reports))
     return _combine(by_length, measured, separators, window)
+
+
+def _progress(length: int, examples: int):
+    started = time.perf_counter()
+
+    def on_layer(name: str, done: int, total: int) -> None:
+        log.info("analyze: layer %d/%d (%s) measured, %d example(s) of %d tokens, %.1f s so far",
+                 done, total, name, examples, length, time.perf_counter() - started)
+
+    return on_layer
 
 
 def _near_boundaries(tokens: torch.Tensor, separators: Collection[int], window: int, length: int) -> tuple[int, ...]:

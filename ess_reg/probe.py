@@ -9,7 +9,7 @@ built from it (one extra projection per layer, no second forward of the whole mo
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -213,11 +213,12 @@ class Probe:
             return None
         return torch.randperm(num_channels, generator=self.generator)[: self.channel_limit]
 
-    def reports(self) -> dict[str, LayerReport]:
-        """ESS and TSS of every measured layer of the captured forward pass."""
+    def reports(self, on_layer: Callable[[str, int, int], None] | None = None) -> dict[str, LayerReport]:
+        """ESS and TSS of every measured layer of the captured forward pass; ``on_layer(name,
+        done, total)`` after each layer, for progress on long work."""
         operators = self.operators()
         reports = {}
-        for name, op in operators.items():
+        for done, (name, op) in enumerate(operators.items(), 1):
             idx = resolve_indices(self.indices(op.seq_len, self.context_end, self.generator), op.seq_len)  # once
             if self.context_end is not None and self.context_end > op.seq_len - 1:
                 raise ValueError(f"context_end={self.context_end} lies past the sequence of layer {name!r} "
@@ -235,6 +236,8 @@ class Probe:
                 items_to_recall=self.items_to_recall,
                 io_width=op.io_width,
             )
+            if on_layer is not None:
+                on_layer(name, done, len(operators))
         return reports
 
     def __call__(self, inputs: torch.Tensor) -> dict[str, LayerReport]:

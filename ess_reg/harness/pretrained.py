@@ -103,7 +103,7 @@ def analyze_pretrained(folder: str, *, ids: str | None = None, length: int = 128
         raise ValueError(f"--num-indices must be >= 1, got {num_indices}")
     with torch.no_grad():
         analysis = analyze(model, tokens, separators=separators, window=window,
-                           indices=EvenIndices(num_indices) if num_indices else "all")
+                           indices=EvenIndices(num_indices) if num_indices else "all", progress=True)
     profiles = {name: profile.tolist() for name, profile in analysis.profiles.items()}
     if separators is not None and not profiles:
         log.warning("ess-analyze: no token %d in the inputs: no boundary profile", separator)

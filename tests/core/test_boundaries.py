@@ -116,3 +116,14 @@ def test_a_padded_group_without_a_separator_leaves_the_drop_to_the_groups_that_h
     assert sorted(padded.by_length) == [30, 40]
     assert padded.modulation[""] == pytest.approx(alone.modulation[""], abs=1e-12)
     assert torch.allclose(padded.profiles[""], alone.profiles[""], atol=1e-12)
+
+
+def test_analyze_says_how_far_it_is_layer_by_layer(caplog):
+    tokens = torch.randint(1, 8, (2, 20))
+    model = nn.ModuleDict({"a": ToyAttention(False), "b": ToyAttention(True)})
+    model.forward = lambda t: [model["a"](t), model["b"](t)]
+    with caplog.at_level("INFO", logger="ess_reg"):
+        ess_reg.analyze(model, tokens, kind="tolerance", progress=True)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("analyze: layer")]
+    assert [line.split(" (")[0] for line in lines] == ["analyze: layer 1/2", "analyze: layer 2/2"]
+    assert "2 example(s) of 20 tokens" in lines[-1]
