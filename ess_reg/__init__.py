@@ -32,7 +32,7 @@ from .operators import (DeferredOperator, DeltaRuleOperator, DenseOperator, Jaco
                         as_operator)
 from .penalty import Budget, Constraint, DecayIdentityPenalty, ESSPenalty, Schedule, Target
 from .monitor import ESSMonitor
-from .probe import Adapter, Probe, measure, register_adapter
+from .probe import Adapter, NotMeasurable, Probe, measure, register_adapter
 from .spectra import hankel_svdvals
 
 __version__ = "0.1.0"
@@ -71,6 +71,7 @@ __all__ = [
     "measure",
     "ESSMonitor",
     "Adapter",
+    "NotMeasurable",
     "register_adapter",
     "AllIndices",
     "EvenIndices",

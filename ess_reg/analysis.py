@@ -39,6 +39,7 @@ class Analysis:
     tss: dict[str, float] = field(default_factory=dict)  # layer -> mean TSS over every measured index
     # layer -> ESS at offsets -window..window around the separators (boundaries.boundary_profile)
     profiles: dict[str, torch.Tensor] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)  # layer -> why it could not be read (NotMeasurable)
 
     def table(self) -> str:
         """One line per layer: operators, TSS, mean ESS, the spread over heads, the modulation."""
@@ -52,6 +53,7 @@ class Analysis:
             if self.modulation:  # + 0.0: a drop of -0.001 prints as 0.00, not -0.00
                 line += f" {round(self.modulation.get(name, float('nan')), 2) + 0.0:>13.2f}"
             lines.append(line)
+        lines += [f"{name:<28} not measured: {why}" for name, why in self.left_out.items()]
         return "\n".join(lines)
 
 
@@ -90,7 +92,7 @@ def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor],
     # Fewer than every index: the boundaries' neighbourhoods are measured by a probe of their own,
     # so that the means stay those of the chosen indices.
     around = None if separators is None or isinstance(rule, AllIndices) else Probe(model, indices="all", **options)
-    by_length, measured = {}, []
+    by_length, measured, left_out = {}, [], {}
     for length, runs in groups.items():
         group_tokens = tokens if runs is None else _crop(tokens, runs, length)
         group_kwargs = kwargs if runs is None or kwargs is None else {
@@ -103,6 +105,7 @@ def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor],
             return with_probe.reports(on_layer=_progress(length, len(group_tokens)) if progress else None)
 
         reports = by_length[length] = measure(probe)
+        left_out.update(probe.left_out)
         near = None
         if around is not None:
             positions = _near_boundaries(group_tokens[:batch_limit] if batch_limit else group_tokens,
@@ -111,7 +114,9 @@ def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor],
                 around.indices = GivenIndices(positions)
                 near = measure(around)
         measured.append((group_tokens, reports, near if around is not None else reports))
-    return _combine(by_length, measured, separators, window)
+    result = _combine(by_length, measured, separators, window)
+    result.left_out = left_out
+    return result
 
 
 def _progress(length: int, examples: int):

@@ -19,11 +19,11 @@ from .layer_report import LayerReport
 from .state_size import tss_at
 from .ess import ESS_KINDS, _check_ess_options, operator_ess
 from .indices import index_rule, resolve_indices
-from .adapters.registry import Adapter, adapter_for as _adapter_for, register_adapter
+from .adapters.registry import Adapter, NotMeasurable, adapter_for as _adapter_for, register_adapter
 from .contract import hand_over, listen
 from .operators import DeferredOperator, Operator, resolve
 
-__all__ = ["Adapter", "register_adapter", "ess_layers", "capture_operators", "Probe", "measure"]
+__all__ = ["Adapter", "NotMeasurable", "register_adapter", "ess_layers", "capture_operators", "Probe", "measure"]
 
 
 def ess_layers(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, nn.Module]:
@@ -54,9 +54,14 @@ def ess_layers(model: nn.Module, names: Sequence[str] | None = None) -> dict[str
     return layers
 
 
-def _handing_over(from_forward):
+def _handing_over(from_forward, name: str, left_out: dict[str, str]):
     def hook(module, args, kwargs, output):
-        hand_over(module, from_forward(module, args, kwargs, output))
+        try:
+            operator = from_forward(module, args, kwargs, output)
+        except NotMeasurable as reason:  # this layer, as it ran: left out, and why
+            left_out[name] = str(reason)
+            return
+        hand_over(module, operator)
     return hook
 
 
@@ -76,18 +81,21 @@ class capture_operators:
         self.layers = dict(layers) if isinstance(layers, Mapping) else ess_layers(model, layers)
         self.inputs: dict[str, torch.Tensor] = {}
         self.handed: dict[str, Operator | DeferredOperator] = {}
+        self.left_out: dict[str, str] = {}  # layer -> why its adapter could not read it (NotMeasurable)
         self._handles = []
         self._listeners: list[listen] = []
 
     def __enter__(self) -> "capture_operators":
         self.inputs.clear()
         self.handed.clear()
+        self.left_out.clear()
         for name, module in self.layers.items():
             self._handles.append(module.register_forward_pre_hook(self._recorder(name), with_kwargs=True))
             self._listeners.append(listen(module, self._receiver(name)).__enter__())
             from_forward = _adapter_for(module).from_forward
             if from_forward is not None:
-                self._handles.append(module.register_forward_hook(_handing_over(from_forward), with_kwargs=True))
+                self._handles.append(module.register_forward_hook(_handing_over(from_forward, name, self.left_out),
+                                                                  with_kwargs=True))
         return self
 
     def _recorder(self, name: str):
@@ -121,6 +129,8 @@ class capture_operators:
             raise RuntimeError(f"layers {missing} were not called during the captured forward pass")
         out = {}
         for name, module in self.layers.items():
+            if name in self.left_out:
+                continue
             op = self.handed.get(name)
             if op is None:
                 adapter = _adapter_for(module)
@@ -213,10 +223,19 @@ class Probe:
             return None
         return torch.randperm(num_channels, generator=self.generator)[: self.channel_limit]
 
+    @property
+    def left_out(self) -> dict[str, str]:
+        """The layers of the latest captured pass that could not be read, with the reason."""
+        return dict(self._capture.left_out) if self._capture is not None else {}
+
     def reports(self, on_layer: Callable[[str, int, int], None] | None = None) -> dict[str, LayerReport]:
         """ESS and TSS of every measured layer of the captured forward pass; ``on_layer(name,
-        done, total)`` after each layer, for progress on long work."""
+        done, total)`` after each layer, for progress on long work. A layer whose adapter could
+        not read it is left out (:attr:`left_out` says why)."""
         operators = self.operators()
+        if not operators:
+            raise ValueError("no layer of the model could be measured: "
+                             + "; ".join(f"{name}: {why}" for name, why in self.left_out.items()))
         reports = {}
         for done, (name, op) in enumerate(operators.items(), 1):
             idx = resolve_indices(self.indices(op.seq_len, self.context_end, self.generator), op.seq_len)  # once

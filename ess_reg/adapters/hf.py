@@ -26,7 +26,7 @@ import torch
 
 from ..state_size import chunked_state_size, growing_state_size
 from ..operators import DenseOperator
-from .registry import Adapter, register_adapter
+from .registry import Adapter, NotMeasurable, register_adapter
 from .hf_conv import short_conv_operator
 from .hf_deltanet import gated_deltanet_operator
 from .hf_lightning import lightning_operator
@@ -38,13 +38,29 @@ __all__ = ["maybe_register", "FAMILIES", "Family", "coverage_table", "attention_
 
 
 def attention_from_forward(module, args, kwargs, output) -> DenseOperator:
-    """The attention probabilities an attention layer returned, ``(B, H, L, L)``."""
+    """The attention probabilities an attention layer returned, ``(B, H, L, L)``, checked to be
+    what softmax attention returns: causal (nothing above the diagonal) and non-negative. A layer
+    named like attention that returns something else under eager attention (a linear attention's
+    state, nothing at all) is left out with the reason (:class:`NotMeasurable`), not misread."""
+    name = type(module).__name__
+    implementation = getattr(getattr(module, "config", None), "_attn_implementation", None)
     weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
     if not (torch.is_tensor(weights) and weights.dim() == 4):
-        implementation = getattr(getattr(module, "config", None), "_attn_implementation", "?")
-        raise RuntimeError(f"{type(module).__name__} returned no attention probabilities (attention implementation "
-                           f"{implementation!r}): load or build the model with attn_implementation='eager' to "
-                           "measure it")
+        if implementation not in (None, "eager"):
+            raise RuntimeError(f"{name} returned no attention probabilities (attention implementation "
+                               f"{implementation!r}): load or build the model with attn_implementation='eager' to "
+                               "measure it")
+        raise NotMeasurable(f"{name} returns no attention probabilities under eager attention: not softmax "
+                            "attention, and no adapter for it yet")
+    length = weights.shape[-1]
+    if weights.shape[-2] != length or not torch.is_tensor(output[0]) or output[0].shape[-2] != length:
+        raise NotMeasurable(f"{name} returned a tensor of shape {tuple(weights.shape)} beside its output, not "
+                            "(B, H, L, L) attention probabilities over its sequence")
+    check = weights.detach()
+    above = check.float().triu(1).abs().amax().item()
+    if above > 0 or bool((check < 0).any()):
+        raise NotMeasurable(f"{name} returned a (B, H, L, L) tensor that is not causal attention probabilities "
+                            f"({'weight above the diagonal' if above > 0 else 'negative entries'})")
     head_dim = getattr(module, "head_dim", None) or output[0].shape[-1] // weights.shape[1]
     return DenseOperator(weights, multiplicity=int(head_dim))
 
@@ -150,16 +166,11 @@ FAMILIES = (
            _TESTS + "test_windowed_and_chunked_layers_get_their_mask_s_reach_and_attain_it",
            Adapter(operator=None, state_size=attention_state_size, from_forward=attention_from_forward)),
 )
-# Named like attention, but not softmax attention and without an exact operator here yet: left
-# unmeasured (the rest of the model is measured) rather than misread by the attention rule.
-NOT_YET = frozenset({"KimiLinearDeltaAttention", "RwkvSelfAttention"})
 _BY_CLASS = {name: family for family in FAMILIES for name in family.classes if not name.startswith("*")}
 _ATTENTION = FAMILIES[-1]
 
 
 def maybe_register(cls: type) -> None:
-    if cls.__name__ in NOT_YET:
-        return
     family = _BY_CLASS.get(cls.__name__) or (_ATTENTION if _is_attention(cls) else None)
     if family is not None:
         register_adapter(cls, family.adapter)

@@ -20,7 +20,13 @@ from ..state_size import StateSize
 from ..operators import Operator
 from . import register_for
 
-__all__ = ["Adapter", "register_adapter", "adapter_for"]
+__all__ = ["Adapter", "NotMeasurable", "register_adapter", "adapter_for"]
+
+
+class NotMeasurable(Exception):
+    """Raised by an adapter's ``from_forward`` when the layer, as it ran, applied no operator the
+    adapter can read (a layer named like attention that returns no attention probabilities): the
+    probe leaves that layer out, with this message as the reason, and measures the rest."""
 
 
 @dataclass
@@ -30,7 +36,8 @@ class Adapter:
     ``operator(module, x)`` builds the operator from the module's input; ``from_forward(module,
     args, kwargs, output)``, for a module whose operator is a by-product of its own forward (the
     attention probabilities a Hugging Face attention layer returns), reads it from a forward
-    pass the probe captures. Give at least one."""
+    pass the probe captures, or raises :class:`NotMeasurable` with the reason it cannot. Give at
+    least one."""
 
     operator: Callable[[nn.Module, torch.Tensor], Operator] | None
     state_size: Callable[[nn.Module], StateSize]

@@ -441,5 +441,44 @@ def test_a_layer_named_like_attention_that_is_not_softmax_attention_is_left_out_
                                            first_k_dense_replace=2, attn_implementation="eager")
     model = transformers.KimiLinearForCausalLM(config).float().eval()
     assert type(model.model.layers[0].self_attn).__name__ == "KimiLinearDeltaAttention"  # returns no probabilities
-    reports = ess_reg.measure(model, torch.randint(1, 32, (2, 12)))
+    ids = torch.randint(1, 32, (2, 12))
+    probe = ess_reg.Probe(model)
+    reports = probe(ids)
     assert list(reports) == ["model.layers.1.self_attn"]  # its full-attention layer, measured
+    assert list(probe.left_out) == ["model.layers.0.self_attn"]  # the delta attention: left out, and why
+    assert "returns no attention probabilities under eager attention" in probe.left_out["model.layers.0.self_attn"]
+    result = ess_reg.analyze(model, ids)
+    assert list(result.left_out) == ["model.layers.0.self_attn"] and "not measured" in result.table()
+    with pytest.raises(ValueError, match="no layer of the model could be measured: model.layers.0.self_attn"):
+        ess_reg.Probe(model, layers=["model.layers.0.self_attn"])(ids)
+
+
+class FakeAttention(torch.nn.Module):
+    """Named and placed like a transformers attention layer; returns ``(output, second)``."""
+
+    def __init__(self, second):
+        super().__init__()
+        self.second = second
+        self.config = type("Config", (), {"_attn_implementation": "eager"})()
+
+    def forward(self, hidden_states):
+        return hidden_states, self.second(hidden_states)
+
+
+FakeAttention.__module__ = "transformers.models.fake.modeling_fake"
+
+
+@pytest.mark.parametrize("second, reason", [
+    (lambda h: torch.ones(h.shape[0], 2, h.shape[1], h.shape[1]) / h.shape[1], "weight above the diagonal"),
+    (lambda h: -torch.ones(h.shape[0], 2, h.shape[1], h.shape[1]).tril(), "negative entries"),
+    (lambda h: torch.zeros(h.shape[0], 2, 4, 4), "not (B, H, L, L) attention probabilities over its sequence"),
+])
+def test_an_attention_layer_whose_second_output_is_not_causal_probabilities_is_left_out(second, reason):
+    uniform = FakeAttention(lambda h: torch.ones(h.shape[1], h.shape[1]).tril()
+                            .div(torch.arange(1, h.shape[1] + 1)[:, None]).expand(h.shape[0], 2, -1, -1))
+    model = torch.nn.ModuleList([FakeAttention(second), uniform])
+    model.forward = lambda h: [layer(h)[0] for layer in model]
+    probe = ess_reg.Probe(model, kind="tolerance")
+    reports = probe(torch.randn(2, 6, 4))
+    assert list(reports) == ["1"] and reason in probe.left_out["0"]
+    assert torch.all(reports["1"].ess.values >= 1 - 1e-6)  # the uniform causal average: read, not left out
