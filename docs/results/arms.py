@@ -47,8 +47,8 @@ def main():
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     thresholds = [float(t) for t in args.thresholds.split(",")]
-    runs = [r for r in load_runs(args.tracking_uri, experiment=args.experiment)
-            if "valid/accuracy" in r.metrics and r.tags.get("stopped")]  # finished runs only
+    runs = [r for r in load_runs(args.tracking_uri, experiment=args.experiment)  # FINISHED runs only
+            if "valid/accuracy" in r.metrics]
     weights = defaultdict(set)
     for r in runs:
         weights[r.params.get("penalty", "none")].add(r.params.get("penalty.schedule.weight"))
