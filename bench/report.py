@@ -42,6 +42,8 @@ BENCHES = {
     "train_speed": (["--steps", "20", "--probes", "3"], ["--steps", "2", "--probes", "1", "--setups", "default"], True),
     "penalty_overhead": (["--steps", "10"], ["--steps", "2", "--mixers", "gla"], True),
     "analyze_speed": (["--lengths", "128", "256", "--repeats", "3"], ["--lengths", "64", "--repeats", "2"], True),
+    "analyze_llm": (["--preset", "cpu", "--indices", "64", "--repeats", "2"],
+                    ["--preset", "cpu", "--indices", "8", "--repeats", "1", "--models", "mamba2"], True),
 }
 # On a GPU (--gpu): the benches that run there, at GPU sizes, each with --device cuda.
 GPU_BENCHES = {
