@@ -4,8 +4,8 @@ Randomly initialised Hugging Face models built from configs (nothing downloaded)
 decoder with eager attention and a Mamba2, in float32, batch 1, measured by ``analyze`` at
 ``--indices`` evenly spaced indices of every layer (per head). Presets:
 
-* ``1b`` (for a GPU): a Llama of 16 layers, hidden 2048, 32 heads (8 key-value heads), about
-  1.2B parameters, and a Mamba2 of 48 layers, hidden 2048, state 128, about 1.3B, at L = 2048;
+* ``1b`` (for a GPU): a Llama of 16 layers, hidden 2048, 32 heads (8 key-value heads), 1.10B
+  parameters, and a Mamba2 of 48 layers, hidden 2048, state 128, 1.37B, at L = 2048;
 * ``cpu`` (runs here): the same shapes scaled down (4 layers, hidden 256) at L = 512.
 
 Each side is timed on its own: the forward pass (no gradients) best of ``--repeats`` after a

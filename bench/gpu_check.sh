@@ -7,7 +7,7 @@
 #    CUDA against the CPU, a bf16 run with the penalty) and the CUDA run of tests/harness/test_train.py;
 # 2. bench/report.py --gpu: the ESS fast paths (L = 256, 1024) and the mixers (L = 1024, 4096) on
 #    cuda, into OUT_DIR/benchmarks_gpu.md with the card's name; copy it to docs/ when it is good.
-# 3. bench/analyze_llm.py --preset 1b: analyze on a ~1.2B Llama (eager) and a ~1.3B Mamba2 at L = 2048,
+# 3. bench/analyze_llm.py --preset 1b: analyze on a 1.10B Llama (eager) and a 1.37B Mamba2 at L = 2048,
 #    16 indices per layer, against one forward pass, into OUT_DIR/analyze_llm.txt and .json.
 # Each step has its own time limit, so that one stuck step leaves the others' results (a table
 # prints its rows as they come). About 6 minutes on an H100 class card for steps 1-2, not yet
