@@ -40,20 +40,25 @@ class Analysis:
     # layer -> ESS at offsets -window..window around the separators (boundaries.boundary_profile)
     profiles: dict[str, torch.Tensor] = field(default_factory=dict)
     left_out: dict[str, str] = field(default_factory=dict)  # layer -> why it could not be read (NotMeasurable)
+    layer_types: dict[str, str] = field(default_factory=dict)  # layer -> its class name: a hybrid's kinds apart
+
 
     def table(self) -> str:
-        """One line per layer: operators, TSS, mean ESS, the spread over heads, the modulation."""
-        lines = [f"{'layer':<28} {'ops':>4} {'TSS':>7} {'ESS':>7} {'head min':>9} {'head max':>9}"
+        """One line per layer: its type, operators, TSS, mean ESS, the spread over heads, the
+        modulation; then the layers left out, with the reason."""
+        width = max([4, *(len(t) for t in self.layer_types.values())])
+        lines = [f"{'layer':<28} {'type':<{width}} {'ops':>4} {'TSS':>7} {'ESS':>7} {'head min':>9} {'head max':>9}"
                  + (f" {'boundary drop':>13}" if self.modulation else "")]
         for name, report in self.reports.items():
             heads = self.per_head[name]
             tss = self.tss.get(name, report.tss_avg)
-            line = (f"{name or '(model)':<28} {len(heads):>4} {tss:>7.2f} {heads.mean().item():>7.2f} "
-                    f"{heads.min().item():>9.2f} {heads.max().item():>9.2f}")
+            line = (f"{name or '(model)':<28} {self.layer_types.get(name, '-'):<{width}} {len(heads):>4} {tss:>7.2f} "
+                    f"{heads.mean().item():>7.2f} {heads.min().item():>9.2f} {heads.max().item():>9.2f}")
             if self.modulation:  # + 0.0: a drop of -0.001 prints as 0.00, not -0.00
                 line += f" {round(self.modulation.get(name, float('nan')), 2) + 0.0:>13.2f}"
             lines.append(line)
-        lines += [f"{name:<28} not measured: {why}" for name, why in self.left_out.items()]
+        lines += [f"{name:<28} {self.layer_types.get(name, '-'):<{width}} not measured: {why}"
+                  for name, why in self.left_out.items()]
         return "\n".join(lines)
 
 
@@ -116,6 +121,7 @@ def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor],
         measured.append((group_tokens, reports, near if around is not None else reports))
     result = _combine(by_length, measured, separators, window)
     result.left_out = left_out
+    result.layer_types = {name: type(module).__name__ for name, module in probe.layers.items()}
     return result
 
 

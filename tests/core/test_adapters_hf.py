@@ -449,6 +449,9 @@ def test_a_layer_named_like_attention_that_is_not_softmax_attention_is_left_out_
     assert "returns no attention probabilities under eager attention" in probe.left_out["model.layers.0.self_attn"]
     result = ess_reg.analyze(model, ids)
     assert list(result.left_out) == ["model.layers.0.self_attn"] and "not measured" in result.table()
+    assert result.layer_types == {"model.layers.0.self_attn": "KimiLinearDeltaAttention",
+                                  "model.layers.1.self_attn": "KimiLinearAttention"}  # a hybrid's kinds read apart
+    assert "KimiLinearAttention " in result.table().splitlines()[1]
     with pytest.raises(ValueError, match="no layer of the model could be measured: model.layers.0.self_attn"):
         ess_reg.Probe(model, layers=["model.layers.0.self_attn"])(ids)
 
