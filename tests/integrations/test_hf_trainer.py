@@ -95,3 +95,21 @@ def test_gradient_accumulation_gives_the_step_of_the_whole_batch(tmp_path):
         trainer.train()
         updated.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(updated[0], updated[1], rtol=1e-4, atol=1e-6)
+
+
+def test_the_penalty_reaches_a_mamba2_s_mixer_through_the_trainer(tmp_path):
+    torch.manual_seed(0)
+    model = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(
+        vocab_size=64, hidden_size=32, state_size=8, num_heads=4, head_dim=16, expand=2, n_groups=1,
+        num_hidden_layers=1, chunk_size=16)).train()
+    batch = {k: torch.stack([d[k] for d in dataset()[:4]]) for k in ("input_ids", "labels")}
+    penalty = ESSPenalty(model, schedule=1.0, indices=[4, 8, 12])
+    trainer = ESSTrainer(model=model, args=args(tmp_path), train_dataset=dataset(), ess_penalty=penalty)
+    plain = ESSTrainer(model=model, args=args(tmp_path), train_dataset=dataset())
+    a_log = model.backbone.layers[0].mixer.A_log  # the decays: what the state-space operator is built from
+    grads = []
+    for t in (plain, trainer):
+        model.zero_grad()
+        t.compute_loss(model, batch).backward()
+        grads.append(a_log.grad.clone())
+    assert penalty.last["value"] != 0 and not torch.allclose(grads[0], grads[1])
