@@ -11,6 +11,7 @@ eager attention, ``nn.MultiheadAttention``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .boundaries import boundary_profile, profile_drop
+from .boundaries import boundary_positions, boundary_profile, profile_drop
 from ._checks import check_limit
 from .indices import AllIndices, GivenIndices, index_rule
 from .layer_report import LayerReport
@@ -104,20 +105,19 @@ def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor],
             k: _crop(v, runs, length) if torch.is_tensor(v) and v.shape[:2] == tokens.shape[:2] else v
             for k, v in kwargs.items()}
 
-        def measure(with_probe):
-            with with_probe.capture():
-                model(**group_kwargs) if group_kwargs is not None else model(group_tokens)
-            return with_probe.reports(on_layer=_progress(length, len(group_tokens)) if progress else None)
-
-        reports = by_length[length] = measure(probe)
+        positions = () if around is None else _near_boundaries(
+            group_tokens[:batch_limit] if batch_limit else group_tokens, separators, window, length)
+        probes = [probe, around] if positions else [probe]
+        if positions:
+            around.indices = GivenIndices(positions)
+        with contextlib.ExitStack() as capturing:  # one forward pass serves both probes
+            for each in probes:
+                capturing.enter_context(each.capture())
+            model(**group_kwargs) if group_kwargs is not None else model(group_tokens)
+        on_layer = _progress(length, len(group_tokens)) if progress else None
+        reports = by_length[length] = probe.reports(on_layer=on_layer)
         left_out.update(probe.left_out)
-        near = None
-        if around is not None:
-            positions = _near_boundaries(group_tokens[:batch_limit] if batch_limit else group_tokens,
-                                         separators, window, length)
-            if positions:
-                around.indices = GivenIndices(positions)
-                near = measure(around)
+        near = around.reports(on_layer=on_layer) if positions else None
         measured.append((group_tokens, reports, near if around is not None else reports))
     result = _combine(by_length, measured, separators, window)
     result.left_out = left_out
@@ -137,8 +137,7 @@ def _progress(length: int, examples: int):
 
 def _near_boundaries(tokens: torch.Tensor, separators: Collection[int], window: int, length: int) -> tuple[int, ...]:
     """The indices a boundary profile reads: within ``window`` of the index after each separator."""
-    marks = torch.isin(tokens, torch.as_tensor(list(separators), dtype=tokens.dtype, device=tokens.device))
-    after = {int(p) + 1 for p in marks.nonzero()[:, 1].tolist()}
+    after = {p + 1 for _, p in boundary_positions(tokens, separators)}
     return tuple(sorted({i + offset for i in after for offset in range(-window, window + 1)
                          if 1 <= i + offset <= length - 1}))
 
@@ -193,7 +192,7 @@ def _combine(by_length, measured, separators, window) -> Analysis:
         tss[name] = sum(w * r[name].tss_avg for w, (_, r, _) in zip(weights, measured)) / sum(weights)
         if separators is not None:
             found = [(len(t), boundary_profile(near[name], t, separators, window))
-                     for t, _, near in measured if near is not None and _has_boundary(t, separators)]
+                     for t, _, near in measured if near is not None and boundary_positions(t, separators)]
             drops = [(n, profile_drop(p, window)) for n, p in found]
             drops = [(n, d) for n, d in drops if d == d]  # NaN: nothing measured before the boundary
             modulation[name] = (sum(n * d for n, d in drops) / sum(n for n, _ in drops)) if drops else float("nan")
@@ -203,7 +202,3 @@ def _combine(by_length, measured, separators, window) -> Analysis:
                 profiles[name] = (weight * stacked.nan_to_num()).sum(0) / weight.sum(0)
     largest = max(by_length, key=lambda n: (len(next(iter(by_length[n].values())).ess.values), n))
     return Analysis(by_length[largest], per_head, modulation, by_length, tss, profiles)
-
-
-def _has_boundary(tokens: torch.Tensor, separators: Collection[int]) -> bool:
-    return bool(torch.isin(tokens, torch.as_tensor(list(separators), dtype=tokens.dtype, device=tokens.device)).any())

@@ -16,10 +16,11 @@ import torch
 
 from .layer_report import LayerReport
 
-__all__ = ["boundary_profile", "boundary_modulation", "profile_drop"]
+__all__ = ["boundary_positions", "boundary_profile", "boundary_modulation", "profile_drop"]
 
 
-def _boundaries(inputs: torch.Tensor, separators: Collection[int]) -> list[tuple[int, int]]:
+def boundary_positions(inputs: torch.Tensor, separators: Collection[int]) -> list[tuple[int, int]]:
+    """``(example, position)`` of every separator token in ``inputs``, ``(batch, L)`` token ids."""
     if not torch.is_tensor(inputs) or inputs.dim() != 2 or inputs.is_floating_point():
         raise ValueError(f"inputs must be token ids of shape (batch, L), got "
                          f"{tuple(inputs.shape) if torch.is_tensor(inputs) else type(inputs).__name__}")
@@ -44,7 +45,7 @@ def boundary_profile(report: LayerReport, inputs: torch.Tensor, separators: Coll
     column = {int(i): k for k, i in enumerate(report.ess.indices.tolist())}
     sums = torch.zeros(2 * window + 1, dtype=torch.float64)
     counts = torch.zeros(2 * window + 1, dtype=torch.float64)
-    for b, p in _boundaries(inputs, separators):
+    for b, p in boundary_positions(inputs, separators):
         for offset in range(-window, window + 1):
             k = column.get(p + 1 + offset)
             if k is not None:

@@ -66,12 +66,23 @@ def test_boundaries_that_are_not_there_or_not_measured_are_named():
         boundary_profile(report, tokens.double(), [SEP])
 
 
-def test_analyze_reports_per_head_and_the_boundary_drop():
+def separated_tokens() -> torch.Tensor:
+    """Three sequences of 40 tokens with separators at 9, 21 and 30."""
     torch.manual_seed(0)
     tokens = torch.randint(1, 8, (3, 40))
     tokens[:, [9, 21, 30]] = SEP
-    model = nn.ModuleDict({"resets": ToyAttention(True), "plain": ToyAttention(False)})
-    model.forward = lambda t: [model["resets"](t), model["plain"](t)]
+    return tokens
+
+
+def two_layers(first: nn.Module, second: nn.Module, names=("resets", "plain")) -> nn.Module:
+    """A model of two layers that both read the tokens."""
+    model = nn.ModuleDict(dict(zip(names, (first, second))))
+    model.forward = lambda t: [model[names[0]](t), model[names[1]](t)]
+    return model
+
+
+def test_analyze_reports_per_head_and_the_boundary_drop():
+    tokens, model = separated_tokens(), two_layers(ToyAttention(True), ToyAttention(False))
     result = ess_reg.analyze(model, tokens, separators=[SEP], window=3, kind="tolerance")
     assert set(result.reports) == {"resets", "plain"}
     for name, report in result.reports.items():
@@ -83,11 +94,7 @@ def test_analyze_reports_per_head_and_the_boundary_drop():
 
 
 def test_analyze_at_chosen_indices_averages_those_and_still_reads_the_boundary_drop_exactly():
-    torch.manual_seed(0)
-    tokens = torch.randint(1, 8, (3, 40))
-    tokens[:, [9, 21, 30]] = SEP
-    model = nn.ModuleDict({"resets": ToyAttention(True), "plain": ToyAttention(False)})
-    model.forward = lambda t: [model["resets"](t), model["plain"](t)]
+    tokens, model = separated_tokens(), two_layers(ToyAttention(True), ToyAttention(False))
     full = ess_reg.analyze(model, tokens, separators=[SEP], window=3, kind="tolerance")
     chosen = ess_reg.analyze(model, tokens, separators=[SEP], window=3, kind="tolerance",
                              indices=ess_reg.EvenIndices(5))
@@ -120,8 +127,7 @@ def test_a_padded_group_without_a_separator_leaves_the_drop_to_the_groups_that_h
 
 def test_analyze_says_how_far_it_is_layer_by_layer(caplog):
     tokens = torch.randint(1, 8, (2, 20))
-    model = nn.ModuleDict({"a": ToyAttention(False), "b": ToyAttention(True)})
-    model.forward = lambda t: [model["a"](t), model["b"](t)]
+    model = two_layers(ToyAttention(False), ToyAttention(True), names=("a", "b"))
     with caplog.at_level("INFO", logger="ess_reg"):
         ess_reg.analyze(model, tokens, kind="tolerance", progress=True)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("analyze: layer")]

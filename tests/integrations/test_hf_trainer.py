@@ -41,6 +41,19 @@ def attn_implementation_eager(model):
     return model
 
 
+def gradients_without_and_with(model, penalty, batch, parameter, tmp_path):
+    """A Trainer without and one with ``penalty``, and ``parameter``'s gradient of each one's
+    training loss on ``batch``."""
+    plain = ESSTrainer(model=model, args=args(tmp_path), train_dataset=dataset())
+    trainer = ESSTrainer(model=model, args=args(tmp_path), train_dataset=dataset(), ess_penalty=penalty)
+    grads = []
+    for t in (plain, trainer):
+        model.zero_grad()
+        t.compute_loss(model, batch).backward()
+        grads.append(parameter.grad.clone())
+    return plain, trainer, grads
+
+
 def test_the_trainer_logs_ess_at_each_evaluation_into_mlflow(tmp_path, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -70,14 +83,8 @@ def test_the_penalty_reaches_the_attention_weights_only_in_training(tmp_path):
     model = attn_implementation_eager(tiny_llama())
     batch = {k: torch.stack([d[k] for d in dataset()[:4]]) for k in ("input_ids", "labels")}
     penalty = ESSPenalty(model, schedule=1.0, indices=[4, 8, 12])
-    trainer = ESSTrainer(model=model, args=args(tmp_path), train_dataset=dataset(), ess_penalty=penalty)
-    plain = ESSTrainer(model=model, args=args(tmp_path), train_dataset=dataset())
-    q = model.model.layers[0].self_attn.q_proj.weight
-    grads = []
-    for t in (plain, trainer):
-        model.zero_grad()
-        t.compute_loss(model, batch).backward()
-        grads.append(q.grad.clone())
+    plain, trainer, grads = gradients_without_and_with(model, penalty, batch,
+                                                       model.model.layers[0].self_attn.q_proj.weight, tmp_path)
     assert penalty.last["value"] != 0 and not torch.allclose(grads[0], grads[1])
     model.eval()
     with torch.no_grad():  # evaluation: the Trainer's own loss, no penalty
@@ -104,12 +111,6 @@ def test_the_penalty_reaches_a_mamba2_s_mixer_through_the_trainer(tmp_path):
         num_hidden_layers=1, chunk_size=16)).train()
     batch = {k: torch.stack([d[k] for d in dataset()[:4]]) for k in ("input_ids", "labels")}
     penalty = ESSPenalty(model, schedule=1.0, indices=[4, 8, 12])
-    trainer = ESSTrainer(model=model, args=args(tmp_path), train_dataset=dataset(), ess_penalty=penalty)
-    plain = ESSTrainer(model=model, args=args(tmp_path), train_dataset=dataset())
     a_log = model.backbone.layers[0].mixer.A_log  # the decays: what the state-space operator is built from
-    grads = []
-    for t in (plain, trainer):
-        model.zero_grad()
-        t.compute_loss(model, batch).backward()
-        grads.append(a_log.grad.clone())
+    _, _, grads = gradients_without_and_with(model, penalty, batch, a_log, tmp_path)
     assert penalty.last["value"] != 0 and not torch.allclose(grads[0], grads[1])
