@@ -28,6 +28,7 @@ from .ess import (
 from .indices import AllIndices, ContextEnd, EvenIndices, GivenIndices, RandomIndices
 from .init_search import select_init
 from .jacobian import jacobian_ess, jacobian_operator
+from .matrix_free import CertifiedESS, certified_ess
 from .operators import (DeferredOperator, DeltaRuleOperator, DenseOperator, JacobianOperator, StateSpaceOperator,
                         as_operator)
 from .penalty import Budget, Constraint, DecayIdentityPenalty, ESSPenalty, Schedule, Target
@@ -59,6 +60,8 @@ __all__ = [
     "layer_ess",
     "jacobian_ess",
     "jacobian_operator",
+    "certified_ess",
+    "CertifiedESS",
     # the contract a measurable layer implements
     "ESSLayer",
     "hand_over",

@@ -81,6 +81,16 @@ class DenseOperator:
         _check_values(v, self.seq_len)
         return self.T @ v
 
+    # The matrix-free path (ess_reg.matrix_free.BlockProducts): products with H_i = T[i:, :i].
+    def block_apply(self, i: int, X: torch.Tensor) -> torch.Tensor:
+        return self.T[..., i:, :i].to(X.dtype) @ X
+
+    def block_apply_transpose(self, i: int, Y: torch.Tensor) -> torch.Tensor:
+        return self.T[..., i:, :i].to(Y.dtype).transpose(-1, -2) @ Y
+
+    def block_frobenius_sq(self, i: int, dtype: torch.dtype) -> torch.Tensor:
+        return self.T[..., i:, :i].to(dtype).square().sum((-1, -2))
+
     kind = "dense"
     methods = ("dense", "loop")  # the first is what method="auto" takes
     io_width = (1, 1)

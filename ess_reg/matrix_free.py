@@ -1,0 +1,202 @@
+"""ESS with a certified error, from products with the blocks ``H_i`` instead of their SVDs.
+
+For an operator that can apply ``H_i`` and ``H_i^T`` to a block of vectors and knows
+``||H_i||_F``, :func:`certified_ess` runs a randomized block Krylov iteration per index: a
+basis ``K`` of ``range(H_i H_i^T ... H_i Omega)`` grown one block at a time, the Ritz values
+``svdvals(K^T H_i)`` (each a lower bound on a singular value), and after every block the bounds
+of :mod:`ess_reg.certificate` on what the rest of the spectrum can do.  It stops when every
+interval is narrower than ``rtol`` (relative half-width), and falls back to the exact SVD of the
+block when the basis would reach the block's rank bound or the block is small.  The value
+returned is the interval's midpoint, so it is within ``rtol`` of the exact ESS.
+
+An operator offers this through the :class:`BlockProducts` protocol (``DenseOperator`` does:
+``A @ X`` on a slice of ``T``); any other operator is measured exactly through its own spectra
+path, and the result says which path each index took.  Measurement only: no gradient flows
+(the penalty uses the exact, differentiable paths).
+
+Always in float64, whatever the operator's dtype: the certificate rests on
+``||H_i||_F^2 - sum(Ritz^2)``, and in float32 the round-off of that difference alone (about
+``1e-6 ||H_i||_F^2``) leaves room for a tail of about ``1e-3 sqrt(rank) ||H_i||_F`` of
+singular-value mass, too wide to certify anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ._checks import check_int, check_number
+from .certificate import entropy_ess_bounds, tolerance_ess_bounds
+from .ess import DEFAULT_TOL, ENTROPY_EPS, _check_tol, entropy_ess_from_svdvals, tolerance_ess_from_svdvals
+from .operators import Operator, as_operator
+from .spectra import _compute_dtype, hankel_svdvals
+from .indices import resolve_indices
+
+__all__ = ["BlockProducts", "CertifiedESS", "certified_ess", "KINDS"]
+
+KINDS = ("entropy", "tolerance")
+DEFAULT_BLOCK = 16
+DEFAULT_MAX_FRACTION = 0.25
+
+
+@runtime_checkable
+class BlockProducts(Protocol):
+    """What the matrix-free path needs from an operator, for one index ``i`` at a time.
+
+    ``block_apply(i, X)``: ``H_i X`` for ``X`` ``(*batch, i, b)`` -> ``(*batch, L - i, b)``;
+    ``block_apply_transpose(i, Y)``: ``H_i^T Y``, ``(*batch, L - i, b)`` -> ``(*batch, i, b)``;
+    ``block_frobenius_sq(i)``: ``||H_i||_F^2``, ``(*batch,)``, exactly (it anchors the
+    certificate).  All in the dtype of the vectors given."""
+
+    def block_apply(self, i: int, X: torch.Tensor) -> torch.Tensor: ...
+    def block_apply_transpose(self, i: int, Y: torch.Tensor) -> torch.Tensor: ...
+    def block_frobenius_sq(self, i: int, dtype: torch.dtype) -> torch.Tensor: ...
+
+
+@dataclass
+class CertifiedESS:
+    """ESS per index with a certified interval: ``lower <= exact <= upper``, each
+    ``(*batch, len(indices))``; ``value`` is the midpoint (for tolerance-ESS, the integer
+    nearest it).  ``rank``: the Krylov basis size
+    each index ended with (its rank bound where it was computed exactly); ``path``: per index,
+    ``"krylov"`` or ``"exact"`` (the exact spectra path in the operator's compute dtype, as
+    :func:`~ess_reg.ess.entropy_ess` takes it; its interval is that one value)."""
+
+    value: torch.Tensor
+    lower: torch.Tensor
+    upper: torch.Tensor
+    indices: torch.Tensor
+    rank: list[int]
+    path: list[str]
+    measure: str
+
+    @property
+    def half_width(self) -> torch.Tensor:
+        return (self.upper - self.lower) / 2
+
+
+def _exact(op: Operator, idx: torch.Tensor, measure: str, tol: float, relative: bool, eps: float,
+           dtype: torch.dtype) -> torch.Tensor:
+    sigma = hankel_svdvals(op, idx, dtype=dtype)
+    if measure == "entropy":
+        return entropy_ess_from_svdvals(sigma, eps=eps)
+    return tolerance_ess_from_svdvals(sigma, tol, relative)
+
+
+def _bounds(ritz, frob_sq, rank, measure, tol, relative, eps):
+    if measure == "entropy":
+        return entropy_ess_bounds(ritz, frob_sq, rank, eps=eps)
+    return tolerance_ess_bounds(ritz, frob_sq, rank, tol, relative)
+
+
+def _converged(lower: torch.Tensor, upper: torch.Tensor, rtol: float, measure: str) -> bool:
+    if measure == "tolerance":
+        return bool((upper == lower).all())
+    return bool(((upper - lower) / 2 <= rtol * lower).all())
+
+
+def _stalled(widths: list[float]) -> bool:
+    """A long spectral tail: the interval did not halve over the last two blocks, so the basis
+    would need most of the rank (where the exact SVD is cheaper)."""
+    return len(widths) >= 3 and widths[-1] > widths[-3] / 2
+
+
+def _krylov(op: BlockProducts, i: int, rank: int, limit: int, batch_shape: torch.Size, *, measure: str,
+            rtol: float, tol: float, relative: bool, eps: float, block: int, dtype: torch.dtype,
+            device: torch.device, generator: torch.Generator):
+    """Grow an orthonormal basis of the Krylov space of ``H_i H_i^T`` one block at a time until
+    the certificate is narrow enough; None when the basis would pass ``limit`` first."""
+    frob_sq = op.block_frobenius_sq(i, dtype)
+    omega = torch.randn(*batch_shape, i, block, dtype=dtype, device=device, generator=generator)
+    basis = torch.linalg.qr(op.block_apply(i, omega)).Q  # (*batch, L - i, b)
+    products = op.block_apply_transpose(i, basis)  # H_i^T K, (*batch, i, kb)
+    newest = products
+    widths = []
+    while True:
+        ritz = torch.linalg.svdvals(products)  # (*batch, kb): the singular values of K^T H_i
+        lower, upper = _bounds(ritz, frob_sq, rank, measure, tol, relative, eps)
+        if _converged(lower, upper, rtol, measure):
+            return lower, upper, basis.shape[-1]
+        widths.append(float(((upper - lower) / lower.clamp(min=1)).max()))
+        if basis.shape[-1] + block > limit or _stalled(widths):
+            return None
+        # Next block: H_i H_i^T (newest block).  A Householder QR of [K, Y] keeps the new
+        # columns orthonormal to K to round-off even where Y falls into K's span (a block
+        # Gram-Schmidt would blow that round-off up): interlacing needs K orthonormal.
+        grown = torch.linalg.qr(torch.cat([basis, op.block_apply(i, newest[..., -block:])], dim=-1)).Q
+        fresh = grown[..., basis.shape[-1]:]
+        basis = torch.cat([basis, fresh], dim=-1)
+        newest = op.block_apply_transpose(i, fresh)
+        products = torch.cat([products, newest], dim=-1)
+
+
+def certified_ess(
+    x: "torch.Tensor | Operator",
+    indices: "int | Sequence[int] | torch.Tensor | None" = None,
+    *,
+    measure: str = "entropy",
+    rtol: float = 1e-3,
+    tol: float = DEFAULT_TOL,
+    relative: bool = True,
+    eps: float = ENTROPY_EPS,
+    block_size: int = DEFAULT_BLOCK,
+    max_fraction: float = DEFAULT_MAX_FRACTION,
+    seed: int = 0,
+) -> CertifiedESS:
+    """ESS of ``H_i`` per index with a certified interval (see the module docstring).
+
+    Args:
+        x: a causal ``T`` ``(..., L, L)`` or an operator; one without :class:`BlockProducts`
+            is measured exactly.
+        measure: ``"entropy"`` or ``"tolerance"`` (with ``tol`` and ``relative`` as in
+            :func:`~ess_reg.ess.tolerance_ess`).
+        rtol: the entropy interval's half-width relative to its lower end that is good enough;
+            tolerance-ESS intervals are refined until they hold one integer.
+        block_size: vectors added to the basis per step.
+        max_fraction: the largest basis tried, as a fraction of the block's rank bound; an index
+            whose interval is still too wide there is computed exactly (past about a quarter
+            of the rank, the Krylov steps cost more than the SVD they avoid).
+        seed: of the random start block, so a measurement repeats exactly.
+    """
+    op = as_operator(x)
+    if not isinstance(measure, str) or measure not in KINDS:
+        raise ValueError(f"unknown measure {measure!r}; choose one of {KINDS}")
+    check_number("rtol", rtol, minimum=0, strict=True)
+    check_number("eps", eps, minimum=0, strict=True)
+    if measure == "tolerance":
+        _check_tol(tol, relative)
+    check_int("block_size", block_size, 1)
+    check_number("max_fraction", max_fraction, minimum=0, strict=True)
+    if max_fraction > 1:
+        raise ValueError(f"max_fraction must be at most 1 (the whole rank bound), got {max_fraction}")
+    check_int("seed", seed)
+    dtype = torch.float64  # see the module docstring: float32 round-off alone would leave the interval wide
+    idx = resolve_indices(indices, op.seq_len)
+    generator = torch.Generator(device=op.device).manual_seed(seed)
+    matrix_free = isinstance(op, BlockProducts)
+    bounds = op.max_rank(idx).tolist()
+    found: dict[int, tuple] = {}
+    with torch.no_grad():
+        for k, (i, bound) in enumerate(zip(idx.tolist(), bounds)):
+            limit = int(max_fraction * bound)
+            if matrix_free and limit >= block_size:  # else the exact SVD is the cheaper one
+                result = _krylov(op, i, bound, limit, op.batch_shape, measure=measure, rtol=rtol, tol=tol,
+                                 relative=relative, eps=eps, block=block_size, dtype=dtype, device=op.device,
+                                 generator=generator)
+                if result is not None:
+                    found[k] = result
+        exact = [k for k in range(len(idx)) if k not in found]
+        if exact:  # the rest in one call of the exact spectra path (batched over indices)
+            values = _exact(op, idx[exact], measure, tol, relative, eps, _compute_dtype(op.dtype, None))
+            for column, k in enumerate(exact):
+                found[k] = (values[..., column], values[..., column], bounds[k])
+    lower = torch.stack([found[k][0] for k in range(len(idx))], -1)
+    upper = torch.stack([found[k][1] for k in range(len(idx))], -1)
+    value = (lower + upper) / 2
+    if measure == "tolerance":  # an integer inside the interval (the interval holds one when refined)
+        value = torch.round(value)
+    return CertifiedESS(value, lower, upper, idx, [found[k][2] for k in range(len(idx))],
+                        ["exact" if k in exact else "krylov" for k in range(len(idx))], measure)

@@ -1,0 +1,144 @@
+"""The certified matrix-free ESS: every interval contains the exact ESS, and narrows to it when
+the basis spans the block's range."""
+
+import pytest
+import torch
+
+from ess_reg import StateSpaceOperator, certified_ess, entropy_ess, tolerance_ess
+from ess_reg.certificate import entropy_ess_bounds, tolerance_ess_bounds
+from ess_reg.ess import entropy_ess_from_svdvals, tolerance_ess_from_svdvals
+
+L = 160
+INDICES = [3, 40, 80, 120, 157]
+
+
+def causal_with_spectrum(values: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """``tril(U diag(values) V^T)`` for random orthogonal ``U, V``: blocks whose spectra decay
+    like ``values`` (the triangle cuts them, so the blocks' own spectra are not ``values``)."""
+    gen = torch.Generator().manual_seed(seed)
+    U = torch.linalg.qr(torch.randn(L, L, dtype=torch.float64, generator=gen)).Q
+    V = torch.linalg.qr(torch.randn(L, L, dtype=torch.float64, generator=gen)).Q
+    return torch.tril((U * values) @ V.T)
+
+
+SPECTRA = {
+    "rank 5": torch.cat([torch.linspace(3, 1, 5), torch.zeros(L - 5)]).double(),
+    "fast decay": 0.6 ** torch.arange(L, dtype=torch.float64),
+    "slow decay": 0.98 ** torch.arange(L, dtype=torch.float64),
+    "flat": torch.ones(L, dtype=torch.float64),
+}
+
+
+def low_rank_causal(rank: int, heads: int = 2, seed: int = 0) -> torch.Tensor:
+    """``tril(Q K^T)``: a linear-attention operator, every block of rank <= ``rank``."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(heads, L, rank, dtype=torch.float64, generator=gen) for _ in range(2))
+    return torch.tril(q @ k.mT)
+
+
+@pytest.mark.parametrize("spectrum", list(SPECTRA))
+@pytest.mark.parametrize("kind", ["entropy", "tolerance"])
+def test_the_interval_contains_the_exact_ess(spectrum, kind):
+    T = causal_with_spectrum(SPECTRA[spectrum])
+    exact = entropy_ess(T, INDICES) if kind == "entropy" else tolerance_ess(T, indices=INDICES)
+    # A small block and a loose rtol: the Krylov path answers, not the exact fallback.
+    result = certified_ess(T, INDICES, measure=kind, rtol=0.05, block_size=4, max_fraction=1.0)
+    assert torch.all(result.lower <= exact + 1e-9) and torch.all(exact <= result.upper + 1e-9)
+    if kind == "entropy":
+        assert torch.all((result.value - exact).abs() <= 0.05 * exact + 1e-9)
+    assert "krylov" in result.path
+
+
+def test_the_interval_narrows_to_the_exact_value_when_the_basis_spans_the_range():
+    T = low_rank_causal(6)
+    result = certified_ess(T, INDICES[1:-1], block_size=8, rtol=1e-4)
+    exact = entropy_ess(T, INDICES[1:-1])
+    assert result.path == ["krylov"] * 3 and result.rank == [8] * 3  # one block spans each range
+    # What is left is the round-off allowance: a tail of about 1e-13 ||H||_F^2 spread over the
+    # rank, a few 1e-5 of the ESS at these sizes.
+    assert torch.allclose(result.lower, exact, rtol=1e-4) and torch.allclose(result.upper, exact, rtol=1e-4)
+    assert torch.all(result.lower <= exact) and torch.all(exact <= result.upper)
+
+
+def test_float32_operators_are_certified_in_float64():
+    T = low_rank_causal(6).float()
+    result = certified_ess(T, [80], block_size=8)
+    assert result.value.dtype == torch.float64 and result.path == ["krylov"]
+    exact = entropy_ess(T.double(), [80])
+    assert torch.all(result.lower <= exact) and torch.all(exact <= result.upper)
+
+
+def test_a_long_tail_falls_back_to_the_exact_path_and_says_so():
+    T = causal_with_spectrum(SPECTRA["flat"])
+    result = certified_ess(T, [80], rtol=1e-6, block_size=4)
+    assert result.path == ["exact"] and torch.equal(result.lower, result.upper)
+    assert torch.allclose(result.value, entropy_ess(T, [80]))
+
+
+def test_an_operator_without_block_products_is_measured_exactly():
+    gen = torch.Generator().manual_seed(1)
+    op = StateSpaceOperator(-torch.rand(3, 40, 4, generator=gen, dtype=torch.float64),
+                            torch.randn(3, 40, 4, generator=gen, dtype=torch.float64),
+                            torch.randn(3, 40, 4, generator=gen, dtype=torch.float64))
+    result = certified_ess(op, [5, 20])
+    assert result.path == ["exact", "exact"]
+    assert torch.allclose(result.value, entropy_ess(op, [5, 20]))
+
+
+def test_the_same_seed_repeats_the_measurement():
+    T = causal_with_spectrum(SPECTRA["fast decay"])
+    a, b = (certified_ess(T, INDICES, block_size=4, seed=3) for _ in range(2))
+    assert torch.equal(a.lower, b.lower) and torch.equal(a.upper, b.upper)
+
+
+# ---- the certificate on its own: any lower bounds on the leading values, the exact F^2 ----------
+
+
+def partial_knowledge(sigma: torch.Tensor, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leading ``k`` values shrunk by random factors in (0.5, 1] (valid lower bounds), and F^2."""
+    shrink = 0.5 + 0.5 * torch.rand(*sigma.shape[:-1], k, generator=gen, dtype=sigma.dtype)
+    ritz = torch.sort(sigma[..., :k] * shrink, descending=True).values
+    return ritz, sigma.square().sum(-1)
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 8])
+def test_the_certificate_holds_for_any_lower_bounds(k):
+    gen = torch.Generator().manual_seed(k)
+    r = 12
+    scales = torch.rand(400, 1, generator=gen, dtype=torch.float64) * 3
+    draws = torch.rand(400, r, generator=gen, dtype=torch.float64) ** (1 + 4 * scales)
+    sigma = torch.sort(draws, descending=True).values
+    sigma[:50, 6:] = 0  # rank-deficient blocks
+    ritz, frob_sq = partial_knowledge(sigma, k, gen)
+    lower, upper = entropy_ess_bounds(ritz, frob_sq, r)
+    exact = entropy_ess_from_svdvals(sigma)
+    assert torch.all(lower <= exact + 1e-12) and torch.all(exact <= upper + 1e-12)
+    for relative, tol in ((True, 0.05), (False, 0.1)):
+        lo, hi = tolerance_ess_bounds(ritz, frob_sq, r, tol, relative)
+        count = tolerance_ess_from_svdvals(sigma, tol, relative)
+        assert torch.all(lo <= count) and torch.all(count <= hi)
+
+
+def test_the_certificate_is_a_point_when_everything_is_known():
+    sigma = torch.tensor([[4.0, 2.0, 1.0, 0.5]], dtype=torch.float64)
+    lower, upper = entropy_ess_bounds(sigma, sigma.square().sum(-1), 4)
+    assert torch.allclose(lower, entropy_ess_from_svdvals(sigma)) and torch.allclose(upper, lower, rtol=1e-10)
+    lo, hi = tolerance_ess_bounds(sigma, sigma.square().sum(-1), 4, tol=0.2)
+    assert lo.item() == hi.item() == 3
+
+
+def test_a_zero_block_has_ess_zero():
+    lower, upper = entropy_ess_bounds(torch.zeros(1, 2, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), 5)
+    assert lower.item() == upper.item() == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(measure="soft"), "unknown measure"),
+    (dict(rtol=0), "rtol"),
+    (dict(block_size=0), "block_size"),
+    (dict(max_fraction=1.5), "max_fraction"),
+    (dict(measure="tolerance", tol=2.0), "counts nothing"),
+])
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        certified_ess(low_rank_causal(2), [10], **kwargs)
