@@ -29,8 +29,8 @@ from .indices import AllIndices, ContextEnd, EvenIndices, GivenIndices, RandomIn
 from .init_search import select_init
 from .jacobian import jacobian_ess, jacobian_operator
 from .matrix_free import CertifiedESS, certified_ess
-from .operators import (DeferredOperator, DeltaRuleOperator, DenseOperator, JacobianOperator, StateSpaceOperator,
-                        as_operator)
+from .operators import (DeferredOperator, DeltaRuleOperator, DenseOperator, JacobianOperator, LinearizedOperator,
+                        StateSpaceOperator, ToeplitzOperator, as_operator)
 from .penalty import Budget, Constraint, DecayIdentityPenalty, ESSPenalty, Schedule, Target
 from .monitor import ESSMonitor
 from .probe import Adapter, NotMeasurable, Probe, measure, register_adapter
@@ -45,6 +45,8 @@ __all__ = [
     "DeltaRuleOperator",
     "DeferredOperator",
     "JacobianOperator",
+    "LinearizedOperator",
+    "ToeplitzOperator",
     "as_operator",
     "hankel_svdvals",
     # ESS of an operator

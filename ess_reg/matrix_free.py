@@ -40,16 +40,24 @@ __all__ = ["BlockProducts", "CertifiedESS", "certified_ess", "KINDS"]
 KINDS = ("entropy", "tolerance")
 DEFAULT_BLOCK = 16
 DEFAULT_MAX_FRACTION = 0.25
+# Where the basis reaches the rank bound, each Ritz value is taken to be within
+# ROUNDOFF * eps * sigma_1 of its singular value (eps of the operator's dtype, in which the
+# products of a linearized module run), and the certificate covers that.
+ROUNDOFF = 256
 
 
 @runtime_checkable
 class BlockProducts(Protocol):
-    """What the matrix-free path needs from an operator, for one index ``i`` at a time.
+    """What the matrix-free path needs from an operator, for one index ``i`` at a time, besides
+    the :class:`~ess_reg.operators.Operator` protocol (whose ``io_width`` ``(D_in, D_out)``
+    gives the block's shape, ``(L - i) D_out`` rows by ``i D_in`` columns).
 
-    ``block_apply(i, X)``: ``H_i X`` for ``X`` ``(*batch, i, b)`` -> ``(*batch, L - i, b)``;
-    ``block_apply_transpose(i, Y)``: ``H_i^T Y``, ``(*batch, L - i, b)`` -> ``(*batch, i, b)``;
-    ``block_frobenius_sq(i)``: ``||H_i||_F^2``, ``(*batch,)``, exactly (it anchors the
-    certificate).  All in the dtype of the vectors given."""
+    ``block_apply(i, X)``: ``H_i X`` for ``X`` ``(*batch, i D_in, b)`` -> ``(*batch, (L - i) D_out, b)``;
+    ``block_apply_transpose(i, Y)``: ``H_i^T Y``, the other way;
+    ``block_frobenius_sq(i, dtype)``: ``||H_i||_F^2``, ``(*batch,)``, exactly (it anchors the
+    certificate), or None where it is not known cheaply: then only a basis that reaches the
+    rank bound (``max_rank``, e.g. a recurrence's state size) certifies.  All in the dtype of the
+    vectors given."""
 
     def block_apply(self, i: int, X: torch.Tensor) -> torch.Tensor: ...
     def block_apply_transpose(self, i: int, Y: torch.Tensor) -> torch.Tensor: ...
@@ -80,7 +88,10 @@ class CertifiedESS:
 
 def _exact(op: Operator, idx: torch.Tensor, measure: str, tol: float, relative: bool, eps: float,
            dtype: torch.dtype) -> torch.Tensor:
-    sigma = hankel_svdvals(op, idx, dtype=dtype)
+    return _from_svdvals(hankel_svdvals(op, idx, dtype=dtype), measure, tol, relative, eps)
+
+
+def _from_svdvals(sigma: torch.Tensor, measure: str, tol: float, relative: bool, eps: float) -> torch.Tensor:
     if measure == "entropy":
         return entropy_ess_from_svdvals(sigma, eps=eps)
     return tolerance_ess_from_svdvals(sigma, tol, relative)
@@ -99,29 +110,46 @@ def _converged(lower: torch.Tensor, upper: torch.Tensor, rtol: float, measure: s
 
 
 def _stalled(widths: list[float]) -> bool:
-    """A long spectral tail: the interval did not halve over the last two blocks, so the basis
-    would need most of the rank (where the exact SVD is cheaper)."""
-    return len(widths) >= 3 and widths[-1] > widths[-3] / 2
+    """A long spectral tail: the last block did not halve the interval, so the basis would need
+    most of the rank (where the exact SVD is cheaper)."""
+    return len(widths) >= 2 and widths[-1] > widths[-2] / 2
 
 
-def _krylov(op: BlockProducts, i: int, rank: int, limit: int, batch_shape: torch.Size, *, measure: str,
+def _krylov(op: BlockProducts, i: int, rank: int, max_fraction: float, batch_shape: torch.Size, *, measure: str,
             rtol: float, tol: float, relative: bool, eps: float, block: int, dtype: torch.dtype,
             device: torch.device, generator: torch.Generator):
     """Grow an orthonormal basis of the Krylov space of ``H_i H_i^T`` one block at a time until
-    the certificate is narrow enough; None when the basis would pass ``limit`` first."""
+    the certificate is narrow enough, or the basis reaches the rank bound (then it spans the
+    range of ``H_i`` and the Ritz values are its singular values); None when the basis would
+    pass ``max_fraction`` of the rank bound first."""
     frob_sq = op.block_frobenius_sq(i, dtype)
-    omega = torch.randn(*batch_shape, i, block, dtype=dtype, device=device, generator=generator)
-    basis = torch.linalg.qr(op.block_apply(i, omega)).Q  # (*batch, L - i, b)
-    products = op.block_apply_transpose(i, basis)  # H_i^T K, (*batch, i, kb)
+    # Past a fraction of the rank the exact SVD is cheaper, unless ||H_i||_F is unknown: then
+    # the exact path is the materialized operator, and only the rank certifies.
+    limit = rank if frob_sq is None else int(max_fraction * rank)
+    if limit < block and frob_sq is not None:
+        return None
+    d_in, _ = op.io_width
+    omega = torch.randn(*batch_shape, i * d_in, block, dtype=dtype, device=device, generator=generator)
+    basis = torch.linalg.qr(op.block_apply(i, omega)).Q  # (*batch, rows of H_i, b)
+    products = op.block_apply_transpose(i, basis)  # H_i^T K, (*batch, columns of H_i, kb)
     newest = products
     widths = []
     while True:
         ritz = torch.linalg.svdvals(products)  # (*batch, kb): the singular values of K^T H_i
-        lower, upper = _bounds(ritz, frob_sq, rank, measure, tol, relative, eps)
-        if _converged(lower, upper, rtol, measure):
-            return lower, upper, basis.shape[-1]
-        widths.append(float(((upper - lower) / lower.clamp(min=1)).max()))
-        if basis.shape[-1] + block > limit or _stalled(widths):
+        if basis.shape[-1] >= rank:  # the Ritz values are the singular values, up to round-off
+            slack = ROUNDOFF * torch.finfo(op.dtype).eps * ritz[..., :1]
+            known = (ritz[..., :rank] - slack).clamp(min=0)
+            lower, upper = _bounds(known, (ritz[..., :rank] + slack).square().sum(-1), rank, measure, tol,
+                                   relative, eps)
+            return lower, upper, rank
+        if frob_sq is not None:
+            lower, upper = _bounds(ritz, frob_sq, rank, measure, tol, relative, eps)
+            if _converged(lower, upper, rtol, measure):
+                return lower, upper, basis.shape[-1]
+            widths.append(float(((upper - lower) / lower.clamp(min=1)).max()))
+            if max_fraction < 1 and _stalled(widths):
+                return None
+        if basis.shape[-1] + block > limit:
             return None
         # Next block: H_i H_i^T (newest block).  A Householder QR of [K, Y] keeps the new
         # columns orthonormal to K to round-off even where Y falls into K's span (a block
@@ -157,8 +185,10 @@ def certified_ess(
             tolerance-ESS intervals are refined until they hold one integer.
         block_size: vectors added to the basis per step.
         max_fraction: the largest basis tried, as a fraction of the block's rank bound; an index
-            whose interval is still too wide there is computed exactly (past about a quarter
-            of the rank, the Krylov steps cost more than the SVD they avoid).
+            whose interval is still too wide there, or stopped halving from one block to the
+            next (a long spectral tail), is computed exactly: past about a quarter of the rank
+            the Krylov steps cost more than the SVD they avoid.  1 tries every block up to the
+            rank and never gives up early.
         seed: of the random start block, so a measurement repeats exactly.
     """
     op = as_operator(x)
@@ -181,9 +211,8 @@ def certified_ess(
     found: dict[int, tuple] = {}
     with torch.no_grad():
         for k, (i, bound) in enumerate(zip(idx.tolist(), bounds)):
-            limit = int(max_fraction * bound)
-            if matrix_free and limit >= block_size:  # else the exact SVD is the cheaper one
-                result = _krylov(op, i, bound, limit, op.batch_shape, measure=measure, rtol=rtol, tol=tol,
+            if matrix_free:
+                result = _krylov(op, i, bound, max_fraction, op.batch_shape, measure=measure, rtol=rtol, tol=tol,
                                  relative=relative, eps=eps, block=block_size, dtype=dtype, device=op.device,
                                  generator=generator)
                 if result is not None:

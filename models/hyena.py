@@ -14,9 +14,9 @@ import math
 import torch
 from torch import nn
 
-from ess_reg import DenseOperator
+from ess_reg import ToeplitzOperator
 from ess_reg.state_size import growing_state_size
-from ess_reg.kernels import causal_fft_conv, toeplitz
+from ess_reg.kernels import causal_fft_conv
 
 from .base import Mixer, MixerTrace, ShortConv, channels_first, channels_last, check_positive
 
@@ -94,8 +94,9 @@ class Hyena(Mixer):
     def operator_and_values(self, x: torch.Tensor, check_values: bool = True) -> MixerTrace:
         q, k, v = self._gates(x)
         h = self.filter(x.shape[1], x.dtype)
-        T = q.unsqueeze(-1) * toeplitz(h) * k.unsqueeze(-2)  # (B, D, L, L)
-        op = DenseOperator(T, check_values=check_values)
+        # T[i, j] = q_i h[i - j] k_j, kept as its filter and gates: T is formed only by the exact
+        # spectra path, a few channels at a time (never all (B, D, L, L) at once).
+        op = ToeplitzOperator(h, q, k, check_values=check_values)
         return MixerTrace(op, channels_first(v), lambda y: self.out_proj(channels_last(y)))
 
     def state_size(self):

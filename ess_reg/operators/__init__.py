@@ -8,8 +8,12 @@ kind (module)                what it holds                               spectra
 (StateSpaceOperator)         factors, ``(..., L, N)`` each               loop
 ``delta_rule``               gates, strengths, keys and queries of a     state_space, dense,
 (DeltaRuleOperator)          non-diagonal (identity + rank one) state    loop
+``toeplitz``                 a filter ``h`` between gates ``q``, ``k``,   dense, loop (``T``
+(ToeplitzOperator)           ``(..., L)`` each: ``q_i h[i - j] k_j``      materialized)
 ``jacobian``                 ``J``, ``(B, L, D_out, L, D_in)``: several   dense (= loop)
 (JacobianOperator)           channels in and out (a nonlinear layer)
+``linearized``               a module and its input ``x``: products      dense (its Jacobian
+(LinearizedOperator)         with ``J`` by JVP / VJP, ``J`` never formed  materialized)
 ===========================  ==========================================  =====================
 
 Every kind follows :class:`Operator`, the protocol the rest of ess-reg uses: nothing outside
@@ -36,10 +40,14 @@ from .deferred import DeferredOperator, resolve
 from .delta_rule import DeltaRuleOperator
 from .dense import CAUSAL_RTOL, DenseOperator
 from .jacobian import JacobianOperator
+from .linearized import LinearizedOperator
+from .toeplitz import ToeplitzOperator
 from .state_space import StateSpaceOperator, selective_ssm_operator
 
 __all__ = ["Operator", "DiagonalState", "DenseOperator", "StateSpaceOperator", "selective_ssm_operator",
-           "DeltaRuleOperator", "JacobianOperator", "DeferredOperator", "as_operator", "resolve", "CAUSAL_RTOL"]
+           "DeltaRuleOperator", "JacobianOperator", "LinearizedOperator", "ToeplitzOperator",
+           "DeferredOperator", "as_operator",
+           "resolve", "CAUSAL_RTOL"]
 
 
 @runtime_checkable
@@ -95,7 +103,8 @@ class DiagonalState(Protocol):
     def coordinate_energy(self) -> torch.Tensor: ...
 
 
-_KINDS = (DenseOperator, StateSpaceOperator, DeltaRuleOperator, JacobianOperator)
+_KINDS = (DenseOperator, StateSpaceOperator, DeltaRuleOperator, JacobianOperator, LinearizedOperator,
+          ToeplitzOperator)
 
 
 def as_operator(x: torch.Tensor | Operator) -> Operator:

@@ -142,3 +142,79 @@ def test_a_zero_block_has_ess_zero():
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         certified_ess(low_rank_causal(2), [10], **kwargs)
+
+
+# ---- a module linearized at its input: products by JVP / VJP, the Jacobian never formed ---------
+
+
+class TinyGRU(torch.nn.Module):
+    def __init__(self, d: int = 3, hidden: int = 4):
+        super().__init__()
+        self.rnn = torch.nn.GRU(d, hidden, batch_first=True)
+        self.out = torch.nn.Linear(hidden, d)
+
+    def forward(self, x):
+        return self.out(self.rnn(x)[0])
+
+
+def linearized_gru(length: int = 20, hidden: int = 4):
+    from ess_reg import jacobian_operator
+    from ess_reg.operators import LinearizedOperator
+
+    torch.manual_seed(0)
+    module = TinyGRU(hidden=hidden).double()
+    x = torch.randn(2, length, 3, dtype=torch.float64)
+    return LinearizedOperator(module, x, state_size=hidden), jacobian_operator(module, x)
+
+
+def test_block_products_of_a_linearized_module_are_its_jacobians_blocks():
+    op, jacobian = linearized_gru()
+    X = torch.randn(2, 1, 7 * 3, 5, dtype=torch.float64)
+    Y = torch.randn(2, 1, 13 * 3, 5, dtype=torch.float64)
+    block = jacobian.hankel_block(7).unsqueeze(1)  # (B, 1, (L - i) D_out, i D_in)
+    assert torch.allclose(op.block_apply(7, X), block @ X, atol=1e-12)
+    assert torch.allclose(op.block_apply_transpose(7, Y), block.mT @ Y, atol=1e-12)
+    v = torch.randn(2, 20, 3, dtype=torch.float64)
+    assert torch.allclose(op.apply(v), jacobian.apply(v), atol=1e-12)
+
+
+def test_a_recurrence_is_certified_exactly_once_the_basis_reaches_its_state_size():
+    op, jacobian = linearized_gru(hidden=4)
+    result = certified_ess(op, [2, 8, 15], block_size=2)
+    assert result.path == ["krylov"] * 3 and result.rank == [4, 4, 4]  # rank <= state size, reached
+    exact = entropy_ess(jacobian, [2, 8, 15])
+    assert torch.all(result.lower <= exact) and torch.all(exact <= result.upper)
+    assert torch.allclose(result.value, exact, rtol=1e-9)
+    count = certified_ess(op, [8], measure="tolerance", block_size=2)
+    assert torch.equal(count.value, tolerance_ess(jacobian, indices=[8]))
+
+
+# ---- a gated convolution: products by FFT, ||H_i||_F by one more convolution -------------------
+
+
+def test_a_gated_convolution_is_certified_without_forming_t():
+    from ess_reg import ToeplitzOperator
+
+    g = torch.Generator().manual_seed(4)
+    lags = torch.arange(L, dtype=torch.float64)
+    h = torch.stack([torch.exp(-lags / 30) * torch.cos(lags / 7), torch.exp(-lags / 5)])  # (2, L): two channels
+    q, k = (1 + 0.1 * torch.randn(2, L, generator=g, dtype=torch.float64) for _ in range(2))
+    op = ToeplitzOperator(h, q, k)
+    result = certified_ess(op, INDICES, block_size=4, max_fraction=1.0, rtol=1e-3)
+    exact = entropy_ess(op.materialize(), INDICES)
+    assert "krylov" in result.path
+    assert torch.all(result.lower <= exact) and torch.all(exact <= result.upper)
+    assert torch.allclose(entropy_ess(op, INDICES), exact)  # its exact path: T a few channels at a time
+
+
+@pytest.mark.parametrize("shapes, message", [
+    (((2, 1), (2, 8), (2, 8)), "L >= 2"),
+    (((2, 8), (2, 7), (2, 8)), "q must have shape"),
+    (((2, 8), (3, 8), (2, 8)), "do not broadcast"),
+])
+def test_a_toeplitz_operator_names_what_is_wrong(shapes, message):
+    from ess_reg import ToeplitzOperator
+
+    h, q, k = (torch.randn(*shape, dtype=torch.float64) for shape in shapes)
+    with pytest.raises(ValueError, match=message):
+        ToeplitzOperator(h, q, k)

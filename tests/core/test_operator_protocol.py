@@ -6,7 +6,9 @@ from torch import nn
 
 from ess_reg import hankel_svdvals
 from ess_reg.jacobian import jacobian_operator
-from ess_reg.operators import DeltaRuleOperator, DenseOperator, DiagonalState, Operator, as_operator
+from ess_reg.matrix_free import BlockProducts
+from ess_reg.operators import (DeltaRuleOperator, DenseOperator, DiagonalState, LinearizedOperator, Operator,
+                               ToeplitzOperator, as_operator)
 
 from factories import random_causal, random_state_space
 
@@ -37,11 +39,24 @@ class _Causal(nn.Module):
         return self.conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
 
 
+def _toeplitz(length=12):
+    g = torch.Generator().manual_seed(8)
+    h, q, k = (torch.randn(*shape, length, generator=g, dtype=torch.float64) for shape in ((3,), (2, 3), (2, 3)))
+    return ToeplitzOperator(h, q, k)
+
+
+def _linearized():
+    _, module, x = _jacobian()
+    return LinearizedOperator(module, x)
+
+
 KINDS = {
     "dense": lambda: DenseOperator(random_causal(2, 12, 12, seed=4)),
     "state_space": lambda: random_state_space((2,), 12, 3, "moderate", seed=5),
     "delta_rule": _delta_rule,
     "jacobian": lambda: _jacobian()[0],
+    "toeplitz": _toeplitz,
+    "linearized": _linearized,
 }
 
 
@@ -65,11 +80,34 @@ def test_every_kind_follows_the_protocol(kind):
         assert other.shape[-1] == width or float(other[..., width:].abs().max()) <= 1e-9 * float(sigma.max())
 
 
-@pytest.mark.parametrize("kind", ["dense", "state_space", "delta_rule"])
+@pytest.mark.parametrize("kind", ["dense", "state_space", "delta_rule", "toeplitz"])
 def test_apply_reference_equals_the_fast_apply(kind):
     op = KINDS[kind]()
     v = torch.randn(*op.batch_shape, op.seq_len, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     torch.testing.assert_close(op.apply(v), op.apply_reference(v))
+
+
+def test_a_linearized_module_applies_its_jacobian():
+    op = KINDS["linearized"]()
+    v = torch.randn(*op.x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(op.apply(v), op.apply_reference(v))
+
+
+@pytest.mark.parametrize("kind", ["dense", "toeplitz", "linearized"])
+def test_block_products_are_products_with_the_hankel_blocks(kind):
+    op = KINDS[kind]()
+    assert isinstance(op, BlockProducts)
+    d_in, d_out = op.io_width
+    g = torch.Generator().manual_seed(9)
+    for i in (1, op.seq_len // 2, op.seq_len - 1):
+        block = (op.jacobian().hankel_block(i).unsqueeze(1) if kind == "linearized"
+                 else op.materialize()[..., i:, :i])
+        X = torch.randn(*op.batch_shape, i * d_in, 3, generator=g, dtype=torch.float64)
+        Y = torch.randn(*op.batch_shape, (op.seq_len - i) * d_out, 3, generator=g, dtype=torch.float64)
+        torch.testing.assert_close(op.block_apply(i, X), block @ X)
+        torch.testing.assert_close(op.block_apply_transpose(i, Y), block.mT @ Y)
+        frob = op.block_frobenius_sq(i, torch.float64)
+        assert frob is None if kind == "linearized" else torch.allclose(frob, block.square().sum((-1, -2)))
 
 
 def test_jacobian_apply_is_the_linear_module():

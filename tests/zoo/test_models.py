@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ess_reg import DeltaRuleOperator, DenseOperator, StateSpaceOperator, tolerance_ess
+from ess_reg import DeltaRuleOperator, DenseOperator, StateSpaceOperator, ToeplitzOperator, tolerance_ess
 from ess_reg.state_size import tss_at
 from ess_reg.models import MIXERS, build_mixer
 from ess_reg.models.lm import LanguageModel
@@ -77,8 +77,12 @@ def test_output_equals_operator_applied_to_values(case):
     trace = mixer.operator_and_values(x)
     expected = trace.readout(trace.operator.materialize() @ trace.values)
     assert torch.allclose(y, expected, rtol=1e-6, atol=1e-9)
-    kind = StateSpaceOperator if case in STATE_SPACE else DeltaRuleOperator if case in DELTA_RULE else DenseOperator
+    kind = (StateSpaceOperator if case in STATE_SPACE else DeltaRuleOperator if case in DELTA_RULE
+            else ToeplitzOperator if case.startswith("hyena") else DenseOperator)
     assert isinstance(trace.operator, kind)
+    # the fast apply (FFT for a convolution, scans for recurrences) agrees with T itself
+    assert torch.allclose(trace.operator.apply(trace.values), trace.operator.materialize() @ trace.values,
+                          rtol=1e-6, atol=1e-9)
     batch_shape = trace.operator.batch_shape
     assert batch_shape[0] in (1, 2) and len(batch_shape) == 2  # (batch or 1 if shared, channels)
 
