@@ -6,6 +6,8 @@ Three operators, 16 indices evenly spread over 1..L-1, entropy-ESS at ``--rtol``
   eager attention), against one forward pass of the model that hands them over;
 * ``linear``: a causal linear attention materialized as ``tril(Q K^T)`` (4 heads, d_head 16):
   blocks of rank <= 16;
+* ``hyena``: the zoo's Hyena mixer (d_model 32, batch 1) as its ``ToeplitzOperator``: block
+  products by FFT, ``||H_i||_F`` by one more convolution; against one forward pass of the mixer;
 * ``gru``: the zoo's GRU mixer (d_model 16, hidden 16, float64) linearized at a random input: the exact
   path materializes its Jacobian (``L d_model`` backward passes) and takes one SVD per index of a
   block up to ``(L/2 d) x (L/2 d)``; the matrix-free path runs JVPs and VJPs until the basis
@@ -14,7 +16,8 @@ Three operators, 16 indices evenly spread over 1..L-1, entropy-ESS at ``--rtol``
 Each side timed on its own (best of ``--repeats`` after a warm-up); "within" checks every exact
 value (float64) against its certified interval, "max rel. err." the returned value against it.
 
-Usage: python bench/matrix_free.py [--lengths 512 2048] [--gru-length 256] [--repeats 2] [--threads N]
+Usage: python bench/matrix_free.py [--lengths 512 2048] [--hyena-length 1024] [--gru-length 256] [--repeats 2]
+                                  [--threads N]
 Needs ``transformers`` for the softmax case (pip install 'ess-reg[hf]'); it is skipped without.
 """
 
@@ -70,6 +73,7 @@ def check(exact: torch.Tensor, certified) -> tuple[bool, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048])
+    parser.add_argument("--hyena-length", type=int, default=1024)
     parser.add_argument("--gru-length", type=int, default=256)
     parser.add_argument("--rtol", type=float, default=1e-3)
     parser.add_argument("--repeats", type=int, default=2)
@@ -78,9 +82,11 @@ def main() -> None:
     setup(args)
     import ess_reg
     from ess_reg.operators import LinearizedOperator
+    from models.hyena import Hyena
     from models.rnn import GRUMixer
 
-    results = Results("matrix_free", SUMMARY, {"lengths": args.lengths, "gru_length": args.gru_length,
+    results = Results("matrix_free", SUMMARY, {"lengths": args.lengths, "hyena_length": args.hyena_length,
+                                                "gru_length": args.gru_length,
                                                 "rtol": args.rtol, "repeats": args.repeats})
     print(f"machine: {machine_line()}")
     results.describe(f"float32 operators (the matrix-free path computes in float64), 16 indices, rtol {args.rtol}, "
@@ -93,7 +99,12 @@ def main() -> None:
         idx = torch.linspace(1, length - 1, 16).round().long().unique()
         exact = best_of(lambda: exact_fn(idx), args.repeats, warmup=1)
         cert = best_of(lambda: ess_reg.certified_ess(op, idx, rtol=args.rtol), args.repeats, warmup=1)
-        reference = ess_reg.entropy_ess(op.double(), idx) if isinstance(op, torch.Tensor) else exact.result
+        if isinstance(op, torch.Tensor):
+            reference = ess_reg.entropy_ess(op.double(), idx)
+        elif isinstance(op, ess_reg.ToeplitzOperator):
+            reference = ess_reg.entropy_ess(op.materialize().double(), idx)
+        else:
+            reference = exact.result
         inside, error = check(reference, cert.result)
         paths = f"{cert.result.path.count('krylov')}/{cert.result.path.count('exact')}"
         table.add(name, str(length), "-" if forward_s is None else f"{forward_s:.3f}", f"{exact.best:.2f}",
@@ -114,6 +125,14 @@ def main() -> None:
         row("linear", length, None, T, lambda idx: ess_reg.entropy_ess(T, idx))
 
     torch.manual_seed(0)
+    hyena = Hyena(32).eval()
+    x = torch.randn(1, args.hyena_length, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        forward_s = best_of(lambda: hyena(x), args.repeats, warmup=1).best
+        conv = hyena.operator_and_values(x).operator
+    row("hyena", args.hyena_length, forward_s, conv, lambda idx: ess_reg.entropy_ess(conv, idx))
+
+    torch.manual_seed(0)
     gru = GRUMixer(16, 16).double().eval()  # float64 on both sides: the exact values are the reference
     x = torch.randn(1, args.gru_length, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     with torch.no_grad():
@@ -122,9 +141,9 @@ def main() -> None:
     row("gru", args.gru_length, forward_s, op,
         lambda idx: ess_reg.entropy_ess(ess_reg.jacobian_operator(gru, x), idx))
     results.note("within: every exact ESS (float64) inside its certified interval where the Krylov path answered; "
-                 "the GRU runs in float64 on both sides; softmax attention's spectra "
-                 "have a long flat tail that no bound from ||H||_F can pin down, so those indices take the exact "
-                 "path after two blocks (the overhead is the difference of the two times)")
+                 "the GRU runs in float64 on both sides; softmax attention's and Hyena's spectra at "
+                 "initialization have a long tail that no bound from ||H||_F can pin down, so those indices take "
+                 "the exact path after two blocks (the overhead is the difference of the two times)")
     results.write(args.json)
 
 

@@ -42,23 +42,26 @@ class Analysis:
     profiles: dict[str, torch.Tensor] = field(default_factory=dict)
     left_out: dict[str, str] = field(default_factory=dict)  # layer -> why it could not be read (NotMeasurable)
     layer_types: dict[str, str] = field(default_factory=dict)  # layer -> its class name: a hybrid's kinds apart
+    paths: dict[str, str] = field(default_factory=dict)  # layer -> the spectra path that measured it
 
 
     def table(self) -> str:
         """One line per layer: its type, operators, TSS, mean ESS, the spread over heads, the
         modulation; then the layers left out, with the reason."""
         width = max([4, *(len(t) for t in self.layer_types.values())])
-        lines = [f"{'layer':<28} {'type':<{width}} {'ops':>4} {'TSS':>7} {'ESS':>7} {'head min':>9} {'head max':>9}"
-                 + (f" {'boundary drop':>13}" if self.modulation else "")]
+        path_width = max([4, *(len(p) for p in self.paths.values())])
+        lines = [f"{'layer':<28} {'type':<{width}} {'path':<{path_width}} {'ops':>4} {'TSS':>7} {'ESS':>7} "
+                 f"{'head min':>9} {'head max':>9}" + (f" {'boundary drop':>13}" if self.modulation else "")]
         for name, report in self.reports.items():
             heads = self.per_head[name]
             tss = self.tss.get(name, report.tss_avg)
-            line = (f"{name or '(model)':<28} {self.layer_types.get(name, '-'):<{width}} {len(heads):>4} {tss:>7.2f} "
+            line = (f"{name or '(model)':<28} {self.layer_types.get(name, '-'):<{width}} "
+                    f"{self.paths.get(name, '-'):<{path_width}} {len(heads):>4} {tss:>7.2f} "
                     f"{heads.mean().item():>7.2f} {heads.min().item():>9.2f} {heads.max().item():>9.2f}")
             if self.modulation:  # + 0.0: a drop of -0.001 prints as 0.00, not -0.00
                 line += f" {round(self.modulation.get(name, float('nan')), 2) + 0.0:>13.2f}"
             lines.append(line)
-        lines += [f"{name:<28} {self.layer_types.get(name, '-'):<{width}} not measured: {why}"
+        lines += [f"{name:<28} {self.layer_types.get(name, '-'):<{width}} {'-':<{path_width}} not measured: {why}"
                   for name, why in self.left_out.items()]
         return "\n".join(lines)
 
@@ -66,14 +69,18 @@ class Analysis:
 def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor], *,
             attention_mask: torch.Tensor | None = None, separators: Collection[int] | None = None, window: int = 4,
             kind: str = "entropy", layers: Sequence[str] | None = None, batch_limit: int | None = None,
-            indices="all", ess_options: Mapping | None = None, task=None, progress: bool = False) -> Analysis:
+            indices="all", ess_options: Mapping | None = None, task=None, progress: bool = False,
+            certified: float | None = None) -> Analysis:
     """ESS of every measurable layer of ``model`` on ``inputs``, per head; with ``separators``
     (token ids), each layer's ESS drop across them. ``batch_limit`` measures the first examples
     only; ``indices`` (default ``"all"``) chooses the indices as a :class:`Probe` does, e.g.
     ``EvenIndices(64)`` for a long sequence, where every index costs. The figures are means over
     the chosen indices; with ``separators`` and fewer than every index, the indices within
     ``window`` of each separator are measured as well, apart, for the drop alone. ``progress``
-    logs each layer as it is done (logger ``ess_reg``, INFO), with the time so far.
+    logs each layer as it is done (logger ``ess_reg``, INFO), with the time so far. ``certified``
+    (a relative tolerance) measures through :func:`~ess_reg.certified_ess`, which multiplies by
+    large low-rank blocks instead of decomposing them; :attr:`Analysis.paths` and the table say
+    which path measured each layer.
 
     ``inputs`` is a batch of token ids (or embeddings), or a dict of the model's keyword inputs
     (``input_ids``, ``attention_mask``, ...). Padding: with an ``attention_mask`` (1 for a real
@@ -93,7 +100,8 @@ def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor],
         groups = _real_runs(attention_mask[:limit] if limit else attention_mask, tokens.shape[:2])
         batch_limit = None  # applied above, to the examples
     rule = index_rule(indices)
-    options = dict(layers=layers, kind=kind, ess_options=ess_options, batch_limit=batch_limit, task=task)
+    options = dict(layers=layers, kind=kind, ess_options=ess_options, batch_limit=batch_limit, task=task,
+                   certified=certified)
     probe = Probe(model, indices=rule, **options)
     # Fewer than every index: the boundaries' neighbourhoods are measured by a probe of their own,
     # so that the means stay those of the chosen indices.
@@ -122,6 +130,7 @@ def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor],
     result = _combine(by_length, measured, separators, window)
     result.left_out = left_out
     result.layer_types = {name: type(module).__name__ for name, module in probe.layers.items()}
+    result.paths = dict(probe.paths)
     return result
 
 

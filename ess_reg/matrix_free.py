@@ -22,7 +22,7 @@ singular-value mass, too wide to certify anything.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -30,12 +30,13 @@ import torch
 
 from ._checks import check_int, check_number
 from .certificate import entropy_ess_bounds, tolerance_ess_bounds
-from .ess import DEFAULT_TOL, ENTROPY_EPS, _check_tol, entropy_ess_from_svdvals, tolerance_ess_from_svdvals
+from .ess import (DEFAULT_TOL, ENTROPY_EPS, LayerESS, _check_tol, entropy_ess_from_svdvals,
+                  tolerance_ess_from_svdvals)
 from .operators import Operator, as_operator
 from .spectra import _compute_dtype, hankel_svdvals
 from .indices import resolve_indices
 
-__all__ = ["BlockProducts", "CertifiedESS", "certified_ess", "KINDS"]
+__all__ = ["BlockProducts", "CertifiedESS", "certified_ess", "certified_layer_ess", "KINDS"]
 
 KINDS = ("entropy", "tolerance")
 DEFAULT_BLOCK = 16
@@ -115,18 +116,62 @@ def _stalled(widths: list[float]) -> bool:
     return len(widths) >= 2 and widths[-1] > widths[-2] / 2
 
 
+def _apply_many(op, indices: list[int], vectors: list[torch.Tensor], transpose: bool) -> list[torch.Tensor]:
+    """Products with several blocks: the operator's own batched form where it has one (a
+    linearized module runs one pass for all), else one call per index."""
+    many = getattr(op, "block_apply_transpose_many" if transpose else "block_apply_many", None)
+    if many is not None:
+        return many(indices, vectors)
+    single = op.block_apply_transpose if transpose else op.block_apply
+    return [single(i, v) for i, v in zip(indices, vectors)]
+
+
+def _krylov_to_rank(op, indices: list[int], ranks: list[int], *, measure: str, tol: float, relative: bool,
+                    eps: float, block: int, dtype: torch.dtype, generator: torch.Generator) -> list[tuple]:
+    """Every index's basis grown to its rank bound, in lockstep: then each spans its block's
+    range and its Ritz values are the spectrum (see :func:`_rank_reached`)."""
+    d_in, _ = op.io_width
+    starts = [torch.randn(*op.batch_shape, i * d_in, block, dtype=dtype, device=op.device, generator=generator)
+              for i in indices]
+    bases = [torch.linalg.qr(y).Q for y in _apply_many(op, indices, starts, transpose=False)]
+    products = _apply_many(op, indices, bases, transpose=True)
+    newest = list(products)
+    while True:
+        active = [k for k, basis in enumerate(bases) if basis.shape[-1] < min(ranks[k], basis.shape[-2])]
+        if not active:
+            break
+        grown = _apply_many(op, [indices[k] for k in active], [newest[k][..., -block:] for k in active], False)
+        fresh = []
+        for k, y in zip(active, grown):
+            q = torch.linalg.qr(torch.cat([bases[k], y], dim=-1)).Q[..., bases[k].shape[-1]:]
+            bases[k] = torch.cat([bases[k], q], dim=-1)
+            fresh.append(q)
+        for k, z in zip(active, _apply_many(op, [indices[k] for k in active], fresh, transpose=True)):
+            newest[k] = z
+            products[k] = torch.cat([products[k], z], dim=-1)
+    return [_rank_reached(op, torch.linalg.svdvals(p), rank, measure, tol, relative, eps)
+            for p, rank in zip(products, ranks)]
+
+
+def _rank_reached(op, ritz: torch.Tensor, rank: int, measure: str, tol: float, relative: bool, eps: float):
+    """The basis spans the block's range: the Ritz values are its singular values, up to
+    round-off, and the interval covers that."""
+    slack = ROUNDOFF * torch.finfo(op.dtype).eps * ritz[..., :1]
+    known = (ritz[..., :rank] - slack).clamp(min=0)
+    lower, upper = _bounds(known, (ritz[..., :rank] + slack).square().sum(-1), rank, measure, tol, relative, eps)
+    return lower, upper, rank
+
+
 def _krylov(op: BlockProducts, i: int, rank: int, max_fraction: float, batch_shape: torch.Size, *, measure: str,
             rtol: float, tol: float, relative: bool, eps: float, block: int, dtype: torch.dtype,
             device: torch.device, generator: torch.Generator):
     """Grow an orthonormal basis of the Krylov space of ``H_i H_i^T`` one block at a time until
-    the certificate is narrow enough, or the basis reaches the rank bound (then it spans the
-    range of ``H_i`` and the Ritz values are its singular values); None when the basis would
-    pass ``max_fraction`` of the rank bound first."""
+    the certificate (anchored on ``||H_i||_F``) is narrow enough, or the basis reaches the rank
+    bound; None when the basis would pass ``max_fraction`` of the rank bound first (past it the
+    exact SVD is cheaper)."""
     frob_sq = op.block_frobenius_sq(i, dtype)
-    # Past a fraction of the rank the exact SVD is cheaper, unless ||H_i||_F is unknown: then
-    # the exact path is the materialized operator, and only the rank certifies.
-    limit = rank if frob_sq is None else int(max_fraction * rank)
-    if limit < block and frob_sq is not None:
+    limit = int(max_fraction * rank)
+    if limit < block:
         return None
     d_in, _ = op.io_width
     omega = torch.randn(*batch_shape, i * d_in, block, dtype=dtype, device=device, generator=generator)
@@ -136,19 +181,14 @@ def _krylov(op: BlockProducts, i: int, rank: int, max_fraction: float, batch_sha
     widths = []
     while True:
         ritz = torch.linalg.svdvals(products)  # (*batch, kb): the singular values of K^T H_i
-        if basis.shape[-1] >= rank:  # the Ritz values are the singular values, up to round-off
-            slack = ROUNDOFF * torch.finfo(op.dtype).eps * ritz[..., :1]
-            known = (ritz[..., :rank] - slack).clamp(min=0)
-            lower, upper = _bounds(known, (ritz[..., :rank] + slack).square().sum(-1), rank, measure, tol,
-                                   relative, eps)
-            return lower, upper, rank
-        if frob_sq is not None:
-            lower, upper = _bounds(ritz, frob_sq, rank, measure, tol, relative, eps)
-            if _converged(lower, upper, rtol, measure):
-                return lower, upper, basis.shape[-1]
-            widths.append(float(((upper - lower) / lower.clamp(min=1)).max()))
-            if max_fraction < 1 and _stalled(widths):
-                return None
+        if basis.shape[-1] >= rank:
+            return _rank_reached(op, ritz, rank, measure, tol, relative, eps)
+        lower, upper = _bounds(ritz, frob_sq, rank, measure, tol, relative, eps)
+        if _converged(lower, upper, rtol, measure):
+            return lower, upper, basis.shape[-1]
+        widths.append(float(((upper - lower) / lower.clamp(min=1)).max()))
+        if max_fraction < 1 and _stalled(widths):
+            return None
         if basis.shape[-1] + block > limit:
             return None
         # Next block: H_i H_i^T (newest block).  A Householder QR of [K, Y] keeps the new
@@ -209,12 +249,16 @@ def certified_ess(
     matrix_free = isinstance(op, BlockProducts)
     bounds = op.max_rank(idx).tolist()
     found: dict[int, tuple] = {}
+    options = dict(measure=measure, tol=tol, relative=relative, eps=eps, block=block_size, dtype=dtype,
+                   generator=generator)
     with torch.no_grad():
-        for k, (i, bound) in enumerate(zip(idx.tolist(), bounds)):
-            if matrix_free:
-                result = _krylov(op, i, bound, max_fraction, op.batch_shape, measure=measure, rtol=rtol, tol=tol,
-                                 relative=relative, eps=eps, block=block_size, dtype=dtype, device=op.device,
-                                 generator=generator)
+        if matrix_free and op.block_frobenius_sq(int(idx[0]), dtype) is None:
+            # Only the rank certifies: every index grows its basis to its rank bound, all indices
+            # a block at a time together (one pass of the module serves all of them).
+            found = dict(enumerate(_krylov_to_rank(op, idx.tolist(), bounds, **options)))
+        elif matrix_free:
+            for k, (i, bound) in enumerate(zip(idx.tolist(), bounds)):
+                result = _krylov(op, i, bound, max_fraction, op.batch_shape, rtol=rtol, device=op.device, **options)
                 if result is not None:
                     found[k] = result
         exact = [k for k in range(len(idx)) if k not in found]
@@ -229,3 +273,20 @@ def certified_ess(
         value = torch.round(value)
     return CertifiedESS(value, lower, upper, idx, [found[k][2] for k in range(len(idx))],
                         ["exact" if k in exact else "krylov" for k in range(len(idx))], measure)
+
+
+def certified_layer_ess(op: Operator, kind: str, idx: torch.Tensor, rtol: float, ess_options: Mapping | None = None,
+                        *, name: str = "operator") -> tuple[LayerESS, str]:
+    """What :func:`~ess_reg.ess.operator_ess` does for one layer, through :func:`certified_ess`:
+    the layer's ESS ``(batch, channels, indices)`` and which path measured it (``"krylov"``,
+    the operator's exact path, or how many indices each took)."""
+    if len(op.batch_shape) not in (1, 2):
+        raise ValueError(f"layer {name!r}: operator batch shape must be (batch, channels) or (channels,), "
+                         f"got {tuple(op.batch_shape)}")
+    result = certified_ess(op, idx, measure=kind, rtol=rtol, **(ess_options or {}))
+    values = result.value if result.value.dim() == 3 else result.value.unsqueeze(0)
+    krylov = result.path.count("krylov")
+    exact = op.methods[0]
+    path = ("krylov" if krylov == len(idx) else exact if krylov == 0
+            else f"krylov {krylov}/{len(idx)}, {exact} {len(idx) - krylov}/{len(idx)}")
+    return LayerESS(values=values.to(op.dtype), indices=idx, multiplicity=op.multiplicity), path

@@ -14,11 +14,12 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 import torch
 from torch import nn
 
-from ._checks import check_limit, check_seed
+from ._checks import check_limit, check_number, check_seed
 from .layer_report import LayerReport
 from .state_size import tss_at
 from .ess import ESS_KINDS, _check_ess_options, operator_ess
 from .indices import index_rule, resolve_indices
+from .matrix_free import KINDS as CERTIFIED_KINDS, certified_layer_ess
 from .adapters.registry import Adapter, NotMeasurable, adapter_for as _adapter_for, register_adapter
 from .contract import hand_over, listen
 from .operators import DeferredOperator, Operator, resolve
@@ -179,13 +180,19 @@ class Probe:
         context_end, items_to_recall: where the task's context ends and how many items it holds
             (read from ``task`` unless given).
         seed: seeds the generator of the random choices (indices, channels).
+        certified: a relative tolerance: measure with :func:`~ess_reg.matrix_free.certified_ess`
+            (entropy or tolerance kinds; measurement only, no gradient), which multiplies by
+            the blocks where that is cheaper and takes the exact path where not.
         spectra_options: passed to :func:`~ess_reg.spectra.hankel_svdvals` (``dtype``...).
+
+    After :meth:`reports`, :attr:`paths` says for each layer which spectra path measured it.
     """
 
     def __init__(self, model: nn.Module, *, layers: Sequence[str] | None = None, indices=None,
                  kind: str = "entropy", ess_options: Mapping | None = None, batch_limit: int | None = None,
                  channel_limit: int | None = None, context_end: int | None = None,
-                 items_to_recall: int | None = None, task=None, seed: int = 0, **spectra_options):
+                 items_to_recall: int | None = None, task=None, seed: int = 0, certified: float | None = None,
+                 **spectra_options):
         if task is not None and not all(hasattr(task, a) for a in ("context_end", "items_to_recall")):
             raise TypeError(f"task must be a task (with context_end and items_to_recall) or None, got {task!r}")
         if task is not None:
@@ -205,6 +212,15 @@ class Probe:
         self.context_end = check_limit("context_end", context_end)
         self.items_to_recall = check_limit("items_to_recall", items_to_recall)
         self.generator = torch.Generator().manual_seed(check_seed("seed", seed))
+        if certified is not None:
+            check_number("certified", certified, minimum=0, strict=True)
+            if kind not in CERTIFIED_KINDS:
+                raise ValueError(f"certified ESS is for the kinds {CERTIFIED_KINDS}, not {kind!r} (a smooth "
+                                 "surrogate is for losses, and the certified path gives no gradient)")
+            if spectra_options:
+                raise ValueError(f"certified ESS takes no spectra options, got {sorted(spectra_options)}")
+        self.certified = certified
+        self.paths: dict[str, str] = {}
         self._capture: capture_operators | None = None
 
     def capture(self) -> capture_operators:
@@ -242,7 +258,13 @@ class Probe:
             if self.context_end is not None and self.context_end > op.seq_len - 1:
                 raise ValueError(f"context_end={self.context_end} lies past the sequence of layer {name!r} "
                                  f"(indices 1..L-1 = 1..{op.seq_len - 1})")
-            ess = operator_ess(op, self.kind, idx, name=name, ess_options=self.ess_options, **self.spectra_options)
+            if self.certified is None:
+                ess = operator_ess(op, self.kind, idx, name=name, ess_options=self.ess_options, **self.spectra_options)
+                method = self.spectra_options.get("method", "auto")
+                self.paths[name] = op.methods[0] if method == "auto" else method
+            else:
+                ess, self.paths[name] = certified_layer_ess(op, self.kind, idx, self.certified, self.ess_options,
+                                                            name=name)
             module = self.layers[name]
             reports[name] = LayerReport(
                 name=name,

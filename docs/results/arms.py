@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ess_reg.harness.runsets import load_runs
-from ess_reg.harness.stats import holm, paired_test, proportion_interval
+from ess_reg.harness.stats import holm, paired_test, proportion_interval, sign_test
 
 COLLAPSED = 0.25  # every layer at or below it: collapse or near collapse (the verdict's thresholds)
 
@@ -44,6 +44,9 @@ def main():
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--compare", action="append", required=True, help="ARM:BASELINE, repeatable")
     parser.add_argument("--thresholds", default="0.25,0.5")
+    parser.add_argument("--steps-test", type=float, default=None, metavar="THRESHOLD",
+                        help="also test 'faster': the first step at THRESHOLD, paired by seed, by the exact sign "
+                             "test (a run that never gets there ranks after every run that does; two such tie)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     thresholds = [float(t) for t in args.thresholds.split(",")]
@@ -103,6 +106,25 @@ def main():
         low, high = t.interval
         lines.append(f"| {arm} vs {base} | {t.n} | {t.mean_difference:+.3f} [{low:+.3f}, {high:+.3f}] | "
                      f"{t.higher} / {t.lower} / {t.ties} | {t.permutation_p:.3f} | {p_holm:.3f} | {'; '.join(steps)} |")
+    if args.steps_test is not None:
+        lines += ["", f"Faster: the first step at accuracy {args.steps_test:g}, paired by seed (never reached ranks "
+                  "last; two such runs tie); exact two-sided sign test, Holm over the comparisons:", "",
+                  "| arm vs baseline | pairs | earlier / later / tied | median difference, where both reached | p "
+                  "| Holm p |", "|---" * 6 + "|"]
+        never = float("inf")
+        rows = []
+        for arm, base, pairs, _ in tests:
+            steps = [(first_step(a.history.get("valid/accuracy", []), args.steps_test),
+                      first_step(b.history.get("valid/accuracy", []), args.steps_test)) for a, b in pairs]
+            # later minus earlier: a positive difference means the arm got there later
+            d = [0.0 if x is None and y is None else (never if x is None else x) - (never if y is None else y)
+                 for x, y in steps]
+            later, earlier, ties, p = sign_test([float((v > 0) - (v < 0)) for v in d])  # the signs are what counts
+            both = [x - y for x, y in steps if x is not None and y is not None]
+            rows.append((arm, base, len(pairs), earlier, later, ties, statistics.median(both) if both else None, p))
+        for (arm, base, n, earlier, later, ties, median, p), p_holm in zip(rows, holm([r[-1] for r in rows])):
+            lines.append(f"| {arm} vs {base} | {n} | {earlier} / {later} / {ties} | "
+                         f"{'-' if median is None else f'{median:+g}'} | {p:.3f} | {p_holm:.3f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.out)

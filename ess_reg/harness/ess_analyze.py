@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     hf.add_argument("--separator", type=int, default=None,
                     help="a separator token id: the ESS drop across it and its boundary profile")
     hf.add_argument("--seed", type=int, default=0, help="seed of the random ids (default 0)")
+    hf.add_argument("--certified", type=float, default=None, metavar="RTOL",
+                    help="measure with the certified matrix-free ESS at this relative tolerance (large low-rank "
+                         "blocks multiplied, not decomposed; the table's path column says which path each layer took)")
     hf.add_argument("--out", default=None, help="folder for table.txt, ess_vs_index.png and boundary_profile.json "
                                                 "(default runs/analyze/<folder name>)")
     args = parser.parse_args(argv)
@@ -115,7 +118,8 @@ def _pretrained_main(args) -> int:
     torch.set_num_threads(resolve_threads("auto"))
     try:
         result = analyze_pretrained(args.target, ids=args.ids, length=args.length, examples=args.examples or 2,
-                                    separator=args.separator, seed=args.seed, num_indices=args.num_indices)
+                                    separator=args.separator, seed=args.seed, num_indices=args.num_indices,
+                                    certified=args.certified)
     except (ValueError, OSError) as err:
         print(f"ess-analyze: error: {err}", file=sys.stderr)
         return 2
@@ -132,7 +136,7 @@ def _pretrained_main(args) -> int:
         tracker = tracking.Tracker(args.tracking_uri, "ess-analyze", None, run_name=f"{result.model_type} {out.name}")
         tracker.log_params({"folder": str(Path(args.target).resolve()), "model_type": result.model_type,
                             "examples": b, "length": length, "separator": args.separator,
-                            "indices": args.num_indices or "all",
+                            "indices": args.num_indices or "all", "certified": args.certified,
                             "ids": args.ids or f"random, seed {args.seed}"})
         tracker.log_metrics({f"{name}/ess": float(h.mean()) for name, h in result.analysis.per_head.items()}
                             | {f"{name}/tss": v for name, v in result.analysis.tss.items()}

@@ -85,7 +85,7 @@ class PretrainedAnalysis:
 
 def analyze_pretrained(folder: str, *, ids: str | None = None, length: int = 128, examples: int = 2,
                        separator: int | None = None, window: int = 4, seed: int = 0,
-                       num_indices: int | None = None) -> PretrainedAnalysis:
+                       num_indices: int | None = None, certified: float | None = None) -> PretrainedAnalysis:
     model = load_pretrained(folder)
     vocab = getattr(model.config, "vocab_size", None)
     if ids is not None:
@@ -103,7 +103,8 @@ def analyze_pretrained(folder: str, *, ids: str | None = None, length: int = 128
         raise ValueError(f"--num-indices must be >= 1, got {num_indices}")
     with torch.no_grad():
         analysis = analyze(model, tokens, separators=separators, window=window,
-                           indices=EvenIndices(num_indices) if num_indices else "all", progress=True)
+                           indices=EvenIndices(num_indices) if num_indices else "all", progress=True,
+                           certified=certified)
     profiles = {name: profile.tolist() for name, profile in analysis.profiles.items()}
     if separators is not None and not profiles:
         log.warning("ess-analyze: no token %d in the inputs: no boundary profile", separator)

@@ -272,3 +272,31 @@ def test_a_probe_call_validates_each_layer_s_indices_once(monkeypatch):
         resolve_indices(idx, 24)
     with pytest.raises(ValueError, match="indices must lie in 1..L-1"):
         resolve_indices(resolve_indices([20], 24), 16)  # valid for L = 24, not for L = 16
+
+
+def test_a_certified_probe_says_which_path_measured_each_layer():
+    from ess_reg import Probe, analyze
+
+    model, inputs = UserModel(), torch.randint(0, 10, (2, 256), generator=torch.Generator().manual_seed(0))
+    exact = Probe(model, indices=[64, 128, 192])
+    certified = Probe(model, indices=[64, 128, 192], certified=1e-3)
+    expected, reports = exact(inputs), certified(inputs)
+    assert exact.paths == {"first": "dense", "second": "dense"}
+    # Blocks of rank <= 5 out of a bound of 64-128: the basis's first block spans them.
+    assert certified.paths == {"first": "krylov", "second": "krylov"}
+    for name in expected:
+        assert torch.allclose(reports[name].ess.values, expected[name].ess.values, rtol=1e-3)
+    analysis = analyze(model, inputs, indices=[64, 128, 192], certified=1e-3)
+    assert analysis.paths == certified.paths and "krylov" in analysis.table()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(certified=0.0), "certified"),
+    (dict(certified=1e-3, kind="soft_tolerance"), "kinds"),
+    (dict(certified=1e-3, method="loop"), "no spectra options"),
+])
+def test_a_certified_probe_refuses_what_it_cannot_do(kwargs, message):
+    from ess_reg import Probe
+
+    with pytest.raises(ValueError, match=message):
+        Probe(UserModel(), **kwargs)
