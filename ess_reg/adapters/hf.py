@@ -7,7 +7,8 @@
 - Gated DeltaNet layers (Qwen3-Next): the delta rule per value head
   (:mod:`ess_reg.adapters.hf_deltanet`); LFM2's gated short convolutions
   (:mod:`ess_reg.adapters.hf_conv`); RecurrentGemma's RG-LRU (:mod:`ess_reg.adapters.hf_rglru`);
-  MiniMax's lightning attention (:mod:`ess_reg.adapters.hf_lightning`).
+  MiniMax's lightning attention (:mod:`ess_reg.adapters.hf_lightning`); RWKV's WKV
+  (:mod:`ess_reg.adapters.hf_rwkv`).
 - Attention layers (a class named ``...Attention`` whose forward returns ``(output, weights)``,
   as Llama, Qwen, Mistral, GPT-2 and most decoders do): the per-head attention probabilities it
   returns when the model runs with ``attn_implementation="eager"``, as dense operators of batch
@@ -32,6 +33,7 @@ from .hf_deltanet import gated_deltanet_operator
 from .hf_lightning import lightning_operator
 from .hf_mamba import mamba2_operator, mamba_operator
 from .hf_rglru import rglru_from_forward
+from .hf_rwkv import rwkv_operator
 
 __all__ = ["maybe_register", "FAMILIES", "Family", "coverage_table", "attention_from_forward", "attention_reach",
            "attention_state_size"]
@@ -159,6 +161,11 @@ FAMILIES = (
            "decay per head", "`head_dim`",
            _TESTS + "test_minimax_lightning_attention_is_measured_as_decayed_linear_attention",
            Adapter(operator=lightning_operator, state_size=lambda m: m.head_dim)),
+    Family("RWKV", ("RwkvSelfAttention",), "WKV per channel: a diagonal recurrence below the diagonal, the "
+           "current token's bonus on the diagonal (which no H_i contains) added in the readout", "1 (the numerator per "
+           "channel; the denominator reads keys only)",
+           _TESTS + "test_rwkv_wkv_is_measured_as_the_recurrence_it_applies",
+           Adapter(operator=rwkv_operator, state_size=lambda m: 1)),
     Family("decoders with eager attention (Llama, Qwen, Mistral, Gemma-2, GPT-Neo, Llama 4, the hybrids' "
            "attention, ...)", ("*Attention",),
            "attention probabilities per head, from the layer's own forward (`attn_implementation=\"eager\"`)",

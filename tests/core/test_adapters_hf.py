@@ -430,6 +430,39 @@ def test_minimax_lightning_attention_is_measured_as_decayed_linear_attention():
     assert torch.all(reports["model.layers.0.self_attn"].ess.values <= 8 + 1e-4)  # ESS <= TSS (head_dim)
 
 
+def test_rwkv_wkv_is_measured_as_the_recurrence_it_applies():
+    from ess_reg.adapters.hf_rwkv import rwkv_operator, rwkv_readout, rwkv_streams
+
+    torch.manual_seed(0)
+    config = transformers.RwkvConfig(vocab_size=32, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16,
+                                     intermediate_size=32, context_length=64)
+    model = transformers.RwkvForCausalLM(config).double().eval()
+    layer = model.rwkv.blocks[0].attention
+    with torch.no_grad():  # decays and bonuses of several sizes, not the initial pattern alone
+        layer.time_decay.copy_(torch.linspace(-3, 1, 16, dtype=torch.float64))
+        layer.time_first.copy_(torch.linspace(-1, 2, 16, dtype=torch.float64))
+    x = torch.randn(2, 13, 16, dtype=torch.float64)
+    op = rwkv_operator(layer, x)
+    assert op.batch_shape == (2, 16) and op.state_size == 1
+    receptance, k, v = rwkv_streams(layer, x)
+    # The definition, written out as a double sum in float64 (an independent reference).
+    w, u = torch.exp(layer.time_decay), layer.time_first
+    wkv = torch.empty_like(v)
+    for t in range(13):
+        weights = torch.exp(-(t - 1 - torch.arange(t, dtype=torch.float64))[None, :, None] * w + k[:, :t])
+        bonus = torch.exp(u + k[:, t])
+        wkv[:, t] = ((weights * v[:, :t]).sum(1) + bonus * v[:, t]) / (weights.sum(1) + bonus)
+    y = op.materialize() @ v.transpose(1, 2).unsqueeze(-1)
+    torch.testing.assert_close(rwkv_readout(layer, x, y), layer.output(receptance * wkv), atol=1e-10, rtol=1e-10)
+    with torch.no_grad():  # the layer's own forward accumulates in float32
+        torch.testing.assert_close(rwkv_readout(layer, x, y), layer(x)[0], atol=1e-6, rtol=1e-5)
+    reports = ess_reg.measure(model, torch.randint(1, 32, (2, 24)), kind="tolerance", ess_options={"tol": 1e-9})
+    assert list(reports) == ["rwkv.blocks.0.attention", "rwkv.blocks.1.attention"]  # every WKV, nothing else
+    for report in reports.values():  # one state per channel, and random weights use it
+        assert torch.all(report.ess.values <= report.reach + 1e-9) and report.reach.max() == 1
+        assert torch.all(report.ess.values.amax(dim=(0, 1)) == 1)
+
+
 def test_a_layer_named_like_attention_that_is_not_softmax_attention_is_left_out_not_misread():
     torch.manual_seed(0)
     config = transformers.KimiLinearConfig(vocab_size=32, pad_token_id=0, bos_token_id=1, eos_token_id=2,
