@@ -142,8 +142,9 @@ def main() -> None:
         lambda idx: ess_reg.entropy_ess(ess_reg.jacobian_operator(gru, x), idx))
     results.note("within: every exact ESS (float64) inside its certified interval where the Krylov path answered; "
                  "the GRU runs in float64 on both sides; softmax attention's and Hyena's spectra at "
-                 "initialization have a long tail that no bound from ||H||_F can pin down, so those indices take "
-                 "the exact path after two blocks (the overhead is the difference of the two times)")
+                 "initialization have a long tail that no bound from ||H||_F can pin down: those indices take "
+                 "the exact path once two blocks show the interval will not narrow in time (that overhead is "
+                 "the difference of the two times)")
     results.write(args.json)
 
 

@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import math
+
 import torch
 
 from ._checks import check_int, check_number
@@ -110,10 +112,16 @@ def _converged(lower: torch.Tensor, upper: torch.Tensor, rtol: float, measure: s
     return bool(((upper - lower) / 2 <= rtol * lower).all())
 
 
-def _stalled(widths: list[float]) -> bool:
-    """A long spectral tail: the last block did not halve the interval, so the basis would need
-    most of the rank (where the exact SVD is cheaper)."""
-    return len(widths) >= 2 and widths[-1] > widths[-2] / 2
+def _hopeless(widths: list[float], target: float, blocks_left: int) -> bool:
+    """A long spectral tail: the interval's relative width shrinks by some factor per block;
+    when the last block did not halve it, or at that rate the limit comes before ``target``,
+    the basis would need most of the rank, where the exact SVD is cheaper."""
+    if len(widths) < 2:
+        return False
+    rate = widths[-1] / widths[-2]
+    if rate > 0.5:
+        return True
+    return target <= 0 or math.log(target / widths[-1]) / math.log(rate) > blocks_left
 
 
 def _apply_many(op, indices: list[int], vectors: list[torch.Tensor], transpose: bool) -> list[torch.Tensor]:
@@ -187,9 +195,12 @@ def _krylov(op: BlockProducts, i: int, rank: int, max_fraction: float, batch_sha
         if _converged(lower, upper, rtol, measure):
             return lower, upper, basis.shape[-1]
         widths.append(float(((upper - lower) / lower.clamp(min=1)).max()))
-        if max_fraction < 1 and _stalled(widths):
+        blocks_left = (limit - basis.shape[-1]) // block
+        # entropy: converged at a relative width of 2 rtol; tolerance: when the interval holds one integer
+        target = 2 * rtol if measure == "entropy" else 0.0
+        if max_fraction < 1 and widths[-1] > target and _hopeless(widths, target, blocks_left):
             return None
-        if basis.shape[-1] + block > limit:
+        if blocks_left < 1:
             return None
         # Next block: H_i H_i^T (newest block).  A Householder QR of [K, Y] keeps the new
         # columns orthonormal to K to round-off even where Y falls into K's span (a block
@@ -225,10 +236,10 @@ def certified_ess(
             tolerance-ESS intervals are refined until they hold one integer.
         block_size: vectors added to the basis per step.
         max_fraction: the largest basis tried, as a fraction of the block's rank bound; an index
-            whose interval is still too wide there, or stopped halving from one block to the
-            next (a long spectral tail), is computed exactly: past about a quarter of the rank
-            the Krylov steps cost more than the SVD they avoid.  1 tries every block up to the
-            rank and never gives up early.
+            whose interval is still too wide there, or will not be at the rate the last block
+            shrank it (a long spectral tail), is computed exactly: past about a quarter of the
+            rank the Krylov steps cost more than the SVD they avoid.  1 tries every block up
+            to the rank and never gives up early.
         seed: of the random start block, so a measurement repeats exactly.
     """
     op = as_operator(x)
