@@ -20,16 +20,19 @@ from .state_space import _compress
 
 
 class DeltaRuleOperator(FiniteStateOperator):
-    """The causal operator of the delta rule (DeltaNet, Gated DeltaNet): state size ``N``,
-    transitions ``A_t = alpha_t (I - beta_t k_t k_t^T)`` (identity plus rank one, not diagonal):
+    """The causal operator of the delta rule (DeltaNet, Gated DeltaNet, Kimi's delta attention):
+    state size ``N``, transitions ``A_t = (I - beta_t k_t k_t^T) diag(alpha_t)`` (identity plus
+    rank one after a gate, not diagonal):
 
         x_t = A_t x_{t-1} + beta_t k_t u_t,    y_t = q_t . x_t
 
-    so ``T[i, j] = q_i^T A_i ... A_{j+1} beta_j k_j`` for ``j <= i``. ``log_alpha`` and ``beta``
-    have shape ``(..., L)``, ``K`` and ``Q`` ``(..., L, N)`` (leading dims broadcast; DeltaNet is
-    ``log_alpha = 0``). With ``check_values``, the transitions must not expand a state:
-    ``log_alpha <= 0`` and ``0 <= beta |k|^2 <= 2`` (DeltaNet's normalized keys and ``beta`` in
-    ``(0, 1)`` are inside).
+    so ``T[i, j] = q_i^T A_i ... A_{j+1} beta_j k_j`` for ``j <= i``. ``beta`` has shape
+    ``(..., L)``, ``K`` and ``Q`` ``(..., L, N)``; ``log_alpha`` is ``(..., L)``, one gate for the
+    whole state (Gated DeltaNet; DeltaNet is ``log_alpha = 0``; ``A_t`` is then symmetric), or
+    ``(..., L, N)``, one per key channel (Kimi's delta attention): read as that when its last two
+    dims are ``(L, N)`` and it has as many dims as ``K``. Leading dims broadcast. With
+    ``check_values``, the transitions must not expand a state: ``log_alpha <= 0`` and
+    ``0 <= beta |k|^2 <= 2`` (DeltaNet's normalized keys and ``beta`` in ``(0, 1)`` are inside).
     """
 
     def __init__(self, log_alpha: torch.Tensor, beta: torch.Tensor, K: torch.Tensor, Q: torch.Tensor,
@@ -40,15 +43,19 @@ class DeltaRuleOperator(FiniteStateOperator):
             raise ValueError("K and Q must be (..., L, N) of the same L and N, "
                              f"got {tuple(K.shape)} and {tuple(Q.shape)}")
         length = K.shape[-2]
+        per_channel = log_alpha.dim() == K.dim() and tuple(log_alpha.shape[-2:]) == tuple(K.shape[-2:])
         for name, x in (("log_alpha", log_alpha), ("beta", beta)):
-            if x.dim() < 1 or x.shape[-1] != length:
-                raise ValueError(f"{name} must be (..., L) with L={length}, got shape {tuple(x.shape)}")
+            if not (name == "log_alpha" and per_channel) and (x.dim() < 1 or x.shape[-1] != length):
+                raise ValueError(f"{name} must be (..., L) with L={length}"
+                                 + (f", or (..., L, N) = (..., {length}, {K.shape[-1]})" if name == "log_alpha" else "")
+                                 + f", got shape {tuple(x.shape)}")
         if length < 2:
             raise ValueError(f"sequence length L must be >= 2, got L={length}")
         if len({x.dtype for x in (log_alpha, beta, K, Q)}) != 1:
             raise ValueError("log_alpha, beta, K and Q must share a dtype")
         try:
-            batch = torch.broadcast_shapes(log_alpha.shape[:-1], beta.shape[:-1], K.shape[:-2], Q.shape[:-2])
+            batch = torch.broadcast_shapes(log_alpha.shape[:-2] if per_channel else log_alpha.shape[:-1],
+                                           beta.shape[:-1], K.shape[:-2], Q.shape[:-2])
         except RuntimeError:
             raise ValueError("leading (batch) dims of log_alpha, beta, K and Q do not broadcast") from None
         if check_values:
@@ -61,8 +68,9 @@ class DeltaRuleOperator(FiniteStateOperator):
             if bool((strength < 0).any()) or bool((strength > 2 + 1e-6).any()):
                 raise ValueError(f"beta |k|^2 must be in [0, 2] (a transition that does not expand the state); "
                                  f"it ranges over [{strength.min().item():.3g}, {strength.max().item():.3g}]")
-        # log_alpha and beta carry a trailing dim of 1, so that every factor is (..., L, F)
-        self.log_alpha, self.beta = log_alpha.unsqueeze(-1), beta.unsqueeze(-1)
+        # log_alpha (one gate) and beta carry a trailing dim of 1, so that every factor is (..., L, F)
+        self.log_alpha = log_alpha if per_channel else log_alpha.unsqueeze(-1)
+        self.beta = beta.unsqueeze(-1)
         self.K, self.Q = K, Q
         self._factor = K
         self.multiplicity = _check_multiplicity(multiplicity)
@@ -70,12 +78,14 @@ class DeltaRuleOperator(FiniteStateOperator):
 
     def _with(self, factors) -> DeltaRuleOperator:
         log_alpha, beta, K, Q = factors
-        return DeltaRuleOperator(log_alpha.squeeze(-1), beta.squeeze(-1), K, Q, self.multiplicity, check_values=False)
+        gates = log_alpha if self.log_alpha.shape[-1] != 1 else log_alpha.squeeze(-1)
+        return DeltaRuleOperator(gates, beta.squeeze(-1), K, Q, self.multiplicity, check_values=False)
 
     def factors(self) -> tuple[torch.Tensor, ...]:
-        """``(log_alpha, beta, K, Q)`` broadcast to the full batch shape (the first two ``(..., L, 1)``)."""
+        """``(log_alpha, beta, K, Q)`` broadcast to the full batch shape (``beta`` ``(..., L, 1)``,
+        ``log_alpha`` ``(..., L, 1)`` or ``(..., L, N)``)."""
         batch, length, state = self.batch_shape, self.seq_len, self.state_size
-        return (self.log_alpha.expand(*batch, length, 1), self.beta.expand(*batch, length, 1),
+        return (self.log_alpha.expand(*batch, length, self.log_alpha.shape[-1]), self.beta.expand(*batch, length, 1),
                 self.K.expand(*batch, length, state), self.Q.expand(*batch, length, state))
 
     def batch_head(self, n: int) -> DeltaRuleOperator:
@@ -128,8 +138,8 @@ def _delta_rule_svdvals(op: DeltaRuleOperator, idx: torch.Tensor, dtype: torch.d
     """The delta rule's spectra without ``T``: ``H_i = O_i R_{i-1}`` with square-root factors
     ``F`` (``F F^T = R R^T``, the inputs' directions in the state after step ``i - 1``) and ``G``
     (``G G^T = O_i^T O_i``), each carried through the transitions one step at a time and kept at
-    width ``N`` (:func:`_compress`): ``F_t = [A_t F_{t-1}, beta_t k_t]``, ``G_t = A_t [q_t, G_{t+1}]``
-    (``A_t`` is symmetric), then ``svdvals(G_i^T F_{i-1})``. ``O(L N^2)`` per step for the chains,
+    width ``N`` (:func:`_compress`): ``F_t = [A_t F_{t-1}, beta_t k_t]``, ``G_t = A_t^T [q_t, G_{t+1}]``,
+    then ``svdvals(G_i^T F_{i-1})``. ``O(L N^2)`` per step for the chains,
     one ``N x N`` SVD per index."""
     length, state = op.seq_len, op.state_size
     log_alpha, beta, K, Q = (t.to(dtype).reshape(-1, length, t.shape[-1]) for t in op.factors())
@@ -148,7 +158,7 @@ def _delta_rule_svdvals(op: DeltaRuleOperator, idx: torch.Tensor, dtype: torch.d
             forward[t + 1] = F
     G, backward = K.new_zeros(batch, state, 0), {}
     for t in range(length - 1, int(idx.min()) - 1, -1):
-        G = delta_rule_transition(*step[t], torch.cat([Q[:, t, :, None], G], dim=-1))
+        G = delta_rule_transition(*step[t], torch.cat([Q[:, t, :, None], G], dim=-1), transpose=True)
         if G.shape[-1] > state:
             G = _compress(G)
         if t in wanted:
