@@ -5,7 +5,8 @@
   and the other families' copies of them: Jamba's and FalconMamba's Mamba mixers (with their
   norms on ``dt``, ``B``, ``C``), Bamba's, Nemotron-H's, Zamba2's and GraniteMoeHybrid's Mamba2.
 - Gated DeltaNet layers (Qwen3-Next): the delta rule per value head
-  (:mod:`ess_reg.adapters.hf_deltanet`); LFM2's gated short convolutions
+  (:mod:`ess_reg.adapters.hf_deltanet`); Kimi's delta attention, with a gate per key channel
+  (:mod:`ess_reg.adapters.hf_kda`); LFM2's gated short convolutions
   (:mod:`ess_reg.adapters.hf_conv`); RecurrentGemma's RG-LRU (:mod:`ess_reg.adapters.hf_rglru`);
   MiniMax's lightning attention (:mod:`ess_reg.adapters.hf_lightning`); RWKV's WKV
   (:mod:`ess_reg.adapters.hf_rwkv`).
@@ -30,6 +31,7 @@ from ..operators import DenseOperator
 from .registry import Adapter, NotMeasurable, register_adapter
 from .hf_conv import short_conv_operator
 from .hf_deltanet import gated_deltanet_operator
+from .hf_kda import kda_operator
 from .hf_lightning import lightning_operator
 from .hf_mamba import mamba2_operator, mamba_operator
 from .hf_rglru import rglru_from_forward
@@ -149,6 +151,10 @@ FAMILIES = (
     Family("Qwen3-Next", ("Qwen3NextGatedDeltaNet",), "gated delta rule per value head",
            "`linear_key_head_dim`", _TESTS + "test_qwen3_next_gated_deltanet_is_measured_as_the_delta_rule_it_applies",
            Adapter(operator=gated_deltanet_operator, state_size=lambda m: m.head_k_dim)),
+    Family("Kimi-Linear", ("KimiLinearDeltaAttention",), "delta rule per head with one forget gate per key "
+           "channel", "`linear_attn_config['head_dim']`",
+           _TESTS + "test_kimi_delta_attention_is_measured_as_the_delta_rule_with_gates_per_key_channel",
+           Adapter(operator=kda_operator, state_size=lambda m: m.head_dim)),
     Family("LFM2", ("Lfm2ShortConv",), "gated short convolution per channel, banded Toeplitz between two gates "
            "(dense)", "`conv_L_cache - 1`",
            _TESTS + "test_lfm2_short_convolution_is_measured_as_its_gated_toeplitz_operator",

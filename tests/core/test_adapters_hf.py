@@ -463,7 +463,9 @@ def test_rwkv_wkv_is_measured_as_the_recurrence_it_applies():
         assert torch.all(report.ess.values.amax(dim=(0, 1)) == 1)
 
 
-def test_a_layer_named_like_attention_that_is_not_softmax_attention_is_left_out_not_misread():
+def test_kimi_delta_attention_is_measured_as_the_delta_rule_with_gates_per_key_channel():
+    from ess_reg.adapters.hf_kda import kda_operator, kda_readout, kda_streams
+
     torch.manual_seed(0)
     config = transformers.KimiLinearConfig(vocab_size=32, pad_token_id=0, bos_token_id=1, eos_token_id=2,
                                            hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -472,21 +474,41 @@ def test_a_layer_named_like_attention_that_is_not_softmax_attention_is_left_out_
                                                                "short_conv_kernel_size": 4, "full_attn_layers": [2]},
                                            num_experts=2, num_experts_per_token=1, moe_intermediate_size=16,
                                            first_k_dense_replace=2, attn_implementation="eager")
-    model = transformers.KimiLinearForCausalLM(config).float().eval()
-    assert type(model.model.layers[0].self_attn).__name__ == "KimiLinearDeltaAttention"  # returns no probabilities
-    ids = torch.randint(1, 32, (2, 12))
-    probe = ess_reg.Probe(model)
-    reports = probe(ids)
-    assert list(reports) == ["model.layers.1.self_attn"]  # its full-attention layer, measured
-    assert list(probe.left_out) == ["model.layers.0.self_attn"]  # the delta attention: left out, and why
-    assert "returns no attention probabilities under eager attention" in probe.left_out["model.layers.0.self_attn"]
+    model = transformers.KimiLinearForCausalLM(config).double().eval()
+    layer = model.model.layers[0].self_attn
+    with torch.no_grad():  # gates of every strength, so that each key channel forgets at its own rate
+        layer.forget_gate.dt_bias.copy_(torch.linspace(-6, 2, layer.forget_gate.dt_bias.numel()))
+    x = torch.randn(2, 11, 16, dtype=torch.float64)
+    op = kda_operator(layer, x)
+    assert op.batch_shape == (2, 2) and op.state_size == 8 and op.multiplicity == 8
+    assert op.log_alpha.shape == (2, 2, 11, 8) and op.log_alpha.std(-1).min() > 0.01  # not one gate per head
+    v = kda_streams(layer, x)[2].transpose(1, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(kda_readout(layer, x, op.materialize() @ v), layer(x), atol=1e-6, rtol=1e-5)
+    ids = torch.randint(3, 32, (2, 12))
+    reports = ess_reg.measure(model, ids, kind="tolerance", ess_options={"tol": 1e-9})
+    assert list(reports) == ["model.layers.0.self_attn", "model.layers.1.self_attn"]  # both kinds, none missed
+    assert torch.all(reports["model.layers.0.self_attn"].ess.values <= 8 + 1e-9)  # ESS <= TSS (d_k)
     result = ess_reg.analyze(model, ids)
-    assert list(result.left_out) == ["model.layers.0.self_attn"] and "not measured" in result.table()
+    assert not result.left_out
     assert result.layer_types == {"model.layers.0.self_attn": "KimiLinearDeltaAttention",
                                   "model.layers.1.self_attn": "KimiLinearAttention"}  # a hybrid's kinds read apart
-    assert "KimiLinearAttention " in result.table().splitlines()[1]
-    with pytest.raises(ValueError, match="no layer of the model could be measured: model.layers.0.self_attn"):
-        ess_reg.Probe(model, layers=["model.layers.0.self_attn"])(ids)
+    assert "KimiLinearDeltaAttention" in result.table().splitlines()[1]
+
+
+def test_a_layer_named_like_attention_that_returns_no_probabilities_is_left_out_not_misread():
+    model = torch.nn.ModuleList([FakeAttention(lambda h: None), FakeAttention(
+        lambda h: torch.ones(h.shape[1], h.shape[1]).tril().div(torch.arange(1, h.shape[1] + 1)[:, None])
+        .expand(h.shape[0], 2, -1, -1))])
+    model.forward = lambda h: [layer(h)[0] for layer in model]
+    x = torch.randn(2, 6, 4)
+    probe = ess_reg.Probe(model)
+    assert list(probe(x)) == ["1"]  # the layer that returns probabilities, measured
+    assert "returns no attention probabilities under eager attention" in probe.left_out["0"]
+    result = ess_reg.analyze(model, x)
+    assert list(result.left_out) == ["0"] and "not measured" in result.table()
+    with pytest.raises(ValueError, match="no layer of the model could be measured: 0"):
+        ess_reg.Probe(model, layers=["0"])(x)
 
 
 class FakeAttention(torch.nn.Module):
