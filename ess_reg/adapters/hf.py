@@ -9,7 +9,7 @@
   (:mod:`ess_reg.adapters.hf_kda`); LFM2's gated short convolutions
   (:mod:`ess_reg.adapters.hf_conv`); RecurrentGemma's RG-LRU (:mod:`ess_reg.adapters.hf_rglru`);
   MiniMax's lightning attention (:mod:`ess_reg.adapters.hf_lightning`); RWKV's WKV
-  (:mod:`ess_reg.adapters.hf_rwkv`).
+  (:mod:`ess_reg.adapters.hf_rwkv`); xLSTM's mLSTM (:mod:`ess_reg.adapters.hf_xlstm`).
 - Attention layers (a class named ``...Attention`` whose forward returns ``(output, weights)``,
   as Llama, Qwen, Mistral, GPT-2 and most decoders do): the per-head attention probabilities it
   returns when the model runs with ``attn_implementation="eager"``, as dense operators of batch
@@ -36,6 +36,7 @@ from .hf_lightning import lightning_operator
 from .hf_mamba import mamba2_operator, mamba_operator
 from .hf_rglru import rglru_from_forward
 from .hf_rwkv import rwkv_operator
+from .hf_xlstm import mlstm_operator
 
 __all__ = ["maybe_register", "FAMILIES", "Family", "coverage_table", "attention_from_forward", "attention_reach",
            "attention_state_size"]
@@ -172,6 +173,10 @@ FAMILIES = (
            "channel; the denominator reads keys only)",
            _TESTS + "test_rwkv_wkv_is_measured_as_the_recurrence_it_applies",
            Adapter(operator=rwkv_operator, state_size=lambda m: 1)),
+    Family("xLSTM", ("xLSTMLayer",), "mLSTM per head: a linear attention with a scalar forget gate, its "
+           "normalizer (queries, keys and gates only) in the output factor", "`qk_dim / num_heads`",
+           _TESTS + "test_xlstm_mlstm_is_measured_as_the_gated_linear_attention_it_applies",
+           Adapter(operator=mlstm_operator, state_size=lambda m: m.qk_dim // m.config.num_heads)),
     Family("decoders with eager attention (Llama, Qwen, Mistral, Gemma-2, GPT-Neo, Llama 4, the hybrids' "
            "attention, ...)", ("*Attention",),
            "attention probabilities per head, from the layer's own forward (`attn_implementation=\"eager\"`)",

@@ -463,6 +463,32 @@ def test_rwkv_wkv_is_measured_as_the_recurrence_it_applies():
         assert torch.all(report.ess.values.amax(dim=(0, 1)) == 1)
 
 
+def test_xlstm_mlstm_is_measured_as_the_gated_linear_attention_it_applies():
+    from ess_reg.adapters.hf_xlstm import mlstm_operator, mlstm_readout, mlstm_streams
+
+    torch.manual_seed(0)
+    config = transformers.xLSTMConfig(vocab_size=32, hidden_size=16, num_heads=2, num_hidden_layers=2, chunk_size=4,
+                                      autocast_kernel_dtype="float32", inference_state_dtype="float32")
+    model = transformers.xLSTMForCausalLM(config).float().eval()
+    layer = model.backbone.blocks[0].mlstm_layer
+    with torch.no_grad():  # strong input gates, so that the normalizer |q . n| passes 1 and divides
+        layer.igate_preact.bias.fill_(4.0)
+    x = torch.randn(2, 11, 16)  # 11 steps in chunks of 4: the chunkwise kernel, then the sequence one
+    op = mlstm_operator(layer, x)
+    assert op.batch_shape == (2, 2) and op.state_size == 4 and op.multiplicity == 8
+    q, k, v, i, f, _ = mlstm_streams(layer, x)
+    dot = torch.einsum("bhtd,bhsd->bhts", q * q.shape[-1] ** -0.5, i.exp().unsqueeze(-1) * k)
+    assert dot.tril().sum(-1).abs().max() > 1  # the normalizer acts somewhere
+    with torch.no_grad():
+        torch.testing.assert_close(mlstm_readout(layer, x, op.materialize() @ v), layer(x)[0], atol=1e-5, rtol=1e-4)
+    probe = ess_reg.Probe(model, kind="tolerance")
+    with probe.capture():  # its cache of a tiny config is misshapen in transformers: run without it
+        model(torch.randint(1, 32, (2, 12)), use_cache=False)
+    reports = probe.reports()
+    assert list(reports) == ["backbone.blocks.0.mlstm_layer", "backbone.blocks.1.mlstm_layer"]
+    assert all(torch.all(r.ess.values <= 4 + 1e-6) for r in reports.values())  # ESS <= TSS (d_qk)
+
+
 def test_kimi_delta_attention_is_measured_as_the_delta_rule_with_gates_per_key_channel():
     from ess_reg.adapters.hf_kda import kda_operator, kda_readout, kda_streams
 
