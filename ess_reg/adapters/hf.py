@@ -3,7 +3,8 @@
 
 - ``MambaMixer`` and ``Mamba2Mixer``: their selective SSMs (:mod:`ess_reg.adapters.hf_mamba`),
   and the other families' copies of them: Jamba's and FalconMamba's Mamba mixers (with their
-  norms on ``dt``, ``B``, ``C``), Bamba's, Nemotron-H's, Zamba2's and GraniteMoeHybrid's Mamba2.
+  norms on ``dt``, ``B``, ``C``), Bamba's, Nemotron-H's, Zamba2's, GraniteMoeHybrid's and
+  Falcon-H1's Mamba2 (with its multipliers, and its silu gate where it has no gated norm).
 - Gated DeltaNet layers (Qwen3-Next): the delta rule per value head
   (:mod:`ess_reg.adapters.hf_deltanet`); Kimi's delta attention, with a gate per key channel
   (:mod:`ess_reg.adapters.hf_kda`); LFM2's gated short convolutions
@@ -145,8 +146,8 @@ FAMILIES = (
            _TESTS + "test_a_mamba_mixer_with_norms_on_dt_b_c_is_measured_as_the_operator_it_applies", _MAMBA),
     Family("Mamba2", ("Mamba2Mixer",), "SSD per head, scalar decay", "`ssm_state_size`",
            _TESTS + "test_mamba2_operator_reproduces_the_mixer", _MAMBA2),
-    Family("Bamba, Nemotron-H, Zamba2, GraniteMoeHybrid",
-           ("BambaMixer", "NemotronHMamba2Mixer", "Zamba2MambaMixer", "GraniteMoeHybridMambaLayer"),
+    Family("Bamba, Nemotron-H, Zamba2, GraniteMoeHybrid, Falcon-H1",
+           ("BambaMixer", "NemotronHMamba2Mixer", "Zamba2MambaMixer", "GraniteMoeHybridMambaLayer", "FalconH1Mixer"),
            "SSD per head, scalar decay", "`ssm_state_size`",
            _TESTS + "test_a_hybrid_s_mamba2_mixer_is_measured_as_the_operator_it_applies", _MAMBA2),
     Family("Qwen3-Next", ("Qwen3NextGatedDeltaNet",), "gated delta rule per value head",

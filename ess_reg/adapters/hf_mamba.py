@@ -44,7 +44,10 @@ def mamba2_streams(module, x: torch.Tensor):
     """What ``Mamba2Mixer.forward`` computes before its scan: ``gate`` ``(B, L, E)``, values
     ``(B, H, L, head_dim)``, ``dt`` ``(B, L, H)``, ``A`` ``(H,)``, ``B, C`` ``(B, L, G, N)``."""
     b, length, _ = x.shape
-    gate, xbc, dt = module.in_proj(x).split([module.intermediate_size, module.conv_dim, module.num_heads], dim=-1)
+    projected = module.in_proj(x * getattr(module, "ssm_in_multiplier", 1.0))
+    if hasattr(module, "mup_vector"):  # Falcon-H1 scales its input and each projected stream
+        projected = projected * module.mup_vector.to(x.dtype)
+    gate, xbc, dt = projected.split([module.intermediate_size, module.conv_dim, module.num_heads], dim=-1)
     xbc = module.act(module.conv1d(xbc.transpose(1, 2))[..., :length]).transpose(1, 2)
     groups_n = module.n_groups * module.ssm_state_size
     values, B, C = xbc.split([module.intermediate_size, groups_n, groups_n], dim=-1)
@@ -71,5 +74,7 @@ def mamba2_readout(module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The mixer's output from the operator's output ``y`` ``(B, H, L, head_dim)``: skip, gated
     norm, projection."""
     gate, values, *_ = mamba2_streams(module, x)
-    y = y + module.D.to(x.dtype)[None, :, None, None] * values
-    return module.out_proj(module.norm(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1), gate).to(x.dtype))
+    y = (y + module.D.to(x.dtype)[None, :, None, None] * values).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+    if getattr(module, "mamba_rms_norm", True):
+        return module.out_proj(module.norm(y, gate).to(x.dtype))
+    return module.out_proj(y * F.silu(gate))  # Falcon-H1 without its gated norm

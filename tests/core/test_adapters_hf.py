@@ -254,6 +254,10 @@ def _hybrid(name):
                                            hybrid_layer_ids=[1], num_mem_blocks=1, mamba_headdim=8, n_mamba_heads=4,
                                            mamba_ngroups=1, mamba_d_state=4, mamba_d_conv=4, mamba_expand=2, **common)
         return transformers.Zamba2ForCausalLM(config), "Zamba2MambaMixer", torch.float64
+    if name in ("falcon_h1", "falcon_h1_norm"):  # scaled input and streams (mup); gated norm or a silu gate
+        config = transformers.FalconH1Config(num_hidden_layers=2, mamba_d_ssm=32, mamba_rms_norm=name.endswith("norm"),
+                                             **mamba, **common)
+        return transformers.FalconH1ForCausalLM(config), "FalconH1Mixer", torch.float64
     if name == "granitemoehybrid":  # its experts' grouped matmul takes float32 only
         config = transformers.GraniteMoeHybridConfig(num_hidden_layers=2, layer_types=["mamba", "attention"],
                                                      num_local_experts=2, num_experts_per_tok=1, **mamba, **common)
@@ -290,7 +294,7 @@ def test_a_mamba_mixer_with_norms_on_dt_b_c_is_measured_as_the_operator_it_appli
     assert mixer_class in {type(m).__name__ for n, m in model.named_modules() if n in reports}
 
 
-@pytest.mark.parametrize("name", ["bamba", "nemotron_h", "zamba2", "granitemoehybrid"])
+@pytest.mark.parametrize("name", ["bamba", "nemotron_h", "zamba2", "granitemoehybrid", "falcon_h1", "falcon_h1_norm"])
 def test_a_hybrid_s_mamba2_mixer_is_measured_as_the_operator_it_applies(name):
     from ess_reg.adapters.hf_mamba import mamba2_operator, mamba2_readout, mamba2_streams
 
