@@ -4,7 +4,8 @@
 - ``MambaMixer`` and ``Mamba2Mixer``: their selective SSMs (:mod:`ess_reg.adapters.hf_mamba`),
   and the other families' copies of them: Jamba's and FalconMamba's Mamba mixers (with their
   norms on ``dt``, ``B``, ``C``), Bamba's, Nemotron-H's, Zamba2's, GraniteMoeHybrid's and
-  Falcon-H1's Mamba2 (with its multipliers, and its silu gate where it has no gated norm).
+  Falcon-H1's Mamba2 (with its multipliers, and its silu gate where it has no gated norm), and
+  Zamba's Mamba with heads of their own projections.
 - Gated DeltaNet layers (Qwen3-Next): the delta rule per value head
   (:mod:`ess_reg.adapters.hf_deltanet`); Kimi's delta attention, with a gate per key channel
   (:mod:`ess_reg.adapters.hf_kda`); LFM2's gated short convolutions
@@ -34,7 +35,7 @@ from .hf_conv import short_conv_operator
 from .hf_deltanet import gated_deltanet_operator
 from .hf_kda import kda_operator
 from .hf_lightning import lightning_operator
-from .hf_mamba import mamba2_operator, mamba_operator
+from .hf_mamba import mamba2_operator, mamba_operator, zamba_mamba_operator
 from .hf_rglru import rglru_from_forward
 from .hf_rwkv import rwkv_operator
 from .hf_xlstm import mlstm_operator
@@ -144,6 +145,9 @@ FAMILIES = (
     Family("Jamba, FalconMamba", ("JambaMambaMixer", "FalconMambaMixer"),
            "selective SSM per inner channel, after the norms on dt, B, C", "`ssm_state_size`",
            _TESTS + "test_a_mamba_mixer_with_norms_on_dt_b_c_is_measured_as_the_operator_it_applies", _MAMBA),
+    Family("Zamba", ("ZambaMambaMixer",), "selective SSM per inner channel, heads with their own x_proj and dt_proj",
+           "`mamba_d_state`", _TESTS + "test_zamba_s_multi_head_mamba_is_measured_as_the_operator_it_applies",
+           Adapter(operator=zamba_mamba_operator, state_size=lambda m: m.ssm_state_size)),
     Family("Mamba2", ("Mamba2Mixer",), "SSD per head, scalar decay", "`ssm_state_size`",
            _TESTS + "test_mamba2_operator_reproduces_the_mixer", _MAMBA2),
     Family("Bamba, Nemotron-H, Zamba2, GraniteMoeHybrid, Falcon-H1",

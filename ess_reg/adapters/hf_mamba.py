@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from ..operators import StateSpaceOperator, selective_ssm_operator
 
-__all__ = ["mamba_streams", "mamba_operator", "mamba_readout"]
+__all__ = ["mamba_streams", "mamba_operator", "mamba_readout", "zamba_mamba_streams", "zamba_mamba_operator",
+           "zamba_mamba_readout"]
 
 
 def mamba_streams(module, x: torch.Tensor):
@@ -38,6 +39,43 @@ def mamba_readout(module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The mixer's output from the operator's output ``y`` ``(B, E, L)``: skip, gate, projection."""
     u, gate, *_ = mamba_streams(module, x)
     return module.out_proj((y.transpose(1, 2) + module.D.to(x.dtype) * u) * module.act(gate))
+
+
+# ---- Zamba (v1): a Mamba whose inner channels form heads, each with its own x_proj and dt_proj ----
+
+
+def zamba_mamba_streams(module, x: torch.Tensor):
+    """What ``ZambaMambaMixer.forward`` computes before its scans: ``u, gate`` ``(B, E, L)`` (its
+    in_proj interleaves them channel by channel), ``dt`` ``(B, H, L, head_dim)``, ``A`` ``(H,
+    head_dim, N)``, ``B, C`` ``(B, H, L, N)``."""
+    batch, length, _ = x.shape
+    u, gate = module.in_proj(x).transpose(1, 2).reshape(batch, -1, 2, length).unbind(2)
+    u = module.act(module.conv1d(u)[..., :length])
+    heads = u.reshape(batch, module.n_mamba_heads, module.mamba_head_dim, length)
+    params = torch.einsum("hpd,bhdl->bhlp", module.x_proj_weight.to(x.dtype), heads)
+    step, B, C = params.split([module.time_step_rank, module.ssm_state_size, module.ssm_state_size], dim=-1)
+    dt = torch.einsum("hdr,bhlr->bhld", module.dt_proj_weight.to(x.dtype), step)
+    dt = F.softplus(dt + module.dt_proj_bias.to(x.dtype)[None, :, None, :])
+    return u, gate, dt, -torch.exp(module.A_log.to(x.dtype)), B, C
+
+
+def zamba_mamba_operator(module, x: torch.Tensor) -> StateSpaceOperator:
+    """``T`` per inner channel (batch shape ``(B, E)``): the channel's decay ``exp(dt A)``, input
+    ``dt B`` and output ``C`` of its head."""
+    _, _, dt, A, B, C = zamba_mamba_streams(module, x)
+    batch, heads, length, head_dim = dt.shape
+    dt = dt.transpose(2, 3).unsqueeze(-1)  # (B, H, head_dim, L, 1)
+    log_decay = dt * A[None, :, :, None, :]  # (B, H, head_dim, L, N)
+    inputs, outputs = dt * B[:, :, None], C[:, :, None].expand_as(log_decay)
+    return StateSpaceOperator(*(t.reshape(batch, heads * head_dim, length, -1) for t in (log_decay, inputs, outputs)),
+                              check_values=False)
+
+
+def zamba_mamba_readout(module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The mixer's output from the operator's output ``y`` ``(B, E, L)``: skip, gate, projection."""
+    u, gate, *_ = zamba_mamba_streams(module, x)
+    skip = module.D.to(x.dtype).reshape(1, -1, 1) * u
+    return module.out_proj(((y + skip) * module.act(gate)).transpose(1, 2))
 
 
 def mamba2_streams(module, x: torch.Tensor):

@@ -320,6 +320,33 @@ def test_a_hybrid_s_mamba2_mixer_is_measured_as_the_operator_it_applies(name):
             assert torch.all(report.ess.values <= 4 + 1e-6)  # ESS <= TSS (its state of 4)
 
 
+def test_zamba_s_multi_head_mamba_is_measured_as_the_operator_it_applies():
+    from ess_reg.adapters.hf_mamba import zamba_mamba_operator, zamba_mamba_readout, zamba_mamba_streams
+
+    torch.manual_seed(0)
+    config = transformers.ZambaConfig(vocab_size=32, hidden_size=16, num_attention_heads=2, num_key_value_heads=2,
+                                      intermediate_size=32, num_hidden_layers=3,
+                                      layers_block_type=["mamba", "hybrid", "hybrid"], mamba_d_state=4, mamba_d_conv=4,
+                                      mamba_expand=2, mamba_dt_rank=4, n_mamba_heads=2, attn_implementation="eager")
+    model = transformers.ZambaForCausalLM(config).double().eval()
+    mixer = model.model.layers[0].mamba
+    with torch.no_grad():  # heads that differ (their projections start at zero) and a skip
+        mixer.x_proj_weight.normal_()
+        mixer.D.uniform_(-1, 1)
+    x = torch.randn(2, 13, 16, dtype=torch.float64)
+    op = zamba_mamba_operator(mixer, x)
+    assert op.batch_shape == (2, 32) and op.state_size == 4
+    u = zamba_mamba_streams(mixer, x)[0]
+    y = (op.materialize() @ u.unsqueeze(-1)).squeeze(-1)
+    out = mixer(x)
+    scale = out.abs().max().item()
+    assert scale > 0 and torch.allclose(zamba_mamba_readout(mixer, x, y), out, atol=1e-6 * scale, rtol=1e-5)
+    reports = ess_reg.measure(model, torch.randint(1, 32, (2, 12)), kind="tolerance")
+    measured = {n: type(m).__name__ for n, m in model.named_modules() if n in reports}
+    assert list(measured.values()).count("ZambaMambaMixer") == 3  # every layer's Mamba, the hybrids' too
+    assert all(torch.all(r.ess.values <= 4 + 1e-6) for n, r in reports.items() if measured[n] == "ZambaMambaMixer")
+
+
 def tiny_qwen3_next(dtype=torch.float64):
     torch.manual_seed(0)
     config = transformers.Qwen3NextConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
