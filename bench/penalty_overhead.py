@@ -1,13 +1,15 @@
 """What the ESS penalty costs per training step, measured side by side in one run.
 
-For gla, s6 and sa on MQAR at L=256 (batch 64, d_model 64, 2 layers, CPU): the time of a
+For every mixer of the zoo on MQAR at L=256 (batch 64, d_model 64, 2 layers, CPU): the time of a
 training step with ``penalty=ess_max`` as configured in conf/penalty/ess_max.yaml (8 random
 indices per step, every layer, the first 8 examples of the batch, 16 random channels per layer:
 ``batch_limit``, ``channel_limit``) against the same step without it. Each side trains in its
 own run, timed on its own: best (and median) of ``--steps`` steps after 2 warm-up steps. The
 penalty's random indices change from step to step, so its steps vary more than the plain ones.
+The GRU and the LSTM are left out: their operator is a Jacobian (``L d_model`` backward passes
+with a graph kept for the penalty's gradient), not a per-step penalty at this size.
 
-Usage: python bench/penalty_overhead.py [--steps 20] [--batch-limit 8] [--mixers gla s6 sa] [--threads N]
+Usage: python bench/penalty_overhead.py [--steps 20] [--batch-limit 8] [--mixers gla s6 ...] [--threads N]
        BENCH_MIXERS=s6,gla python bench/penalty_overhead.py    # a subset (as --mixers)
 """
 
@@ -24,11 +26,12 @@ from common import Results, Timing, add_common_args, best_of, machine_line, setu
 from ess_reg.harness.ess_train import compose_config
 from ess_reg.harness.build import trainer_settings
 from ess_reg.harness.step import TrainingStep
+from ess_reg.models import MIXERS as ZOO
 from train_speed import L256
 
 SUMMARY = ("The time of a training step with the ESS penalty (penalty=ess_max) / the same step without it, "
            "for each mixer on MQAR at L=256 (batch 64, d_model 64, 2 layers).")
-MIXERS = ["gla", "s6", "sa"]
+MIXERS = [m for m in ZOO if m not in ("gru", "lstm")]  # every mixer with an operator of its own
 WARMUP_STEPS = 2
 
 
