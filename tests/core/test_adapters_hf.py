@@ -17,14 +17,16 @@ def tiny_mamba(seed=0):
 
 def penalized(model, ids, objective, lr, steps, layer_param):
     """The penalty's value before and after ``steps`` optimizer steps on it alone, checking at each
-    step that its gradient reaches ``layer_param(model)``."""
+    step that its gradient reaches ``layer_param(model)`` (a parameter, or several)."""
     penalty = ess_reg.ESSPenalty(model, objective, measure="ess", schedule=ess_reg.Schedule(weight=1.0, ramp_steps=0))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     before = penalty(ids, step=1).item()
     for step in range(steps):
         optimizer.zero_grad()
         penalty(ids, step=step + 1).backward()
-        assert layer_param(model).grad.abs().sum() > 0  # gradients reach the layer
+        params = layer_param(model)
+        for param in params if isinstance(params, (list, tuple)) else [params]:
+            assert param.grad is not None and param.grad.abs().sum() > 0  # gradients reach the layer
         optimizer.step()
     return before, penalty(ids, step=steps + 1).item()
 
@@ -263,6 +265,15 @@ def _hybrid(name):
                                                      num_local_experts=2, num_experts_per_tok=1, **mamba, **common)
         return transformers.GraniteMoeHybridForCausalLM(config), "GraniteMoeHybridMambaLayer", torch.float32
     raise ValueError(name)
+
+
+def test_the_penalty_moves_a_hybrid_s_ess_its_way_through_both_kinds_of_layer():
+    model, _, _ = _hybrid("bamba")  # a Mamba2 layer, then an attention layer
+    model = model.double().train()
+    ids = torch.randint(1, 32, (4, 16), generator=torch.Generator().manual_seed(0))
+    both = lambda m: [m.model.layers[0].mamba.A_log, m.model.layers[1].self_attn.q_proj.weight]  # noqa: E731
+    before, after = penalized(model, ids, "maximize", 3e-3, 10, both)
+    assert after < before  # maximize: the penalty (-ESS) falls, ESS rises
 
 
 @pytest.mark.parametrize("name", ["jamba", "falcon_mamba"])
