@@ -61,3 +61,14 @@ def test_a_bf16_run_with_the_penalty_finishes_on_cuda(tmp_path):
     result = run(compose_config(overrides))
     assert result.accuracy is not None and all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values())
     assert next(result.model.parameters()).is_cuda
+
+
+def test_certified_ess_on_cuda_contains_the_cpu_s_exact_value():
+    g = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(2, 256, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    T = torch.tril(q @ k.mT)  # a linear attention: every block of rank <= 8
+    idx = [64, 128, 192]
+    result = ess_reg.certified_ess(T.cuda(), idx, block_size=8)
+    exact = ess_reg.entropy_ess(T, idx)
+    assert result.path == ["krylov"] * 3 and result.value.is_cuda
+    assert torch.all(result.lower.cpu() <= exact + 1e-9) and torch.all(exact <= result.upper.cpu() + 1e-9)
