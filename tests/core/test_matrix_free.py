@@ -42,7 +42,7 @@ def test_the_interval_contains_the_exact_ess(spectrum, kind):
     T = causal_with_spectrum(SPECTRA[spectrum])
     exact = entropy_ess(T, INDICES) if kind == "entropy" else tolerance_ess(T, indices=INDICES)
     # A small block and a loose rtol: the Krylov path answers, not the exact fallback.
-    result = certified_ess(T, INDICES, measure=kind, rtol=0.05, block_size=4, max_fraction=1.0)
+    result = certified_ess(T, INDICES, measure=kind, rtol=0.05, block_size=4, max_fraction=1.0, min_size=0)
     assert torch.all(result.lower <= exact + 1e-9) and torch.all(exact <= result.upper + 1e-9)
     if kind == "entropy":
         assert torch.all((result.value - exact).abs() <= 0.05 * exact + 1e-9)
@@ -51,7 +51,7 @@ def test_the_interval_contains_the_exact_ess(spectrum, kind):
 
 def test_the_interval_narrows_to_the_exact_value_when_the_basis_spans_the_range():
     T = low_rank_causal(6)
-    result = certified_ess(T, INDICES[1:-1], block_size=8, rtol=1e-4)
+    result = certified_ess(T, INDICES[1:-1], block_size=8, rtol=1e-4, min_size=0)
     exact = entropy_ess(T, INDICES[1:-1])
     assert result.path == ["krylov"] * 3 and result.rank == [8] * 3  # one block spans each range
     # What is left is the round-off allowance: a tail of about 1e-13 ||H||_F^2 spread over the
@@ -62,7 +62,7 @@ def test_the_interval_narrows_to_the_exact_value_when_the_basis_spans_the_range(
 
 def test_float32_operators_are_certified_in_float64():
     T = low_rank_causal(6).float()
-    result = certified_ess(T, [80], block_size=8)
+    result = certified_ess(T, [80], block_size=8, min_size=0)
     assert result.value.dtype == torch.float64 and result.path == ["krylov"]
     exact = entropy_ess(T.double(), [80])
     assert torch.all(result.lower <= exact) and torch.all(exact <= result.upper)
@@ -70,7 +70,7 @@ def test_float32_operators_are_certified_in_float64():
 
 def test_a_long_tail_falls_back_to_the_exact_path_and_says_so():
     T = causal_with_spectrum(SPECTRA["flat"])
-    result = certified_ess(T, [80], rtol=1e-6, block_size=4)
+    result = certified_ess(T, [80], rtol=1e-6, block_size=4, min_size=0)
     assert result.path == ["exact"] and torch.equal(result.lower, result.upper)
     assert torch.allclose(result.value, entropy_ess(T, [80]))
 
@@ -85,9 +85,15 @@ def test_an_operator_without_block_products_is_measured_exactly():
     assert torch.allclose(result.value, entropy_ess(op, [5, 20]))
 
 
+def test_small_blocks_take_the_exact_path_unless_asked_otherwise():
+    T = low_rank_causal(3)
+    assert certified_ess(T, [80]).path == ["exact"]  # 80 x 80: below the default min_size
+    assert certified_ess(T, [80], min_size=0).path == ["krylov"]
+
+
 def test_the_same_seed_repeats_the_measurement():
     T = causal_with_spectrum(SPECTRA["fast decay"])
-    a, b = (certified_ess(T, INDICES, block_size=4, seed=3) for _ in range(2))
+    a, b = (certified_ess(T, INDICES, block_size=4, seed=3, min_size=0) for _ in range(2))
     assert torch.equal(a.lower, b.lower) and torch.equal(a.upper, b.upper)
 
 
@@ -137,6 +143,7 @@ def test_a_zero_block_has_ess_zero():
     (dict(rtol=0), "rtol"),
     (dict(block_size=0), "block_size"),
     (dict(max_fraction=1.5), "max_fraction"),
+    (dict(min_size=-1), "min_size"),
     (dict(measure="tolerance", tol=2.0), "counts nothing"),
 ])
 def test_bad_arguments_are_named(kwargs, message):
@@ -200,7 +207,7 @@ def test_a_gated_convolution_is_certified_without_forming_t():
     h = torch.stack([torch.exp(-lags / 30) * torch.cos(lags / 7), torch.exp(-lags / 5)])  # (2, L): two channels
     q, k = (1 + 0.1 * torch.randn(2, L, generator=g, dtype=torch.float64) for _ in range(2))
     op = ToeplitzOperator(h, q, k)
-    result = certified_ess(op, INDICES, block_size=4, max_fraction=1.0, rtol=1e-3)
+    result = certified_ess(op, INDICES, block_size=4, max_fraction=1.0, rtol=1e-3, min_size=0)
     exact = entropy_ess(op.materialize(), INDICES)
     assert "krylov" in result.path
     assert torch.all(result.lower <= exact) and torch.all(exact <= result.upper)

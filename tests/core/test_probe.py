@@ -277,16 +277,16 @@ def test_a_probe_call_validates_each_layer_s_indices_once(monkeypatch):
 def test_a_certified_probe_says_which_path_measured_each_layer():
     from ess_reg import Probe, analyze
 
-    model, inputs = UserModel(), torch.randint(0, 10, (2, 256), generator=torch.Generator().manual_seed(0))
-    exact = Probe(model, indices=[64, 128, 192])
-    certified = Probe(model, indices=[64, 128, 192], certified=1e-3)
+    model, inputs = UserModel(), torch.randint(0, 10, (1, 1024), generator=torch.Generator().manual_seed(0))
+    exact = Probe(model, indices=[256, 512, 768])
+    certified = Probe(model, indices=[256, 512, 768], certified=1e-3)
     expected, reports = exact(inputs), certified(inputs)
     assert exact.paths == {"first": "dense", "second": "dense"}
-    # Blocks of rank <= 5 out of a bound of 64-128: the basis's first block spans them.
+    # Blocks of rank <= 5 out of a bound of 256-512: the basis's first block spans them.
     assert certified.paths == {"first": "krylov", "second": "krylov"}
     for name in expected:
         assert torch.allclose(reports[name].ess.values, expected[name].ess.values, rtol=1e-3)
-    analysis = analyze(model, inputs, indices=[64, 128, 192], certified=1e-3)
+    analysis = analyze(model, inputs, indices=[256, 512, 768], certified=1e-3)
     assert analysis.paths == certified.paths and "krylov" in analysis.table()
 
 
