@@ -5,6 +5,7 @@ index of the block that flattens every channel."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .._checks import check_floating
 from .checks import _check_finite, _check_multiplicity, _head, shape_rank
@@ -100,3 +101,48 @@ class JacobianOperator:
 
     def __repr__(self) -> str:
         return f"JacobianOperator(shape={tuple(self.J.shape)}, dtype={self.J.dtype})"
+
+
+# ---- building one from a module: the Jacobian at an input -----------------------------------------
+
+# A Jacobian counts as causal when every d y[t] / d x[s > t] is below this, relative to its largest entry.
+CAUSAL_ATOL = 1e-8
+
+
+def input_output_jacobian(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``d module(x)[b, t, a] / d x[b, s, c]`` for each example: ``(B, L, D_out, L, D_in)``.
+
+    ``module`` maps ``(B, L, D_in)`` to ``(B, L, D_out)`` (a tuple output: its first element),
+    treating examples independently (no batch norm across examples)."""
+    check_floating("x", x)
+    if x.dim() != 3:
+        raise ValueError(f"x must be (batch, L, D_in), got shape {tuple(x.shape)}")
+
+    def one(example: torch.Tensor) -> torch.Tensor:
+        out = module(example.unsqueeze(0))
+        out = out[0] if isinstance(out, tuple) else out
+        return out.squeeze(0)
+
+    try:  # vectorized over the output rows (torch.func)
+        return torch.stack([torch.func.jacrev(one)(example) for example in x])
+    except RuntimeError:  # modules torch.func cannot batch (nn.GRU's hidden-state setup): one backward per row
+        return torch.stack([torch.autograd.functional.jacobian(one, example, create_graph=torch.is_grad_enabled())
+                            for example in x])
+
+
+def _check_causal(jacobian: torch.Tensor) -> None:
+    length = jacobian.shape[1]
+    future = torch.ones(length, length, dtype=torch.bool, device=jacobian.device).triu(1)  # s > t
+    leak = jacobian.abs().amax(dim=(2, 4))[:, future]  # (B, pairs)
+    scale = jacobian.abs().amax().clamp_min(torch.finfo(jacobian.dtype).tiny)
+    if leak.numel() and float(leak.max() / scale) > CAUSAL_ATOL:
+        raise ValueError(f"the module is not causal: its outputs depend on later inputs (largest "
+                         f"|d y[t] / d x[s > t]| is {float(leak.max() / scale):.2g} of the largest entry)")
+
+
+def jacobian_operator(module: nn.Module, x: torch.Tensor, check_causal: bool = True) -> JacobianOperator:
+    """``module`` linearized at ``x``, as a :class:`~ess_reg.operators.JacobianOperator`."""
+    jacobian = input_output_jacobian(module, x)
+    if check_causal:
+        _check_causal(jacobian.detach())
+    return JacobianOperator(jacobian, check_values=False)

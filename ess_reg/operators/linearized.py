@@ -21,6 +21,7 @@ from torch import nn
 
 from .._checks import check_floating, check_int
 from .checks import _check_multiplicity
+from .jacobian import JacobianOperator, jacobian_operator
 
 
 class LinearizedOperator:
@@ -79,10 +80,8 @@ class LinearizedOperator:
         rank = torch.minimum(idx * d_in, (self.seq_len - idx) * d_out)
         return rank if self._state_size is None else rank.clamp(max=self._state_size)
 
-    def jacobian(self):
+    def jacobian(self) -> JacobianOperator:
         """The materialized :class:`JacobianOperator` (``L D_out`` backward passes)."""
-        from ..jacobian import jacobian_operator
-
         return jacobian_operator(self.module, self.x)
 
     def svdvals(self, idx: torch.Tensor, *, method: str, dtype: torch.dtype, budget: int,
