@@ -5,14 +5,17 @@ For an operator that can apply ``H_i`` and ``H_i^T`` to a block of vectors and k
 basis ``K`` of ``range(H_i H_i^T ... H_i Omega)`` grown one block at a time, the Ritz values
 ``svdvals(K^T H_i)`` (each a lower bound on a singular value), and after every block the bounds
 of :mod:`ess_reg.certificate` on what the rest of the spectrum can do.  It stops when every
-interval is narrower than ``rtol`` (relative half-width), and falls back to the exact SVD of the
-block when the basis would reach the block's rank bound or the block is small.  The value
-returned is the interval's midpoint, so it is within ``rtol`` of the exact ESS.
+interval is narrower than ``rtol`` (relative half-width), and falls back to the exact path when
+the block is small, when the basis would pass a fraction of the block's rank bound, or when the
+rate at which blocks shrink the interval says it will not get there (a long spectral tail).  The
+value returned is the interval's midpoint, so it is within ``rtol`` of the exact ESS.  A basis
+that reaches the rank bound spans the block's range: its Ritz values are the spectrum, which is
+how an operator whose ``||H_i||_F`` is unknown (a linearized module) is certified.
 
-An operator offers this through the :class:`BlockProducts` protocol (``DenseOperator`` does:
-``A @ X`` on a slice of ``T``); any other operator is measured exactly through its own spectra
-path, and the result says which path each index took.  Measurement only: no gradient flows
-(the penalty uses the exact, differentiable paths).
+An operator offers this through the :class:`BlockProducts` protocol (``DenseOperator``,
+``ToeplitzOperator`` and ``LinearizedOperator`` do); any other operator is measured exactly
+through its own spectra path, and the result says which path each index took.  Measurement
+only: no gradient flows (the penalty uses the exact, differentiable paths).
 
 Always in float64, whatever the operator's dtype: the certificate rests on
 ``||H_i||_F^2 - sum(Ritz^2)``, and in float32 the round-off of that difference alone (about
@@ -22,11 +25,10 @@ singular-value mass, too wide to certify anything.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
-
-import math
 
 import torch
 
@@ -72,8 +74,8 @@ class BlockProducts(Protocol):
 class CertifiedESS:
     """ESS per index with a certified interval: ``lower <= exact <= upper``, each
     ``(*batch, len(indices))``; ``value`` is the midpoint (for tolerance-ESS, the integer
-    nearest it).  ``rank``: the Krylov basis size
-    each index ended with (its rank bound where it was computed exactly); ``path``: per index,
+    nearest it).  ``rank``: the Krylov basis size each index ended with (its rank bound where
+    it was computed exactly); ``path``: per index,
     ``"krylov"`` or ``"exact"`` (the exact spectra path in the operator's compute dtype, as
     :func:`~ess_reg.ess.entropy_ess` takes it; its interval is that one value)."""
 
