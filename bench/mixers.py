@@ -118,7 +118,7 @@ def measure(name: str, length: int, with_ess: bool, repeats: int, device: str = 
         with torch.no_grad():
             forward_s = best_of(lambda: mixer(x), repeats, warmup=1, device=device).best
             op = mixer.operator(x)
-            dense = op.kind == "dense"
+            dense = op.state_size is None  # no finite state (attention, a long convolution): 16 indices
             indices = torch.linspace(1, length - 1, DENSE_ESS_INDICES).round().long().unique() if dense else None
             if not dense and not cuda:
                 spectra = op.batch_shape.numel() * (length - 1)
