@@ -34,8 +34,9 @@ from common import Results, add_common_args, best_of, machine_line, setup
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the zoo (models/) beside the package
 
 SUMMARY = ("ess_reg.certified_ess (randomized block Krylov with a certified interval) against the exact spectra "
-           "path: softmax attention of a one-layer Llama (hidden 256, 4 heads), a rank-16 linear attention, and "
-           "the zoo's GRU through its Jacobian; 16 indices, entropy-ESS.")
+           "path: softmax attention of a one-layer Llama (hidden 256, 4 heads), a rank-16 linear attention, the "
+           "zoo's Hyena as its gated Toeplitz operator, and the zoo's GRU through its Jacobian; 16 indices, "
+           "entropy-ESS.")
 
 
 def llama_attention(length: int):
