@@ -262,13 +262,18 @@ def layer_ess(
     return result
 
 
+def check_layer_batch(op: Operator, name: str) -> None:
+    """A layer's operator is ``(batch, channels)`` or ``(channels,)`` in its batch dims."""
+    if len(op.batch_shape) not in (1, 2):
+        raise ValueError(f"layer {name!r}: operator batch shape must be (batch, channels) or (channels,), "
+                         f"got {tuple(op.batch_shape)}")
+
+
 def operator_ess(op: Operator, kind: str, idx: torch.Tensor, *, name: str = "operator",
                  ess_options: Mapping | None = None, **spectra_options) -> LayerESS:
     """ESS of one operator at validated indices ``idx`` (``kind`` and ``ess_options`` checked by
     the caller), shaped ``(batch, channels, indices)``: what :func:`layer_ess` does per layer."""
-    if len(op.batch_shape) not in (1, 2):
-        raise ValueError(f"layer {name!r}: operator batch shape must be (batch, channels) or (channels,), "
-                         f"got {tuple(op.batch_shape)}")
+    check_layer_batch(op, name)
     values = ESS_KINDS[kind](hankel_svdvals(op, idx, **spectra_options), **(ess_options or {}))
     if values.dim() == 2:
         values = values.unsqueeze(0)

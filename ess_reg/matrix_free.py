@@ -34,7 +34,7 @@ import torch
 
 from ._checks import check_int, check_number
 from .certificate import entropy_ess_bounds, tolerance_ess_bounds
-from .ess import (DEFAULT_TOL, ENTROPY_EPS, LayerESS, _check_tol, entropy_ess_from_svdvals,
+from .ess import (DEFAULT_TOL, ENTROPY_EPS, LayerESS, _check_tol, check_layer_batch, entropy_ess_from_svdvals,
                   tolerance_ess_from_svdvals)
 from .operators import Operator, as_operator
 from .spectra import _compute_dtype, hankel_svdvals
@@ -127,6 +127,15 @@ def _hopeless(widths: list[float], target: float, blocks_left: int) -> bool:
     return target <= 0 or math.log(target / widths[-1]) / math.log(rate) > blocks_left
 
 
+def _grow(basis: torch.Tensor, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``basis`` with ``block``'s new directions appended, and those directions. A Householder
+    QR of ``[K, Y]`` keeps them orthonormal to ``K`` to round-off even where ``Y`` falls into
+    ``K``'s span (a block Gram-Schmidt would blow that round-off up): interlacing needs ``K``
+    orthonormal."""
+    fresh = torch.linalg.qr(torch.cat([basis, block], dim=-1)).Q[..., basis.shape[-1]:]
+    return torch.cat([basis, fresh], dim=-1), fresh
+
+
 def _apply_many(op, indices: list[int], vectors: list[torch.Tensor], transpose: bool) -> list[torch.Tensor]:
     """Products with several blocks: the operator's own batched form where it has one (a
     linearized module runs one pass for all), else one call per index."""
@@ -154,8 +163,7 @@ def _krylov_to_rank(op, indices: list[int], ranks: list[int], *, measure: str, t
         grown = _apply_many(op, [indices[k] for k in active], [newest[k][..., -block:] for k in active], False)
         fresh = []
         for k, y in zip(active, grown):
-            q = torch.linalg.qr(torch.cat([bases[k], y], dim=-1)).Q[..., bases[k].shape[-1]:]
-            bases[k] = torch.cat([bases[k], q], dim=-1)
+            bases[k], q = _grow(bases[k], y)
             fresh.append(q)
         for k, z in zip(active, _apply_many(op, [indices[k] for k in active], fresh, transpose=True)):
             newest[k] = z
@@ -205,12 +213,7 @@ def _krylov(op: BlockProducts, i: int, rank: int, max_fraction: float, batch_sha
             return None
         if blocks_left < 1:
             return None
-        # Next block: H_i H_i^T (newest block).  A Householder QR of [K, Y] keeps the new
-        # columns orthonormal to K to round-off even where Y falls into K's span (a block
-        # Gram-Schmidt would blow that round-off up): interlacing needs K orthonormal.
-        grown = torch.linalg.qr(torch.cat([basis, op.block_apply(i, newest[..., -block:])], dim=-1)).Q
-        fresh = grown[..., basis.shape[-1]:]
-        basis = torch.cat([basis, fresh], dim=-1)
+        basis, fresh = _grow(basis, op.block_apply(i, newest[..., -block:]))  # next block: H_i H_i^T (newest)
         newest = op.block_apply_transpose(i, fresh)
         products = torch.cat([products, newest], dim=-1)
 
@@ -303,9 +306,7 @@ def certified_layer_ess(op: Operator, kind: str, idx: torch.Tensor, rtol: float,
     """What :func:`~ess_reg.ess.operator_ess` does for one layer, through :func:`certified_ess`:
     the layer's ESS ``(batch, channels, indices)`` and which path measured it (``"krylov"``,
     the operator's exact path, or how many indices each took)."""
-    if len(op.batch_shape) not in (1, 2):
-        raise ValueError(f"layer {name!r}: operator batch shape must be (batch, channels) or (channels,), "
-                         f"got {tuple(op.batch_shape)}")
+    check_layer_batch(op, name)
     result = certified_ess(op, idx, measure=kind, rtol=rtol, **(ess_options or {}))
     values = result.value if result.value.dim() == 3 else result.value.unsqueeze(0)
     krylov = result.path.count("krylov")
