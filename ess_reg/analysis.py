@@ -43,6 +43,8 @@ class Analysis:
     left_out: dict[str, str] = field(default_factory=dict)  # layer -> why it could not be read (NotMeasurable)
     layer_types: dict[str, str] = field(default_factory=dict)  # layer -> its class name: a hybrid's kinds apart
     paths: dict[str, str] = field(default_factory=dict)  # layer -> the spectra path that measured it
+    # layer -> the operators (heads, channels) measured, by index, where channel_limit drew some
+    channels: dict[str, list[int]] = field(default_factory=dict)
 
 
     def table(self) -> str:
@@ -70,7 +72,8 @@ def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor],
             attention_mask: torch.Tensor | None = None, separators: Collection[int] | None = None, window: int = 4,
             kind: str = "entropy", layers: Sequence[str] | None = None, batch_limit: int | None = None,
             indices="all", ess_options: Mapping | None = None, task=None, progress: bool = False,
-            certified: float | None = None) -> Analysis:
+            certified: float | None = None, channel_limit: int | None = None,
+            memory_budget: int | None = None) -> Analysis:
     """ESS of every measurable layer of ``model`` on ``inputs``, per head; with ``separators``
     (token ids), each layer's ESS drop across them. ``batch_limit`` measures the first examples
     only; ``indices`` (default ``"all"``) chooses the indices as a :class:`Probe` does, e.g.
@@ -81,6 +84,14 @@ def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor],
     (a relative tolerance) measures through :func:`~ess_reg.certified_ess`, which multiplies by
     large low-rank blocks instead of decomposing them; :attr:`Analysis.paths` and the table say
     which path measured each layer.
+
+    Cost at scale: ``indices`` bounds the work per operator, ``channel_limit`` the operators per
+    layer (that many heads or channels drawn at random, the same ones for every example and
+    index; :attr:`Analysis.channels` lists them, ``per_head`` and the table's head columns are
+    theirs, and the layer's mean ESS stays an unbiased estimate of the all-heads mean), and
+    ``memory_budget`` (bytes) the working memory of the exact spectra path (see
+    :func:`~ess_reg.spectra.hankel_svdvals`; not with ``certified``, which works block by
+    block).
 
     ``inputs`` is a batch of token ids (or embeddings), or a dict of the model's keyword inputs
     (``input_ids``, ``attention_mask``, ...). Padding: with an ``attention_mask`` (1 for a real
@@ -101,7 +112,9 @@ def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor],
         batch_limit = None  # applied above, to the examples
     rule = index_rule(indices)
     options = dict(layers=layers, kind=kind, ess_options=ess_options, batch_limit=batch_limit, task=task,
-                   certified=certified)
+                   certified=certified, channel_limit=channel_limit)
+    if memory_budget is not None:
+        options["memory_budget"] = memory_budget
     probe = Probe(model, indices=rule, **options)
     # Fewer than every index: the boundaries' neighbourhoods are measured by a probe of their own,
     # so that the means stay those of the chosen indices.
@@ -120,6 +133,9 @@ def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor],
             around.indices = GivenIndices(positions)
         with contextlib.ExitStack() as capturing:  # one forward pass serves both probes
             for each in probes:
+                # Channels are drawn first in each call: the same seed draws the same heads for
+                # every group and for both probes.
+                each.generator.manual_seed(0)
                 capturing.enter_context(each.capture())
             model(**group_kwargs) if group_kwargs is not None else model(group_tokens)
         on_layer = _progress(length, len(group_tokens)) if progress else None
@@ -131,6 +147,7 @@ def analyze(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor],
     result.left_out = left_out
     result.layer_types = {name: type(module).__name__ for name, module in probe.layers.items()}
     result.paths = dict(probe.paths)
+    result.channels = {name: chosen.tolist() for name, chosen in probe.channels.items() if chosen is not None}
     return result
 
 

@@ -122,8 +122,8 @@ class capture_operators:
 
     def operators(self, batch_limit: int | None = None, pick_channels=None) -> dict[str, Operator]:
         """Every layer's operator; with ``batch_limit``, of the first examples of the batch only;
-        with ``pick_channels``, a function ``num_channels -> index or None``, of the channels
-        (batch dim 1) it picks."""
+        with ``pick_channels``, a function ``(layer name, num_channels) -> index or None``, of
+        the channels (batch dim 1) it picks."""
         check_limit("batch_limit", batch_limit)
         missing = sorted(set(self.layers) - set(self.inputs))
         if missing:
@@ -142,7 +142,7 @@ class capture_operators:
                 op = adapter.operator(module, x)
             elif batch_limit is not None:
                 op = op.batch_head(batch_limit)
-            channels = pick_channels(op.batch_shape[1]) if pick_channels and len(op.batch_shape) >= 2 else None
+            channels = pick_channels(name, op.batch_shape[1]) if pick_channels and len(op.batch_shape) >= 2 else None
             out[name] = resolve(op if channels is None else op.index_batch(1, channels))
         return out
 
@@ -185,7 +185,9 @@ class Probe:
             the blocks where that is cheaper and takes the exact path where not.
         spectra_options: passed to :func:`~ess_reg.spectra.hankel_svdvals` (``dtype``...).
 
-    After :meth:`reports`, :attr:`paths` says for each layer which spectra path measured it.
+    After :meth:`reports`, :attr:`paths` says for each layer which spectra path measured it, and
+    :attr:`channels` which of its operators (heads, channels) were measured: their indices, or
+    None for all of them.
     """
 
     def __init__(self, model: nn.Module, *, layers: Sequence[str] | None = None, indices=None,
@@ -221,6 +223,7 @@ class Probe:
                 raise ValueError(f"certified ESS takes no spectra options, got {sorted(spectra_options)}")
         self.certified = certified
         self.paths: dict[str, str] = {}
+        self.channels: dict[str, torch.Tensor | None] = {}
         self._capture: capture_operators | None = None
 
     def capture(self) -> capture_operators:
@@ -234,10 +237,13 @@ class Probe:
             raise RuntimeError("no forward pass was captured: call the model inside `with probe.capture():`")
         return self._capture.operators(self.batch_limit, self._pick_channels)
 
-    def _pick_channels(self, num_channels: int) -> torch.Tensor | None:
+    def _pick_channels(self, name: str, num_channels: int) -> torch.Tensor | None:
         if self.channel_limit is None or num_channels <= self.channel_limit:
-            return None
-        return torch.randperm(num_channels, generator=self.generator)[: self.channel_limit]
+            chosen = None
+        else:  # sorted: the reports keep the layer's own channel order
+            chosen = torch.randperm(num_channels, generator=self.generator)[: self.channel_limit].sort().values
+        self.channels[name] = chosen
+        return chosen
 
     @property
     def left_out(self) -> dict[str, str]:

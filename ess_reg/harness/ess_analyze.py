@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     hf.add_argument("--certified", type=float, default=None, metavar="RTOL",
                     help="measure with the certified matrix-free ESS at this relative tolerance (large low-rank "
                          "blocks multiplied, not decomposed; the table's path column says which path each layer took)")
+    hf.add_argument("--heads", type=int, default=None, metavar="N",
+                    help="measure N heads (or channels) per layer, drawn at random, the same for every index: the "
+                         "layer means stay unbiased estimates (default: every head)")
     hf.add_argument("--out", default=None, help="folder for table.txt, ess_vs_index.png and boundary_profile.json "
                                                 "(default runs/analyze/<folder name>)")
     args = parser.parse_args(argv)
@@ -119,7 +122,7 @@ def _pretrained_main(args) -> int:
     try:
         result = analyze_pretrained(args.target, ids=args.ids, length=args.length, examples=args.examples or 2,
                                     separator=args.separator, seed=args.seed, num_indices=args.num_indices,
-                                    certified=args.certified)
+                                    certified=args.certified, heads=args.heads)
     except (ValueError, OSError) as err:
         print(f"ess-analyze: error: {err}", file=sys.stderr)
         return 2
@@ -129,6 +132,8 @@ def _pretrained_main(args) -> int:
     written = write_outputs(result, out)
     b, length = result.tokens.shape
     where = f"{args.num_indices} evenly spaced indices" if args.num_indices else "every index"
+    if args.heads:
+        where += f", {args.heads} heads per layer"
     print(f"{args.target}: {result.model_type}, {b} sequence(s) of {length} tokens, {where}")
     print(result.analysis.table())
     print("wrote " + ", ".join(str(p) for p in written))
@@ -137,6 +142,7 @@ def _pretrained_main(args) -> int:
         tracker.log_params({"folder": str(Path(args.target).resolve()), "model_type": result.model_type,
                             "examples": b, "length": length, "separator": args.separator,
                             "indices": args.num_indices or "all", "certified": args.certified,
+                            "heads": args.heads or "all",
                             "ids": args.ids or f"random, seed {args.seed}"})
         tracker.log_metrics({f"{name}/ess": float(h.mean()) for name, h in result.analysis.per_head.items()}
                             | {f"{name}/tss": v for name, v in result.analysis.tss.items()}

@@ -85,7 +85,8 @@ class PretrainedAnalysis:
 
 def analyze_pretrained(folder: str, *, ids: str | None = None, length: int = 128, examples: int = 2,
                        separator: int | None = None, window: int = 4, seed: int = 0,
-                       num_indices: int | None = None, certified: float | None = None) -> PretrainedAnalysis:
+                       num_indices: int | None = None, certified: float | None = None,
+                       heads: int | None = None) -> PretrainedAnalysis:
     model = load_pretrained(folder)
     vocab = getattr(model.config, "vocab_size", None)
     if ids is not None:
@@ -101,10 +102,12 @@ def analyze_pretrained(folder: str, *, ids: str | None = None, length: int = 128
     separators = [separator] if separator is not None else None
     if num_indices is not None and num_indices < 1:
         raise ValueError(f"--num-indices must be >= 1, got {num_indices}")
+    if heads is not None and heads < 1:
+        raise ValueError(f"--heads must be >= 1, got {heads}")
     with torch.no_grad():
         analysis = analyze(model, tokens, separators=separators, window=window,
                            indices=EvenIndices(num_indices) if num_indices else "all", progress=True,
-                           certified=certified)
+                           certified=certified, channel_limit=heads)
     profiles = {name: profile.tolist() for name, profile in analysis.profiles.items()}
     if separators is not None and not profiles:
         log.warning("ess-analyze: no token %d in the inputs: no boundary profile", separator)

@@ -81,7 +81,7 @@ def test_s6_hands_over_a_deferred_operator_that_narrows_like_the_full_one():
     assert narrowed.batch_shape == (2, 2)
     reference = full.batch_head(2).index_batch(1, channels[[2, 0]])
     assert torch.allclose(narrowed.resolve().materialize(), reference.materialize(), atol=1e-12)
-    ops = capture.operators(batch_limit=2, pick_channels=lambda n: channels)
+    ops = capture.operators(batch_limit=2, pick_channels=lambda name, n: channels)
     assert torch.allclose(ops["blocks.0.mixer"].materialize(),
                           full.batch_head(2).index_batch(1, channels).materialize(),
                           atol=1e-12)

@@ -300,3 +300,40 @@ def test_a_certified_probe_refuses_what_it_cannot_do(kwargs, message):
 
     with pytest.raises(ValueError, match=message):
         Probe(UserModel(), **kwargs)
+
+
+def test_analyze_with_a_channel_limit_measures_the_drawn_heads_exactly_and_the_same_ones_throughout():
+    from ess_reg import analyze
+
+    model, x = lm("s6"), tokens(length=24)  # 2 x 16 = 32 channels per layer
+    full = analyze(model, x, indices=[5, 12, 19])
+    drawn = analyze(model, x, indices=[5, 12, 19], channel_limit=4)
+    assert sorted(drawn.channels) == sorted(full.per_head) and full.channels == {}
+    for name, chosen in drawn.channels.items():
+        assert len(chosen) == 4 and chosen == sorted(set(chosen))
+        # the drawn heads' ESS is exactly the full analysis' at those heads
+        assert torch.allclose(drawn.per_head[name], full.per_head[name][chosen], atol=1e-6)
+    assert drawn.channels == analyze(model, x, indices=[5, 12, 19], channel_limit=4).channels  # repeatable
+    # A padded batch: every length group measures the same heads (their means stay comparable).
+    mask = torch.ones(x.shape, dtype=torch.long)
+    mask[0, 20:] = 0
+    padded = analyze(model, x, attention_mask=mask, indices=[5, 12], channel_limit=4)
+    for reports in padded.by_length.values():
+        for name, report in reports.items():
+            assert report.ess.values.shape[1] == 4
+    alone = analyze(model, x[1:], indices=[5, 12], channel_limit=4)
+    assert padded.channels == alone.channels
+    with pytest.raises(ValueError, match="channel_limit"):
+        analyze(model, x, channel_limit=0)
+
+
+def test_analyze_keeps_the_exact_path_within_a_memory_budget():
+    from ess_reg import analyze
+
+    model, x = UserModel(), torch.randint(0, 10, (2, 96), generator=torch.Generator().manual_seed(0))
+    roomy = analyze(model, x, indices=[20, 48, 70])
+    tight = analyze(model, x, indices=[20, 48, 70], memory_budget=64 * 1024)  # forces small batches of SVDs
+    for name in roomy.per_head:
+        assert torch.allclose(tight.per_head[name], roomy.per_head[name], atol=1e-6)
+    with pytest.raises(ValueError, match="memory_budget"):
+        analyze(model, x, memory_budget=-1)

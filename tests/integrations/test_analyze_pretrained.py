@@ -73,3 +73,13 @@ def test_a_few_indices_measure_less_and_read_the_same_boundary_profile(folder, t
         assert profiles[1][name] == pytest.approx(profile, abs=1e-6)
     assert main([str(folder), "--length", "8", "--out", str(tmp_path / "bad"), "--num-indices", "0"]) == 2
     assert "--num-indices must be >= 1" in capsys.readouterr().err
+
+
+def test_a_head_budget_measures_that_many_heads_per_layer(folder, tmp_path, capsys):
+    assert main([str(folder), "--length", "16", "--examples", "1", "--heads", "1", "--out", str(tmp_path / "h")]) == 0
+    out = capsys.readouterr().out
+    assert "1 heads per layer" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("model.layers.")]
+    assert len(rows) == 2 and all(row[3] == "1" for row in rows)  # the ops column: one head of two
+    assert main([str(folder), "--length", "8", "--out", str(tmp_path / "bad"), "--heads", "0"]) == 2
+    assert "--heads must be >= 1" in capsys.readouterr().err
