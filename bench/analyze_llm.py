@@ -13,7 +13,11 @@ warm-up; ``analyze`` the same, except at ``1b`` where one timed call follows no 
 takes minutes; the forward's warm-up has already built the kernels). Peak memory: the GPU's
 allocator peak of each side on CUDA, the process's peak resident size on the CPU.
 
-Usage: python bench/analyze_llm.py [--preset cpu|1b] [--indices 64] [--repeats 2] [--device cuda]
+``--length`` overrides the preset's length (the CPU preset at the 1B one's L = 2048); ``--heads N``
+measures N heads per layer (``analyze(channel_limit=N)``), a budget whose cost falls in proportion.
+
+Usage: python bench/analyze_llm.py [--preset cpu|1b] [--length L] [--indices 64] [--heads N] [--repeats 2]
+       [--device cuda]
 Needs ``transformers`` (pip install 'ess-reg[hf]').
 """
 
@@ -65,6 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--indices", type=int, default=64, help="evenly spaced indices per layer (default 64)")
+    parser.add_argument("--length", type=int, default=None, help="sequence length (default: the preset's)")
+    parser.add_argument("--heads", type=int, default=None, help="heads measured per layer (default: every head)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--models", nargs="+", choices=["llama", "mamba2"], default=["llama", "mamba2"])
     add_common_args(parser)
@@ -72,14 +78,18 @@ def main() -> None:
     setup(args)
     if args.indices < 1:
         raise SystemExit(f"--indices must be >= 1, got {args.indices}")
+    for flag, value in (("--length", args.length), ("--heads", args.heads)):
+        if value is not None and value < (2 if flag == "--length" else 1):
+            raise SystemExit(f"{flag} is too small: {value}")
     import ess_reg
 
     preset = PRESETS[args.preset]
-    length = preset["length"]
-    results = Results("analyze_llm", SUMMARY, {"preset": args.preset, "indices": args.indices,
+    length = args.length or preset["length"]
+    results = Results("analyze_llm", SUMMARY, {"preset": args.preset, "indices": args.indices, "heads": args.heads,
                                                "repeats": args.repeats, "length": length})
     print(f"machine: {machine_line()}")
-    results.describe(f"preset {args.preset}: L = {length}, batch 1, float32, {args.indices} indices per layer, "
+    heads = f", {args.heads} heads per layer" if args.heads else ""
+    results.describe(f"preset {args.preset}: L = {length}, batch 1, float32, {args.indices} indices per layer{heads}, "
                      f"device {args.device}")
     table = results.table(["model", "params", "forward s", "analyze s", "analyze / forward", "peak GiB"],
                           key=["analyze / forward"], widths=[8, 8, 10, 10, 18, 9])
@@ -94,7 +104,8 @@ def main() -> None:
             forward_peak = peak(args.device)
             peak(args.device, reset=True)
             one_call = args.preset == "1b"
-            analysis = best_of(lambda: ess_reg.analyze(model, ids, indices=indices, progress=one_call),
+            analysis = best_of(lambda: ess_reg.analyze(model, ids, indices=indices, progress=one_call,
+                                                               channel_limit=args.heads),
                                1 if one_call else args.repeats, warmup=0 if one_call else 1, device=args.device)
             analyze_peak = peak(args.device)
         layers = len(analysis.result.reports)
