@@ -1,46 +1,55 @@
-"""The knee study's table (conf/experiment/knee_sources.yaml, knee.yaml): does the entropy-ESS
-say where a trained model's state stops shrinking? Claims A-C as decided before running:
+"""The knee studies' tables: does the entropy-ESS say where a trained model's state stops
+shrinking? (conf/experiment/knee_sources.yaml and knee.yaml; knee_load_sources.yaml and
+knee_load.yaml). Claims as decided before running:
 
   A. enough: d(k_E) <= 0.05, where d(k) = accuracy(no cut) - accuracy(cut to k), both after
      200 steps of fine-tuning, and k_E is the size init.size=entropy chose;
   B. not much more: d(k) > 0.05 at the grid size nearest k_E / 2 (a tie goes to the larger
      size, the harder one to lose at);
-  C. it moves with the task: k_E with 8 pairs > k_E with 4 pairs, paired by seed, and the knee
-     (the smallest grid size with d <= 0.05) with it.
+  C. it moves with the task: k_E with the high load > k_E with the low one, paired by seed, and
+     the knee (the smallest grid size with d <= 0.05) with it;
+  E. (knee_load) k_E ranks the knees: Spearman's rho over every source, permutation p.
 
-Each claim is counted over the sources and tested with an exact two-sided sign test; sources
-below 0.8 accuracy are left out. Run from the repository root:
+A, C (the knee) and E are counted with exact two-sided sign tests or a permutation test; in
+knee_load they form one family, Holm-corrected. Sources below 0.8 accuracy are left out. Run
+from the repository root:
 
     python docs/results/compression/knee.py [--tracking-uri sqlite:///runs/mlflow.db]
+    python docs/results/compression/knee.py --experiment knee_load --high 16 --grid 16,12,10,8,6,4,3,2
 
-It prints the table and writes knee.md beside itself.
+It prints the table and writes <experiment>.md beside itself.
 """
 
 import argparse
 from pathlib import Path
 
 from ess_reg.harness.runsets import load_runs
-from ess_reg.harness.stats import sign_test
+from ess_reg.harness.stats import holm, sign_test, spearman, spearman_permutation_p
 
-GRID = (16, 8, 6, 4, 3, 2)
 HOLDS = 0.05  # the largest accuracy loss that counts as "holds", decided before running
 COMPETENT = 0.8
+TITLES = {"knee": "The knee study", "knee_load": "The knee at a head's capacity (knee_load)"}
 
 
-def nearest_grid(target: float) -> int:
-    return min(GRID, key=lambda g: (abs(g - target), -g))
+def nearest_grid(grid: tuple, target: float) -> int:
+    return min(grid, key=lambda g: (abs(g - target), -g))
 
 
-def counted(name: str, outcomes: list[bool]) -> str:
+def counted(name: str, outcomes: list[bool]) -> tuple[str, float]:
     higher, lower, _, p = sign_test([1.0 if o else -1.0 for o in outcomes])
-    return f"{name}: holds on {higher} of {len(outcomes)} sources (exact sign test p = {p:.3f})"
+    return f"{name}: holds on {higher} of {len(outcomes)} sources (exact sign test p = {p:.3f})", p
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
     parser.add_argument("--experiment", default="knee")
+    parser.add_argument("--low", type=int, default=4, help="the smaller load (key-value pairs)")
+    parser.add_argument("--high", type=int, default=8, help="the larger load")
+    parser.add_argument("--grid", default="16,8,6,4,3,2", help="the cut sizes, the uncut size first")
     args = parser.parse_args()
+    grid = tuple(int(g) for g in args.grid.split(","))
+    full_size, low, high = grid[0], args.low, args.high
     runs = load_runs(args.tracking_uri, experiment=args.experiment)
     key = lambda r: (int(r.params["task.num_kv_pairs"]), int(r.params["seed"]))  # noqa: E731
     sources = {key(r): r for r in runs if r.params.get("init.source") in (None, "None")}
@@ -52,50 +61,76 @@ def main():
         size = ("entropy" if "init.size=entropy" in r.tags.get("overrides", "")
                 else int(r.params["init.compressed.size"]))
         cuts.setdefault(key(r), {})[size] = r
-    lines, say = [], None
+    lines = []
     say = lines.append
-    say("| pairs | seed | source accuracy | k_E | " + " | ".join(f"cut to {g}" for g in GRID)
+    say("| pairs | seed | source accuracy | k_E | " + " | ".join(f"cut to {g}" for g in grid)
         + " | cut to k_E | d(k_E) | knee |")
-    say("|---" * (6 + len(GRID)) + "|")
+    say("|---" * (6 + len(grid)) + "|")
     left_out, a, b, k_e, knees = [], [], [], {}, {}
     for (pairs, seed), source in sorted(sources.items()):
         acc = source.metrics["valid/accuracy"]
         got = cuts.get((pairs, seed), {})
-        if acc < COMPETENT or 16 not in got or "entropy" not in got:
+        if acc < COMPETENT or any(g not in got for g in grid) or "entropy" not in got:
             left_out.append(f"{pairs} pairs seed {seed} (accuracy {acc:.3f}, cuts {sorted(map(str, got))})")
             continue
-        full = got[16].metrics["valid/accuracy"]
-        d = {g: full - got[g].metrics["valid/accuracy"] for g in GRID if g in got}
+        full = got[full_size].metrics["valid/accuracy"]
+        d = {g: full - got[g].metrics["valid/accuracy"] for g in grid}
         ke = int(got["entropy"].params["init.compressed.size"])
         de = full - got["entropy"].metrics["valid/accuracy"]
-        half = nearest_grid(ke / 2)
+        half = nearest_grid(grid, ke / 2)
         knee = min(g for g in d if d[g] <= HOLDS)
         a.append(de <= HOLDS)
-        if half in d and half < ke:
+        if half < ke:
             b.append(d[half] > HOLDS)
         k_e[(pairs, seed)], knees[(pairs, seed)] = ke, knee
         say(f"| {pairs} | {seed} | {acc:.3f} | {ke} | "
-            + " | ".join(f"{got[g].metrics['valid/accuracy']:.3f}" if g in got else "-" for g in GRID)
+            + " | ".join(f"{got[g].metrics['valid/accuracy']:.3f}" for g in grid)
             + f" | {got['entropy'].metrics['valid/accuracy']:.3f} | {de:+.3f} | {knee} |")
     say("")
-    say(f"d(k) = accuracy after 200 steps uncut (16) - after the cut to k and 200 steps; 'holds' is d <= {HOLDS}.")
+    say(f"d(k) = accuracy after 200 steps uncut ({full_size}) - after the cut to k and 200 steps; "
+        f"'holds' is d <= {HOLDS}; the knee is the smallest grid size that holds.")
     if left_out:
         say("Left out: " + "; ".join(left_out))
     say("")
-    say("- " + counted("A, the entropy size is enough (d(k_E) <= 0.05)", a))
-    say("- " + counted("B, half the entropy size is not (d > 0.05 at the grid size nearest k_E / 2)", b))
-    seeds = sorted({s for _, s in k_e if (4, s) in k_e and (8, s) in k_e})
-    moved = [k_e[(8, s)] - k_e[(4, s)] for s in seeds]
-    knee_moved = [knees[(8, s)] - knees[(4, s)] for s in seeds]
+    text_a, p_a = counted("A, the entropy size is enough (d(k_E) <= 0.05)", a)
+    text_b, _ = counted("B, half the entropy size is not (d > 0.05 at the grid size nearest k_E / 2)", b)
+    seeds = sorted({s for _, s in k_e if (low, s) in k_e and (high, s) in k_e})
+    moved = [k_e[(high, s)] - k_e[(low, s)] for s in seeds]
+    knee_moved = [knees[(high, s)] - knees[(low, s)] for s in seeds]
     h, lo, t, p = sign_test(moved)
-    say(f"- C, k_E moves with the task: larger with 8 pairs than with 4 on {h} of {len(seeds)} seeds "
-        f"(smaller on {lo}, equal on {t}; sign p = {p:.3f}); k_E with 4 pairs "
-        f"{[k_e[(4, s)] for s in seeds]}, with 8 {[k_e[(8, s)] for s in seeds]}")
-    h, lo, t, p = sign_test(knee_moved)
-    say(f"  and the knee with it: larger on {h} of {len(seeds)} (smaller {lo}, equal {t}; sign p = {p:.3f}); "
-        f"knees with 4 pairs {[knees[(4, s)] for s in seeds]}, with 8 {[knees[(8, s)] for s in seeds]}")
+    text_c = (f"C, k_E moves with the task: larger with {high} pairs than with {low} on {h} of {len(seeds)} seeds "
+              f"(smaller on {lo}, equal on {t}; sign p = {p:.3f}); k_E with {low} pairs "
+              f"{[k_e[(low, s)] for s in seeds]}, with {high} {[k_e[(high, s)] for s in seeds]}")
+    h, lo, t, p_c = sign_test(knee_moved)
+    text_knee = (f"and the knee with it: larger on {h} of {len(seeds)} (smaller {lo}, equal {t}; sign p = {p_c:.3f}); "
+                 f"knees with {low} pairs {[knees[(low, s)] for s in seeds]}, with {high} "
+                 f"{[knees[(high, s)] for s in seeds]}")
+    names = sorted(k_e)
+    rho = spearman([k_e[n] for n in names], [knees[n] for n in names]) if len(names) > 2 else float("nan")
+    p_e = spearman_permutation_p([k_e[n] for n in names], [knees[n] for n in names]) if len(names) > 2 else float("nan")
+    within = []
+    for load in (low, high):
+        at = [n for n in names if n[0] == load]
+        if len(at) > 2:
+            within.append(f"with {load} pairs {spearman([k_e[n] for n in at], [knees[n] for n in at]):+.2f} "
+                          f"(n = {len(at)})")
+    text_e = (f"E, k_E ranks the knees: Spearman's rho {rho:+.2f} over {len(names)} sources, permutation "
+              f"p = {p_e:.4f}; within a load: {', '.join(within) or 'too few sources'}")
+    say("- " + text_a)
+    say("- " + text_b)
+    say("- " + text_c)
+    say("  " + text_knee)
+    if args.experiment != "knee":  # the registered family of knee_load: C (the knee), A, E
+        adjusted = holm([p_c, p_a, p_e])
+        say("- " + text_e)
+        say(f"- Holm-corrected (C the knee, A, E): p = {adjusted[0]:.3f}, {adjusted[1]:.3f}, {adjusted[2]:.4f}")
+        for load in (low, high):
+            ratio = [k_e[n] / knees[n] for n in names if n[0] == load]
+            if ratio:
+                say(f"- k_E / knee with {load} pairs: {', '.join(f'{r:.2f}' for r in ratio)}")
     text = "\n".join(lines)
-    (Path(__file__).parent / "knee.md").write_text("# The knee study\n\n" + text + "\n")
+    title = TITLES.get(args.experiment, args.experiment)
+    (Path(__file__).parent / f"{args.experiment}.md").write_text(f"# {title}\n\n" + text + "\n")
     print(text)
 
 
