@@ -183,12 +183,12 @@ def _rank_reached(op, ritz: torch.Tensor, rank: int, measure: str, tol: float, r
 
 def _krylov(op: BlockProducts, i: int, rank: int, max_fraction: float, batch_shape: torch.Size, *, measure: str,
             rtol: float, tol: float, relative: bool, eps: float, block: int, dtype: torch.dtype,
-            device: torch.device, generator: torch.Generator):
+            device: torch.device, generator: torch.Generator, frob_sq: torch.Tensor | None = None):
     """Grow an orthonormal basis of the Krylov space of ``H_i H_i^T`` one block at a time until
     the certificate (anchored on ``||H_i||_F``) is narrow enough, or the basis reaches the rank
     bound; None when the basis would pass ``max_fraction`` of the rank bound first (past it the
-    exact SVD is cheaper)."""
-    frob_sq = op.block_frobenius_sq(i, dtype)
+    exact SVD is cheaper). ``frob_sq``: ``||H_i||_F^2`` where the caller has it already."""
+    frob_sq = op.block_frobenius_sq(i, dtype) if frob_sq is None else frob_sq
     limit = int(max_fraction * rank)
     if limit < block:
         return None
@@ -275,7 +275,9 @@ def certified_ess(
     options = dict(measure=measure, tol=tol, relative=relative, eps=eps, block=block_size, dtype=dtype,
                    generator=generator)
     with torch.no_grad():
-        if matrix_free and op.block_frobenius_sq(int(idx[0]), dtype) is None:
+        # Whether ||H_i||_F is known is asked of the first index; its answer serves that index too.
+        first_frob = op.block_frobenius_sq(int(idx[0]), dtype) if matrix_free else None
+        if matrix_free and first_frob is None:
             # Only the rank certifies: every index grows its basis to its rank bound, all indices
             # a block at a time together (one pass of the module serves all of them).
             found = dict(enumerate(_krylov_to_rank(op, idx.tolist(), bounds, **options)))
@@ -284,7 +286,8 @@ def certified_ess(
             for k, (i, bound) in enumerate(zip(idx.tolist(), bounds)):
                 if min(i * d_in, (op.seq_len - i) * d_out) < min_size:
                     continue  # a small block: its SVD costs less than a few Krylov steps
-                result = _krylov(op, i, bound, max_fraction, op.batch_shape, rtol=rtol, device=op.device, **options)
+                result = _krylov(op, i, bound, max_fraction, op.batch_shape, rtol=rtol, device=op.device,
+                                 frob_sq=first_frob if k == 0 else None, **options)
                 if result is not None:
                     found[k] = result
         exact = [k for k in range(len(idx)) if k not in found]
