@@ -35,9 +35,13 @@ def nearest_grid(grid: tuple, target: float) -> int:
     return min(grid, key=lambda g: (abs(g - target), -g))
 
 
+def fmt(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 or p != p else f"{p:.1e}"
+
+
 def counted(name: str, outcomes: list[bool]) -> tuple[str, float]:
     higher, lower, _, p = sign_test([1.0 if o else -1.0 for o in outcomes])
-    return f"{name}: holds on {higher} of {len(outcomes)} sources (exact sign test p = {p:.3f})", p
+    return f"{name}: holds on {higher} of {len(outcomes)} sources (exact sign test p = {fmt(p)})", p
 
 
 def main():
@@ -65,7 +69,7 @@ def main():
     say = lines.append
     say("| pairs | seed | source accuracy | k_E | " + " | ".join(f"cut to {g}" for g in grid)
         + " | cut to k_E | d(k_E) | knee |")
-    say("|---" * (6 + len(grid)) + "|")
+    say("|---" * (7 + len(grid)) + "|")
     left_out, a, b, k_e, knees = [], [], [], {}, {}
     for (pairs, seed), source in sorted(sources.items()):
         acc = source.metrics["valid/accuracy"]
@@ -115,7 +119,7 @@ def main():
             within.append(f"with {load} pairs {spearman([k_e[n] for n in at], [knees[n] for n in at]):+.2f} "
                           f"(n = {len(at)})")
     text_e = (f"E, k_E ranks the knees: Spearman's rho {rho:+.2f} over {len(names)} sources, permutation "
-              f"p = {p_e:.4f}; within a load: {', '.join(within) or 'too few sources'}")
+              f"p = {fmt(p_e)}; within a load: {', '.join(within) or 'too few sources'}")
     say("- " + text_a)
     say("- " + text_b)
     say("- " + text_c)
@@ -123,7 +127,7 @@ def main():
     if args.experiment != "knee":  # the registered family of knee_load: C (the knee), A, E
         adjusted = holm([p_c, p_a, p_e])
         say("- " + text_e)
-        say(f"- Holm-corrected (C the knee, A, E): p = {adjusted[0]:.3f}, {adjusted[1]:.3f}, {adjusted[2]:.4f}")
+        say(f"- Holm-corrected (C the knee, A, E): p = {', '.join(fmt(p) for p in adjusted)}")
         for load in (low, high):
             ratio = [k_e[n] / knees[n] for n in names if n[0] == load]
             if ratio:
