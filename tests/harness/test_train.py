@@ -299,7 +299,7 @@ def test_a_run_can_start_from_a_trained_run_s_model_with_its_state_cut(store, ti
         run(compose_config(tiny("task.num_kv_pairs=2", "init=compressed", f"init.source={source.run_id}",
                                 "init.size=17")))
     by_entropy = run(compose_config(tiny("task.num_kv_pairs=2", "init=compressed", f"init.source={source.run_id}",
-                                         "init.size=entropy", "trainer.max_steps=1")))
+                                         "trainer.max_steps=1")))  # no size given: the entropy size
     assert 1 <= by_entropy.config["init"]["compressed"]["size"] <= 16
     assert by_entropy.config["init"]["compressed"]["rule"] == "entropy"
     assert by_entropy.model.blocks[0].mixer.state_size() == by_entropy.config["init"]["compressed"]["size"]

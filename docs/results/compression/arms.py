@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ess_reg.harness.runsets import load_runs
 from ess_reg.harness.stats import holm, paired_test
+from knee import entropy_rule  # this folder's knee.py: which cut took the entropy size
 
 PAIRS, SIZE, COMPETENT = 16, 8, 0.8
 
@@ -35,7 +36,7 @@ def main():
             if int(r.params["task.num_kv_pairs"]) == PAIRS]
     sources = {seed(r): r for r in knee if r.params.get("init.source") in unset}
     cut = {seed(r): r for r in knee if r.params.get("init.source") not in unset
-           and "init.size=entropy" not in r.tags.get("overrides", "")
+           and not entropy_rule(r)
            and int(r.params["init.compressed.size"]) == SIZE}
     arms = load_runs(args.tracking_uri, experiment="compress_arms")
     scratch = {seed(r): r for r in arms if r.params.get("distill.teacher") in unset}

@@ -44,6 +44,13 @@ def counted(name: str, outcomes: list[bool]) -> tuple[str, float]:
     return f"{name}: holds on {higher} of {len(outcomes)} sources (exact sign test p = {fmt(p)})", p
 
 
+def entropy_rule(run) -> bool:
+    """The cut's size was the entropy-ESS's: the logged rule, or (runs logged before it was) the
+    command line."""
+    rule = run.params.get("init.compressed.rule")
+    return rule == "entropy" if rule not in (None, "None") else "init.size=entropy" in run.tags.get("overrides", "")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
@@ -62,8 +69,7 @@ def main():
         if r.params.get("init.source") in (None, "None"):
             continue
         # the logged init.size is the size chosen; the command line says it was the entropy's
-        size = ("entropy" if "init.size=entropy" in r.tags.get("overrides", "")
-                else int(r.params["init.compressed.size"]))
+        size = "entropy" if entropy_rule(r) else int(r.params["init.compressed.size"])
         cuts.setdefault(key(r), {})[size] = r
     lines = []
     say = lines.append
