@@ -42,7 +42,8 @@ BENCHES = {
     "train_speed": (["--steps", "20", "--probes", "3"], ["--steps", "2", "--probes", "1", "--setups", "default"], True),
     "penalty_overhead": (["--steps", "10"], ["--steps", "2", "--mixers", "gla"], True),
     "analyze_speed": (["--lengths", "128", "256", "--repeats", "3"], ["--lengths", "64", "--repeats", "2"], True),
-    "analyze_llm": (["--preset", "cpu", "--indices", "64", "--repeats", "2"],
+    # the CPU preset at the 1B preset's L = 2048 (one timed call after a warm-up: minutes each)
+    "analyze_llm": (["--preset", "cpu", "--length", "2048", "--indices", "64", "--repeats", "1"],
                     ["--preset", "cpu", "--indices", "8", "--repeats", "1", "--models", "mamba2"], True),
     "matrix_free": (["--lengths", "512", "2048", "--hyena-length", "1024", "--gru-length", "256", "--repeats", "2"],
                     ["--lengths", "128", "--hyena-length", "128", "--gru-length", "32", "--repeats", "1"], True),
