@@ -67,4 +67,13 @@ def state_kwargs(name: str, state_size: int, **kwargs) -> dict:
     return MIXERS[name].state_kwargs(state_size, **kwargs)
 
 
-__all__ = ["MIXERS", "Mixer", "MixerTrace", "build_mixer", "state_kwargs", *(cls.__name__ for cls in MIXERS.values())]
+def init_schemes(name: str) -> list[dict]:
+    """Mixer ``name``'s initialization schemes (:attr:`Mixer.init_schemes`), each a dict of
+    constructor keywords, the default first: ``[{"a_init": "s4d_real"}, ...]`` for ``s6``."""
+    if name not in MIXERS:
+        raise ValueError(f"unknown mixer {name!r}; choose one of {sorted(MIXERS)}")
+    return [dict(scheme) for scheme in MIXERS[name].init_schemes]
+
+
+__all__ = ["MIXERS", "Mixer", "MixerTrace", "build_mixer", "state_kwargs", "init_schemes",
+           *(cls.__name__ for cls in MIXERS.values())]

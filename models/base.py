@@ -42,6 +42,9 @@ class Mixer(nn.Module):
     #: how ``forward`` applies a state-space operator (see ``ess_reg.kernels.scan``), and its chunk
     apply_method: str = "factored"
     chunk_size: int = 64
+    #: the mixer's initialization schemes, each a dict of constructor keywords (the first is the
+    #: default): what an init search chooses among (``init=ess_search``, ``init.schemes: auto``)
+    init_schemes: tuple[dict, ...] = ({},)
 
     def __init__(self, d_model: int):
         super().__init__()

@@ -15,6 +15,9 @@ from .la import LinearAttention
 
 
 class GatedLinearAttention(LinearAttention):
+    # GLA's normalizer 16 first; 1 forgets within a few tokens at init, 64 slowly
+    init_schemes = tuple({"gate_normalizer": g} for g in (16.0, 1.0, 4.0, 64.0))
+
     def __init__(self, d_model: int, num_heads: int = 1, feature_dim: int = 16,
                  gate_normalizer: float = 16.0, gate_rank: int = 16, **kwargs):
         super().__init__(d_model, num_heads, feature_dim, **kwargs)

@@ -16,10 +16,12 @@ from ess_reg import StateSpaceOperator
 from ess_reg.kernels import causal_fft_conv
 
 from .base import Mixer, MixerTrace, channels_first, channels_last, check_positive, log_uniform, top_coordinates
-from .s6 import init_log_neg_a
+from .s6 import A_INITS, init_log_neg_a
 
 
 class DiagonalSSM(Mixer):
+    init_schemes = tuple({"a_init": scheme} for scheme in A_INITS)
+
     def __init__(self, d_model: int, d_state: int = 16, dt_min: float = 1e-3, dt_max: float = 1e-1,
                  a_init: str = "s4d_real"):
         super().__init__(d_model)

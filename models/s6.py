@@ -41,6 +41,8 @@ def init_log_neg_a(channels: int, d_state: int, scheme: str) -> torch.Tensor:
 
 
 class SelectiveSSM(Mixer):
+    init_schemes = tuple({"a_init": scheme} for scheme in A_INITS)
+
     def __init__(
         self,
         d_model: int,

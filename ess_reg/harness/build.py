@@ -173,11 +173,35 @@ def with_chosen_init(config: Mapping, chosen: Mapping) -> dict:
     return out
 
 
+def search_space(config: Mapping) -> tuple[list[int], list[dict]]:
+    """An init search's seeds and schemes: ``init.seeds`` (null: the run's own seed) and
+    ``init.schemes`` (``auto``: the mixer's own, :func:`ess_reg.models.init_schemes`; else a list
+    of ``model.mixer_kwargs`` overrides)."""
+    init = config["init"]
+    seeds = init.get("seeds")
+    seeds = [int(config["seed"])] if seeds is None else [int(seed) for seed in seeds]
+    schemes = init.get("schemes")
+    if schemes == "auto":
+        from ..models import init_schemes
+
+        mixer = (config.get("model") or {}).get("mixer")
+        try:
+            schemes = init_schemes(mixer)
+        except ValueError as err:
+            raise ConfigError(f"init.schemes=auto: {err}") from None
+    elif isinstance(schemes, str):
+        raise ConfigError(f"init.schemes must be 'auto' or a list of mixer_kwargs overrides, got {schemes!r}")
+    schemes = [dict(scheme) for scheme in (schemes or [{}])]
+    if not seeds:
+        raise ConfigError("init.seeds is empty: give at least one seed, or null for the run's own")
+    return seeds, schemes
+
+
 def initial_model(config: Mapping, probe: RunProbe, on_candidate=None) -> tuple[nn.Module, dict, Any]:
     """The model a run starts from, and the config that rebuilds it.
 
     ``init.chosen`` set (a logged config, a resume): build under that seed. ``init.search``:
-    score ``seeds x schemes`` by ESS on the probe batch and keep the best; the returned config
+    score ``seeds x schemes`` (:func:`search_space`) by ESS on the probe batch and keep the best; the returned config
     records the choice (:func:`with_chosen_init`). Otherwise: build under the run's seed.
     Returns ``(model, config, search result or None)``.
     """
@@ -195,8 +219,8 @@ def initial_model(config: Mapping, probe: RunProbe, on_candidate=None) -> tuple[
 
     from ..init_search import select_init
 
-    schemes = [dict(s) for s in (init.get("schemes") or [{}])]
-    candidates = [{"seed": int(seed), "scheme": scheme} for seed in init["seeds"] for scheme in schemes]
+    seeds, schemes = search_space(config)
+    candidates = [{"seed": seed, "scheme": scheme} for seed in seeds for scheme in schemes]
 
     def factory(candidate):
         node = dict(config["model"])

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from ess_reg import RandomIndices
 from ess_reg.harness.ess_train import CONFIG_DIR, compose_config, prepare
-from ess_reg.harness.build import MODEL_TARGETS, ConfigError
+from ess_reg.harness.build import MODEL_TARGETS, ConfigError, search_space
 from ess_reg.harness.checkpoints import save_checkpoint
 from ess_reg.harness.distill import DistillSettings
 from ess_reg.harness.run_probe import ProbeSettings
@@ -125,8 +125,9 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
         assert len(plan.probe.index_tensor()) >= 2
     elif group == "init":
         if config["init"]["search"]:  # every candidate scored, the choice recorded so it rebuilds
-            assert len(plan.search.scores) == len(cfg.init.seeds) * len(cfg.init.schemes)
-            assert config["init"]["chosen"]["seed"] in list(cfg.init.seeds)
+            seeds, schemes = search_space(config)
+            assert len(plan.search.scores) == len(seeds) * len(schemes) > 1
+            assert config["init"]["chosen"]["seed"] in seeds and config["init"]["chosen"]["scheme"] in schemes
         else:
             assert plan.search is None and config["init"]["chosen"] is None
     elif group == "tracking":
@@ -302,3 +303,18 @@ def test_the_slurm_launcher_preset_composes_with_its_defaults():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.timeout_min, launcher.cpus_per_task, launcher.partition) == (120, 4, "gpu")
+
+
+def test_init_search_space_is_the_mixers_schemes_under_the_runs_seed_by_default():
+    cfg = OmegaConf.to_container(compose_config(["init=ess_search", "model=s6", "seed=7"]), resolve=True)
+    seeds, schemes = search_space(cfg)
+    assert seeds == [7] and [s["a_init"] for s in schemes] == ["s4d_real", "s4d_lin", "constant", "uniform"]
+    cfg = OmegaConf.to_container(compose_config(["init=ess_search_seeds", "seed=7"]), resolve=True)
+    assert search_space(cfg) == (list(range(8)), [{}])
+    cfg = OmegaConf.to_container(compose_config(["init=ess_search", "init.seeds=[1,2]",
+                                                 "init.schemes=[{gate_normalizer: 4}]"]), resolve=True)
+    assert search_space(cfg) == ([1, 2], [{"gate_normalizer": 4}])
+    for bad, message in (("init.seeds=[]", "init.seeds is empty"), ("init.schemes=all", "must be 'auto' or a list")):
+        cfg = OmegaConf.to_container(compose_config(["init=ess_search", bad]), resolve=True)
+        with pytest.raises(ConfigError, match=message):
+            search_space(cfg)

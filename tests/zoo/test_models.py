@@ -5,7 +5,7 @@ import torch
 
 from ess_reg import DeltaRuleOperator, DenseOperator, StateSpaceOperator, ToeplitzOperator, tolerance_ess
 from ess_reg.state_size import tss_at
-from ess_reg.models import MIXERS, build_mixer
+from ess_reg.models import MIXERS, build_mixer, init_schemes
 from ess_reg.models.lm import LanguageModel
 from ess_reg.models.sa import SoftmaxAttention
 
@@ -207,3 +207,25 @@ def test_sliding_window_blocks_match_the_banded_mask(length, window):
     grad_blocked, = torch.autograd.grad(blocked.square().sum(), x)
     grad_banded, = torch.autograd.grad(banded.square().sum(), x)
     assert torch.allclose(grad_blocked, grad_banded, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_init_schemes_build_and_the_first_is_the_constructors_default(name):
+    import inspect
+
+    schemes = init_schemes(name)
+    assert schemes and all(isinstance(s, dict) for s in schemes)
+    defaults = inspect.signature(MIXERS[name]).parameters
+    for key, value in schemes[0].items():  # the first scheme is what the mixer builds unasked
+        assert defaults[key].default == value, (name, key)
+    for scheme in schemes:
+        torch.manual_seed(0)
+        assert build_mixer(name, 16, **scheme)(torch.randn(1, 8, 16)).shape == (1, 8, 16)
+    if len(schemes) > 1:  # under one seed, each scheme is a different model: another output
+        x, outputs = torch.randn(1, 8, 16), []
+        for scheme in schemes:
+            torch.manual_seed(0)
+            outputs.append(build_mixer(name, 16, **scheme)(x))
+        assert all(not torch.allclose(outputs[0], other) for other in outputs[1:])
+    with pytest.raises(ValueError, match="unknown mixer 'nope'"):
+        init_schemes("nope")
