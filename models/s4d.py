@@ -69,14 +69,35 @@ class DiagonalSSM(Mixer):
 
     def keep_state(self, scores: torch.Tensor, size: int) -> torch.Tensor:
         """Keep the ``size`` best state coordinates of each channel
-        (``ess_reg.compression.StateCompressible``): their ``A``, ``B`` and ``C``. (Balanced
-        truncation would do better for this time-invariant system; dropping coordinates keeps
-        the diagonal form and is the same rule as for the input-dependent layers.)"""
+        (``ess_reg.compression.StateCompressible``): their ``A``, ``B`` and ``C``, the same rule
+        as for the input-dependent layers. ``merge_state`` does better for this time-invariant
+        system and keeps its diagonal form (balanced truncation would not: its reduced ``A`` is
+        dense, and its eigenvalues need not be real)."""
         kept = top_coordinates(scores, size)  # (D, size)
         for name in ("A_log", "B", "C"):
             setattr(self, name, nn.Parameter(getattr(self, name).detach().gather(1, kept)))
         self.d_state = size
         return kept
+
+    def merge_state(self, size: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Merge each channel's state into ``size`` coordinates
+        (``ess_reg.compression.StateMergeable``): its poles chosen and its residues ``C_n Bbar_n``
+        refit to the whole kernel over ``length`` steps (``ess_reg.compression.fit_modes``), then
+        split evenly between ``B`` and ``C`` (``|B_n| = |C_n|``)."""
+        from ess_reg.compression import fit_modes
+
+        with torch.no_grad():
+            dtA, B_bar = self._discretized(torch.float64)
+            kept, residues, reproduced = fit_modes(dtA, self.C.double() * B_bar, size, length)
+            A = -torch.exp(self.A_log.double())
+            gain = (torch.expm1(dtA) / A).gather(1, kept)  # Bbar_n = gain_n B_n, gain_n > 0
+            magnitude = (residues.abs() / gain).sqrt()
+            dtype = self.C.dtype
+            self.A_log = nn.Parameter(self.A_log.detach().gather(1, kept))
+            self.B = nn.Parameter(magnitude.to(dtype))
+            self.C = nn.Parameter((residues.sign() * magnitude).to(dtype))
+        self.d_state = size
+        return kept, reproduced
 
     @classmethod
     def state_kwargs(cls, state_size: int, **kwargs) -> dict:

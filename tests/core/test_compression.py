@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ess_reg import StateSpaceOperator
-from ess_reg.compression import (StateCompressible, compress_state, coordinate_energy, state_energy,
+from ess_reg.compression import (StateCompressible, StateMergeable, compress_state, coordinate_energy, state_energy,
                                  state_size_from_ess)
 from ess_reg.models import build_mixer
 from ess_reg.models.lm import LanguageModel
@@ -138,3 +138,85 @@ def test_the_entropy_size_of_one_used_coordinate_is_one_and_bad_measures_are_nam
     assert set(state_size_from_ess(model, tokens).values()) == {1}
     with pytest.raises(ValueError, match="measure must be 'tolerance' or 'entropy', got 'median'"):
         state_size_from_ess(model, tokens, measure="median")
+
+
+def _repeated_poles_s4d(distinct: int = 4, state: int = 8, dominant: bool = True) -> LanguageModel:
+    """s4d whose state repeats ``distinct`` poles (each channel's operator has rank ``distinct``);
+    ``dominant``: the two largest readouts on copies of one pole, so that the energy's top
+    coordinates hold a pole twice and miss another; else every readout 1."""
+    model = _model("s4d", state=state)
+    with torch.no_grad():
+        for block in model.blocks:
+            m = block.mixer
+            m.log_dt.zero_()  # poles 0.90, 0.61, 0.37, 0.14: far apart, so no three mimic four
+            m.A_log.copy_(torch.tensor([0.1, 0.5, 1.0, 2.0]).log()[:distinct].repeat(state // distinct))
+            m.B.fill_(1.0)
+            if dominant:
+                m.C.mul_(0.3)
+                m.C[:, 0], m.C[:, distinct] = 3.0, 2.9
+            else:
+                m.C.fill_(1.0)
+    return model
+
+
+def _operators_of(model, tokens):
+    from ess_reg.probe import capture_operators
+
+    with torch.no_grad(), capture_operators(model) as capture:
+        model(tokens)
+    return {name: op.materialize() for name, op in capture.operators().items()}
+
+
+def test_merging_a_time_invariant_state_is_exact_down_to_its_distinct_poles_where_dropping_is_not():
+    tokens = torch.randint(0, TOKENS, (2, 24))
+    merged, dropped = _repeated_poles_s4d(), _repeated_poles_s4d()
+    before, out = _operators_of(merged, tokens), merged(tokens)
+    cuts = compress_state(merged, tokens, 4, method="merge")
+    after = _operators_of(merged, tokens)
+    for name, cut in cuts.items():
+        torch.testing.assert_close(after[name], before[name], atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(cut.energy_kept, torch.ones_like(cut.energy_kept), atol=1e-9, rtol=0)
+        assert cut.method == "merge" and "energy reproduced (merged)" in str(cut)
+        assert merged.get_submodule(name).state_size() == 4
+    torch.testing.assert_close(merged(tokens), out, atol=1e-9, rtol=1e-9)
+    compress_state(dropped, tokens, 4)  # the energy's top 4 hold pole 0 twice: one pole is lost
+    lost = _operators_of(dropped, tokens)
+    assert all((lost[name] - before[name]).norm() > 1e-3 * before[name].norm() for name in before)
+    # one coordinate fewer than the distinct poles: the fit loses the least it can, and says so
+    fewer = _repeated_poles_s4d(dominant=False)
+    for cut in compress_state(fewer, tokens, 3, method="merge").values():
+        assert (cut.energy_kept < 1 - 1e-5).all() and (cut.energy_kept > 0.99).all()
+
+
+def test_fit_modes_refits_residues_to_the_whole_response_and_names_bad_requests():
+    from ess_reg.compression import fit_modes
+
+    torch.manual_seed(2)
+    log_poles, residues = -torch.rand(3, 6, dtype=torch.float64) * 2, torch.randn(3, 6, dtype=torch.float64)
+    kept, refit, fit = fit_modes(log_poles, residues, 6, 20)  # every mode kept: the same system
+    assert torch.equal(kept, torch.arange(6).expand(3, 6))
+    torch.testing.assert_close(refit, residues)
+    kept, refit, fit = fit_modes(log_poles, residues, 2, 20)
+    lags = torch.arange(20, dtype=torch.float64)[:, None, None]
+    response = (residues * log_poles.mul(lags).exp()).sum(-1)  # (L, C)
+    new = (refit * log_poles.gather(-1, kept).mul(lags).exp()).sum(-1)
+    weights = (20 - lags[:, 0, 0])[:, None]
+    torch.testing.assert_close(fit, 1 - ((response - new).square() * weights).sum(0)
+                               / (response.square() * weights).sum(0))
+    for args, message in (((log_poles, residues[:, :5], 2, 20), "must both be \\(C, N\\)"),
+                          ((log_poles, residues, 7, 20), "size must be an int in 1..6"),
+                          ((log_poles, residues, 2, 0), "length must be a positive int")):
+        with pytest.raises(ValueError, match=message):
+            fit_modes(*args)
+
+
+def test_merging_is_refused_for_a_layer_that_is_not_time_invariant():
+    model = _model("gla")
+    tokens = torch.randint(0, TOKENS, (2, 16))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="has no merge_state.*only a time-invariant layer can merge"):
+        compress_state(model, tokens, 4, method="merge")
+    with pytest.raises(ValueError, match="method must be one of \\('keep', 'merge'\\), got 'fold'"):
+        compress_state(model, tokens, 4, method="fold")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(build_mixer("s4d", 16), StateMergeable) and not isinstance(build_mixer("s6", 16), StateMergeable)
