@@ -14,7 +14,9 @@ averaged over the examples, the largest over heads and layers, rounded up (the d
 20 of 21 trained models in the knee studies, docs/results.md). The
 model's config is the source's with ``model.state_size`` set to the kept size, and ``init.compressed``
 records the cut and the rule that chose its size (``given``, ``ess`` or ``entropy``): the logged
-config rebuilds the compressed architecture, the checkpoint holds its weights.
+config rebuilds the compressed architecture, the checkpoint holds its weights. ``init.method=merge``
+(time-invariant layers: ``s4d``) refits the kept coordinates to the whole operator instead of
+dropping the others (``compress_state(method="merge")``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from ..compression import compress_state, state_size_from_ess
+from ..compression import METHODS, compress_state, state_size_from_ess
 from .build import ConfigError, build_model, with_state_size
 from .checkpoints import trained_model
 from .run_probe import RunProbe
@@ -49,6 +51,9 @@ def compressed_start(config: Mapping, probe: RunProbe) -> tuple[nn.Module, dict,
     it; and what was cut (``{layer: StateCut}``)."""
     init = config["init"]
     size = _size(init.get("size"))
+    method = init.get("method", "keep")
+    if method not in METHODS:
+        raise ConfigError(f"init.method must be one of {', '.join(METHODS)}, got {method!r}")
     rule = size if size in MEASURED_SIZES else "given"  # recorded: the resolved size alone hides who chose it
     source = str(init["source"])
     model, state, _ = trained_model(source, config["trainer"]["checkpoint_dir"], config["tracking"]["uri"],
@@ -72,7 +77,7 @@ def compressed_start(config: Mapping, probe: RunProbe) -> tuple[nn.Module, dict,
             size = max(state_size_from_ess(model, batch).values())
         elif size == "entropy":  # where the task's items have all been seen
             size = max(state_size_from_ess(model, batch, indices=[task.context_end], measure="entropy").values())
-        cuts = compress_state(model, batch, size)
+        cuts = compress_state(model, batch, size, method=method)
     except ValueError as err:
         raise ConfigError(f"init.source={source}: {err}") from None
     out = copy.deepcopy(dict(config))
@@ -82,6 +87,7 @@ def compressed_start(config: Mapping, probe: RunProbe) -> tuple[nn.Module, dict,
     energy = min(float(c.energy_kept.min()) for c in cuts.values())
     out["init"] = {**out["init"], "size": size,
                    "compressed": {"source": state.get("run_id") or source, "size": size, "rule": rule,
+                                  "method": method,
                                   "state_before": max(c.before for c in cuts.values()),
                                   "energy_kept_min": round(energy, 6)}}
     rebuilt = build_model(out["model"])  # the logged config must rebuild exactly this model

@@ -305,6 +305,19 @@ def test_a_run_can_start_from_a_trained_run_s_model_with_its_state_cut(store, ti
     assert by_entropy.model.blocks[0].mixer.state_size() == by_entropy.config["init"]["compressed"]["size"]
     with pytest.raises(ConfigError, match="init.size must be a positive int .*, ess or entropy, got 'half'"):
         run(compose_config(tiny("init=compressed", f"init.source={source.run_id}", "init.size=half")))
+    with pytest.raises(ConfigError, match="init.method must be one of keep, merge, got 'fold'"):
+        run(compose_config(tiny("init=compressed", f"init.source={source.run_id}", "init.method=fold")))
+    with pytest.raises(ConfigError, match=r"has no merge_state\(size, length\): only a time-invariant layer can merge"):
+        run(compose_config(tiny("task.num_kv_pairs=2", "init=compressed", f"init.source={source.run_id}",
+                                "init.method=merge", "init.size=4")))
+    # A time-invariant model merges: its step-0 evaluation is the merged model, logged as such.
+    lti = run(compose_config(tiny("model=s4d", "task.num_kv_pairs=2")))
+    merged = run(compose_config(tiny("model=s4d", "task.num_kv_pairs=2", "init=compressed",
+                                     f"init.source={lti.run_id}", "init.method=merge", "init.size=4",
+                                     "trainer.max_steps=1")))
+    assert merged.model.blocks[0].mixer.state_size() == 4
+    assert merged.config["init"]["compressed"]["method"] == "merge"
+    assert 0.5 < merged.config["init"]["compressed"]["energy_kept_min"] <= 1 + 1e-9
 
 
 def test_a_run_that_another_process_is_training_is_not_resumed(store, tiny):
