@@ -72,3 +72,20 @@ def test_certified_ess_on_cuda_contains_the_cpu_s_exact_value():
     exact = ess_reg.entropy_ess(T, idx)
     assert result.path == ["krylov"] * 3 and result.value.is_cuda
     assert torch.all(result.lower.cpu() <= exact + 1e-9) and torch.all(exact <= result.upper.cpu() + 1e-9)
+
+
+def test_compression_on_cuda_equals_the_cpu():
+    from ess_reg.compression import compress_state
+    from ess_reg.models.lm import LanguageModel
+
+    tokens = torch.randint(0, 32, (2, 24), generator=torch.Generator().manual_seed(0))
+    for mixer, method in (("gla", "keep"), ("s4d", "merge")):
+        torch.manual_seed(0)
+        cpu = LanguageModel(vocab_size=32, d_model=16, n_layers=2, mixer=mixer, state_size=8).double()
+        gpu = LanguageModel(vocab_size=32, d_model=16, n_layers=2, mixer=mixer, state_size=8).double().cuda()
+        gpu.load_state_dict(cpu.state_dict())
+        cuts = compress_state(cpu, tokens, 3, method=method)
+        on_gpu = compress_state(gpu, tokens.cuda(), 3, method=method)
+        for name, cut in cuts.items():
+            assert torch.equal(on_gpu[name].kept.cpu(), cut.kept), (mixer, name)
+        assert torch.allclose(gpu(tokens.cuda()).cpu(), cpu(tokens), atol=1e-9), mixer
