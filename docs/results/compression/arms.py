@@ -1,27 +1,32 @@
 """The compress_arms studies' tables (conf/experiment/compress_arms.yaml, compress_arms_sizes.yaml):
-a small state at 16 pairs made different ways, paired by seed, 1200 steps of training in all:
+compress_confirm*.yaml): a small state at 16 pairs made different ways, paired by seed, 1200
+steps of training in all:
 
-  cut:     a knee_load source (state 16, 1000 steps) cut to the size and fine-tuned 200 steps;
+  cut:     a source (state 16, 1000 steps) cut to the size and fine-tuned 200 steps;
   scratch: the small state from scratch;
   distill: (compress_arms only) the small state trained on the source's outputs.
 
 Primary outcome: the accuracy at the end, compared by the exact paired sign-flip test of the mean
 difference with a t-interval. The registered family, Holm-corrected: compress_arms, cut - scratch
 and distill - scratch at state 8 (cut - distill reported, not tested); compress_arms_sizes,
-cut - scratch at each size. Pairs whose source is below 0.8 accuracy are left out. The cut runs
-live in the knee_load experiment, the others in the study's (possibly two stores):
+cut - scratch at each size; compress_confirm, the same on fresh seeds. Pairs whose source is below
+0.8 accuracy are left out. Each arm's lowest accuracy and spread are shown beside the tests (not
+tested). The sources and cuts live in the knee_load experiment (compress_confirm_cuts for
+compress_confirm), the others in the study's (possibly two stores):
 
     python docs/results/compression/arms.py [--tracking-uri URI] [--cut-tracking-uri URI]
     python docs/results/compression/arms.py --experiment compress_arms_sizes --sizes 6,4
+    python docs/results/compression/arms.py --experiment compress_confirm \
+        --cut-experiment compress_confirm_cuts --sizes 6,4
 
-It prints the table and writes arms.md (or arms_sizes.md) beside itself.
+It prints the table and writes arms.md (arms_sizes.md, confirm.md) beside itself.
 """
 
 import argparse
 from pathlib import Path
 
 from ess_reg.harness.runsets import load_runs
-from ess_reg.harness.stats import holm, paired_test
+from ess_reg.harness.stats import holm, mean_spread, paired_test
 from knee import entropy_rule  # this folder's knee.py: which cut took the entropy size
 
 PAIRS, COMPETENT = 16, 0.8
@@ -37,11 +42,12 @@ def main():
     parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
     parser.add_argument("--cut-tracking-uri", default=None, help="the knee_load store (default: the same)")
     parser.add_argument("--experiment", default="compress_arms")
+    parser.add_argument("--cut-experiment", default="knee_load", help="where the sources and cuts are logged")
     parser.add_argument("--sizes", default="8", help="the small states compared, e.g. 6,4")
     args = parser.parse_args()
     sizes = [int(k) for k in args.sizes.split(",")]
     seed = lambda r: int(r.params["seed"])  # noqa: E731
-    knee = [r for r in load_runs(args.cut_tracking_uri or args.tracking_uri, experiment="knee_load")
+    knee = [r for r in load_runs(args.cut_tracking_uri or args.tracking_uri, experiment=args.cut_experiment)
             if int(r.params["task.num_kv_pairs"]) == PAIRS]
     sources = {seed(r): r for r in knee if r.params.get("init.source") in UNSET}
     study = load_runs(args.tracking_uri, experiment=args.experiment)
@@ -73,6 +79,11 @@ def main():
             say(f"| {s} | {accuracy(sources[s]):.3f} | "
                 + " | ".join(f"{accuracy(made[name][s]):.3f}" for name in names) + " |")
         say("")
+        if len(seeds) > 1:  # is one arm the more reliable? shown, not tested
+            say("Each arm over these seeds: " + "; ".join(
+                f"{name} lowest {min(accuracy(made[name][s]) for s in seeds):.3f}, standard deviation "
+                f"{mean_spread([accuracy(made[name][s]) for s in seeds])[1]:.3f}" for name in names) + ".")
+            say("")
         for treated, base, tested in (("cut", "scratch", True), ("distill", "scratch", True),
                                       ("cut", "distill", False)):
             if made[treated] and made[base] and len(seeds) > 1:

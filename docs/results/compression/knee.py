@@ -28,7 +28,8 @@ from ess_reg.harness.stats import holm, sign_test, spearman, spearman_permutatio
 
 HOLDS = 0.05  # the largest accuracy loss that counts as "holds", decided before running
 COMPETENT = 0.8
-TITLES = {"knee": "The knee study", "knee_load": "The knee at a head's capacity (knee_load)"}
+TITLES = {"knee": "The knee study", "knee_load": "The knee at a head's capacity (knee_load)",
+          "knee_la": "The knee on la, a mixer without decay (knee_la)"}
 
 
 def nearest_grid(grid: tuple, target: float) -> int:
