@@ -8,6 +8,7 @@ never code.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,8 @@ import torch
 
 from . import tracking
 from .build import ConfigError, build_model, check_targets, with_chosen_init
+
+log = logging.getLogger("ess_reg")
 
 __all__ = ["RESUMABLE_KEYS", "CHECKPOINT_NAME", "checkpoint_path", "save_checkpoint", "locate_checkpoint",
            "load_checkpoint", "trained_model", "config_differences", "check_resume"]
@@ -197,6 +200,24 @@ def config_differences(stored: Mapping, requested: Mapping, allowed=RESUMABLE_KE
     a, b = _flat(stored), _flat(requested)
     return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
             if k not in allowed and a.get(k, "<absent>") != b.get(k, "<absent>")}
+
+
+def check_same_task(key: str, source: str, trained: Mapping | None, task: Mapping | None, *,
+                    other_task: bool, flag: str) -> None:
+    """A model trained on another task config than this run's (a teacher, a source to cut) is
+    refused unless ``other_task`` (the config key ``flag`` set true), and then logged as a warning:
+    what it is compared with would measure the move to the new task as well."""
+    trained = dict(trained or {})
+    if task is None or not trained:
+        return
+    differs = config_differences(trained, dict(task), allowed=())
+    if not differs:
+        return
+    text = (f"{key}={source} was trained on another task (differs in "
+            + ", ".join(f"task.{k}: {a!r} vs {b!r}" for k, (a, b) in differs.items()) + ")")
+    if not other_task:
+        raise ConfigError(f"{text}; add {flag}=true to use it anyway")
+    log.warning("warning: %s; using it anyway (%s=true)", text, flag)
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory:

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..compression import METHODS, compress_state, state_size_from_ess
 from .build import ConfigError, build_model, with_state_size
-from .checkpoints import trained_model
+from .checkpoints import check_same_task, trained_model
 from .run_probe import RunProbe
 
 __all__ = ["compressed_start"]
@@ -64,6 +64,11 @@ def compressed_start(config: Mapping, probe: RunProbe) -> tuple[nn.Module, dict,
         raise ConfigError(f"init.source={source} is a {mixer} model; "
                           f"this run's model is {config['model'].get('mixer')}: "
                           f"add model={mixer} (the other model keys are taken from the source)")
+    other_task = init.get("other_task", False)
+    if not isinstance(other_task, bool):
+        raise ConfigError(f"init.other_task must be true or false, got {other_task!r}")
+    check_same_task("init.source", source, state["config"].get("task"), config.get("task"),
+                    other_task=other_task, flag="init.other_task")
     if size == "entropy" and task.context_end is None:
         raise ConfigError(f"init.size=entropy reads the ESS at the end of the task's context; the task "
                           f"{type(task).__name__} has none: give an int")

@@ -16,7 +16,6 @@ a study can set the student's distillation loss against the teacher's ESS.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,11 +27,10 @@ from torch import nn
 
 from ..tasks import IGNORE
 from .build import ConfigError
-from .checkpoints import trained_model
+from .checkpoints import check_same_task, trained_model
 
 __all__ = ["DistillSettings", "Teacher", "distillation_loss"]
 
-log = logging.getLogger("ess_reg")
 
 POSITIONS = ("answers", "all")
 
@@ -108,14 +106,8 @@ class Teacher(nn.Module):
         if teacher_vocab != vocab_size:
             raise ConfigError(f"distill.teacher={settings.teacher}: the teacher's vocabulary is {teacher_vocab}, "
                               f"the student's task has {vocab_size}: they must be equal")
-        taught = config.get("task") or {}
-        if task is not None and taught and dict(taught) != dict(task):
-            differs = sorted(k for k in set(taught) | set(task) if taught.get(k) != task.get(k))
-            text = (f"distill.teacher={settings.teacher} was trained on another task (differs in "
-                    + ", ".join(f"task.{k}: {taught.get(k)!r} vs {task.get(k)!r}" for k in differs) + ")")
-            if not settings.other_task:
-                raise ConfigError(text + "; add distill.other_task=true to distill it anyway")
-            log.warning("warning: %s; distilling it anyway (distill.other_task=true)", text)
+        check_same_task("distill.teacher", settings.teacher, config.get("task"), task,
+                        other_task=settings.other_task, flag="distill.other_task")
         return cls(model, settings, source=str(Path(path)), config=config, run_id=state["run_id"])
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -271,7 +271,8 @@ def test_a_stopping_rule_ends_the_run_where_it_converged_and_a_resume_keeps_its_
     assert client.get_run(full.run_id).data.tags["stopped"] == "step 6: the budget (trainer.max_steps)"
 
 
-def test_a_run_can_start_from_a_trained_run_s_model_with_its_state_cut(store, tiny):
+def test_a_run_can_start_from_a_trained_run_s_model_with_its_state_cut(store, tiny, caplog):
+    caplog.set_level("WARNING", logger="ess_reg")
     source = run(compose_config(tiny("task.num_kv_pairs=2")))
     assert source.model.blocks[0].mixer.state_size() == 16
     small = run(compose_config(tiny("task.num_kv_pairs=2", "init=compressed", f"init.source={source.run_id}",
@@ -288,6 +289,7 @@ def test_a_run_can_start_from_a_trained_run_s_model_with_its_state_cut(store, ti
     assert params["init.compressed.size"] == "4" and params["model.state_size"] == "4"
     assert params["init.compressed.rule"] == "given"
     assert metric_steps(client, small.run_id, "valid/accuracy") == [0, 3]  # step 0: compressed, not yet tuned
+    assert "trained on another task" not in caplog.text  # the same task: nothing to say
     # The logged config rebuilds the compressed model: a resume by run id goes on from its weights.
     where = [f"tracking.uri={store['uri']}", f"tracking.artifact_location={store['artifacts']}",
              f"trainer.checkpoint_dir={store['dir']}/ckpt", "trainer.progress=false"]
@@ -303,6 +305,17 @@ def test_a_run_can_start_from_a_trained_run_s_model_with_its_state_cut(store, ti
     assert 1 <= by_entropy.config["init"]["compressed"]["size"] <= 16
     assert by_entropy.config["init"]["compressed"]["rule"] == "entropy"
     assert by_entropy.model.blocks[0].mixer.state_size() == by_entropy.config["init"]["compressed"]["size"]
+    # Another task than the source's: refused (step 0 would measure the move as well as the cut),
+    # unless asked for, and then said.
+    moved = tiny("task.num_kv_pairs=3", "init=compressed", f"init.source={source.run_id}", "init.size=4",
+                 "trainer.max_steps=1")
+    with pytest.raises(ConfigError, match=r"init.source=.* was trained on another task \(differs in "
+                                          r"task.num_kv_pairs: 2 vs 3\); add init.other_task=true"):
+        run(compose_config(moved))
+    with pytest.raises(ConfigError, match="init.other_task must be true or false, got 'maybe'"):
+        run(compose_config([*moved, "init.other_task=maybe"]))
+    run(compose_config([*moved, "init.other_task=true"]))
+    assert "using it anyway (init.other_task=true)" in caplog.text
     with pytest.raises(ConfigError, match="init.size must be a positive int .*, ess or entropy, got 'half'"):
         run(compose_config(tiny("init=compressed", f"init.source={source.run_id}", "init.size=half")))
     with pytest.raises(ConfigError, match="init.method must be one of keep, merge, got 'fold'"):
