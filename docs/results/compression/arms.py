@@ -37,6 +37,19 @@ def accuracy(run) -> float:
     return run.metrics["valid/accuracy"]
 
 
+def tests_table(tests: list, untested: str = "(not tested)") -> list[str]:
+    """Markdown rows for ``(name, PairedTest, in the family)`` triples; Holm's correction runs
+    over the family alone, the others are shown with ``untested`` in its column."""
+    adjusted = iter(holm([t.permutation_p for _, t, tested in tests if tested]))
+    rows = ["| comparison | n | mean difference | 95% t-interval | higher / lower / tied | sign-flip p | Holm p |",
+            "|---|---|---|---|---|---|---|"]
+    for name, t, tested in tests:
+        rows.append(f"| {name} | {t.n} | {t.mean_difference:+.3f} | [{t.interval[0]:+.3f}, {t.interval[1]:+.3f}] | "
+                    f"{t.higher} / {t.lower} / {t.ties} | {t.permutation_p:.4f} | "
+                    + (f"{next(adjusted):.4f}" if tested else untested) + " |")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
@@ -92,13 +105,7 @@ def main():
     if left_out:
         say(f"Left out (source below {COMPETENT}): seeds {sorted(left_out)}")
         say("")
-    adjusted = iter(holm([t.permutation_p for _, t, tested in tests if tested]))
-    say("| comparison | n | mean difference | 95% t-interval | higher / lower / tied | sign-flip p | Holm p |")
-    say("|---|---|---|---|---|---|---|")
-    for name, t, tested in tests:
-        say(f"| {name} | {t.n} | {t.mean_difference:+.3f} | [{t.interval[0]:+.3f}, {t.interval[1]:+.3f}] | "
-            f"{t.higher} / {t.lower} / {t.ties} | {t.permutation_p:.4f} | "
-            + (f"{next(adjusted):.4f}" if tested else "(not tested)") + " |")
+    lines += tests_table(tests)
     text = "\n".join(lines)
     out = Path(__file__).parent / (args.experiment.replace("compress_", "") + ".md")
     out.write_text(f"# A small state made different ways ({args.experiment})\n\n" + text + "\n")

@@ -18,7 +18,8 @@ import argparse
 from pathlib import Path
 
 from ess_reg.harness.runsets import load_runs
-from ess_reg.harness.stats import holm, paired_test, sign_test
+from arms import tests_table  # this folder's arms.py: the Holm-corrected table of paired tests
+from ess_reg.harness.stats import paired_test, sign_test
 from knee import entropy_rule  # this folder's knee.py: which cut took the entropy size
 
 SIZES, METHODS = (4, 2, 1), ("keep", "merge")
@@ -77,13 +78,7 @@ def main():
             d = [measure(cuts[s][("merge", k)]) - measure(cuts[s][("keep", k)]) for s in kept]
             if len(d) > 1:
                 tests.append((f"merge - keep at {k}, {when}", paired_test(d), when == "step 0"))
-    adjusted = iter(holm([t.permutation_p for _, t, primary in tests if primary]))
-    say("| comparison | n | mean difference | 95% t-interval | higher / lower / tied | sign-flip p | Holm p |")
-    say("|---|---|---|---|---|---|---|")
-    for name, t, primary in tests:
-        say(f"| {name} | {t.n} | {t.mean_difference:+.3f} | [{t.interval[0]:+.3f}, {t.interval[1]:+.3f}] | "
-            f"{t.higher} / {t.lower} / {t.ties} | {t.permutation_p:.4f} | "
-            + (f"{next(adjusted):.4f}" if primary else "(secondary)") + " |")
+    lines += tests_table(tests, untested="(secondary)")
     if kept:
         holds = [at_end(sources[s]) - at_start(cuts[s][("merge", "entropy")]) <= HOLDS for s in kept]
         higher, _, _, p = sign_test([1.0 if h else -1.0 for h in holds])
