@@ -11,7 +11,7 @@ on its own task: its evaluation at step 0 is the compressed model before any fin
 of a zoo model has one state size): the largest tolerance-ESS over every index, example and head
 (the worst case). ``init.size=entropy`` keeps the entropy-ESS at the end of the task's context,
 averaged over the examples, the largest over heads and layers, rounded up (the default: safe on
-20 of 21 trained models in the knee studies, docs/results.md). The
+31 of 32 trained gla and la models in the knee studies, docs/results.md). The
 model's config is the source's with ``model.state_size`` set to the kept size, and ``init.compressed``
 records the cut and the rule that chose its size (``given``, ``ess`` or ``entropy``): the logged
 config rebuilds the compressed architecture, the checkpoint holds its weights. ``init.method=merge``

@@ -123,8 +123,9 @@ def main():
     for load in (low, high):
         at = [n for n in names if n[0] == load]
         if len(at) > 2:
-            within.append(f"with {load} pairs {spearman([k_e[n] for n in at], [knees[n] for n in at]):+.2f} "
-                          f"(n = {len(at)})")
+            r = spearman([k_e[n] for n in at], [knees[n] for n in at])
+            shown = f"{r:+.2f}" if r == r else "undefined (no spread in k_E or the knee)"  # nan: a constant side
+            within.append(f"with {load} pairs {shown} (n = {len(at)})")
     text_e = (f"E, k_E ranks the knees: Spearman's rho {rho:+.2f} over {len(names)} sources, permutation "
               f"p = {fmt(p_e)}; within a load: {', '.join(within) or 'too few sources'}")
     say("- " + text_a)
