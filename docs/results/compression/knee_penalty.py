@@ -1,0 +1,135 @@
+"""The knee_ess_min study's tables (conf/experiment/knee_ess_min_sources.yaml, knee_ess_min.yaml):
+does a source trained with a penalty (ess_min) shrink further than one trained without, paired
+by seed? Each source is cut to every grid size and to its entropy size, then fine-tuned 200 steps.
+
+The registered family, Holm-corrected: at the primary size, the cut's accuracy after its
+fine-tune and at step 0 (before it), arm - baseline, paired by seed, exact two-sided sign-flip
+test with a t-interval. Pairs with a source below 0.8 are left out of the cut comparisons
+(counted). Secondary, not corrected: the sources' accuracy over every pair (the penalty's cost),
+the other sizes, and k_E and the knee (the smallest grid size within 0.05 of the uncut, after
+the fine-tune), exact sign tests. Run from the folder the study ran in:
+
+    python docs/results/compression/knee_penalty.py --experiment knee_ess_min --arm ess_min
+
+It prints the tables and writes <experiment>.md beside itself.
+"""
+
+import argparse
+from pathlib import Path
+
+from arms import tests_table  # this folder's arms.py: the Holm-corrected table of paired tests
+from ess_reg.harness.runsets import load_runs
+from ess_reg.harness.stats import paired_test, sign_test
+from knee import HOLDS, entropy_rule  # this folder's knee.py: what "holds" is, which cut was k_E
+from merge import at_end, at_start  # this folder's merge.py: accuracy after the fine-tune, at step 0
+
+COMPETENT = 0.8
+UNSET = (None, "None")
+
+
+def knee_of(cuts: dict, grid: tuple) -> int:
+    """The smallest grid size whose accuracy after the fine-tune is within HOLDS of the uncut's."""
+    full = at_end(cuts[grid[0]])
+    return min(g for g in grid if full - at_end(cuts[g]) <= HOLDS)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
+    parser.add_argument("--experiment", default="knee_ess_min")
+    parser.add_argument("--arm", default="ess_min", help="the sources' penalty option under test")
+    parser.add_argument("--baseline", default="none")
+    parser.add_argument("--grid", default="16,8,6,4", help="the cut sizes, the uncut size first")
+    parser.add_argument("--primary", type=int, default=6, help="the size of the registered comparisons")
+    args = parser.parse_args()
+    grid = tuple(int(g) for g in args.grid.split(","))
+    if args.primary not in grid:
+        parser.error(f"--primary {args.primary} is not in --grid {args.grid}")
+    runs = load_runs(args.tracking_uri, experiment=args.experiment)
+    sources = {r.run_id: r for r in runs if r.params.get("init.source") in UNSET}
+    by_arm: dict[str, dict[int, object]] = {args.arm: {}, args.baseline: {}}
+    for r in sources.values():
+        arm = r.params.get("penalty", "none")
+        if arm not in by_arm:
+            raise SystemExit(f"source {r.run_id} has penalty={arm}, neither --arm nor --baseline")
+        seed = int(r.params["seed"])
+        if seed in by_arm[arm]:
+            raise SystemExit(f"two {arm} sources for seed {seed}: {by_arm[arm][seed].run_id}, {r.run_id}")
+        by_arm[arm][seed] = r
+    cuts: dict[str, dict] = {}  # source run id -> size -> cut run
+    for r in runs:
+        if r.params.get("init.source") in UNSET:
+            continue
+        size = "entropy" if entropy_rule(r) else int(r.params["init.compressed.size"])
+        cuts.setdefault(r.params["init.compressed.source"], {})[size] = r
+    weights = {by_arm[args.arm][s].params.get("penalty.schedule.weight") for s in by_arm[args.arm]}
+    seeds = sorted(set(by_arm[args.arm]) & set(by_arm[args.baseline]))
+    wanted = (*grid, "entropy")
+
+    lines = []
+    say = lines.append
+    say(f"Sources: {args.arm} (weight {', '.join(sorted(map(str, weights))) or '-'}) and {args.baseline}, "
+        f"paired by seed. Each cut: accuracy at step 0 / after the fine-tune.")
+    say("")
+    say("| seed | source | source accuracy | k_E | " + " | ".join(f"cut to {g}" for g in grid)
+        + " | cut to k_E | knee |")
+    say("|---" * (6 + len(grid)) + "|")
+    complete, left_out = [], []
+    for s in seeds:
+        pair = {arm: by_arm[arm][s] for arm in (args.arm, args.baseline)}
+        got = {arm: cuts.get(src.run_id, {}) for arm, src in pair.items()}
+        for arm, src in pair.items():
+            mine = got[arm]
+            if all(w in mine for w in wanted):
+                k_e = mine["entropy"].params["init.compressed.size"]
+                say(f"| {s} | {arm} | {at_end(src):.3f} | {k_e} | "
+                    + " | ".join(f"{at_start(mine[g]):.3f} / {at_end(mine[g]):.3f}" for g in grid)
+                    + f" | {at_start(mine['entropy']):.3f} / {at_end(mine['entropy']):.3f} | {knee_of(mine, grid)} |")
+            else:
+                say(f"| {s} | {arm} | {at_end(src):.3f} | - | " + " | ".join("-" for _ in grid) + " | - | - |")
+        weak = [arm for arm, src in pair.items() if at_end(src) < COMPETENT]
+        missing = [arm for arm in pair if any(w not in got[arm] for w in wanted)]
+        if weak or missing:
+            left_out.append(f"seed {s} ({', '.join(f'{a} source below {COMPETENT}' for a in weak)}"
+                            f"{'; ' if weak and missing else ''}{', '.join(f'{a} cuts incomplete' for a in missing)})")
+        else:
+            complete.append(s)
+    say("")
+    if left_out:
+        say("Left out of the cut comparisons: " + "; ".join(left_out))
+        say("")
+
+    def cut(arm, s, size):
+        return cuts[by_arm[arm][s].run_id][size]
+
+    tests = []
+    for size in (args.primary, *[g for g in grid[1:] if g != args.primary]):
+        for when, measure in (("after the fine-tune", at_end), ("step 0", at_start)):
+            d = [measure(cut(args.arm, s, size)) - measure(cut(args.baseline, s, size)) for s in complete]
+            if len(d) > 1:
+                tests.append((f"cut to {size}, {when}", paired_test(d), size == args.primary))
+    d = [at_end(by_arm[args.arm][s]) - at_end(by_arm[args.baseline][s]) for s in seeds]
+    if len(d) > 1:
+        tests.append(("the sources (uncut, every pair)", paired_test(d), False))
+    if tests:
+        say(f"{args.arm} - {args.baseline}, paired by seed; Holm over the cut to {args.primary} (two outcomes):")
+        say("")
+        lines.extend(tests_table(tests, untested="(secondary)"))
+        say("")
+    if complete:
+        for name, value in (("k_E", lambda c: int(c["entropy"].params["init.compressed.size"])),
+                            ("the knee", lambda c: knee_of(c, grid))):
+            pairs = [(value(cuts[by_arm[args.arm][s].run_id]), value(cuts[by_arm[args.baseline][s].run_id]))
+                     for s in complete]
+            smaller, larger, ties, p = sign_test([float(b - a) for a, b in pairs])
+            say(f"- Secondary: {name} smaller with {args.arm} on {smaller} of {len(pairs)} seeds (larger on "
+                f"{larger}, equal on {ties}; exact sign test p = {p:.4f}); {args.arm} {[a for a, _ in pairs]}, "
+                f"{args.baseline} {[b for _, b in pairs]}")
+    text = "\n".join(lines)
+    (Path(__file__).parent / f"{args.experiment}.md").write_text(
+        f"# Does a penalty let the state shrink further? ({args.experiment})\n\n" + text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
