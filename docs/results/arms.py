@@ -8,8 +8,9 @@ evaluation) and the first step at each accuracy threshold.
     python docs/results/arms.py --experiment tune_check --compare "ess_max w=W:ess_max w=0.01" ...
 
 An arm is the run's penalty option, with its weight when the runs of that option differ in it
-("ess_max w=0.01"). Run from the folder the study ran in, or give its store with --tracking-uri.
-Writes arms.md into --out.
+("ess_max w=0.01"). A study stopped by the clock takes --paired-only: a seed whose arms did not
+all finish is named and left out. Run from the folder the study ran in, or give its store with
+--tracking-uri. Writes arms.md into --out.
 """
 
 import argparse
@@ -47,6 +48,9 @@ def main():
     parser.add_argument("--steps-test", type=float, default=None, metavar="THRESHOLD",
                         help="also test 'faster': the first step at THRESHOLD, paired by seed, by the exact sign "
                              "test (a run that never gets there ranks after every run that does; two such tie)")
+    parser.add_argument("--paired-only", action="store_true",
+                        help="keep only the seeds where every arm finished (a clock stop's complete pairs); "
+                             "the others are named and left out of every table")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     thresholds = [float(t) for t in args.thresholds.split(",")]
@@ -60,8 +64,10 @@ def main():
     for r in runs:
         table[int(r.params["seed"])][arm_of(r, weighted)] = r
     arms = sorted({a for row in table.values() for a in row})
-    seeds = sorted(table)
+    incomplete = sorted(s for s in table if len(table[s]) < len(arms)) if args.paired_only else []
+    seeds = sorted(s for s in table if s not in incomplete)
     lines = [f"# {args.experiment}: arms paired by seed", "",
+             *([f"Left out, not every arm finished (--paired-only): seeds {incomplete}", ""] if incomplete else []),
              "Accuracy at the end (first step at " + ", ".join(map(str, thresholds))
              + "; C: every layer's utilization <= 0.25 at the end)", "",
              "| seed | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
