@@ -45,6 +45,12 @@ def counted(name: str, outcomes: list[bool]) -> tuple[str, float]:
     return f"{name}: holds on {higher} of {len(outcomes)} sources (exact sign test p = {fmt(p)})", p
 
 
+def smallest_holding(losses: dict) -> int:
+    """The knee: the smallest size whose accuracy loss d (uncut minus cut, after the fine-tune)
+    is at most HOLDS."""
+    return min(size for size, d in losses.items() if d <= HOLDS)
+
+
 def entropy_rule(run) -> bool:
     """The cut's size was the entropy-ESS's: the logged rule, or (runs logged before it was) the
     command line."""
@@ -89,7 +95,7 @@ def main():
         ke = int(got["entropy"].params["init.compressed.size"])
         de = full - got["entropy"].metrics["valid/accuracy"]
         half = nearest_grid(grid, ke / 2)
-        knee = min(g for g in d if d[g] <= HOLDS)
+        knee = smallest_holding(d)
         a.append(de <= HOLDS)
         if half < ke:
             b.append(d[half] > HOLDS)

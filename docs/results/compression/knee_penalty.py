@@ -20,7 +20,7 @@ from pathlib import Path
 from arms import tests_table  # this folder's arms.py: the Holm-corrected table of paired tests
 from ess_reg.harness.runsets import load_runs
 from ess_reg.harness.stats import paired_test, sign_test
-from knee import HOLDS, entropy_rule  # this folder's knee.py: what "holds" is, which cut was k_E
+from knee import entropy_rule, smallest_holding  # this folder's knee.py: which cut was k_E, the knee
 from merge import at_end, at_start  # this folder's merge.py: accuracy after the fine-tune, at step 0
 
 COMPETENT = 0.8
@@ -28,9 +28,9 @@ UNSET = (None, "None")
 
 
 def knee_of(cuts: dict, grid: tuple) -> int:
-    """The smallest grid size whose accuracy after the fine-tune is within HOLDS of the uncut's."""
+    """The knee of one source's cuts, the uncut size (grid[0]) as the reference."""
     full = at_end(cuts[grid[0]])
-    return min(g for g in grid if full - at_end(cuts[g]) <= HOLDS)
+    return smallest_holding({g: full - at_end(cuts[g]) for g in grid})
 
 
 def main():
