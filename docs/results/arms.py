@@ -9,8 +9,11 @@ evaluation) and the first step at each accuracy threshold.
 
 An arm is the run's penalty option, with its weight when the runs of that option differ in it
 ("ess_max w=0.01"). A study stopped by the clock takes --paired-only: a seed whose arms did not
-all finish is named and left out. Run from the folder the study ran in, or give its store with
---tracking-uri. Writes arms.md into --out.
+all finish is named and left out. --rescue T counts, at the end of the runs, the seeds below T
+without the arm that end at T or above with it (rescued) and the reverse (lost), with the exact
+McNemar p. --experiment repeats to pool studies of one design on disjoint seeds (a confirmation
+beside its original); the report says it is pooled. Run from the folder the study ran in, or
+give its store with --tracking-uri. Writes arms.md into --out.
 """
 
 import argparse
@@ -39,34 +42,44 @@ def collapsed_at_end(run) -> bool:
     return bool(layers) and all(run.metrics[k] <= COLLAPSED for k in layers)
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
-    parser.add_argument("--experiment", required=True)
-    parser.add_argument("--compare", action="append", required=True, help="ARM:BASELINE, repeatable")
-    parser.add_argument("--thresholds", default="0.25,0.5")
-    parser.add_argument("--steps-test", type=float, default=None, metavar="THRESHOLD",
-                        help="also test 'faster': the first step at THRESHOLD, paired by seed, by the exact sign "
-                             "test (a run that never gets there ranks after every run that does; two such tie)")
-    parser.add_argument("--paired-only", action="store_true",
-                        help="keep only the seeds where every arm finished (a clock stop's complete pairs); "
-                             "the others are named and left out of every table")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    thresholds = [float(t) for t in args.thresholds.split(",")]
-    runs = [r for r in load_runs(args.tracking_uri, experiment=args.experiment)  # FINISHED runs only
-            if "valid/accuracy" in r.metrics]
+def final(run) -> float:
+    return run.metrics["valid/accuracy"]
+
+
+def by_seed(runs) -> dict[int, dict[str, object]]:
+    """seed -> arm -> run; a seed that ran one arm twice (two pooled studies sharing a seed, or a
+    repeated run) is an error, not a silent overwrite."""
     weights = defaultdict(set)
     for r in runs:
         weights[r.params.get("penalty", "none")].add(r.params.get("penalty.schedule.weight"))
     weighted = {p for p, w in weights.items() if len(w) > 1}
-    table = defaultdict(dict)  # seed -> arm -> run
+    table = defaultdict(dict)
     for r in runs:
-        table[int(r.params["seed"])][arm_of(r, weighted)] = r
+        seed, arm = int(r.params["seed"]), arm_of(r, weighted)
+        if arm in table[seed]:
+            raise SystemExit(f"seed {seed} has two finished runs of arm {arm!r} "
+                             f"({table[seed][arm].run_id}, {r.run_id}); pool only studies on disjoint seeds")
+        table[seed][arm] = r
+    return table
+
+
+def rescue(pairs, threshold: float) -> tuple[int, int, int, float]:
+    """(failing, rescued, lost, exact McNemar p) at the end of the runs: failing = baselines below
+    ``threshold``; rescued = of those, arms at or above it; lost = the reverse."""
+    failing = sum(final(b) < threshold for _, b in pairs)
+    rescued = sum(final(b) < threshold <= final(a) for a, b in pairs)
+    lost = sum(final(a) < threshold <= final(b) for a, b in pairs)
+    p = sign_test([1.0] * rescued + [-1.0] * lost)[3] if rescued + lost else 1.0
+    return failing, rescued, lost, p
+
+
+def analyse(runs, compare: list[str], *, title: str, thresholds=(0.25, 0.5), paired_only=False,
+            steps_test: float | None = None, rescue_at: float | None = None) -> str:
+    table = by_seed(runs)
     arms = sorted({a for row in table.values() for a in row})
-    incomplete = sorted(s for s in table if len(table[s]) < len(arms)) if args.paired_only else []
+    incomplete = sorted(s for s in table if len(table[s]) < len(arms)) if paired_only else []
     seeds = sorted(s for s in table if s not in incomplete)
-    lines = [f"# {args.experiment}: arms paired by seed", "",
+    lines = [f"# {title}: arms paired by seed", "",
              *([f"Left out, not every arm finished (--paired-only): seeds {incomplete}", ""] if incomplete else []),
              "Accuracy at the end (first step at " + ", ".join(map(str, thresholds))
              + "; C: every layer's utilization <= 0.25 at the end)", "",
@@ -79,24 +92,28 @@ def main():
                 cells.append("-")
                 continue
             steps = [first_step(r.history.get("valid/accuracy", []), t) for t in thresholds]
-            cells.append(f"{r.metrics['valid/accuracy']:.3f} ({', '.join('-' if s is None else str(s) for s in steps)})"
+            cells.append(f"{final(r):.3f} ({', '.join('-' if s is None else str(s) for s in steps)})"
                          + (" C" if collapsed_at_end(r) else ""))
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
-    lines += ["", "| arm | runs | collapsed at the end [exact 95%] | "
-              + " | ".join(f"reached {t}" for t in thresholds) + " |", "|---" * (3 + len(thresholds)) + "|"]
+    lines += ["", "| arm | runs | mean ± sd | collapsed at the end [exact 95%] | "
+              + " | ".join(f"reached {t}" for t in thresholds) + " |", "|---" * (4 + len(thresholds)) + "|"]
     for arm in arms:
         mine = [table[s][arm] for s in seeds if arm in table[s]]
         c = sum(collapsed_at_end(r) for r in mine)
         low, high = proportion_interval(c, len(mine))
+        accuracies = [final(r) for r in mine]
+        spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
         reached = [sum(first_step(r.history.get("valid/accuracy", []), t) is not None for r in mine)
                    for t in thresholds]
-        lines.append(f"| {arm} | {len(mine)} | {c} [{low:.2f}, {high:.2f}] | " + " | ".join(map(str, reached)) + " |")
+        lines.append(f"| {arm} | {len(mine)} | {statistics.mean(accuracies):.3f} ± {spread:.3f} | "
+                     f"{c} [{low:.2f}, {high:.2f}] | " + " | ".join(map(str, reached)) + " |")
     tests = []
-    for spec in args.compare:
+    for spec in compare:
         arm, _, base = spec.partition(":")
+        if arm not in arms or base not in arms:
+            raise SystemExit(f"--compare {spec!r}: the arms are {arms}")
         pairs = [(table[s][arm], table[s][base]) for s in seeds if arm in table[s] and base in table[s]]
-        d = [a.metrics["valid/accuracy"] - b.metrics["valid/accuracy"] for a, b in pairs]
-        tests.append((arm, base, pairs, paired_test(d)))
+        tests.append((arm, base, pairs, paired_test([final(a) - final(b) for a, b in pairs])))
     corrected = holm([t.permutation_p for *_, t in tests])
     lines += ["", f"Paired by seed; exact sign-flip p, Holm over the {len(tests)} comparison(s):", "",
               "| arm vs baseline | pairs | mean difference [95% t] | higher / lower / tied | p | Holm p |"
@@ -112,16 +129,26 @@ def main():
         low, high = t.interval
         lines.append(f"| {arm} vs {base} | {t.n} | {t.mean_difference:+.3f} [{low:+.3f}, {high:+.3f}] | "
                      f"{t.higher} / {t.lower} / {t.ties} | {t.permutation_p:.3f} | {p_holm:.3f} | {'; '.join(steps)} |")
-    if args.steps_test is not None:
-        lines += ["", f"Faster: the first step at accuracy {args.steps_test:g}, paired by seed (never reached ranks "
+    if rescue_at is not None:
+        lines += ["", f"Rescued at the end: seeds whose baseline ended below {rescue_at:g} and whose arm ended at "
+                  "or above it (exact 95% interval of the rate over the failing seeds); lost: the reverse; "
+                  "exact McNemar p (rescued against lost), Holm over the comparisons:", "",
+                  "| arm vs baseline | pairs | failing | rescued [exact 95%] | lost | p | Holm p |", "|---" * 7 + "|"]
+        rows = [(arm, base, len(pairs), *rescue(pairs, rescue_at)) for arm, base, pairs, _ in tests]
+        for (arm, base, n, failing, rescued, lost, p), p_holm in zip(rows, holm([r[-1] for r in rows])):
+            rate = "-" if not failing else "{} of {} [{:.2f}, {:.2f}]".format(
+                rescued, failing, *proportion_interval(rescued, failing))
+            lines.append(f"| {arm} vs {base} | {n} | {failing} | {rate} | {lost} | {p:.3f} | {p_holm:.3f} |")
+    if steps_test is not None:
+        lines += ["", f"Faster: the first step at accuracy {steps_test:g}, paired by seed (never reached ranks "
                   "last; two such runs tie); exact two-sided sign test, Holm over the comparisons:", "",
                   "| arm vs baseline | pairs | earlier / later / tied | median difference, where both reached | p "
                   "| Holm p |", "|---" * 6 + "|"]
         never = float("inf")
         rows = []
         for arm, base, pairs, _ in tests:
-            steps = [(first_step(a.history.get("valid/accuracy", []), args.steps_test),
-                      first_step(b.history.get("valid/accuracy", []), args.steps_test)) for a, b in pairs]
+            steps = [(first_step(a.history.get("valid/accuracy", []), steps_test),
+                      first_step(b.history.get("valid/accuracy", []), steps_test)) for a, b in pairs]
             # later minus earlier: a positive difference means the arm got there later
             d = [0.0 if x is None and y is None else (never if x is None else x) - (never if y is None else y)
                  for x, y in steps]
@@ -131,11 +158,37 @@ def main():
         for (arm, base, n, earlier, later, ties, median, p), p_holm in zip(rows, holm([r[-1] for r in rows])):
             lines.append(f"| {arm} vs {base} | {n} | {earlier} / {later} / {ties} | "
                          f"{'-' if median is None else f'{median:+g}'} | {p:.3f} | {p_holm:.3f} |")
-    text = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
+    parser.add_argument("--experiment", action="append", required=True,
+                        help="repeatable: studies of one design on disjoint seeds, pooled (the report says so)")
+    parser.add_argument("--compare", action="append", required=True, help="ARM:BASELINE, repeatable")
+    parser.add_argument("--thresholds", default="0.25,0.5")
+    parser.add_argument("--steps-test", type=float, default=None, metavar="THRESHOLD",
+                        help="also test 'faster': the first step at THRESHOLD, paired by seed, by the exact sign "
+                             "test (a run that never gets there ranks after every run that does; two such tie)")
+    parser.add_argument("--rescue", type=float, default=None, metavar="THRESHOLD",
+                        help="also count rescued and lost seeds at THRESHOLD on the accuracy at the end")
+    parser.add_argument("--paired-only", action="store_true",
+                        help="keep only the seeds where every arm finished (a clock stop's complete pairs); "
+                             "the others are named and left out of every table")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    runs = [r for experiment in args.experiment  # FINISHED runs only
+            for r in load_runs(args.tracking_uri, experiment=experiment) if "valid/accuracy" in r.metrics]
+    if not runs:
+        raise SystemExit(f"no finished run with an accuracy in {args.experiment} at {args.tracking_uri}")
+    title = args.experiment[0] if len(args.experiment) == 1 else "pooled " + " + ".join(args.experiment)
+    text = analyse(runs, args.compare, title=title, thresholds=[float(t) for t in args.thresholds.split(",")],
+                   paired_only=args.paired_only, steps_test=args.steps_test, rescue_at=args.rescue)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "arms.md").write_text(text)
+    (out / ("arms.md" if len(args.experiment) == 1 else "pooled.md")).write_text(text)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ the fine-tune), exact sign tests. Run from the folder the study ran in:
 
     python docs/results/compression/knee_penalty.py --experiment knee_ess_min --arm ess_min
 
-It prints the tables and writes <experiment>.md beside itself.
+It prints the tables and writes <experiment>.md beside itself (or into --out).
 """
 
 import argparse
@@ -33,7 +33,7 @@ def knee_of(cuts: dict, grid: tuple) -> int:
     return smallest_holding({g: full - at_end(cuts[g]) for g in grid})
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
     parser.add_argument("--experiment", default="knee_ess_min")
@@ -41,7 +41,8 @@ def main():
     parser.add_argument("--baseline", default="none")
     parser.add_argument("--grid", default="16,8,6,4", help="the cut sizes, the uncut size first")
     parser.add_argument("--primary", type=int, default=6, help="the size of the registered comparisons")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="the folder <experiment>.md goes to")
+    args = parser.parse_args(argv)
     grid = tuple(int(g) for g in args.grid.split(","))
     if args.primary not in grid:
         parser.error(f"--primary {args.primary} is not in --grid {args.grid}")
@@ -126,7 +127,8 @@ def main():
                 f"{larger}, equal on {ties}; exact sign test p = {p:.4f}); {args.arm} {[a for a, _ in pairs]}, "
                 f"{args.baseline} {[b for _, b in pairs]}")
     text = "\n".join(lines)
-    (Path(__file__).parent / f"{args.experiment}.md").write_text(
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.experiment}.md").write_text(
         f"# Does a penalty let the state shrink further? ({args.experiment})\n\n" + text + "\n")
     print(text)
 

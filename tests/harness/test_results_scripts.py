@@ -1,0 +1,125 @@
+"""The study scripts under docs/results/ on fabricated runs whose right answers are known by
+construction: the pairing by seed, what is left out and named, the tests' p-values and the
+rescue counts. The stores' reading is tested elsewhere (test_study); here the records are built."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from ess_reg.harness.runsets import RunRecord
+
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
+
+
+def load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def arms():
+    return load(RESULTS / "arms.py", "results_arms")
+
+
+def run(seed: int, penalty: str, accuracy: float, *, history=(), util=0.5, rid=None, **params) -> RunRecord:
+    return RunRecord(rid or f"{penalty}-{seed}", f"{penalty} seed={seed}",
+                     {"seed": str(seed), "penalty": penalty, **params},
+                     {"valid/accuracy": accuracy, "L0/util": util, "L1/util": util}, {},
+                     history={"valid/accuracy": list(history) or [(0, 0.0), (1200, accuracy)]})
+
+
+def study(arms_module, baseline: list[float], arm: list[float], seeds=None):
+    seeds = seeds or range(len(baseline))
+    return ([run(s, "none", b, util=0.1 if b < 0.25 else 0.5) for s, b in zip(seeds, baseline)]
+            + [run(s, "ess_constraint", a) for s, a in zip(seeds, arm)])
+
+
+def row(text: str, start: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(start))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_arms_counts_a_sign_flip_test_and_the_rescues(arms):
+    # 8 pairs: 3 seeds go from chance to recall, 4 stay at chance a little higher, 1 learner
+    # stays; every difference positive, so the exact two-sided sign-flip p is 2 / 2^8.
+    baseline = [0.05, 0.06, 0.07, 0.08, 0.09, 0.10, 0.11, 0.85]
+    arm = [0.80, 0.50, 0.30, 0.09, 0.10, 0.11, 0.12, 0.86]
+    text = arms.analyse(study(arms, baseline, arm), ["ess_constraint:none"], title="t", rescue_at=0.25)
+    cells = row(text, "| ess_constraint vs none | 8 | +")
+    assert cells[3] == "8 / 0 / 0" and float(cells[4]) == pytest.approx(2 / 2 ** 8, abs=1e-3)
+    rescue = row(text, "| ess_constraint vs none | 8 | 7 |")
+    # 3 of the 7 failing seeds rescued, none lost: exact McNemar p = 2 / 2^3
+    assert rescue[3].startswith("3 of 7") and rescue[4] == "0" and float(rescue[5]) == pytest.approx(0.25)
+    assert row(text, "| none | 8 |")[3].startswith("7 [")  # seven baselines collapsed at the end
+    assert row(text, "| ess_constraint | 8 |")[3].startswith("0 [")
+
+
+def test_arms_paired_only_names_and_leaves_out_an_unfinished_pair(arms):
+    runs = study(arms, [0.1, 0.2, 0.3], [0.2, 0.3, 0.4])
+    runs.append(run(9, "none", 0.05))  # its arm was stopped by the clock
+    text = arms.analyse(runs, ["ess_constraint:none"], title="t", paired_only=True)
+    assert "seeds [9]" in text and "| 9 |" not in text
+    assert row(text, "| ess_constraint vs none |")[1] == "3"
+
+
+def test_arms_refuses_two_runs_of_one_arm_on_a_seed(arms):
+    # pooling two studies that share a seed would otherwise keep one run silently
+    runs = study(arms, [0.1], [0.2]) + [run(0, "none", 0.3, rid="second")]
+    with pytest.raises(SystemExit, match="seed 0 has two finished runs of arm 'none'"):
+        arms.analyse(runs, ["ess_constraint:none"], title="t")
+
+
+def test_arms_names_the_arms_when_a_comparison_has_none(arms):
+    with pytest.raises(SystemExit, match="the arms are"):
+        arms.analyse(study(arms, [0.1], [0.2]), ["ess_max:none"], title="t")
+
+
+def test_arms_tells_weights_apart_only_where_they_differ(arms):
+    runs = [run(0, "ess_max", 0.5, **{"penalty.schedule.weight": "0.01"}),
+            run(0, "ess_max", 0.6, rid="b", **{"penalty.schedule.weight": "0.1"}), run(0, "none", 0.4)]
+    assert {arms.arm_of(r, {"ess_max"}) for r in runs} == {"ess_max w=0.01", "ess_max w=0.1", "none"}
+
+
+def test_arms_first_step_at_threshold(arms):
+    assert arms.first_step([(0, 0.0), (100, 0.3), (200, 0.6)], 0.5) == 200
+    assert arms.first_step([(0, 0.0), (100, 0.3)], 0.5) is None
+
+
+def test_knee_penalty_pairs_sources_and_leaves_out_weak_ones(tmp_path, monkeypatch):
+    # Sources of two arms on five seeds, each cut to 16/8/6/4 and to its entropy size. The ess_min
+    # arm's cuts are 0.05 better at every size; seed 114's ess_min source is below 0.8 (left out).
+    folder = RESULTS / "compression"
+    monkeypatch.syspath_prepend(str(folder))
+    for name in ("arms", "knee", "merge", "knee_penalty"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    knee_penalty = load(folder / "knee_penalty.py", "knee_penalty")
+    runs = []
+    for seed in (110, 111, 112, 113, 114):
+        for arm in ("none", "ess_min"):
+            source = f"{arm}{seed}"
+            weight = {"penalty.schedule.weight": "0.1"} if arm == "ess_min" else {}
+            runs.append(run(seed, arm, 0.5 if (seed, arm) == (114, "ess_min") else 0.95, rid=source,
+                            **{"init.source": "None"}, **weight))
+            for size in (16, 8, 6, 4, "entropy"):
+                k = 11 if size == "entropy" else size
+                accuracy = 0.99 - max(0, 10 - k) * 0.03 + (0.05 if arm == "ess_min" else 0.0)
+                runs.append(run(seed, "none", min(accuracy, 1.0), rid=f"{source}-{size}",
+                                history=[(0, accuracy - 0.2), (200, min(accuracy, 1.0))],
+                                **{"init.source": f"runs/x/{source}/", "init.compressed.source": source,
+                                   "init.compressed.size": str(k),
+                                   "init.compressed.rule": "entropy" if size == "entropy" else "None"}))
+    monkeypatch.setattr(knee_penalty, "load_runs", lambda uri, experiment: runs)
+    knee_penalty.main(["--experiment", "fake", "--out", str(tmp_path)])
+    text = (tmp_path / "fake.md").read_text()
+    assert "seed 114 (ess_min source below 0.8)" in text
+    primary = row(text, "| cut to 6, after the fine-tune |")
+    assert primary[1] == "4" and float(primary[2]) == pytest.approx(0.05, abs=1e-9)
+    assert primary[4] == "4 / 0 / 0" and float(primary[5]) == pytest.approx(2 / 2 ** 4)
+    assert float(primary[6]) == pytest.approx(2 * 2 / 2 ** 4)  # Holm over the two primary outcomes
+    assert row(text, "| cut to 8, after the fine-tune |")[6] == "(secondary)"
+    sources = row(text, "| the sources (uncut, every pair) |")
+    assert sources[1] == "5" and float(sources[2]) == pytest.approx(-0.09)
