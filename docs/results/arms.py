@@ -12,16 +12,19 @@ An arm is the run's penalty option, with its weight when the runs of that option
 all finish is named and left out. --rescue T counts, at the end of the runs, the seeds below T
 without the arm that end at T or above with it (rescued) and the reverse (lost), with the exact
 McNemar p. --experiment repeats to pool studies of one design on disjoint seeds (a confirmation
-beside its original); the report says it is pooled. Run from the folder the study ran in, or
-give its store with --tracking-uri. Writes arms.md into --out.
+beside its original); the report says it is pooled. --table pools a study whose store is gone
+from the per-seed table this script published for it (accuracies to 3 decimals, the collapse
+flags and first steps as printed). Run from the folder the study ran in, or give its store with
+--tracking-uri. Writes arms.md into --out (pooled.md when pooling).
 """
 
 import argparse
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from ess_reg.harness.runsets import load_runs
+from ess_reg.harness.runsets import RunRecord, load_runs
 from ess_reg.harness.stats import holm, paired_test, proportion_interval, sign_test
 
 COLLAPSED = 0.25  # every layer at or below it: collapse or near collapse (the verdict's thresholds)
@@ -71,6 +74,37 @@ def rescue(pairs, threshold: float) -> tuple[int, int, int, float]:
     lost = sum(final(a) < threshold <= final(b) for a, b in pairs)
     p = sign_test([1.0] * rescued + [-1.0] * lost)[3] if rescued + lost else 1.0
     return failing, rescued, lost, p
+
+
+def runs_from_table(path: Path, thresholds) -> list[RunRecord]:
+    """The runs of a published arms.md, rebuilt from its per-seed table: the accuracy at the end
+    as printed, a collapse flag as every layer at 0 (else 1), and an accuracy history holding just
+    the printed first steps. Only the thresholds the table was printed with can be read back."""
+    text = path.read_text()
+    printed = re.search(r"first step at ([0-9., ]+);", text)
+    if printed is None or [float(t) for t in printed.group(1).split(",")] != list(thresholds):
+        raise SystemExit(f"{path}: printed with thresholds {printed and printed.group(1)!r}, asked for {thresholds}")
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| seed |"))
+    names = [c.strip() for c in lines[start].strip("|").split("|")][1:]
+    cell = re.compile(r"^([0-9.]+) \(([^)]*)\)( C)?$")
+    runs = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        seed, *cells = [c.strip() for c in line.strip("|").split("|")]
+        for arm, value in zip(names, cells):
+            if value == "-":
+                continue
+            match = cell.match(value)
+            if match is None:
+                raise SystemExit(f"{path}: cannot read {value!r} (seed {seed}, arm {arm})")
+            steps = [s.strip() for s in match.group(2).split(",")]
+            history = [(int(step), t) for step, t in zip(steps, thresholds) if step != "-"]
+            runs.append(RunRecord(f"{path.parent.name}:{seed}:{arm}", arm, {"seed": seed, "penalty": arm},
+                                  {"valid/accuracy": float(match.group(1)), "L0/util": 0.0 if match.group(3) else 1.0},
+                                  {}, history={"valid/accuracy": sorted(history)}))
+    return runs
 
 
 def analyse(runs, compare: list[str], *, title: str, thresholds=(0.25, 0.5), paired_only=False,
@@ -164,8 +198,10 @@ def analyse(runs, compare: list[str], *, title: str, thresholds=(0.25, 0.5), pai
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
-    parser.add_argument("--experiment", action="append", required=True,
+    parser.add_argument("--experiment", action="append", default=[],
                         help="repeatable: studies of one design on disjoint seeds, pooled (the report says so)")
+    parser.add_argument("--table", action="append", default=[], type=Path,
+                        help="repeatable: pool the per-seed table of a published arms.md (its store gone)")
     parser.add_argument("--compare", action="append", required=True, help="ARM:BASELINE, repeatable")
     parser.add_argument("--thresholds", default="0.25,0.5")
     parser.add_argument("--steps-test", type=float, default=None, metavar="THRESHOLD",
@@ -178,17 +214,23 @@ def main(argv=None):
                              "the others are named and left out of every table")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    if not args.experiment and not args.table:
+        parser.error("give --experiment or --table")
     runs = [r for experiment in args.experiment  # FINISHED runs only
             for r in load_runs(args.tracking_uri, experiment=experiment) if "valid/accuracy" in r.metrics]
-    if not runs:
+    if args.experiment and not runs:
         raise SystemExit(f"no finished run with an accuracy in {args.experiment} at {args.tracking_uri}")
-    title = args.experiment[0] if len(args.experiment) == 1 else "pooled " + " + ".join(args.experiment)
-    text = analyse(runs, args.compare, title=title, thresholds=[float(t) for t in args.thresholds.split(",")],
+    runs += [r for table in args.table for r in runs_from_table(table, thresholds)]
+    sources = args.experiment + [f"{t.parent.name} (published table)" for t in args.table]
+    pooled = len(sources) > 1
+    title = "pooled " + " + ".join(sources) if pooled else sources[0]
+    text = analyse(runs, args.compare, title=title, thresholds=thresholds,
                    paired_only=args.paired_only, steps_test=args.steps_test, rescue_at=args.rescue)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / ("arms.md" if len(args.experiment) == 1 else "pooled.md")).write_text(text)
+    (out / ("pooled.md" if pooled else "arms.md")).write_text(text)
 
 
 if __name__ == "__main__":

@@ -123,3 +123,17 @@ def test_knee_penalty_pairs_sources_and_leaves_out_weak_ones(tmp_path, monkeypat
     assert row(text, "| cut to 8, after the fine-tune |")[6] == "(secondary)"
     sources = row(text, "| the sources (uncut, every pair) |")
     assert sources[1] == "5" and float(sources[2]) == pytest.approx(-0.09)
+
+
+def test_arms_reads_back_the_table_it_published(arms, tmp_path):
+    # a study whose store is gone is pooled from its arms.md: the table read back gives the same report
+    baseline = [0.05, 0.06, 0.07, 0.08, 0.85]
+    arm = [0.80, 0.50, 0.30, 0.09, 0.86]
+    runs = study(arms, baseline, arm)
+    runs[5].history["valid/accuracy"] = [(0, 0.0), (300, 0.4), (700, 0.8)]
+    text = arms.analyse(runs, ["ess_constraint:none"], title="t", rescue_at=0.25)
+    (tmp_path / "arms.md").write_text(text)
+    assert arms.analyse(arms.runs_from_table(tmp_path / "arms.md", [0.25, 0.5]), ["ess_constraint:none"],
+                        title="t", rescue_at=0.25) == text
+    with pytest.raises(SystemExit, match="printed with thresholds"):
+        arms.runs_from_table(tmp_path / "arms.md", [0.5, 0.9])
