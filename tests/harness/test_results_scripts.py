@@ -89,14 +89,27 @@ def test_arms_first_step_at_threshold(arms):
     assert arms.first_step([(0, 0.0), (100, 0.3)], 0.5) is None
 
 
-def test_knee_penalty_pairs_sources_and_leaves_out_weak_ones(tmp_path, monkeypatch):
-    # Sources of two arms on five seeds, each cut to 16/8/6/4 and to its entropy size. The ess_min
-    # arm's cuts are 0.05 better at every size; seed 114's ess_min source is below 0.8 (left out).
+@pytest.fixture
+def compression(monkeypatch):
+    """The compression folder's scripts import each other by their bare names."""
     folder = RESULTS / "compression"
     monkeypatch.syspath_prepend(str(folder))
     for name in ("arms", "knee", "merge", "knee_penalty"):
         monkeypatch.delitem(sys.modules, name, raising=False)
-    knee_penalty = load(folder / "knee_penalty.py", "knee_penalty")
+    return lambda name: load(folder / f"{name}.py", name)
+
+
+def cut_run(seed, source, size, accuracy, *, rule="None", before=None, **params):
+    return run(seed, "none", accuracy, rid=f"{source}-{size}-{rule}",
+               history=[(0, accuracy - 0.2 if before is None else before), (200, accuracy)],
+               **{"init.source": f"runs/x/{source}/", "init.compressed.source": source,
+                  "init.compressed.size": str(size), "init.compressed.rule": rule}, **params)
+
+
+def test_knee_penalty_pairs_sources_and_leaves_out_weak_ones(compression, tmp_path, monkeypatch):
+    # Sources of two arms on five seeds, each cut to 16/8/6/4 and to its entropy size. The ess_min
+    # arm's cuts are 0.05 better at every size; seed 114's ess_min source is below 0.8 (left out).
+    knee_penalty = compression("knee_penalty")
     runs = []
     for seed in (110, 111, 112, 113, 114):
         for arm in ("none", "ess_min"):
@@ -107,11 +120,8 @@ def test_knee_penalty_pairs_sources_and_leaves_out_weak_ones(tmp_path, monkeypat
             for size in (16, 8, 6, 4, "entropy"):
                 k = 11 if size == "entropy" else size
                 accuracy = 0.99 - max(0, 10 - k) * 0.03 + (0.05 if arm == "ess_min" else 0.0)
-                runs.append(run(seed, "none", min(accuracy, 1.0), rid=f"{source}-{size}",
-                                history=[(0, accuracy - 0.2), (200, min(accuracy, 1.0))],
-                                **{"init.source": f"runs/x/{source}/", "init.compressed.source": source,
-                                   "init.compressed.size": str(k),
-                                   "init.compressed.rule": "entropy" if size == "entropy" else "None"}))
+                runs.append(cut_run(seed, source, k, min(accuracy, 1.0), before=accuracy - 0.2,
+                                    rule="entropy" if size == "entropy" else "None"))
     monkeypatch.setattr(knee_penalty, "load_runs", lambda uri, experiment: runs)
     knee_penalty.main(["--experiment", "fake", "--out", str(tmp_path)])
     text = (tmp_path / "fake.md").read_text()
@@ -137,3 +147,27 @@ def test_arms_reads_back_the_table_it_published(arms, tmp_path):
                         title="t", rescue_at=0.25) == text
     with pytest.raises(SystemExit, match="printed with thresholds"):
         arms.runs_from_table(tmp_path / "arms.md", [0.5, 0.9])
+
+
+def test_knee_finds_the_knee_and_the_entropy_size_moving_with_the_load(compression, tmp_path, monkeypatch):
+    # Four pairs of loads hold down to the state they need (4 with 4 pairs, 8 with 8); the entropy
+    # size is 5 and 9. So A holds on every source, half of k_E does not, and both move with the load.
+    knee = compression("knee")
+    grid = (16, 8, 6, 4, 3, 2)
+    runs = []
+    for seed in range(4):
+        for load, k_e in ((4, 5), (8, 9)):
+            source = f"s{load}-{seed}"
+            pairs = {"task.num_kv_pairs": str(load)}
+            runs.append(run(seed, "none", 0.95, rid=source, **{"init.source": "None"}, **pairs))
+            runs += [cut_run(seed, source, k, 0.99 if k >= load else 0.5, **pairs) for k in grid]
+            runs.append(cut_run(seed, source, k_e, 0.99, rule="entropy", **pairs))
+    monkeypatch.setattr(knee, "load_runs", lambda uri, experiment: runs)
+    knee.main(["--experiment", "knee_load", "--grid", ",".join(map(str, grid)), "--out", str(tmp_path)])
+    text = (tmp_path / "knee_load.md").read_text()
+    assert "holds on 8 of 8 sources (exact sign test p = 0.008)" in text          # A
+    assert "B, half the entropy size is not" in text and "holds on 8 of 8" in text.split("B, ")[1]
+    assert "larger with 8 pairs than with 4 on 4 of 4 seeds" in text                # C
+    assert "knees with 4 pairs [4, 4, 4, 4], with 8 [8, 8, 8, 8]" in text
+    assert "Spearman's rho +1.00 over 8 sources" in text                            # E
+    assert row(text, "| 8 | 0 |")[-1] == "8"

@@ -17,7 +17,7 @@ from the repository root:
     python docs/results/compression/knee.py [--tracking-uri sqlite:///runs/mlflow.db]
     python docs/results/compression/knee.py --experiment knee_load --high 16 --grid 16,12,10,8,6,4,3,2
 
-It prints the table and writes <experiment>.md beside itself.
+It prints the table and writes <experiment>.md beside itself (or into --out).
 """
 
 import argparse
@@ -58,14 +58,15 @@ def entropy_rule(run) -> bool:
     return rule == "entropy" if rule not in (None, "None") else "init.size=entropy" in run.tags.get("overrides", "")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
     parser.add_argument("--experiment", default="knee")
     parser.add_argument("--low", type=int, default=4, help="the smaller load (key-value pairs)")
     parser.add_argument("--high", type=int, default=8, help="the larger load")
     parser.add_argument("--grid", default="16,8,6,4,3,2", help="the cut sizes, the uncut size first")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="the folder <experiment>.md goes to")
+    args = parser.parse_args(argv)
     grid = tuple(int(g) for g in args.grid.split(","))
     full_size, low, high = grid[0], args.low, args.high
     runs = load_runs(args.tracking_uri, experiment=args.experiment)
@@ -148,7 +149,8 @@ def main():
                 say(f"- k_E / knee with {load} pairs: {', '.join(f'{r:.2f}' for r in ratio)}")
     text = "\n".join(lines)
     title = TITLES.get(args.experiment, args.experiment)
-    (Path(__file__).parent / f"{args.experiment}.md").write_text(f"# {title}\n\n" + text + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.experiment}.md").write_text(f"# {title}\n\n" + text + "\n")
     print(text)
 
 
