@@ -99,8 +99,8 @@ def compression(monkeypatch):
     return lambda name: load(folder / f"{name}.py", name)
 
 
-def cut_run(seed, source, size, accuracy, *, rule="None", before=None, **params):
-    return run(seed, "none", accuracy, rid=f"{source}-{size}-{rule}",
+def cut_run(seed, source, size, accuracy, *, rule="None", before=None, rid_suffix="", **params):
+    return run(seed, "none", accuracy, rid=f"{source}-{size}-{rule}{rid_suffix}",
                history=[(0, accuracy - 0.2 if before is None else before), (200, accuracy)],
                **{"init.source": f"runs/x/{source}/", "init.compressed.source": source,
                   "init.compressed.size": str(size), "init.compressed.rule": rule}, **params)
@@ -171,3 +171,29 @@ def test_knee_finds_the_knee_and_the_entropy_size_moving_with_the_load(compressi
     assert "knees with 4 pairs [4, 4, 4, 4], with 8 [8, 8, 8, 8]" in text
     assert "Spearman's rho +1.00 over 8 sources" in text                            # E
     assert row(text, "| 8 | 0 |")[-1] == "8"
+
+
+def test_merge_compares_merge_with_keep_at_step_zero(compression, tmp_path, monkeypatch):
+    # On three seeds the merge keeps 1.0 at step 0 where dropping coordinates falls to 0.1 + 0.1 k;
+    # a fourth source is below 0.8 and is left out.
+    merge = compression("merge")
+    runs = []
+    for seed in range(4):
+        source = f"src{seed}"
+        runs.append(run(seed, "none", 0.5 if seed == 3 else 1.0, rid=source, **{"init.source": "None"}))
+        for k in (4, 2, 1, "entropy"):
+            for method in ("keep", "merge"):
+                size, rule = (3, "entropy") if k == "entropy" else (k, "None")
+                before = 1.0 if method == "merge" else 0.1 + 0.1 * size
+                runs.append(cut_run(seed, source, size, 1.0, rule=rule, before=before, rid_suffix=method,
+                                    **{"init.method": method}))
+    monkeypatch.setattr(merge, "load_runs", lambda uri, experiment: runs)
+    merge.main(["--out", str(tmp_path)])
+    text = (tmp_path / "merge_s4d.md").read_text()
+    assert "seed 3 (accuracy 0.500" in text
+    for k in (4, 2, 1):
+        cells = row(text, f"| merge - keep at {k}, step 0 |")
+        assert float(cells[2]) == pytest.approx(0.9 - 0.1 * k) and cells[4] == "3 / 0 / 0"
+        assert cells[6] != "(secondary)"
+    assert row(text, "| merge - keep at 4, after 100 steps |")[6] == "(secondary)"
+    assert "within 0.05 of the source on 3 of 3 sources" in text

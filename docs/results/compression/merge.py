@@ -11,7 +11,7 @@ Sources below 0.8 accuracy are left out (counted). Run from the repository root:
 
     python docs/results/compression/merge.py [--tracking-uri sqlite:///runs/mlflow.db]
 
-It prints the table and writes merge_s4d.md beside itself.
+It prints the table and writes <experiment>.md beside itself (or into --out).
 """
 
 import argparse
@@ -38,11 +38,12 @@ def at_end(run) -> float:
     return run.metrics["valid/accuracy"]
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
     parser.add_argument("--experiment", default="merge_s4d")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="the folder <experiment>.md goes to")
+    args = parser.parse_args(argv)
     runs = load_runs(args.tracking_uri, experiment=args.experiment)
     seed = lambda r: int(r.params["seed"])  # noqa: E731
     sources = {seed(r): r for r in runs if r.params.get("init.source") in (None, "None")}
@@ -87,7 +88,8 @@ def main():
         say(f"- Secondary: the merge to the entropy size (k_E {sorted(sizes)}) keeps step-0 accuracy within "
             f"{HOLDS} of the source on {higher} of {len(kept)} sources (exact sign test p = {p:.4f}).")
     text = "\n".join(lines)
-    (Path(__file__).parent / f"{args.experiment}.md").write_text(
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.experiment}.md").write_text(
         f"# Merge or keep on a trained s4d ({args.experiment})\n\n" + text + "\n")
     print(text)
 
