@@ -197,3 +197,29 @@ def test_merge_compares_merge_with_keep_at_step_zero(compression, tmp_path, monk
         assert cells[6] != "(secondary)"
     assert row(text, "| merge - keep at 4, after 100 steps |")[6] == "(secondary)"
     assert "within 0.05 of the source on 3 of 3 sources" in text
+
+
+def test_compression_arms_pairs_cut_scratch_and_distilled_by_seed(compression, tmp_path, monkeypatch):
+    # Sources and cuts in one experiment (knee_load, 16 pairs), scratch and distilled runs in the
+    # study's: the cut is 0.1 above scratch on every seed, distillation 0.05; seed 4's source is weak.
+    arms = compression("arms")
+    pairs = {"task.num_kv_pairs": "16"}
+    knee, study = [], []
+    for seed in range(5):
+        source = f"src{seed}"
+        knee.append(run(seed, "none", 0.5 if seed == 4 else 0.95, rid=source, **{"init.source": "None"}, **pairs))
+        knee.append(cut_run(seed, source, 8, 0.80 + 0.01 * seed, **pairs))
+        knee.append(cut_run(seed, source, 5, 0.9, rule="entropy", **pairs))  # the entropy cut: not an arm
+        study.append(run(seed, "none", 0.70 + 0.01 * seed, rid=f"scratch{seed}",
+                         **{"model.state_size": "8", "distill.teacher": "None"}))
+        study.append(run(seed, "none", 0.75 + 0.01 * seed, rid=f"distill{seed}",
+                         **{"model.state_size": "8", "distill.teacher": f"runs/x/{source}/"}))
+    monkeypatch.setattr(arms, "load_runs", lambda uri, experiment: knee if experiment == "knee_load" else study)
+    arms.main(["--out", str(tmp_path)])
+    text = (tmp_path / "arms.md").read_text()
+    assert "Left out (source below 0.8): seeds [4]" in text
+    cut = row(text, "| cut - scratch at 8 |")
+    assert cut[1] == "4" and float(cut[2]) == pytest.approx(0.1) and cut[4] == "4 / 0 / 0"
+    assert float(cut[6]) == pytest.approx(2 * 2 / 2 ** 4)  # Holm over cut and distill against scratch
+    assert float(row(text, "| distill - scratch at 8 |")[2]) == pytest.approx(0.05)
+    assert row(text, "| cut - distill at 8 |")[6] == "(not tested)"

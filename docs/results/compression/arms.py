@@ -19,7 +19,7 @@ compress_confirm), the others in the study's (possibly two stores):
     python docs/results/compression/arms.py --experiment compress_confirm \
         --cut-experiment compress_confirm_cuts --sizes 6,4
 
-It prints the table and writes arms.md (arms_sizes.md, confirm.md) beside itself.
+It prints the table and writes arms.md (arms_sizes.md, confirm.md) beside itself (or into --out).
 """
 
 import argparse
@@ -53,14 +53,15 @@ def tests_table(tests: list, untested: str = "(not tested)") -> list[str]:
     return rows
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
     parser.add_argument("--cut-tracking-uri", default=None, help="the knee_load store (default: the same)")
     parser.add_argument("--experiment", default="compress_arms")
     parser.add_argument("--cut-experiment", default="knee_load", help="where the sources and cuts are logged")
     parser.add_argument("--sizes", default="8", help="the small states compared, e.g. 6,4")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="the folder the table goes to")
+    args = parser.parse_args(argv)
     sizes = [int(k) for k in args.sizes.split(",")]
     seed = lambda r: int(r.params["seed"])  # noqa: E731
     knee = [r for r in load_runs(args.cut_tracking_uri or args.tracking_uri, experiment=args.cut_experiment)
@@ -110,7 +111,8 @@ def main():
         say("")
     lines += tests_table(tests)
     text = "\n".join(lines)
-    out = Path(__file__).parent / (args.experiment.replace("compress_", "") + ".md")
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / (args.experiment.replace("compress_", "") + ".md")
     out.write_text(f"# A small state made different ways ({args.experiment})\n\n" + text + "\n")
     print(text)
 
