@@ -53,8 +53,9 @@ def by_seed(runs) -> dict[int, dict[str, object]]:
     """seed -> arm -> run; a seed that ran one arm twice (two pooled studies sharing a seed, or a
     repeated run) is an error, not a silent overwrite."""
     weights = defaultdict(set)
-    for r in runs:
-        weights[r.params.get("penalty", "none")].add(r.params.get("penalty.schedule.weight"))
+    for r in runs:  # a run without the param (read back from a table) names its arm as printed
+        if r.params.get("penalty.schedule.weight") is not None:
+            weights[r.params.get("penalty", "none")].add(r.params["penalty.schedule.weight"])
     weighted = {p for p, w in weights.items() if len(w) > 1}
     table = defaultdict(dict)
     for r in runs:
@@ -113,6 +114,8 @@ def analyse(runs, compare: list[str], *, title: str, thresholds=(0.25, 0.5), pai
     arms = sorted({a for row in table.values() for a in row})
     incomplete = sorted(s for s in table if len(table[s]) < len(arms)) if paired_only else []
     seeds = sorted(s for s in table if s not in incomplete)
+    if not seeds:
+        raise SystemExit(f"no seed has a run of every arm {arms}: nothing is paired")
     lines = [f"# {title}: arms paired by seed", "",
              *([f"Left out, not every arm finished (--paired-only): seeds {incomplete}", ""] if incomplete else []),
              "Accuracy at the end (first step at " + ", ".join(map(str, thresholds))

@@ -223,3 +223,17 @@ def test_compression_arms_pairs_cut_scratch_and_distilled_by_seed(compression, t
     assert float(cut[6]) == pytest.approx(2 * 2 / 2 ** 4)  # Holm over cut and distill against scratch
     assert float(row(text, "| distill - scratch at 8 |")[2]) == pytest.approx(0.05)
     assert row(text, "| cut - distill at 8 |")[6] == "(not tested)"
+
+
+def test_arms_pools_a_published_table_with_a_store(arms, tmp_path):
+    # the store's runs log their weight, the table's do not: both must land in the same two arms
+    first = study(arms, [0.05, 0.06], [0.50, 0.07], seeds=[1, 2])
+    (tmp_path / "arms.md").write_text(arms.analyse(first, ["ess_constraint:none"], title="first"))
+    second = study(arms, [0.05, 0.80], [0.60, 0.70], seeds=[3, 4])
+    for r in second:
+        r.params["penalty.schedule.weight"] = "0.01"
+    text = arms.analyse(second + arms.runs_from_table(tmp_path / "arms.md", [0.25, 0.5]), ["ess_constraint:none"],
+                        title="pooled", paired_only=True, rescue_at=0.25)
+    assert row(text, "| seed |")[1:] == ["ess_constraint", "none"]
+    assert row(text, "| ess_constraint vs none | 4 | +")[3] == "3 / 1 / 0"
+    assert row(text, "| ess_constraint vs none | 4 | 3 |")[3].startswith("2 of 3")
