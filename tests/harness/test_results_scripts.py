@@ -237,3 +237,9 @@ def test_arms_pools_a_published_table_with_a_store(arms, tmp_path):
     assert row(text, "| seed |")[1:] == ["ess_constraint", "none"]
     assert row(text, "| ess_constraint vs none | 4 | +")[3] == "3 / 1 / 0"
     assert row(text, "| ess_constraint vs none | 4 | 3 |")[3].startswith("2 of 3")
+
+
+def test_arms_says_when_its_p_is_sampled(arms):
+    few = arms.analyse(study(arms, [0.1] * 16, [0.2] * 16), ["ess_constraint:none"], title="t")
+    many = arms.analyse(study(arms, [0.1] * 17, [0.2] * 17), ["ess_constraint:none"], title="t")
+    assert "random sign patterns" not in few and "random sign patterns" in many
