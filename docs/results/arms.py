@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ess_reg.harness.runsets import RunRecord, load_runs
-from ess_reg.harness.stats import holm, paired_test, proportion_interval, sign_test
+from ess_reg.harness.stats import holm, mcnemar_exact, mean_spread, paired_test, proportion_interval, sign_test
 
 COLLAPSED = 0.25  # every layer at or below it: collapse or near collapse (the verdict's thresholds)
 
@@ -73,8 +73,7 @@ def rescue(pairs, threshold: float) -> tuple[int, int, int, float]:
     failing = sum(final(b) < threshold for _, b in pairs)
     rescued = sum(final(b) < threshold <= final(a) for a, b in pairs)
     lost = sum(final(a) < threshold <= final(b) for a, b in pairs)
-    p = sign_test([1.0] * rescued + [-1.0] * lost)[3] if rescued + lost else 1.0
-    return failing, rescued, lost, p
+    return failing, rescued, lost, mcnemar_exact(rescued, lost)
 
 
 def runs_from_table(path: Path, thresholds) -> list[RunRecord]:
@@ -138,11 +137,10 @@ def analyse(runs, compare: list[str], *, title: str, thresholds=(0.25, 0.5), pai
         mine = [table[s][arm] for s in seeds if arm in table[s]]
         c = sum(collapsed_at_end(r) for r in mine)
         low, high = proportion_interval(c, len(mine))
-        accuracies = [final(r) for r in mine]
-        spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+        mean, spread = mean_spread([final(r) for r in mine])
         reached = [sum(first_step(r.history.get("valid/accuracy", []), t) is not None for r in mine)
                    for t in thresholds]
-        lines.append(f"| {arm} | {len(mine)} | {statistics.mean(accuracies):.3f} ± {spread:.3f} | "
+        lines.append(f"| {arm} | {len(mine)} | {mean:.3f} ± {spread:.3f} | "
                      f"{c} [{low:.2f}, {high:.2f}] | " + " | ".join(map(str, reached)) + " |")
     tests = []
     for spec in compare:

@@ -16,8 +16,8 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .stats import (PairedTest, UnpairedTest, holm, paired_test, proportion_interval, sign_test, smallest_paired_p,
-                    unpaired_test)
+from .stats import (PairedTest, UnpairedTest, holm, mcnemar_exact, paired_test, proportion_interval, sign_test,
+                    smallest_paired_p, unpaired_test)
 
 __all__ = ["Comparison", "compare_to_baseline", "Reaching", "compare_reaching", "steps_to", "collapse_steps",
            "Collapse", "collapse_summary"]
@@ -170,7 +170,7 @@ def compare_reaching(groups: Sequence, is_baseline: Callable[[object], bool], st
         lost = sum(treated[k] is None and control[k] is not None for k in treated)
         saved = sorted(b - t for b, t in both)
         faster, slower, _, speed_p = sign_test(saved) if saved else (0, 0, 0, 1.0)
-        p = sign_test([1.0] * rescued + [-1.0] * lost)[3] if rescued + lost else 1.0
+        p = mcnemar_exact(rescued, lost)
         out.append(Reaching(g.label, base.label, threshold, len(treated),
                             sum(v is not None for v in treated.values()), sum(v is not None for v in control.values()),
                             rescued, lost, p, faster, slower, statistics.median(saved) if saved else None, speed_p))

@@ -31,7 +31,7 @@ import torch
 __all__ = ["ranks", "pearson", "spearman", "bootstrap_interval", "mean_spread", "MIN_PAIRS", "MIN_POINTS",
            "PairedTest", "paired_test", "UnpairedTest", "unpaired_test", "sign_test", "t_interval", "holm",
            "CorrelationTest", "correlation_test", "spearman_permutation_p", "smallest_paired_p", "accuracy_noise",
-           "proportion_interval"]
+           "proportion_interval", "mcnemar_exact"]
 
 MIN_PAIRS = 8    # below: an interval of a mean difference is printed as unreliable
 MIN_POINTS = 5   # below: no correlation is reported (4 points: an exact p-value can't go below 0.083)
@@ -126,6 +126,12 @@ def sign_test(differences: Sequence[float]) -> tuple[int, int, int, float]:
     untied = higher + lower
     p = 1.0 if untied == 0 else float(binomtest(higher, untied, 0.5).pvalue)
     return higher, lower, len(d) - untied, p
+
+
+def mcnemar_exact(rescued: int, lost: int) -> float:
+    """Exact two-sided McNemar p of paired yes/no outcomes: the sign test on the discordant pairs
+    (``rescued``: no without, yes with the treatment; ``lost``: the reverse); 1 without any."""
+    return sign_test([1.0] * rescued + [-1.0] * lost)[3] if rescued + lost else 1.0
 
 
 def smallest_paired_p(n: int) -> float:

@@ -101,3 +101,11 @@ def test_a_comparison_reads_what_its_pairs_can_say():
     c10 = compare_to_baseline([ten_base, ten], lambda g: g.label == "none", lambda g: (), lambda r: r.value,
                               pair=lambda r: r.seed)[0]
     assert c10.p == pytest.approx(2 / 1024) and c10.reading() == "higher" and c10.test.reliable
+
+
+def test_mcnemar_exact_is_the_sign_test_on_the_discordant_pairs():
+    from ess_reg.harness.stats import mcnemar_exact
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(3, 0) == pytest.approx(0.25)           # 2 * (1/2)^3
+    assert mcnemar_exact(4, 1) == pytest.approx(0.375)          # 2 * P(X <= 1), X ~ B(5, 1/2)
+    assert mcnemar_exact(7, 1) == pytest.approx(mcnemar_exact(1, 7))
