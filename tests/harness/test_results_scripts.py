@@ -94,7 +94,7 @@ def compression(monkeypatch):
     """The compression folder's scripts import each other by their bare names."""
     folder = RESULTS / "compression"
     monkeypatch.syspath_prepend(str(folder))
-    for name in ("arms", "knee", "merge", "knee_penalty"):
+    for name in ("arms", "knee", "merge", "knee_penalty", "compare"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     return lambda name: load(folder / f"{name}.py", name)
 
@@ -243,3 +243,33 @@ def test_arms_says_when_its_p_is_sampled(arms):
     few = arms.analyse(study(arms, [0.1] * 16, [0.2] * 16), ["ess_constraint:none"], title="t")
     many = arms.analyse(study(arms, [0.1] * 17, [0.2] * 17), ["ess_constraint:none"], title="t")
     assert "random sign patterns" not in few and "random sign patterns" in many
+
+
+def test_compare_pairs_cuts_with_small_states_from_scratch(compression, tmp_path, monkeypatch):
+    # Three sources cut to 8 and 4 (and to the tolerance-ESS size, 6), against 8 and 4 trained from
+    # scratch: the cut is 0.1 above scratch at 8 on every seed and 0.1 below at 4.
+    compare = compression("compare")
+    runs = []
+    for seed in range(3):
+        source = f"src{seed}"
+        runs.append(run(seed, "none", 0.95, rid=source, **{"init.source": "None", "task.num_kv_pairs": "8"}))
+        runs[-1].metrics["ess/per_kv"] = 0.75  # entropy-ESS 6 per head
+        for size, accuracy in ((8, 0.9), (4, 0.5 + 0.01 * seed)):
+            runs.append(cut_run(seed, source, size, accuracy, before=accuracy - 0.3,
+                                **{"init.compressed.energy_kept_min": str(0.9 + 0.01 * size + 0.001 * seed)}))
+            runs.append(run(seed, "none", accuracy + (-0.1 if size == 8 else 0.1), rid=f"scratch{seed}-{size}",
+                            **{"init.source": "None", "model.state_size": str(size)}))
+        ess = cut_run(seed, source, 6, 0.93, before=0.7, **{"init.compressed.energy_kept_min": "0.99"})
+        ess.tags["overrides"] = "init.size=ess"
+        runs.append(ess)
+    monkeypatch.setattr(compare, "load_runs", lambda uri, experiment: runs)
+    compare.main(["--out", str(tmp_path)])
+    text = (tmp_path / "report.md").read_text()
+    assert "seed 0: 6 (0.700 / 0.930)" in text and "seed 0: 6.00" in text
+    at8 = row(text, "| 8 | 3 |")
+    assert at8[2:6] == ["0.980", "0.600", "0.900", "0.800"]  # energy kept (min), before, after, scratch
+    assert float(at8[6]) == pytest.approx(0.1) and at8[8] == "3 / 0" and float(at8[9]) == pytest.approx(0.25)
+    at4 = row(text, "| 4 | 3 |")
+    assert float(at4[6]) == pytest.approx(-0.1) and at4[8] == "0 / 3"
+    assert not any(line.startswith("| 6 |") for line in text.splitlines())  # the ESS cut is not a grid size
+    assert (tmp_path / "compression.png").stat().st_size > 0
