@@ -248,11 +248,23 @@ class _OperatorRegularizer(nn.Module):
         """Call once per training step, after the optimizer's: a constraint's multiplier moves."""
 
     def penalty_state(self) -> dict:
-        """What a checkpoint keeps so that a resumed run goes on exactly (a constraint's multiplier)."""
-        return {}
+        """What a checkpoint keeps so that a resumed run goes on exactly as one trained straight
+        through: the random stream that draws each step's indices and channels, and a
+        constraint's multiplier."""
+        return {"random": self.probe.random_state(), **self._objective_state()}
 
     def load_penalty_state(self, state: Mapping) -> None:
-        """Restore :meth:`penalty_state`."""
+        """Restore :meth:`penalty_state`. A state without the random stream (a checkpoint written
+        before it was kept) leaves the stream where it is: the run goes on with fresh draws."""
+        if state.get("random") is not None:
+            self.probe.set_random_state(state["random"])
+        self._load_objective_state(state)
+
+    def _objective_state(self) -> dict:
+        return {}
+
+    def _load_objective_state(self, state: Mapping) -> None:
+        pass
 
     def forward(self, inputs: torch.Tensor, step: int | None = None) -> torch.Tensor:
         with self.capture():
@@ -265,12 +277,11 @@ class _OperatorRegularizer(nn.Module):
         term's random state as it was."""
         if self.weight == 0:
             return
-        state, kept, measured = self.probe.random_state(), self.penalty_state(), getattr(self, "_measured", False)
+        kept, measured = self.penalty_state(), getattr(self, "_measured", False)
         try:
             with torch.enable_grad():
                 value = self(inputs)
         finally:  # a check is not a training step: nothing it measured may move the term's state
-            self.probe.set_random_state(state)
             self.load_penalty_state(kept)
             self._measured = measured
         if not value.requires_grad:
@@ -385,13 +396,13 @@ class ESSPenalty(_OperatorRegularizer):
                 constraint.step()
         self._measured = False
 
-    def penalty_state(self) -> dict:
+    def _objective_state(self) -> dict:
         if self.per_layer is not None:
             kept = {name: o.state_dict() for name, o in self.per_layer.items() if isinstance(o, Constraint)}
             return {"per_layer": kept} if kept else {}
         return {"objective": self.objective.state_dict()} if isinstance(self.objective, Constraint) else {}
 
-    def load_penalty_state(self, state: Mapping) -> None:
+    def _load_objective_state(self, state: Mapping) -> None:
         if self.per_layer is not None:
             for name, saved in (state.get("per_layer") or {}).items():
                 if isinstance(self.per_layer.get(name), Constraint):

@@ -40,7 +40,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
                     run_id: str | None, config: Mapping | None, penalty: Mapping | None = None,
                     accuracy_curve: list | None = None) -> None:
     """Write what a resume needs (weights, optimizer state, step, RNG state, run id, config, and
-    the penalty's state, a constraint's multiplier, when it has one; the validation accuracies so
+    the penalty's state, its random stream and a constraint's multiplier; the validation accuracies so
     far, for ``trainer.stop``) to ``path``, atomically: a
     crash never leaves half a checkpoint."""
     path = Path(path)
@@ -138,8 +138,13 @@ def _malformed(state: Mapping) -> str | None:
     curve = state.get("accuracy_curve", [])
     if not isinstance(curve, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in curve):
         return "its accuracy_curve must be a list of (step, accuracy) pairs"
-    if not isinstance(state.get("penalty", {}), Mapping):
+    penalty = state.get("penalty", {})
+    if not isinstance(penalty, Mapping):
         return "its penalty state must be a mapping"
+    random = penalty.get("random")
+    if random is not None and not (torch.is_tensor(random) and random.dtype == torch.uint8
+                                   and tuple(random.shape) == tuple(torch.Generator().get_state().shape)):
+        return "its penalty's random state must be a CPU generator's state (torch.Generator.get_state())"
     return None
 
 

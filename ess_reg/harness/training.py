@@ -221,8 +221,13 @@ def _resume(model: nn.Module, optimizer, regularizer, resume_state: Mapping | No
     model.load_state_dict(resume_state["model"])
     optimizer.load_state_dict(resume_state["optimizer"])
     torch.set_rng_state(resume_state["rng"])
-    if regularizer is not None and resume_state.get("penalty"):
-        regularizer.load_penalty_state(resume_state["penalty"])
+    if regularizer is not None:
+        saved = resume_state.get("penalty") or {}
+        if saved.get("random") is None:
+            log.warning("the checkpoint at step %s predates keeping the penalty's random stream (its indices and "
+                        "channels): the run goes on with fresh draws from the penalty's seed, equally random "
+                        "but not the draws a run trained straight through would have made", resume_state["step"])
+        regularizer.load_penalty_state(saved)
     return int(resume_state["step"])
 
 

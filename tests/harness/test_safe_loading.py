@@ -83,6 +83,7 @@ def test_a_crafted_target_is_refused_and_nothing_is_called(tmp_path, trained):
     ("step", "abc", "its step must be an int >= 0, got 'abc'"),
     ("config", ["not", "a", "mapping"], "its config must be a mapping, got list"),
     ("run_id", 7, "its run_id must be a string, got int"),
+    ("penalty", {"random": torch.zeros(7, dtype=torch.uint8)}, "its penalty's random state must be a CPU generator's"),
 ])
 def test_a_malformed_field_is_refused_before_anything_is_reopened(tmp_path, trained, store, field, value, message):
     from mlflow.tracking import MlflowClient

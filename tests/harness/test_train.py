@@ -100,6 +100,10 @@ def metric_steps(client, run_id, key):
     return [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
+def metric_values(client, run_id, key):
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
 def test_end_to_end_run_is_read_back_from_mlflow(store, tiny, caplog):
     caplog.set_level("INFO", logger="ess_reg")
     result = run(compose_config(tiny()))
@@ -211,6 +215,38 @@ def test_resume_after_a_kill_continues_the_same_run_without_duplicate_steps(stor
     longer = run(compose_config([*overrides, "trainer.max_steps=8", f"trainer.resume={killed.info.run_id}"]))
     assert longer.resumed_from == 6 and metric_steps(client, killed.info.run_id, "train/loss")[-2:] == [7, 8]
     assert client.get_run(killed.info.run_id).data.tags["resumed.trainer.max_steps"] == "6 -> 8"
+
+
+@pytest.mark.parametrize("penalty", [["penalty=none"], ["penalty=ess_max", "penalty.schedule.ramp_steps=0"],
+                                     ["penalty=ess_constraint", "penalty.objective.value=1.0"]])
+def test_a_run_continued_to_a_longer_budget_is_the_run_trained_straight_through(store, tiny, penalty):
+    # Studies extend finished runs (collapse_penalty_gdn_long): sound only if stopping at step 4 and
+    # continuing to 8 gives what 8 steps in one go give: the penalty's random indices and channels
+    # and a constraint's multiplier go on where they were.
+    overrides = tiny(*penalty, "trainer.eval_every=2", "trainer.log_every=1", "seed=5")
+    straight = run(compose_config([*overrides, "trainer.max_steps=8"]))
+    short = run(compose_config([*overrides, "trainer.max_steps=4"]))
+    continued = run(compose_config([*overrides, "trainer.max_steps=8", f"trainer.resume={short.run_id}"]))
+    assert continued.run_id == short.run_id and continued.resumed_from == 4
+    client = MlflowClient(store["uri"])
+    keys = ["train/loss", "train/total_loss", "valid/accuracy", "L0/util"]
+    keys += ["penalty/multiplier"] if "constraint" in penalty[0] else []
+    for key in keys:
+        assert metric_values(client, continued.run_id, key) == metric_values(client, straight.run_id, key), key
+    for name, weight in straight.model.state_dict().items():
+        assert torch.equal(weight, continued.model.state_dict()[name]), name
+
+
+def test_a_checkpoint_without_the_penalty_s_random_stream_resumes_and_says_so(store, tiny, caplog):
+    overrides = tiny("penalty=ess_max", "trainer.eval_every=2")
+    short = run(compose_config([*overrides, "trainer.max_steps=4"]))
+    state = torch.load(short.checkpoint, weights_only=True)
+    del state["penalty"]["random"]  # as checkpoints written before the stream was kept
+    torch.save(state, short.checkpoint)
+    with caplog.at_level("WARNING", logger="ess_reg"):
+        continued = run(compose_config([*overrides, "trainer.max_steps=6", f"trainer.resume={short.run_id}"]))
+    assert continued.resumed_from == 4 and continued.steps == 6
+    assert any("predates keeping the penalty's random stream" in r.getMessage() for r in caplog.records)
 
 
 def test_resume_by_run_id_alone_goes_on_under_the_run_s_config(store, tiny, caplog):
