@@ -11,8 +11,10 @@ An arm is the run's penalty option, with its weight when the runs of that option
 ("ess_max w=0.01"). A study stopped by the clock takes --paired-only: a seed whose arms did not
 all finish is named and left out. --rescue T counts, at the end of the runs, the seeds below T
 without the arm that end at T or above with it (rescued) and the reverse (lost), with the exact
-McNemar p. --experiment repeats to pool studies of one design on disjoint seeds (a confirmation
-beside its original); the report says it is pooled. --table pools a study whose store is gone
+McNemar p. --family makes the accuracy and first-step tests one registered family (Holm over
+all of them); --at STEP adds the accuracy at an earlier step per seed. --experiment repeats to
+pool studies of one design on disjoint seeds (a confirmation beside its original); the report
+says it is pooled. --table pools a study whose store is gone
 from the per-seed table this script published for it (accuracies to 3 decimals, the collapse
 flags and first steps as printed). Run from the folder the study ran in, or give its store with
 --tracking-uri. Writes arms.md into --out (pooled.md when pooling).
@@ -107,8 +109,15 @@ def runs_from_table(path: Path, thresholds) -> list[RunRecord]:
     return runs
 
 
+def accuracy_at(run, step: int) -> float | None:
+    return next((value for s, value in run.history.get("valid/accuracy", []) if s == step), None)
+
+
 def analyse(runs, compare: list[str], *, title: str, thresholds=(0.25, 0.5), paired_only=False,
-            steps_test: float | None = None, rescue_at: float | None = None) -> str:
+            steps_test: float | None = None, rescue_at: float | None = None, family: bool = False,
+            at: int | None = None) -> str:
+    if family and steps_test is None:
+        raise SystemExit("a registered family of accuracy and first step (--family) needs --steps-test")
     table = by_seed(runs)
     arms = sorted({a for row in table.values() for a in row})
     incomplete = sorted(s for s in table if len(table[s]) < len(arms)) if paired_only else []
@@ -131,6 +140,12 @@ def analyse(runs, compare: list[str], *, title: str, thresholds=(0.25, 0.5), pai
             cells.append(f"{final(r):.3f} ({', '.join('-' if s is None else str(s) for s in steps)})"
                          + (" C" if collapsed_at_end(r) else ""))
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    if at is not None:  # the same runs earlier on: a budget's end beside the longer one
+        lines += ["", f"Accuracy at step {at} (- : not evaluated there)", "",
+                  "| seed | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+        for seed in seeds:
+            values = [accuracy_at(table[seed][arm], at) if arm in table[seed] else None for arm in arms]
+            lines.append(f"| {seed} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in values) + " |")
     lines += ["", "| arm | runs | mean ± sd | collapsed at the end [exact 95%] | "
               + " | ".join(f"reached {t}" for t in thresholds) + " |", "|---" * (4 + len(thresholds)) + "|"]
     for arm in arms:
@@ -196,6 +211,15 @@ def analyse(runs, compare: list[str], *, title: str, thresholds=(0.25, 0.5), pai
         for (arm, base, n, earlier, later, ties, median, p), p_holm in zip(rows, holm([r[-1] for r in rows])):
             lines.append(f"| {arm} vs {base} | {n} | {earlier} / {later} / {ties} | "
                          f"{'-' if median is None else f'{median:+g}'} | {p:.3f} | {p_holm:.3f} |")
+        if family:  # the study registered both outcomes as one family: Holm over all of them
+            named = ([(f"{arm} vs {base}: accuracy at the end (sign-flip)", t.permutation_p)
+                      for arm, base, _, t in tests]
+                     + [(f"{arm} vs {base}: first step at {steps_test:g} (sign test)", r[-1])
+                        for r, (arm, base, *_) in zip(rows, tests)])
+            lines += ["", f"The registered family: Holm over the {len(named)} tests above together "
+                      "(better and faster as one family):", "", "| test | p | Holm p |", "|---|---|---|"]
+            for (name, p), p_holm in zip(named, holm([p for _, p in named])):
+                lines.append(f"| {name} | {p:.3f} | {p_holm:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -213,6 +237,12 @@ def main(argv=None):
                              "test (a run that never gets there ranks after every run that does; two such tie)")
     parser.add_argument("--rescue", type=float, default=None, metavar="THRESHOLD",
                         help="also count rescued and lost seeds at THRESHOLD on the accuracy at the end")
+    parser.add_argument("--family", action="store_true",
+                        help="with --steps-test: the accuracy and first-step tests form one registered family; "
+                             "also report Holm over all of them together")
+    parser.add_argument("--at", type=int, default=None, metavar="STEP",
+                        help="also the accuracy at evaluation step STEP per seed (an earlier budget's end)")
+    parser.add_argument("--title", default=None, help="the report's title (default: the experiment's name)")
     parser.add_argument("--paired-only", action="store_true",
                         help="keep only the seeds where every arm finished (a clock stop's complete pairs); "
                              "the others are named and left out of every table")
@@ -228,9 +258,9 @@ def main(argv=None):
     runs += [r for table in args.table for r in runs_from_table(table, thresholds)]
     sources = args.experiment + [f"{t.parent.name} (published table)" for t in args.table]
     pooled = len(sources) > 1
-    title = "pooled " + " + ".join(sources) if pooled else sources[0]
-    text = analyse(runs, args.compare, title=title, thresholds=thresholds,
-                   paired_only=args.paired_only, steps_test=args.steps_test, rescue_at=args.rescue)
+    title = args.title or ("pooled " + " + ".join(sources) if pooled else sources[0])
+    text = analyse(runs, args.compare, title=title, thresholds=thresholds, paired_only=args.paired_only,
+                   steps_test=args.steps_test, rescue_at=args.rescue, family=args.family, at=args.at)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

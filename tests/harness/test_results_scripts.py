@@ -273,3 +273,22 @@ def test_compare_pairs_cuts_with_small_states_from_scratch(compression, tmp_path
     assert float(at4[6]) == pytest.approx(-0.1) and at4[8] == "0 / 3"
     assert not any(line.startswith("| 6 |") for line in text.splitlines())  # the ESS cut is not a grid size
     assert (tmp_path / "compression.png").stat().st_size > 0
+
+
+def test_arms_registered_family_corrects_accuracy_and_steps_together(arms):
+    # 6 pairs, every arm higher at the end (sign-flip p = 2/64) and every arm first at 0.25
+    # (sign test p = 2/64): Holm over the two doubles the smaller and keeps the larger.
+    curve = lambda start, end: [(0, 0.0), (start, 0.3), (2400, end)]  # noqa: E731
+    runs = ([run(s, "none", 0.5 + s / 100, history=curve(900, 0.5 + s / 100)) for s in range(6)]
+            + [run(s, "ess_constraint", 0.6 + s / 100, history=curve(600, 0.6 + s / 100)) for s in range(6)])
+    text = arms.analyse(runs, ["ess_constraint:none"], title="t", steps_test=0.25, family=True, at=600)
+    p = 2 / 2 ** 6
+    accuracy = row(text, "| ess_constraint vs none: accuracy at the end")
+    steps = row(text, "| ess_constraint vs none: first step at 0.25")
+    assert float(accuracy[1]) == pytest.approx(p, abs=1e-3) and float(steps[1]) == pytest.approx(p, abs=1e-3)
+    assert float(accuracy[2]) == pytest.approx(2 * p, abs=1e-3) and float(steps[2]) == pytest.approx(2 * p, abs=1e-3)
+    # the accuracy at step 600: the constraint arm is there already, the baseline has no evaluation at 600
+    at_600 = text.split("Accuracy at step 600")[1]
+    assert row(at_600, "| 0 |")[1:] == ["0.300", "-"]
+    with pytest.raises(SystemExit, match="needs --steps-test"):
+        arms.analyse(runs, ["ess_constraint:none"], title="t", family=True)
