@@ -292,3 +292,31 @@ def test_arms_registered_family_corrects_accuracy_and_steps_together(arms):
     assert row(at_600, "| 0 |")[1:] == ["0.300", "-"]
     with pytest.raises(SystemExit, match="needs --steps-test"):
         arms.analyse(runs, ["ess_constraint:none"], title="t", family=True)
+
+
+def test_knee_penalty_family_of_the_cut_and_the_knee(compression, tmp_path, monkeypatch):
+    # Six seeds; the ess_min source's cuts hold down to 4 (knee 4), the plain source's only to 8
+    # (knee 8): the cut to 4 is higher with ess_min on every seed (sign-flip p = 2/64) and the knee
+    # smaller on every seed (sign test p = 2/64); Holm over the two doubles the smaller.
+    knee_penalty = compression("knee_penalty")
+    runs = []
+    for seed in range(140, 146):
+        for arm in ("none", "ess_min"):
+            source = f"{arm}{seed}"
+            runs.append(run(seed, arm, 0.95, rid=source, **{"init.source": "None"}))
+            for size in (16, 8, 6, 4, "entropy"):
+                k = 10 if size == "entropy" else size
+                holds = k >= (4 if arm == "ess_min" else 8)
+                accuracy = 0.95 if holds else 0.70 + seed / 1000
+                runs.append(cut_run(seed, source, k, accuracy, rule="entropy" if size == "entropy" else "None"))
+    monkeypatch.setattr(knee_penalty, "load_runs", lambda uri, experiment: runs)
+    knee_penalty.main(["--experiment", "fake", "--out", str(tmp_path), "--primary", "4", "--family", "after+knee"])
+    text = (tmp_path / "fake.md").read_text()
+    p = 2 / 2 ** 6
+    assert row(text, "| cut to 4, after the fine-tune |")[6] == "(the family below)"
+    assert row(text, "| cut to 4, step 0 |")[6] == "(secondary)"
+    assert "Registered: the knee smaller with ess_min on 6 of 6" in text
+    cut = row(text, "| cut to 4, after the fine-tune (sign-flip) |")
+    knee = row(text, "| the knee smaller (sign test) |")
+    assert float(cut[1]) == pytest.approx(p, abs=1e-4) and float(knee[1]) == pytest.approx(p, abs=1e-4)
+    assert float(cut[2]) == pytest.approx(2 * p, abs=1e-4) and float(knee[2]) == pytest.approx(2 * p, abs=1e-4)

@@ -39,14 +39,15 @@ def accuracy(run) -> float:
 
 def tests_table(tests: list, untested: str = "(not tested)") -> list[str]:
     """Markdown rows for ``(name, PairedTest, in the family)`` triples; Holm's correction runs
-    over the family alone, the others are shown with ``untested`` in its column."""
-    adjusted = iter(holm([t.permutation_p for _, t, tested in tests if tested]))
+    over the family alone, the others are shown with ``untested`` in its column (or with the
+    third element itself where it is a string: a test corrected in a family printed elsewhere)."""
+    adjusted = iter(holm([t.permutation_p for _, t, tested in tests if tested is True]))
     rows = ["| comparison | n | mean difference | 95% t-interval | higher / lower / tied | sign-flip p | Holm p |",
             "|---|---|---|---|---|---|---|"]
     for name, t, tested in tests:
         rows.append(f"| {name} | {t.n} | {t.mean_difference:+.3f} | [{t.interval[0]:+.3f}, {t.interval[1]:+.3f}] | "
                     f"{t.higher} / {t.lower} / {t.ties} | {t.permutation_p:.4f} | "
-                    + (f"{next(adjusted):.4f}" if tested else untested) + " |")
+                    + (f"{next(adjusted):.4f}" if tested is True else tested or untested) + " |")
     if not all(t.exact for _, t, _ in tests):
         rows += ["", "Sign-flip p over more than 16 pairs: from 20000 random sign patterns, not every one "
                  "(a Monte Carlo standard error of about 0.0015 at p = 0.05)."]

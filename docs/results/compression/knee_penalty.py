@@ -2,14 +2,18 @@
 does a source trained with a penalty (ess_min) shrink further than one trained without, paired
 by seed? Each source is cut to every grid size and to its entropy size, then fine-tuned 200 steps.
 
-The registered family, Holm-corrected: at the primary size, the cut's accuracy after its
-fine-tune and at step 0 (before it), arm - baseline, paired by seed, exact two-sided sign-flip
-test with a t-interval. Pairs with a source below 0.8 are left out of the cut comparisons
-(counted). Secondary, not corrected: the sources' accuracy over every pair (the penalty's cost),
-the other sizes, and k_E and the knee (the smallest grid size within 0.05 of the uncut, after
-the fine-tune), exact sign tests. Run from the folder the study ran in:
+The registered family, Holm-corrected (--family after+start, knee_ess_min's): at the primary
+size, the cut's accuracy after its fine-tune and at step 0 (before it), arm - baseline, paired by
+seed, exact two-sided sign-flip test with a t-interval. --family after+knee (its confirmation's):
+the cut's accuracy after its fine-tune at the primary size and the knee (exact sign test).
+Pairs with a source below 0.8 are left out of the cut comparisons (counted). Secondary, not
+corrected: the sources' accuracy over every pair (the penalty's cost), the other sizes and
+outcomes, and k_E and the knee (the smallest grid size within 0.05 of the uncut, after the
+fine-tune), exact sign tests. Run from the folder the study ran in:
 
     python docs/results/compression/knee_penalty.py --experiment knee_ess_min --arm ess_min
+    python docs/results/compression/knee_penalty.py --experiment knee_ess_min_confirm --arm ess_min \
+        --primary 4 --family after+knee
 
 It prints the tables and writes <experiment>.md beside itself (or into --out).
 """
@@ -19,7 +23,7 @@ from pathlib import Path
 
 from arms import tests_table  # this folder's arms.py: the Holm-corrected table of paired tests
 from ess_reg.harness.runsets import load_runs
-from ess_reg.harness.stats import paired_test, sign_test
+from ess_reg.harness.stats import holm, paired_test, sign_test
 from knee import entropy_rule, smallest_holding  # this folder's knee.py: which cut was k_E, the knee
 from merge import at_end, at_start  # this folder's merge.py: accuracy after the fine-tune, at step 0
 
@@ -41,6 +45,9 @@ def main(argv=None):
     parser.add_argument("--baseline", default="none")
     parser.add_argument("--grid", default="16,8,6,4", help="the cut sizes, the uncut size first")
     parser.add_argument("--primary", type=int, default=6, help="the size of the registered comparisons")
+    parser.add_argument("--family", choices=("after+start", "after+knee"), default="after+start",
+                        help="the registered family at --primary: the cut after its fine-tune and at step 0, "
+                             "or after its fine-tune and the knee")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="the folder <experiment>.md goes to")
     args = parser.parse_args(argv)
     grid = tuple(int(g) for g in args.grid.split(","))
@@ -103,29 +110,51 @@ def main(argv=None):
     def cut(arm, s, size):
         return cuts[by_arm[arm][s].run_id][size]
 
+    with_knee = args.family == "after+knee"
+
+    def registered(size, when):  # in the family: True (Holm in the table) or where it is corrected
+        if size != args.primary or (with_knee and when == "step 0"):
+            return False
+        return "(the family below)" if with_knee else True
+
     tests = []
     for size in (args.primary, *[g for g in grid[1:] if g != args.primary]):
         for when, measure in (("after the fine-tune", at_end), ("step 0", at_start)):
             d = [measure(cut(args.arm, s, size)) - measure(cut(args.baseline, s, size)) for s in complete]
             if len(d) > 1:
-                tests.append((f"cut to {size}, {when}", paired_test(d), size == args.primary))
+                tests.append((f"cut to {size}, {when}", paired_test(d), registered(size, when)))
     d = [at_end(by_arm[args.arm][s]) - at_end(by_arm[args.baseline][s]) for s in seeds]
     if len(d) > 1:
         tests.append(("the sources (uncut, every pair)", paired_test(d), False))
     if tests:
-        say(f"{args.arm} - {args.baseline}, paired by seed; Holm over the cut to {args.primary} (two outcomes):")
+        family = "the cut's accuracy and the knee" if with_knee else "two outcomes"
+        say(f"{args.arm} - {args.baseline}, paired by seed; Holm over the cut to {args.primary} ({family}):")
         say("")
         lines.extend(tests_table(tests, untested="(secondary)"))
         say("")
+    knee_p = None
     if complete:
         for name, value in (("k_E", lambda c: int(c["entropy"].params["init.compressed.size"])),
                             ("the knee", lambda c: knee_of(c, grid))):
             pairs = [(value(cuts[by_arm[args.arm][s].run_id]), value(cuts[by_arm[args.baseline][s].run_id]))
                      for s in complete]
             smaller, larger, ties, p = sign_test([float(b - a) for a, b in pairs])
-            say(f"- Secondary: {name} smaller with {args.arm} on {smaller} of {len(pairs)} seeds (larger on "
+            kind = "Registered" if with_knee and name == "the knee" else "Secondary"
+            say(f"- {kind}: {name} smaller with {args.arm} on {smaller} of {len(pairs)} seeds (larger on "
                 f"{larger}, equal on {ties}; exact sign test p = {p:.4f}); {args.arm} {[a for a, _ in pairs]}, "
                 f"{args.baseline} {[b for _, b in pairs]}")
+            knee_p = p if name == "the knee" else knee_p
+    primary = next((t for name, t, _ in tests if name == f"cut to {args.primary}, after the fine-tune"), None)
+    if with_knee and primary is not None and knee_p is not None:
+        named = [(f"cut to {args.primary}, after the fine-tune (sign-flip)", primary.permutation_p),
+                 ("the knee smaller (sign test)", knee_p)]
+        say("")
+        say("The registered family, Holm over the two:")
+        say("")
+        say("| test | p | Holm p |")
+        say("|---|---|---|")
+        for (name, p), p_holm in zip(named, holm([p for _, p in named])):
+            say(f"| {name} | {p:.4f} | {p_holm:.4f} |")
     text = "\n".join(lines)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.experiment}.md").write_text(
