@@ -16,8 +16,10 @@ all of them); --at STEP adds the accuracy at an earlier step per seed. --experim
 pool studies of one design on disjoint seeds (a confirmation beside its original); the report
 says it is pooled. --table pools a study whose store is gone
 from the per-seed table this script published for it (accuracies to 3 decimals, the collapse
-flags and first steps as printed). Run from the folder the study ran in, or give its store with
---tracking-uri. Writes arms.md into --out (pooled.md when pooling).
+flags and first steps as printed). --records FILE adds the study's own runs kept in a records file
+(a study run over several machines, whose stores did not outlive them; one run id counts once), and
+--export FILE writes every run analysed to a records file, to commit beside the report. Run from
+the folder the study ran in, or give its store with --tracking-uri. Writes arms.md into --out (pooled.md when pooling).
 """
 
 import argparse
@@ -26,7 +28,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from ess_reg.harness.runsets import RunRecord, load_runs
+from ess_reg.harness.runsets import RunRecord, load_runs, read_records, save_records
 from ess_reg.harness.stats import holm, mcnemar_exact, mean_spread, paired_test, proportion_interval, sign_test
 
 COLLAPSED = 0.25  # every layer at or below it: collapse or near collapse (the verdict's thresholds)
@@ -230,6 +232,10 @@ def main(argv=None):
                         help="repeatable: studies of one design on disjoint seeds, pooled (the report says so)")
     parser.add_argument("--table", action="append", default=[], type=Path,
                         help="repeatable: pool the per-seed table of a published arms.md (its store gone)")
+    parser.add_argument("--records", action="append", default=[], type=Path,
+                        help="repeatable: the study's runs kept in a records file (ess_reg.harness.runsets)")
+    parser.add_argument("--export", type=Path, default=None, metavar="FILE",
+                        help="write every run analysed (store and records) to a records file")
     parser.add_argument("--compare", action="append", required=True, help="ARM:BASELINE, repeatable")
     parser.add_argument("--thresholds", default="0.25,0.5")
     parser.add_argument("--steps-test", type=float, default=None, metavar="THRESHOLD",
@@ -249,14 +255,23 @@ def main(argv=None):
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     thresholds = [float(t) for t in args.thresholds.split(",")]
-    if not args.experiment and not args.table:
-        parser.error("give --experiment or --table")
+    if not args.experiment and not args.table and not args.records:
+        parser.error("give --experiment, --records or --table")
     runs = [r for experiment in args.experiment  # FINISHED runs only
             for r in load_runs(args.tracking_uri, experiment=experiment) if "valid/accuracy" in r.metrics]
     if args.experiment and not runs:
         raise SystemExit(f"no finished run with an accuracy in {args.experiment} at {args.tracking_uri}")
+    seen = {r.run_id for r in runs}  # a run both in the store and in a records file counts once
+    for path in args.records:
+        kept = [r for r in read_records(path) if r.run_id not in seen]
+        seen.update(r.run_id for r in kept)
+        runs += kept
+    if args.export is not None:
+        args.export.parent.mkdir(parents=True, exist_ok=True)
+        save_records(runs, args.export)
     runs += [r for table in args.table for r in runs_from_table(table, thresholds)]
-    sources = args.experiment + [f"{t.parent.name} (published table)" for t in args.table]
+    sources = (args.experiment or [f"{r.parent.name} (records)" for r in args.records[:1]]) \
+        + [f"{t.parent.name} (published table)" for t in args.table]
     pooled = len(sources) > 1
     title = args.title or ("pooled " + " + ".join(sources) if pooled else sources[0])
     text = analyse(runs, args.compare, title=title, thresholds=thresholds, paired_only=args.paired_only,

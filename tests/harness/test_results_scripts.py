@@ -320,3 +320,27 @@ def test_knee_penalty_family_of_the_cut_and_the_knee(compression, tmp_path, monk
     knee = row(text, "| the knee smaller (sign test) |")
     assert float(cut[1]) == pytest.approx(p, abs=1e-4) and float(knee[1]) == pytest.approx(p, abs=1e-4)
     assert float(cut[2]) == pytest.approx(2 * p, abs=1e-4) and float(knee[2]) == pytest.approx(2 * p, abs=1e-4)
+
+
+def test_arms_analyses_a_study_split_between_a_store_and_a_records_file(arms, tmp_path, monkeypatch):
+    # Seeds 0-1 ran on an earlier machine (kept only in the records file), seeds 2-3 are in the
+    # store, and seed 1 of the store's arm is also in the file: it counts once.
+    earlier = study(arms, [0.05, 0.06], [0.50, 0.07], seeds=[0, 1])
+    now = study(arms, [0.05, 0.80], [0.60, 0.90], seeds=[2, 3]) + [earlier[1]]
+    from ess_reg.harness.runsets import read_records, save_records
+    records = tmp_path / "runs.jsonl"
+    save_records(earlier, records)
+    back = read_records(records)
+    assert [(r.run_id, r.params, r.metrics, r.history) for r in back] == \
+        [(r.run_id, r.params, r.metrics, r.history) for r in sorted(earlier, key=lambda r: r.run_id)]
+    monkeypatch.setattr(arms, "load_runs", lambda uri, experiment: now)
+    exported = tmp_path / "all.jsonl"
+    arms.main(["--experiment", "study", "--records", str(records), "--export", str(exported),
+               "--compare", "ess_constraint:none", "--out", str(tmp_path)])
+    text = (tmp_path / "arms.md").read_text()
+    assert text.startswith("# study:")  # the study's own runs, not a pooling of two studies
+    assert row(text, "| ess_constraint vs none | 4 | +")[3] == "4 / 0 / 0"
+    assert sorted(r.run_id for r in read_records(exported)) == sorted({r.run_id for r in earlier + now})
+    (tmp_path / "bad.jsonl").write_text('{"run_id": "x"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1: not a run record"):
+        read_records(tmp_path / "bad.jsonl")
