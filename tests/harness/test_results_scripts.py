@@ -344,3 +344,19 @@ def test_arms_analyses_a_study_split_between_a_store_and_a_records_file(arms, tm
     (tmp_path / "bad.jsonl").write_text('{"run_id": "x"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1: not a run record"):
         read_records(tmp_path / "bad.jsonl")
+
+
+def test_power_reads_its_pilot_from_a_published_table(arms, tmp_path, monkeypatch):
+    # 6 pairs, every one higher by 0.2: resampled, 6 pairs of one sign always reach p < 0.05
+    (tmp_path / "arms.md").write_text(arms.analyse(study(arms, [0.1] * 6, [0.3] * 6), ["ess_constraint:none"],
+                                                   title="pilot"))
+    monkeypatch.syspath_prepend(str(RESULTS))
+    monkeypatch.delitem(sys.modules, "arms", raising=False)
+    power = load(RESULTS / "power.py", "results_power")
+    text = power.main(["--table", str(tmp_path / "arms.md"), "--compare", "ess_constraint:none",
+                       "--pairs", "5,6", "--simulations", "200"])
+    assert "on 6 pairs, mean difference +0.200" in text
+    assert row(text, "| 5 |")[1:] == ["0.00", "0.00"] and row(text, "| 6 |")[1:] == ["1.00", "1.00"]
+    assert "sign-flip 6, sign test 6" in text
+    with pytest.raises(SystemExit, match="the arms are"):
+        power.main(["--table", str(tmp_path / "arms.md"), "--compare", "ess_max:none"])
