@@ -333,6 +333,12 @@ def test_arms_analyses_a_study_split_between_a_store_and_a_records_file(arms, tm
     back = read_records(records)
     assert [(r.run_id, r.params, r.metrics, r.history) for r in back] == \
         [(r.run_id, r.params, r.metrics, r.history) for r in sorted(earlier, key=lambda r: r.run_id)]
+    packed = tmp_path / "runs.jsonl.gz"  # gzipped, and the same records give the same bytes
+    save_records(earlier, packed)
+    first = packed.read_bytes()
+    save_records(list(reversed(earlier)), packed)
+    assert packed.read_bytes() == first and packed.read_bytes()[:2] == b"\x1f\x8b"
+    assert [r.history for r in read_records(packed)] == [r.history for r in back]
     monkeypatch.setattr(arms, "load_runs", lambda uri, experiment: now)
     exported = tmp_path / "all.jsonl"
     arms.main(["--experiment", "study", "--records", str(records), "--export", str(exported),

@@ -15,14 +15,16 @@ fine-tune), exact sign tests. Run from the folder the study ran in:
     python docs/results/compression/knee_penalty.py --experiment knee_ess_min_confirm --arm ess_min \
         --primary 4 --family after+knee
 
-It prints the tables and writes <experiment>.md beside itself (or into --out).
+It prints the tables and writes <experiment>.md beside itself (or into --out). --export FILE keeps
+the runs read in a records file; --records FILE reads them from one instead of the store (the
+confirmation's are in knee_ess_min_confirm.jsonl.gz beside this script).
 """
 
 import argparse
 from pathlib import Path
 
 from arms import tests_table  # this folder's arms.py: the Holm-corrected table of paired tests
-from ess_reg.harness.runsets import load_runs
+from ess_reg.harness.runsets import load_runs, read_records, save_records
 from ess_reg.harness.stats import holm, paired_test, sign_test
 from knee import entropy_rule, smallest_holding  # this folder's knee.py: which cut was k_E, the knee
 from merge import at_end, at_start  # this folder's merge.py: accuracy after the fine-tune, at step 0
@@ -48,12 +50,18 @@ def main(argv=None):
     parser.add_argument("--family", choices=("after+start", "after+knee"), default="after+start",
                         help="the registered family at --primary: the cut after its fine-tune and at step 0, "
                              "or after its fine-tune and the knee")
+    parser.add_argument("--records", type=Path, default=None,
+                        help="read the study's runs from this records file instead of the store")
+    parser.add_argument("--export", type=Path, default=None, help="write the runs read to a records file")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="the folder <experiment>.md goes to")
     args = parser.parse_args(argv)
     grid = tuple(int(g) for g in args.grid.split(","))
     if args.primary not in grid:
         parser.error(f"--primary {args.primary} is not in --grid {args.grid}")
-    runs = load_runs(args.tracking_uri, experiment=args.experiment)
+    runs = (read_records(args.records) if args.records is not None
+            else load_runs(args.tracking_uri, experiment=args.experiment))
+    if args.export is not None:
+        save_records(runs, args.export)
     sources = {r.run_id: r for r in runs if r.params.get("init.source") in UNSET}
     by_arm: dict[str, dict[int, object]] = {args.arm: {}, args.baseline: {}}
     for r in sources.values():
