@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import tracking
 from .runsets import (ACCURACY, RUN_MEASURES, STEPS, Group, RunRecord, describe_differences, budgets, differing,
-                      group_runs, identity, labels, load_runs)
+                      group_runs, identity, labels, load_runs, read_records, save_records)
 from .comparison import collapse_summary, compare_reaching, compare_to_baseline, steps_to
 from .stats import (MIN_PAIRS, MIN_POINTS, CorrelationTest, accuracy_noise, bootstrap_interval, correlation_test, holm,
                     mean_spread, spearman)
@@ -455,6 +455,11 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", help="every finished run of this MLflow experiment")
     source.add_argument("--parent", help="the children of this sweep parent run; the report is logged to it")
+    source.add_argument("--records", type=Path, default=None,
+                        help="the runs kept in a records file (runsets.save_records), no store needed")
+    parser.add_argument("--export", type=Path, default=None, metavar="FILE",
+                        help="also write the runs reported on to a records file (.gz: gzipped), to keep beside "
+                             "the report")
     parser.add_argument("--tracking-uri", default=None,
                         help=f"the store (default: $MLFLOW_TRACKING_URI, else {DEFAULT_URI})")
     parser.add_argument("--out", default=None, help="folder for report.md and its plots (default runs/reports/<name>)")
@@ -475,11 +480,15 @@ def main(argv: list[str] | None = None) -> int:
         print("ess-report: error: --resamples must be at least 100", file=sys.stderr)
         return 2
     try:
-        tracking.check_readable_store(uri)
+        if args.records is None:
+            tracking.check_readable_store(uri)
+        elif not args.records.is_file():
+            raise ValueError(f"--records {args.records}: no such file")
         if args.baseline:
             _baseline_rule(args.baseline)  # a malformed spec fails before the store is read
         thresholds = _thresholds(args.thresholds)
-        records = load_runs(uri, experiment=args.experiment, parent=args.parent)
+        records = (read_records(args.records) if args.records is not None
+                   else load_runs(uri, experiment=args.experiment, parent=args.parent))
         if not records:
             raise ValueError("no finished runs to report on")
         if not any(args.target in r.metrics for r in records):
@@ -488,7 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"ess-report: error: {err}", file=sys.stderr)
         return 2
-    name = args.experiment or f"sweep-{args.parent[:8]}"
+    if args.export is not None:
+        save_records(records, args.export)
+    name = args.experiment or (f"sweep-{args.parent[:8]}" if args.parent else args.records.name.split(".")[0])
     out = Path(args.out or Path("runs") / "reports" / name)
     path, table = write_report(records, out, f"ess-report: {name}", target=args.target, baseline=args.baseline,
                                resamples=args.resamples, thresholds=thresholds)
@@ -499,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
             tracker.log_artifact(file, "report")
     print(table)
     print(f"\nreport: {path}")
+    if args.records is not None:
+        return 0  # no store to point at
     experiment = records[0].experiment_id
     if args.parent:
         print(tracking.where_to_look(uri, experiment, run_id=args.parent, compare=[r.run_id for r in records]))

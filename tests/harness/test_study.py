@@ -194,6 +194,20 @@ def test_ess_report_writes_the_report_and_names_a_bad_source(study, capsys):
     assert "no experiment 'nope'" in capsys.readouterr().err
 
 
+
+def test_ess_report_from_a_records_file_is_the_report_from_the_store(study, capsys):
+    # exported from the store, then reported from the file alone: the same tables
+    store_out, file_out = study["dir"] / "from_store", study["dir"] / "from_file"
+    records = study["dir"] / "study.jsonl.gz"
+    assert report_main(["--experiment", "study", "--tracking-uri", study["uri"], "--out", str(store_out),
+                        "--resamples", "200", "--export", str(records)]) == 0
+    assert report_main(["--records", str(records), "--out", str(file_out), "--resamples", "200"]) == 0
+    body = lambda out: (out / "report.md").read_text().split("\n", 1)[1]  # noqa: E731  (the title names the source)
+    assert body(store_out) == body(file_out)
+    capsys.readouterr()
+    assert report_main(["--records", str(study["dir"] / "missing.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
 def test_a_sweep_report_is_logged_to_its_parent(study):
     client = MlflowClient(study["uri"])
     experiment = client.get_experiment_by_name("study").experiment_id
