@@ -28,7 +28,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from ess_reg.harness.runsets import RunRecord, load_runs, read_records, save_records
+from ess_reg.harness.records import read_records, save_records
+from ess_reg.harness.runsets import RunRecord, load_runs
 from ess_reg.harness.stats import holm, mcnemar_exact, mean_spread, paired_test, proportion_interval, sign_test
 
 COLLAPSED = 0.25  # every layer at or below it: collapse or near collapse (the verdict's thresholds)
@@ -233,7 +234,7 @@ def main(argv=None):
     parser.add_argument("--table", action="append", default=[], type=Path,
                         help="repeatable: pool the per-seed table of a published arms.md (its store gone)")
     parser.add_argument("--records", action="append", default=[], type=Path,
-                        help="repeatable: the study's runs kept in a records file (ess_reg.harness.runsets)")
+                        help="repeatable: the study's runs kept in a records file (ess_reg.harness.records)")
     parser.add_argument("--export", type=Path, default=None, metavar="FILE",
                         help="write every run analysed (store and records) to a records file")
     parser.add_argument("--compare", action="append", required=True, help="ARM:BASELINE, repeatable")

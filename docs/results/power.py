@@ -20,7 +20,8 @@ from pathlib import Path
 import arms  # docs/results/arms.py: the pairing by seed and the tables it publishes
 
 from ess_reg.harness.power import paired_power, pairs_needed
-from ess_reg.harness.runsets import load_runs, read_records
+from ess_reg.harness.records import read_records
+from ess_reg.harness.runsets import load_runs
 
 
 def pilot_differences(runs, compare: str) -> list[float]:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from . import tracking
 from .runsets import (ACCURACY, RUN_MEASURES, STEPS, Group, RunRecord, describe_differences, budgets, differing,
-                      group_runs, identity, labels, load_runs, read_records, save_records)
+                      group_runs, identity, labels, load_runs)
+from .records import read_records, save_records
 from .comparison import collapse_summary, compare_reaching, compare_to_baseline, steps_to
 from .stats import (MIN_PAIRS, MIN_POINTS, CorrelationTest, accuracy_noise, bootstrap_interval, correlation_test, holm,
                     mean_spread, spearman)
@@ -456,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--experiment", help="every finished run of this MLflow experiment")
     source.add_argument("--parent", help="the children of this sweep parent run; the report is logged to it")
     source.add_argument("--records", type=Path, default=None,
-                        help="the runs kept in a records file (runsets.save_records), no store needed")
+                        help="the runs kept in a records file (ess_reg.harness.records), no store needed")
     parser.add_argument("--export", type=Path, default=None, metavar="FILE",
                         help="also write the runs reported on to a records file (.gz: gzipped), to keep beside "
                              "the report")

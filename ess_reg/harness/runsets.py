@@ -7,9 +7,6 @@ each group is labelled by what tells it from the others shown (:func:`labels`).
 
 from __future__ import annotations
 
-import gzip
-import io
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,8 +14,7 @@ from dataclasses import dataclass, field
 from . import tracking
 from .naming import CHOSEN_GROUPS
 
-__all__ = ["RunRecord", "load_runs", "save_records", "read_records", "identity", "Group", "group_runs", "labels",
-           "differing", "budgets",
+__all__ = ["RunRecord", "load_runs", "identity", "Group", "group_runs", "labels", "differing", "budgets",
            "RUN_MEASURES", "ACCURACY", "STEPS", "NOT_CONFIG", "describe_differences"]
 
 # Params that differ between runs without making them a different configuration: the seed, where
@@ -147,47 +143,6 @@ def load_runs(uri: str, *, experiment: str | None = None, parent: str | None = N
         records.append(record)
     return records
 
-
-
-# A records file keeps a study's finished runs beyond the store they ran in: one JSON object per
-# line (a run's params, final metrics, tags and evaluation histories), small enough to commit
-# beside the study's report (a name ending in .gz is gzipped, about a tenth of the size). It is
-# how a study run over several machines (whose stores do not outlive them) is analysed as one,
-# and how a reader re-analyses a published study without its store.
-def _open(path, mode: str):
-    # mtime=0: the same records give the same bytes, so a re-export changes nothing in git
-    if str(path).endswith(".gz"):
-        return io.TextIOWrapper(gzip.GzipFile(path, mode + "b", mtime=0), encoding="utf-8")
-    return open(path, mode, encoding="utf-8")
-
-
-def save_records(records: Sequence[RunRecord], path) -> None:
-    """Write ``records`` to ``path``, one JSON line per run, in run-id order (stable diffs)."""
-    with _open(path, "w") as f:
-        for r in sorted(records, key=lambda r: r.run_id):
-            f.write(json.dumps({"run_id": r.run_id, "name": r.name, "params": r.params, "metrics": r.metrics,
-                                "tags": {k: v for k, v in r.tags.items() if not k.startswith("mlflow.")},
-                                "at_init": r.at_init, "experiment_id": r.experiment_id,
-                                "history": {k: [list(p) for p in v] for k, v in r.history.items()}},
-                               sort_keys=True) + "\n")
-
-
-def read_records(path) -> list[RunRecord]:
-    """The runs :func:`save_records` wrote; a line that is not such a run is an error naming it."""
-    records = []
-    with _open(path, "r") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                records.append(RunRecord(d["run_id"], d["name"], d["params"], d["metrics"], d["tags"],
-                                         d.get("at_init", {}), {k: [(int(s), float(v)) for s, v in h]
-                                                                for k, h in d["history"].items()},
-                                         d.get("experiment_id")))
-            except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}:{number}: not a run record ({err!r})") from err
-    return records
 
 
 @dataclass

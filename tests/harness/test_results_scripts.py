@@ -327,7 +327,7 @@ def test_arms_analyses_a_study_split_between_a_store_and_a_records_file(arms, tm
     # store, and seed 1 of the store's arm is also in the file: it counts once.
     earlier = study(arms, [0.05, 0.06], [0.50, 0.07], seeds=[0, 1])
     now = study(arms, [0.05, 0.80], [0.60, 0.90], seeds=[2, 3]) + [earlier[1]]
-    from ess_reg.harness.runsets import read_records, save_records
+    from ess_reg.harness.records import read_records, save_records
     records = tmp_path / "runs.jsonl"
     save_records(earlier, records)
     back = read_records(records)
@@ -366,3 +366,16 @@ def test_power_reads_its_pilot_from_a_published_table(arms, tmp_path, monkeypatc
     assert "sign-flip 6, sign test 6" in text
     with pytest.raises(SystemExit, match="the arms are"):
         power.main(["--table", str(tmp_path / "arms.md"), "--compare", "ess_max:none"])
+
+
+def test_records_are_kept_once_across_machines(arms, tmp_path, monkeypatch):
+    # two machines' finished runs added to one file, the second adding one run the first had too
+    from ess_reg.harness import records
+    first, second = study(arms, [0.05], [0.5], seeds=[0]), study(arms, [0.06], [0.6], seeds=[1])
+    path = tmp_path / "runs.jsonl"
+    assert records.keep_records(path, first) == (2, 2)
+    assert records.keep_records(path, second + first[:1]) == (2, 4)
+    assert sorted(r.run_id for r in records.read_records(path)) == sorted(r.run_id for r in first + second)
+    monkeypatch.setattr(records, "load_runs", lambda uri, experiment: second)
+    assert records.main(["--experiment", "s", "--into", str(path)]) == 0  # nothing new: nothing added
+    assert len(records.read_records(path)) == 4

@@ -24,7 +24,8 @@ import argparse
 from pathlib import Path
 
 from arms import tests_table  # this folder's arms.py: the Holm-corrected table of paired tests
-from ess_reg.harness.runsets import load_runs, read_records, save_records
+from ess_reg.harness.records import read_records, save_records
+from ess_reg.harness.runsets import load_runs
 from ess_reg.harness.stats import holm, paired_test, sign_test
 from knee import entropy_rule, smallest_holding  # this folder's knee.py: which cut was k_E, the knee
 from merge import at_end, at_start  # this folder's merge.py: accuracy after the fine-tune, at step 0
