@@ -379,3 +379,38 @@ def test_records_are_kept_once_across_machines(arms, tmp_path, monkeypatch):
     monkeypatch.setattr(records, "load_runs", lambda uri, experiment: second)
     assert records.main(["--experiment", "s", "--into", str(path)]) == 0  # nothing new: nothing added
     assert len(records.read_records(path)) == 4
+
+
+def test_knee_penalty_dose_arm_from_a_records_file_beside_the_store(compression, tmp_path, monkeypatch):
+    # The confirmation's none and ess_min w=0.03 sources are in a records file; the dose study's
+    # ess_min w=0.01 sources in the store. Comparing w=0.01 with none names w=0.03 as not compared;
+    # w=0.01's knee is 6 against 8 on every seed (sign p 2/64) and its sources lower on every seed
+    # (sign p 2/64): Holm over the two doubles both.
+    knee_penalty = compression("knee_penalty")
+    from ess_reg.harness.records import save_records
+    earlier, dose = [], []
+    for seed in range(140, 146):
+        for arm, weight, knee, accuracy in (("none", None, 8, 0.95), ("ess_min", "0.03", 6, 0.94),
+                                            ("ess_min", "0.01", 6, 0.94 + seed / 1e5)):
+            source = f"{arm}{weight}-{seed}"
+            runs = dose if weight == "0.01" else earlier
+            params = {"penalty.schedule.weight": weight} if weight else {}
+            runs.append(run(seed, arm, accuracy if arm != "none" else 0.95 + seed / 1e4, rid=source,
+                            **{"init.source": "None"}, **params))
+            for size in (16, 8, 6, 4, "entropy"):
+                k = 10 if size == "entropy" else size
+                runs.append(cut_run(seed, source, k, 0.95 if k >= knee else 0.7,
+                                    rule="entropy" if size == "entropy" else "None"))
+    records = tmp_path / "confirm.jsonl.gz"
+    save_records(earlier, records)
+    monkeypatch.setattr(knee_penalty, "load_runs", lambda uri, experiment: dose)
+    knee_penalty.main(["--experiment", "dose", "--records", str(records), "--arm", "ess_min w=0.01",
+                       "--family", "knee+source", "--out", str(tmp_path)])
+    text = (tmp_path / "dose.md").read_text()
+    assert "not compared here: ess_min w=0.03" in text
+    assert "Registered: the knee smaller with ess_min w=0.01 on 6 of 6" in text
+    p = 2 / 2 ** 6
+    knee, cost = row(text, "| the knee smaller (sign test) |"), row(text, "| the sources' accuracy (sign test) |")
+    assert float(knee[2]) == pytest.approx(2 * p, abs=1e-4) and float(cost[2]) == pytest.approx(2 * p, abs=1e-4)
+    assert row(text, "| the sources (uncut, every pair) |")[6] == "(the family below)"
+    assert row(text, "| cut to 6, after the fine-tune |")[6] == "(secondary)"

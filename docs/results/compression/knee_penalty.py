@@ -6,6 +6,7 @@ The registered family, Holm-corrected (--family after+start, knee_ess_min's): at
 size, the cut's accuracy after its fine-tune and at step 0 (before it), arm - baseline, paired by
 seed, exact two-sided sign-flip test with a t-interval. --family after+knee (its confirmation's):
 the cut's accuracy after its fine-tune at the primary size and the knee (exact sign test).
+--family knee+source (the dose study's): the knee and the sources' accuracy, both exact sign tests.
 Pairs with a source below 0.8 are left out of the cut comparisons (counted). Secondary, not
 corrected: the sources' accuracy over every pair (the penalty's cost), the other sizes and
 outcomes, and k_E and the knee (the smallest grid size within 0.05 of the uncut, after the
@@ -40,35 +41,56 @@ def knee_of(cuts: dict, grid: tuple) -> int:
     return smallest_holding({g: full - at_end(cuts[g]) for g in grid})
 
 
+def is_arm(run, spec: str) -> bool:
+    """Whether a source belongs to an arm: ``"ess_min"`` (the penalty option) or ``"ess_min w=0.01"``
+    (and its weight)."""
+    option, _, weight = spec.partition(" w=")
+    if run.params.get("penalty", "none") != option:
+        return False
+    return not weight or float(run.params.get("penalty.schedule.weight", "nan")) == float(weight)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
-    parser.add_argument("--experiment", default="knee_ess_min")
-    parser.add_argument("--arm", default="ess_min", help="the sources' penalty option under test")
+    parser.add_argument("--experiment", default=None,
+                        help="the study's runs in the store (default knee_ess_min, unless --records is given)")
+    parser.add_argument("--arm", default="ess_min",
+                        help="the sources' penalty option under test, with its weight where the runs hold several "
+                             "(\"ess_min w=0.01\")")
     parser.add_argument("--baseline", default="none")
     parser.add_argument("--grid", default="16,8,6,4", help="the cut sizes, the uncut size first")
     parser.add_argument("--primary", type=int, default=6, help="the size of the registered comparisons")
-    parser.add_argument("--family", choices=("after+start", "after+knee"), default="after+start",
-                        help="the registered family at --primary: the cut after its fine-tune and at step 0, "
-                             "or after its fine-tune and the knee")
-    parser.add_argument("--records", type=Path, default=None,
-                        help="read the study's runs from this records file instead of the store")
+    parser.add_argument("--family", choices=("after+start", "after+knee", "knee+source"), default="after+start",
+                        help="the registered family: at --primary the cut after its fine-tune and at step 0, or "
+                             "after its fine-tune and the knee; or the knee and the sources' accuracy")
+    parser.add_argument("--records", type=Path, action="append", default=[],
+                        help="repeatable: runs from a records file (beside the store only with --experiment); "
+                             "one run id counts once")
     parser.add_argument("--export", type=Path, default=None, help="write the runs read to a records file")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="the folder <experiment>.md goes to")
     args = parser.parse_args(argv)
     grid = tuple(int(g) for g in args.grid.split(","))
     if args.primary not in grid:
         parser.error(f"--primary {args.primary} is not in --grid {args.grid}")
-    runs = (read_records(args.records) if args.records is not None
-            else load_runs(args.tracking_uri, experiment=args.experiment))
+    if args.experiment is None and not args.records:
+        args.experiment = "knee_ess_min"
+    runs = load_runs(args.tracking_uri, experiment=args.experiment) if args.experiment else []
+    seen = {r.run_id for r in runs}
+    for path in args.records:
+        runs += [r for r in read_records(path) if r.run_id not in seen]
+        seen = {r.run_id for r in runs}
     if args.export is not None:
         save_records(runs, args.export)
+    study = args.experiment or args.records[0].name.split(".")[0]
     sources = {r.run_id: r for r in runs if r.params.get("init.source") in UNSET}
     by_arm: dict[str, dict[int, object]] = {args.arm: {}, args.baseline: {}}
+    others = set()
     for r in sources.values():
-        arm = r.params.get("penalty", "none")
-        if arm not in by_arm:
-            raise SystemExit(f"source {r.run_id} has penalty={arm}, neither --arm nor --baseline")
+        arm = next((a for a in by_arm if is_arm(r, a)), None)
+        if arm is None:  # a third arm in the same runs (a dose study beside its confirmation)
+            others.add(f"{r.params.get('penalty', 'none')} w={r.params.get('penalty.schedule.weight')}")
+            continue
         seed = int(r.params["seed"])
         if seed in by_arm[arm]:
             raise SystemExit(f"two {arm} sources for seed {seed}: {by_arm[arm][seed].run_id}, {r.run_id}")
@@ -86,7 +108,8 @@ def main(argv=None):
     lines = []
     say = lines.append
     say(f"Sources: {args.arm} (weight {', '.join(sorted(map(str, weights))) or '-'}) and {args.baseline}, "
-        f"paired by seed. Each cut: accuracy at step 0 / after the fine-tune.")
+        f"paired by seed. Each cut: accuracy at step 0 / after the fine-tune."
+        + (f" Other sources in these runs, not compared here: {', '.join(sorted(others))}." if others else ""))
     say("")
     say("| seed | source | source accuracy | k_E | " + " | ".join(f"cut to {g}" for g in grid)
         + " | cut to k_E | knee |")
@@ -120,9 +143,10 @@ def main(argv=None):
         return cuts[by_arm[arm][s].run_id][size]
 
     with_knee = args.family == "after+knee"
+    knee_and_source = args.family == "knee+source"
 
     def registered(size, when):  # in the family: True (Holm in the table) or where it is corrected
-        if size != args.primary or (with_knee and when == "step 0"):
+        if knee_and_source or size != args.primary or (with_knee and when == "step 0"):
             return False
         return "(the family below)" if with_knee else True
 
@@ -134,10 +158,13 @@ def main(argv=None):
                 tests.append((f"cut to {size}, {when}", paired_test(d), registered(size, when)))
     d = [at_end(by_arm[args.arm][s]) - at_end(by_arm[args.baseline][s]) for s in seeds]
     if len(d) > 1:
-        tests.append(("the sources (uncut, every pair)", paired_test(d), False))
+        tests.append(("the sources (uncut, every pair)", paired_test(d), "(the family below)" if knee_and_source
+                      else False))
     if tests:
-        family = "the cut's accuracy and the knee" if with_knee else "two outcomes"
-        say(f"{args.arm} - {args.baseline}, paired by seed; Holm over the cut to {args.primary} ({family}):")
+        family = ("the knee and the sources (below)" if knee_and_source
+                  else f"the cut to {args.primary} (" + ("the cut's accuracy and the knee" if with_knee
+                                                          else "two outcomes") + ")")
+        say(f"{args.arm} - {args.baseline}, paired by seed; Holm over {family}:")
         say("")
         lines.extend(tests_table(tests, untested="(secondary)"))
         say("")
@@ -148,15 +175,21 @@ def main(argv=None):
             pairs = [(value(cuts[by_arm[args.arm][s].run_id]), value(cuts[by_arm[args.baseline][s].run_id]))
                      for s in complete]
             smaller, larger, ties, p = sign_test([float(b - a) for a, b in pairs])
-            kind = "Registered" if with_knee and name == "the knee" else "Secondary"
+            kind = "Registered" if (with_knee or knee_and_source) and name == "the knee" else "Secondary"
             say(f"- {kind}: {name} smaller with {args.arm} on {smaller} of {len(pairs)} seeds (larger on "
                 f"{larger}, equal on {ties}; exact sign test p = {p:.4f}); {args.arm} {[a for a, _ in pairs]}, "
                 f"{args.baseline} {[b for _, b in pairs]}")
             knee_p = p if name == "the knee" else knee_p
     primary = next((t for name, t, _ in tests if name == f"cut to {args.primary}, after the fine-tune"), None)
+    cost = next((t for name, t, _ in tests if name.startswith("the sources")), None)
+    named = []
     if with_knee and primary is not None and knee_p is not None:
         named = [(f"cut to {args.primary}, after the fine-tune (sign-flip)", primary.permutation_p),
                  ("the knee smaller (sign test)", knee_p)]
+    elif knee_and_source and cost is not None and knee_p is not None:
+        # the sign test: a penalty's cost is a small loss on most seeds and a large one on a few
+        named = [("the knee smaller (sign test)", knee_p), ("the sources' accuracy (sign test)", cost.sign_p)]
+    if named:
         say("")
         say("The registered family, Holm over the two:")
         say("")
@@ -166,8 +199,7 @@ def main(argv=None):
             say(f"| {name} | {p:.4f} | {p_holm:.4f} |")
     text = "\n".join(lines)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.experiment}.md").write_text(
-        f"# Does a penalty let the state shrink further? ({args.experiment})\n\n" + text + "\n")
+    (args.out / f"{study}.md").write_text(f"# Does a penalty let the state shrink further? ({study})\n\n" + text + "\n")
     print(text)
 
 
