@@ -17,9 +17,10 @@ pool studies of one design on disjoint seeds (a confirmation beside its original
 says it is pooled. --table pools a study whose store is gone
 from the per-seed table this script published for it (accuracies to 3 decimals, the collapse
 flags and first steps as printed). --records FILE adds the study's own runs kept in a records file
-(a study run over several machines, whose stores did not outlive them; one run id counts once), and
---export FILE writes every run analysed to a records file, to commit beside the report. Run from
-the folder the study ran in, or give its store with --tracking-uri. Writes arms.md into --out (pooled.md when pooling).
+(a study run over several machines, whose stores did not outlive them; one run id counts once),
+and --export FILE writes every run analysed to a records file, to commit beside the report. Run
+from the folder the study ran in, or give its store with --tracking-uri. Writes arms.md into
+--out (pooled.md when pooling).
 """
 
 import argparse
@@ -264,7 +265,7 @@ def main(argv=None):
         raise SystemExit(f"no finished run with an accuracy in {args.experiment} at {args.tracking_uri}")
     seen = {r.run_id for r in runs}  # a run both in the store and in a records file counts once
     for path in args.records:
-        kept = [r for r in read_records(path) if r.run_id not in seen]
+        kept = [r for r in read_records(path) if r.run_id not in seen and "valid/accuracy" in r.metrics]
         seen.update(r.run_id for r in kept)
         runs += kept
     if args.export is not None:

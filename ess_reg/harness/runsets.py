@@ -144,7 +144,6 @@ def load_runs(uri: str, *, experiment: str | None = None, parent: str | None = N
     return records
 
 
-
 @dataclass
 class Group:
     label: str
