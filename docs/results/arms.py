@@ -269,7 +269,6 @@ def main(argv=None):
         seen.update(r.run_id for r in kept)
         runs += kept
     if args.export is not None:
-        args.export.parent.mkdir(parents=True, exist_ok=True)
         save_records(runs, args.export)
     runs += [r for table in args.table for r in runs_from_table(table, thresholds)]
     sources = (args.experiment or [f"{r.parent.name} (records)" for r in args.records[:1]]) \

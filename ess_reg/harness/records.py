@@ -35,7 +35,9 @@ def _open(path, mode: str):
 
 
 def save_records(records: Sequence[RunRecord], path) -> None:
-    """Write ``records`` to ``path``, one JSON line per run, in run-id order (stable diffs)."""
+    """Write ``records`` to ``path`` (its folder made if missing), one JSON line per run, in run-id
+    order (stable diffs)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with _open(path, "w") as f:
         for r in sorted(records, key=lambda r: r.run_id):
             f.write(json.dumps({"run_id": r.run_id, "name": r.name, "params": r.params, "metrics": r.metrics,
@@ -85,7 +87,6 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"records: error: {err}", file=sys.stderr)
         return 2
-    args.into.parent.mkdir(parents=True, exist_ok=True)
     added, total = keep_records(args.into, runs)
     print(f"{args.into}: {added} finished run(s) of {args.experiment!r} added, {total} in the file")
     return 0

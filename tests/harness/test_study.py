@@ -198,7 +198,7 @@ def test_ess_report_writes_the_report_and_names_a_bad_source(study, capsys):
 def test_ess_report_from_a_records_file_is_the_report_from_the_store(study, capsys):
     # exported from the store, then reported from the file alone: the same tables
     store_out, file_out = study["dir"] / "from_store", study["dir"] / "from_file"
-    records = study["dir"] / "study.jsonl.gz"
+    records = study["dir"] / "kept" / "study.jsonl.gz"  # its folder does not exist yet
     assert report_main(["--experiment", "study", "--tracking-uri", study["uri"], "--out", str(store_out),
                         "--resamples", "200", "--export", str(records)]) == 0
     assert report_main(["--records", str(records), "--out", str(file_out), "--resamples", "200"]) == 0
