@@ -29,7 +29,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from ess_reg.harness.records import read_records, save_records
+from ess_reg.harness.records import save_records, with_records
 from ess_reg.harness.runsets import RunRecord, load_runs
 from ess_reg.harness.stats import holm, mcnemar_exact, mean_spread, paired_test, proportion_interval, sign_test
 
@@ -263,11 +263,8 @@ def main(argv=None):
             for r in load_runs(args.tracking_uri, experiment=experiment) if "valid/accuracy" in r.metrics]
     if args.experiment and not runs:
         raise SystemExit(f"no finished run with an accuracy in {args.experiment} at {args.tracking_uri}")
-    seen = {r.run_id for r in runs}  # a run both in the store and in a records file counts once
-    for path in args.records:
-        kept = [r for r in read_records(path) if r.run_id not in seen and "valid/accuracy" in r.metrics]
-        seen.update(r.run_id for r in kept)
-        runs += kept
+    # a run both in the store and in a records file counts once; without an accuracy it is left out
+    runs = [r for r in with_records(runs, args.records) if "valid/accuracy" in r.metrics]
     if args.export is not None:
         save_records(runs, args.export)
     runs += [r for table in args.table for r in runs_from_table(table, thresholds)]

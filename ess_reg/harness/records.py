@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .runsets import RunRecord, load_runs
 
-__all__ = ["save_records", "read_records", "keep_records"]
+__all__ = ["save_records", "read_records", "keep_records", "with_records"]
 
 
 def _open(path, mode: str):
@@ -63,6 +63,18 @@ def read_records(path) -> list[RunRecord]:
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"{path}:{number}: not a run record ({err!r})") from err
     return records
+
+
+def with_records(runs: Sequence[RunRecord], paths) -> list[RunRecord]:
+    """``runs`` (a store's) and the runs of the records files at ``paths``; a run id already seen
+    counts once (the first record of it is kept)."""
+    merged, seen = list(runs), {r.run_id for r in runs}
+    for path in paths:
+        for r in read_records(path):
+            if r.run_id not in seen:
+                seen.add(r.run_id)
+                merged.append(r)
+    return merged
 
 
 def keep_records(path, records: Sequence[RunRecord]) -> tuple[int, int]:

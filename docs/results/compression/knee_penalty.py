@@ -25,7 +25,7 @@ import argparse
 from pathlib import Path
 
 from arms import tests_table  # this folder's arms.py: the Holm-corrected table of paired tests
-from ess_reg.harness.records import read_records, save_records
+from ess_reg.harness.records import save_records, with_records
 from ess_reg.harness.runsets import load_runs
 from ess_reg.harness.stats import holm, paired_test, sign_test
 from knee import entropy_rule, smallest_holding  # this folder's knee.py: which cut was k_E, the knee
@@ -76,10 +76,7 @@ def main(argv=None):
     if args.experiment is None and not args.records:
         args.experiment = "knee_ess_min"
     runs = load_runs(args.tracking_uri, experiment=args.experiment) if args.experiment else []
-    seen = {r.run_id for r in runs}
-    for path in args.records:
-        runs += [r for r in read_records(path) if r.run_id not in seen]
-        seen = {r.run_id for r in runs}
+    runs = with_records(runs, args.records)  # one run id counts once
     if args.export is not None:
         save_records(runs, args.export)
     study = args.experiment or args.records[0].name.split(".")[0]
