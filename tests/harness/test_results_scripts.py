@@ -414,3 +414,11 @@ def test_knee_penalty_dose_arm_from_a_records_file_beside_the_store(compression,
     assert float(knee[2]) == pytest.approx(2 * p, abs=1e-4) and float(cost[2]) == pytest.approx(2 * p, abs=1e-4)
     assert row(text, "| the sources (uncut, every pair) |")[6] == "(the family below)"
     assert row(text, "| cut to 6, after the fine-tune |")[6] == "(secondary)"
+    # The same runs, two weights against each other with nothing registered: no line is called
+    # registered and no Holm family is printed.
+    knee_penalty.main(["--experiment", "dose", "--records", str(records), "--arm", "ess_min w=0.01",
+                       "--baseline", "ess_min w=0.03", "--family", "none", "--out", str(tmp_path)])
+    text = (tmp_path / "dose.md").read_text()
+    assert "Registered" not in text and "Holm over" not in text and "nothing registered" in text
+    assert "Secondary: the knee smaller with ess_min w=0.01 on 0 of 6" in text
+    assert row(text, "| the sources (uncut, every pair) |")[6] == "(secondary)"

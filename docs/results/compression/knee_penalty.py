@@ -7,6 +7,7 @@ size, the cut's accuracy after its fine-tune and at step 0 (before it), arm - ba
 seed, exact two-sided sign-flip test with a t-interval. --family after+knee (its confirmation's):
 the cut's accuracy after its fine-tune at the primary size and the knee (exact sign test).
 --family knee+source (the dose study's): the knee and the sources' accuracy, both exact sign tests.
+--family none: nothing registered (a secondary comparison, e.g. two weights against each other).
 Pairs with a source below 0.8 are left out of the cut comparisons (counted). Secondary, not
 corrected: the sources' accuracy over every pair (the penalty's cost), the other sizes and
 outcomes, and k_E and the knee (the smallest grid size within 0.05 of the uncut, after the
@@ -61,9 +62,10 @@ def main(argv=None):
     parser.add_argument("--baseline", default="none")
     parser.add_argument("--grid", default="16,8,6,4", help="the cut sizes, the uncut size first")
     parser.add_argument("--primary", type=int, default=6, help="the size of the registered comparisons")
-    parser.add_argument("--family", choices=("after+start", "after+knee", "knee+source"), default="after+start",
+    parser.add_argument("--family", choices=("after+start", "after+knee", "knee+source", "none"), default="after+start",
                         help="the registered family: at --primary the cut after its fine-tune and at step 0, or "
-                             "after its fine-tune and the knee; or the knee and the sources' accuracy")
+                             "after its fine-tune and the knee; or the knee and the sources' accuracy; or none "
+                             "(every line secondary)")
     parser.add_argument("--records", type=Path, action="append", default=[],
                         help="repeatable: runs from a records file (beside the store only with --experiment); "
                              "one run id counts once")
@@ -141,9 +143,10 @@ def main(argv=None):
 
     with_knee = args.family == "after+knee"
     knee_and_source = args.family == "knee+source"
+    nothing_registered = args.family == "none"
 
     def registered(size, when):  # in the family: True (Holm in the table) or where it is corrected
-        if knee_and_source or size != args.primary or (with_knee and when == "step 0"):
+        if knee_and_source or nothing_registered or size != args.primary or (with_knee and when == "step 0"):
             return False
         return "(the family below)" if with_knee else True
 
@@ -161,7 +164,8 @@ def main(argv=None):
         family = ("the knee and the sources (below)" if knee_and_source
                   else f"the cut to {args.primary} (" + ("the cut's accuracy and the knee" if with_knee
                                                           else "two outcomes") + ")")
-        say(f"{args.arm} - {args.baseline}, paired by seed; Holm over {family}:")
+        say(f"{args.arm} - {args.baseline}, paired by seed; " + ("nothing registered, every line secondary:"
+                                                                 if nothing_registered else f"Holm over {family}:"))
         say("")
         lines.extend(tests_table(tests, untested="(secondary)"))
         say("")
