@@ -118,14 +118,21 @@ RUN_MEASURES: dict[str, Callable[[RunRecord], float | None]] = {
     "teacher utilization": lambda r: r.metrics.get("teacher/ess/util"),
 }
 ACCURACY = "valid/accuracy"
-# read in full: collapse during training, ESS at initialization, steps to an accuracy
-HISTORIES = ("ess/util", "ess/per_kv", "valid/accuracy")
+# read in full: collapse during training, ESS at initialization, steps to an accuracy, and the
+# validation loss beside them (what a researcher reads anyway: the baseline for an early warning)
+HISTORIES = ("ess/util", "ess/per_kv", "valid/accuracy", "valid/loss")
+LAYER_UTILIZATION = re.compile(r"^L\d+/util$")  # each layer's, read in full too (the collapse rule per layer)
+
+
+def history_keys(metrics) -> list[str]:
+    """The metrics of a run read in full: :data:`HISTORIES` and each layer's utilization."""
+    return [*HISTORIES, *sorted(k for k in metrics if LAYER_UTILIZATION.match(k))]
 
 
 def load_runs(uri: str, *, experiment: str | None = None, parent: str | None = None,
               with_history: bool = True) -> list[RunRecord]:
     """The FINISHED runs of an experiment or of a sweep parent, as records; ``with_history``:
-    with the evaluations' :data:`HISTORIES` (one query per run and metric)."""
+    with the evaluations' histories (:func:`history_keys`: one query per run and metric)."""
     if (experiment is None) == (parent is None):
         raise ValueError("give exactly one of experiment or parent")
     runs = tracking.experiment_runs(uri, experiment) if experiment else tracking.child_runs(uri, parent)
@@ -136,7 +143,7 @@ def load_runs(uri: str, *, experiment: str | None = None, parent: str | None = N
         record = RunRecord(run.info.run_id, run.info.run_name or run.info.run_id, dict(run.data.params),
                            dict(run.data.metrics), dict(run.data.tags), experiment_id=run.info.experiment_id)
         if with_history:
-            for key in HISTORIES:
+            for key in history_keys(run.data.metrics):
                 record.history[key] = tracking.metric_history(uri, run.info.run_id, key)
             if record.history["ess/per_kv"]:
                 record.at_init["ess/per_kv"] = record.history["ess/per_kv"][0][1]

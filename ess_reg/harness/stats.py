@@ -5,6 +5,9 @@
   and a t-interval of the mean difference (:func:`paired_test`);
 - unpaired comparisons: the two-sample permutation test and Welch's t-interval
   (:func:`unpaired_test`);
+- how well a score separates two groups of runs (e.g. the runs that learn from those that do
+  not): the AUC with the permutation test of the Mann-Whitney statistic and a BCa interval
+  (:func:`auc_test`);
 - rank correlations: Spearman with a permutation p-value (exact up to 8 points) and a BCa
   bootstrap interval, refused with a reason where the data cannot carry one
   (:func:`correlation_test`);
@@ -31,7 +34,7 @@ import torch
 __all__ = ["ranks", "pearson", "spearman", "bootstrap_interval", "mean_spread", "MIN_PAIRS", "MIN_POINTS",
            "PairedTest", "paired_test", "UnpairedTest", "unpaired_test", "sign_test", "t_interval", "holm",
            "CorrelationTest", "correlation_test", "spearman_permutation_p", "smallest_paired_p", "accuracy_noise",
-           "proportion_interval", "mcnemar_exact"]
+           "proportion_interval", "mcnemar_exact", "AucTest", "auc_test", "pairwise_auc"]
 
 MIN_PAIRS = 8    # below: an interval of a mean difference is printed as unreliable
 MIN_POINTS = 5   # below: no correlation is reported (4 points: an exact p-value can't go below 0.083)
@@ -265,6 +268,63 @@ def unpaired_test(a: Sequence[float], b: Sequence[float], *, level: float = 0.95
             half = float(t.ppf(0.5 + level / 2, dof)) * se
             interval = (diff - half, diff + half)
     return UnpairedTest(len(x), len(y), diff, p, exact, interval, level)
+
+
+@dataclass(frozen=True)
+class AucTest:
+    """How well a score separates ``positive`` runs from ``negative`` ones."""
+
+    n_positive: int
+    n_negative: int
+    auc: float                      # P(a positive scores above a negative), ties counting half
+    p: float                        # two-sided permutation p of the Mann-Whitney statistic (AUC = 0.5)
+    exact: bool
+    interval: tuple[float, float]   # BCa bootstrap, each group resampled on its own
+    level: float = 0.95
+
+
+def pairwise_auc(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The share of (a, b) pairs with a above b, ties counting half, along ``axis`` (batched)."""
+    d = np.moveaxis(a, axis, -1)[..., :, None] - np.moveaxis(b, axis, -1)[..., None, :]
+    return ((d > 0) + 0.5 * (d == 0)).mean(axis=(-1, -2))
+
+
+def auc_test(positive: Sequence[float], negative: Sequence[float], *, level: float = 0.95, resamples: int = 20000,
+             bootstrap_resamples: int = 2000, seed: int = 0) -> AucTest:
+    """The AUC of a score that should be higher on ``positive`` runs, its two-sided permutation p
+    (the difference of mean ranks, ties at their average rank: the Mann-Whitney test, exact when
+    every split of the pooled runs fits in ``resamples``, else that many random splits) and a BCa
+    bootstrap interval (the percentile interval where BCa is undefined, as when the groups are
+    separated in every resample; then it is [1, 1] or [0, 0] and says nothing beyond the p)."""
+    import warnings
+
+    from scipy.stats import bootstrap
+
+    x, y = _array(positive, "positive"), _array(negative, "negative")
+    if len(x) < 1 or len(y) < 1:
+        raise ValueError(f"auc_test needs a run in each group, got {len(x)} positive and {len(y)} negative")
+    auc = float(pairwise_auc(x, y))
+    pooled = np.concatenate([x, y])
+    if np.ptp(pooled) == 0:
+        p, exact = 1.0, True
+    else:
+        r = ranks(pooled.tolist()).numpy()
+        p, exact = _two_sample_p(r[:len(x)], r[len(x):], resamples, seed)
+    interval = (math.nan, math.nan)
+    if len(x) >= 2 and len(y) >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ci = bootstrap((x, y), pairwise_auc, vectorized=True, n_resamples=bootstrap_resamples,
+                           confidence_level=level, method="BCa", rng=np.random.default_rng(seed)).confidence_interval
+        if np.isfinite(ci.low) and np.isfinite(ci.high):
+            interval = (float(ci.low), float(ci.high))
+        else:
+            rng = np.random.default_rng(seed)
+            values = pairwise_auc(x[rng.integers(len(x), size=(bootstrap_resamples, len(x)))],
+                          y[rng.integers(len(y), size=(bootstrap_resamples, len(y)))])
+            tail = (1 - level) / 2
+            interval = (float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail)))
+    return AucTest(len(x), len(y), auc, p, exact, interval, level)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -6,7 +6,7 @@ from types import SimpleNamespace as NS
 import pytest
 
 from ess_reg.harness.comparison import compare_to_baseline
-from ess_reg.harness.stats import (MIN_POINTS, accuracy_noise, correlation_test, holm, paired_test, sign_test,
+from ess_reg.harness.stats import (MIN_POINTS, accuracy_noise, auc_test, correlation_test, holm, paired_test, sign_test,
                                    smallest_paired_p, spearman_permutation_p, t_interval, unpaired_test)
 
 
@@ -109,3 +109,25 @@ def test_mcnemar_exact_is_the_sign_test_on_the_discordant_pairs():
     assert mcnemar_exact(3, 0) == pytest.approx(0.25)           # 2 * (1/2)^3
     assert mcnemar_exact(4, 1) == pytest.approx(0.375)          # 2 * P(X <= 1), X ~ B(5, 1/2)
     assert mcnemar_exact(7, 1) == pytest.approx(mcnemar_exact(1, 7))
+
+
+def test_auc_test_is_the_mann_whitney_test():
+    from scipy.stats import mannwhitneyu
+
+    # Four learners all above four failures: AUC 1, and only 2 of the C(8, 4) = 70 splits of the
+    # pooled ranks are as far apart (this one and its mirror).
+    split = auc_test([0.5, 0.6, 0.7, 0.8], [0.1, 0.2, 0.3, 0.4])
+    assert split.auc == 1.0 and split.exact and split.p == pytest.approx(2 / 70)
+    assert auc_test([0.1, 0.2], [0.5, 0.6]).auc == 0.0                 # the score points the other way
+    # Ties count half: one of four pairs tied, three won.
+    assert auc_test([1.0, 2.0], [1.0, 0.0]).auc == pytest.approx(3.5 / 4)
+    assert auc_test([1.0, 1.0], [1.0, 1.0]).p == 1.0                   # no spread: no evidence
+    # Without ties it is scipy's exact Mann-Whitney test, in value and p.
+    x, y = [0.9, 0.2, 1.4, 0.7, 1.1, 0.35, 0.8], [0.1, -0.3, 0.5, 0.25, 0.6]
+    mine, theirs = auc_test(x, y), mannwhitneyu(x, y, method="exact")
+    assert mine.auc == pytest.approx(theirs.statistic / (len(x) * len(y)))
+    assert mine.p == pytest.approx(theirs.pvalue)
+    low, high = mine.interval
+    assert low <= mine.auc <= high and 0 <= low and high <= 1
+    with pytest.raises(ValueError, match="a run in each group"):
+        auc_test([0.1, 0.2], [])

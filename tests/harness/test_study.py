@@ -54,6 +54,14 @@ def test_runs_are_grouped_by_config_without_the_seed(study):
     first = records[0]  # TSS/kv: the layers' TSS at the end of the context over the pairs
     assert RUN_MEASURES["TSS/kv"](first) == pytest.approx(16 / 4)  # feature_dim 16, 4 pairs (tiny)
     assert RUN_MEASURES["ESS/kv at init"](first) is not None
+    # the histories read in full: each evaluation's loss and every layer's utilization beside the
+    # model's, at the same steps (an early warning reads them at one step)
+    steps = [s for s, _ in first.history["ess/util"]]
+    assert len(steps) > 1 and [s for s, _ in first.history["valid/loss"]] == steps
+    layers = sorted(k for k in first.history if k.startswith("L") and k.endswith("/util"))
+    assert layers == sorted(k for k in first.metrics if k.startswith("L") and k.endswith("/util")) != []
+    assert all([s for s, _ in first.history[k]] == steps for k in layers)
+    assert first.history["valid/loss"][-1][1] == pytest.approx(first.metrics["valid/loss"])
 
 
 def test_correlations_pool_and_split_by_mixer(study):
