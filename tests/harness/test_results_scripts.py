@@ -422,3 +422,39 @@ def test_knee_penalty_dose_arm_from_a_records_file_beside_the_store(compression,
     assert "Registered" not in text and "Holm over" not in text and "nothing registered" in text
     assert "Secondary: the knee smaller with ess_min w=0.01 on 0 of 6" in text
     assert row(text, "| the sources (uncut, every pair) |")[6] == "(secondary)"
+
+
+def warning_run(mixer: str, seed: int, final: float, util: float, loss: float) -> RunRecord:
+    steps = (0, 100, 200, 300, 400)
+    return RunRecord(f"{mixer}-{seed}", f"{mixer} seed={seed}",
+                     {"seed": str(seed), "penalty": "none", "model.mixer": mixer, "trainer.max_steps": "1200"},
+                     {"valid/accuracy": final}, {},
+                     history={"ess/util": [(s, util) for s in steps], "valid/loss": [(s, loss) for s in steps],
+                              "L0/util": [(s, util) for s in steps], "L1/util": [(s, util + 0.01) for s in steps]})
+
+
+def test_early_warning_auc_per_mixer_with_holm_and_the_collapse_rule():
+    early = load(RESULTS / "early_warning.py", "results_early_warning")
+    # la: the three learners have the three highest utilizations at step 200 (AUC 1, 2 of the
+    # C(6, 3) = 20 splits as extreme: p 0.1) and the loss says nothing (all equal: AUC 0.5).
+    # wla: utilization points the wrong way on one pair of nine (AUC 8/9, p 0.2); the loss
+    # separates them fully. Holm over the two mixers: 0.2 and 0.2.
+    runs = ([warning_run("la", s, f, u, 2.0) for s, (f, u) in enumerate(
+                [(0.9, 0.5), (0.8, 0.6), (0.95, 0.7), (0.07, 0.1), (0.06, 0.2), (0.08, 0.3)])]
+            + [warning_run("wla", s, f, u, ls) for s, (f, u, ls) in enumerate(
+                [(0.9, 0.5, 1.0), (0.8, 0.25, 1.1), (0.95, 0.7, 1.2), (0.07, 0.3, 3.0), (0.06, 0.1, 3.1),
+                 (0.08, 0.15, 3.2)])])
+    runs.append(RunRecord("x", "x", {"seed": "9", "penalty": "ess_max", "model.mixer": "la"}, {"valid/accuracy": 0.9}, {}))
+    text = early.analyse(runs, step=200)
+    la, wla = row(text, "| la | 6 | 3 |"), row(text, "| wla | 6 | 3 |")
+    assert la[3].startswith("1.000") and float(la[4]) == pytest.approx(0.1) and float(la[5]) == pytest.approx(0.2)
+    assert la[6].startswith("0.500") and la[8].startswith("+0.500")
+    assert wla[3].startswith(f"{8 / 9:.3f}") and float(wla[4]) == pytest.approx(0.2)
+    assert float(wla[5]) == pytest.approx(0.2) and wla[6].startswith("1.000")
+    # The collapse rule at 200 (both layers <= 0.25): la flags failures at 0.1 and 0.2, no learner;
+    # wla flags failures at 0.1 and 0.15 and the learner at 0.25 (its second layer 0.26: not).
+    flags = row(text, "| la | 2 of 3")
+    assert flags[2].startswith("0 of 3") and flags[3] == f"{2 * 1000 / (6 * 1200):.0%}"
+    assert row(text, "| wla | 2 of 3")[2].startswith("0 of 3")
+    with pytest.raises(SystemExit, match="has no ess/util at step 500"):
+        early.analyse(runs, step=500)

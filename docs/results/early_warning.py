@@ -1,0 +1,162 @@
+"""Does a run's utilization early in training say whether it will learn? (conf/experiment/early_warning.yaml)
+
+Per mixer, over runs without a penalty: a run *learned* when its validation accuracy at the end
+is at least --learned (0.25). The registered family, Holm over the mixers: the AUC of the model's
+mean utilization at step --step (higher in the runs that learn), two-sided permutation test of
+the Mann-Whitney statistic, with a BCa interval. Secondary, not corrected: the AUC of the
+validation loss at that step (lower in the runs that learn: what a researcher reads anyway) and
+the difference of the two AUCs with a bootstrap interval (runs resampled within each group, both
+scores kept together); the AUC of utilization at other evaluations; the collapse flag at --step
+(every layer's utilization at most 0.25) as a rule for stopping a run, with the failing runs it
+catches and the learners it would stop (exact intervals) and the steps it would save.
+
+    python docs/results/early_warning.py --records docs/results/early_warning/runs.jsonl.gz \
+        --out docs/results/early_warning
+
+--experiment reads the store instead (or beside, --records repeats); --export FILE keeps the runs
+read in a records file. Writes early_warning.md into --out.
+"""
+
+import argparse
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ess_reg.harness.records import save_records, with_records
+from ess_reg.harness.runsets import load_runs
+from ess_reg.harness.stats import auc_test, holm, pairwise_auc, proportion_interval
+
+COLLAPSED = 0.25  # every layer at or below it: the collapse rule of the verdict and arms.py
+LAYER = re.compile(r"^L\d+/util$")
+
+
+def at_step(run, key: str, step: int) -> float:
+    """A run's evaluation of ``key`` at ``step``; a run without it is an error, not a gap."""
+    for s, value in run.history.get(key, []):
+        if s == step:
+            return value
+    raise SystemExit(f"run {run.run_id} ({run.name}) has no {key} at step {step}: its history has "
+                     f"{[s for s, _ in run.history.get(key, [])]}")
+
+
+def collapsed_at(run, step: int) -> bool:
+    layers = sorted(k for k in run.history if LAYER.match(k))
+    if not layers:
+        raise SystemExit(f"run {run.run_id} ({run.name}) has no per-layer utilization history")
+    return all(at_step(run, k, step) <= COLLAPSED for k in layers)
+
+
+def difference_interval(learners, failures, level=0.95, resamples=2000, seed=0):
+    """Percentile bootstrap of AUC(utilization) - AUC(-loss): each group resampled on its own, a
+    run's two scores kept together."""
+    a, b = np.asarray(learners), np.asarray(failures)  # (runs, 2): utilization, -loss
+    rng = np.random.default_rng(seed)
+    ia = rng.integers(len(a), size=(resamples, len(a)))
+    ib = rng.integers(len(b), size=(resamples, len(b)))
+    diffs = pairwise_auc(a[ia, 0], b[ib, 0]) - pairwise_auc(a[ia, 1], b[ib, 1])
+    tail = (1 - level) / 2
+    return float(np.quantile(diffs, tail)), float(np.quantile(diffs, 1 - tail))
+
+
+def analyse(runs, *, step: int = 200, learned: float = 0.25, other_steps=(100, 300, 400)) -> str:
+    by_mixer = defaultdict(list)
+    for r in runs:
+        if r.params.get("penalty", "none") == "none":
+            by_mixer[r.mixer].append(r)
+    if not by_mixer:
+        raise SystemExit("no runs without a penalty to analyse")
+    lines = []
+    say = lines.append
+    say(f"A run learned: validation accuracy at the end >= {learned}. Scores at step {step}: the model's mean "
+        "utilization (higher in learners) and the validation loss (lower in learners).")
+    say("")
+    say("| mixer | runs | learned | AUC utilization [95% BCa] | p | Holm p | AUC loss [95% BCa] | p "
+        "| utilization - loss [95% bootstrap] |")
+    say("|---|---|---|---|---|---|---|---|---|")
+    rows, registered = [], []
+    for mixer in sorted(by_mixer):
+        group = by_mixer[mixer]
+        learners = [r for r in group if r.metrics["valid/accuracy"] >= learned]
+        failures = [r for r in group if r.metrics["valid/accuracy"] < learned]
+        if not learners or not failures:
+            rows.append((mixer, group, learners, None, None, None))
+            continue
+        scores = {id(r): (at_step(r, "ess/util", step), -at_step(r, "valid/loss", step)) for r in group}
+        util = auc_test([scores[id(r)][0] for r in learners], [scores[id(r)][0] for r in failures])
+        loss = auc_test([scores[id(r)][1] for r in learners], [scores[id(r)][1] for r in failures])
+        diff = difference_interval([scores[id(r)] for r in learners], [scores[id(r)] for r in failures])
+        rows.append((mixer, group, learners, util, loss, diff))
+        registered.append(util.p)
+    corrected = iter(holm(registered))
+    for mixer, group, learners, util, loss, diff in rows:
+        if util is None:
+            say(f"| {mixer} | {len(group)} | {len(learners)} | (one group is empty: no test) | | | | | |")
+            continue
+        say(f"| {mixer} | {len(group)} | {len(learners)} | {util.auc:.3f} [{util.interval[0]:.3f}, "
+            f"{util.interval[1]:.3f}] | {util.p:.4f} | {next(corrected):.4f} | {loss.auc:.3f} "
+            f"[{loss.interval[0]:.3f}, {loss.interval[1]:.3f}] | {loss.p:.4f} | "
+            f"{util.auc - loss.auc:+.3f} [{diff[0]:+.3f}, {diff[1]:+.3f}] |")
+    say("")
+    say("Secondary: the AUC of utilization at other evaluations (uncorrected).")
+    say("")
+    say("| mixer | " + " | ".join(f"step {s}" for s in other_steps) + " |")
+    say("|---" * (1 + len(other_steps)) + "|")
+    for mixer, group, learners, util, _, _ in rows:
+        if util is None:
+            continue
+        failures = [r for r in group if r not in learners]
+        cells = []
+        for s in other_steps:
+            t = auc_test([at_step(r, "ess/util", s) for r in learners], [at_step(r, "ess/util", s) for r in failures])
+            cells.append(f"{t.auc:.3f} (p {t.p:.3f})")
+        say(f"| {mixer} | " + " | ".join(cells) + " |")
+    say("")
+    say(f"Secondary: the collapse flag at step {step} (every layer's utilization <= {COLLAPSED}) as a rule that "
+        "stops a run there.")
+    say("")
+    say("| mixer | failures flagged [exact 95%] | learners flagged [exact 95%] | steps saved |")
+    say("|---|---|---|---|")
+    for mixer, group, learners, _, _, _ in rows:
+        failures = [r for r in group if r not in learners]
+        flagged_f = sum(collapsed_at(r, step) for r in failures)
+        flagged_l = sum(collapsed_at(r, step) for r in learners)
+        total = sum(int(r.params.get("trainer.max_steps", 0)) for r in group)
+        saved = sum(int(r.params.get("trainer.max_steps", 0)) - step for r in group if collapsed_at(r, step))
+
+        def rate(k, n):
+            if n == 0:
+                return "-"
+            low, high = proportion_interval(k, n)
+            return f"{k} of {n} [{low:.2f}, {high:.2f}]"
+        say(f"| {mixer} | {rate(flagged_f, len(failures))} | {rate(flagged_l, len(learners))} | "
+            + (f"{saved / total:.0%} |" if total else "- |"))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
+    parser.add_argument("--experiment", default=None)
+    parser.add_argument("--records", type=Path, action="append", default=[])
+    parser.add_argument("--export", type=Path, default=None)
+    parser.add_argument("--step", type=int, default=200, help="the evaluation the scores are read at")
+    parser.add_argument("--learned", type=float, default=0.25, help="final accuracy at or above it: learned")
+    parser.add_argument("--out", type=Path, default=Path("docs/results/early_warning"))
+    args = parser.parse_args(argv)
+    if args.experiment is None and not args.records:
+        parser.error("give --experiment or --records")
+    runs = load_runs(args.tracking_uri, experiment=args.experiment) if args.experiment else []
+    runs = with_records(runs, args.records)
+    if args.export is not None:
+        save_records(runs, args.export)
+    text = analyse(runs, step=args.step, learned=args.learned)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "early_warning.md").write_text("# Does early utilization say which runs will learn? (early_warning)\n\n"
+                                               + text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
