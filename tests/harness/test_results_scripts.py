@@ -444,7 +444,8 @@ def test_early_warning_auc_per_mixer_with_holm_and_the_collapse_rule():
             + [warning_run("wla", s, f, u, ls) for s, (f, u, ls) in enumerate(
                 [(0.9, 0.5, 1.0), (0.8, 0.25, 1.1), (0.95, 0.7, 1.2), (0.07, 0.3, 3.0), (0.06, 0.1, 3.1),
                  (0.08, 0.15, 3.2)])])
-    runs.append(RunRecord("x", "x", {"seed": "9", "penalty": "ess_max", "model.mixer": "la"}, {"valid/accuracy": 0.9}, {}))
+    runs.append(RunRecord("x", "x", {"seed": "9", "penalty": "ess_max", "model.mixer": "la"},  # not a baseline run
+                          {"valid/accuracy": 0.9}, {}))
     text = early.analyse(runs, step=200)
     la, wla = row(text, "| la | 6 | 3 |"), row(text, "| wla | 6 | 3 |")
     assert la[3].startswith("1.000") and float(la[4]) == pytest.approx(0.1) and float(la[5]) == pytest.approx(0.2)
