@@ -89,11 +89,25 @@ def keep_records(path, records: Sequence[RunRecord]) -> tuple[int, int]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ess_reg.harness.records",
-                                     description="Add an experiment's finished runs to a records file.")
-    parser.add_argument("--experiment", required=True)
+                                     description="Add an experiment's finished runs to a records file, or list "
+                                                 "which runs a file holds (names and steps, no results).")
+    parser.add_argument("--experiment")
     parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
-    parser.add_argument("--into", required=True, type=Path, help="the records file (.gz: gzipped)")
+    parser.add_argument("--into", type=Path, help="the records file (.gz: gzipped)")
+    parser.add_argument("--list", type=Path, metavar="FILE",
+                        help="name each run in FILE and the step it reached, without any metric: what a study "
+                             "registered to be analysed when complete still lacks")
     args = parser.parse_args(argv)
+    if args.list is not None:
+        if args.experiment or args.into:
+            parser.error("--list reads a file: give it alone")
+        records = read_records(args.list)
+        for r in sorted(records, key=lambda r: r.name):
+            print(f"{r.name}  (step {r.steps}, run {r.run_id})")
+        print(f"{args.list}: {len(records)} run(s)")
+        return 0
+    if not (args.experiment and args.into):
+        parser.error("give --experiment and --into (or --list FILE)")
     try:
         runs = load_runs(args.tracking_uri, experiment=args.experiment)
     except ValueError as err:

@@ -381,6 +381,21 @@ def test_records_are_kept_once_across_machines(arms, tmp_path, monkeypatch):
     assert len(records.read_records(path)) == 4
 
 
+def test_records_list_names_the_runs_without_their_results(arms, tmp_path, capsys):
+    # a study analysed only when complete: the next machine learns which runs are in, not how they did
+    from ess_reg.harness import records
+    path = tmp_path / "runs.jsonl.gz"
+    records.keep_records(path, study(arms, [0.0625, 0.0731], [0.5123, 0.6789], seeds=[3, 4]))
+    assert records.main(["--list", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "none seed=3  (step 1200" in out and "ess_constraint seed=4  (step 1200" in out and "4 run(s)" in out
+    assert not any(value in out for value in ("0.0625", "0.0731", "0.5123", "0.6789", "0.51", "0.68"))
+    with pytest.raises(SystemExit):
+        records.main(["--list", str(path), "--experiment", "s"])
+    with pytest.raises(SystemExit):
+        records.main(["--experiment", "s"])  # no file to add to
+
+
 def test_knee_penalty_dose_arm_from_a_records_file_beside_the_store(compression, tmp_path, monkeypatch):
     # The confirmation's none and ess_min w=0.03 sources are in a records file; the dose study's
     # ess_min w=0.01 sources in the store. Comparing w=0.01 with none names w=0.03 as not compared;
