@@ -18,18 +18,17 @@ read in a records file. Writes early_warning.md into --out.
 """
 
 import argparse
-import re
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from ess_reg.harness.records import save_records, with_records
-from ess_reg.harness.runsets import load_runs
+from ess_reg.harness.runsets import LAYER_UTILIZATION, load_runs
 from ess_reg.harness.stats import auc_test, holm, pairwise_auc, proportion_interval
 
 COLLAPSED = 0.25  # every layer at or below it: the collapse rule of the verdict and arms.py
-LAYER = re.compile(r"^L\d+/util$")
+
 
 
 def at_step(run, key: str, step: int) -> float:
@@ -42,7 +41,7 @@ def at_step(run, key: str, step: int) -> float:
 
 
 def collapsed_at(run, step: int) -> bool:
-    layers = sorted(k for k in run.history if LAYER.match(k))
+    layers = sorted(k for k in run.history if LAYER_UTILIZATION.match(k))
     if not layers:
         raise SystemExit(f"run {run.run_id} ({run.name}) has no per-layer utilization history")
     return all(at_step(run, k, step) <= COLLAPSED for k in layers)
