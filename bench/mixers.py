@@ -13,7 +13,7 @@ fresh subprocess with ``--threads`` torch threads:
 * for state-space operators, the floor of any exact per-index method: one ``N x N`` SVD per
   index and channel (random matrices, timed here, spread over the threads), / the forward.
 
-Usage: python bench/mixers.py [--lengths 256 1024] [--mixers sa gla ...] [--no-ess] [--threads N]
+Usage: python bench/mixers.py [--lengths 256 1024] [--mixers sa gla ...] [--no-ess] [--worker-timeout S] [--threads N]
 """
 
 from __future__ import annotations
@@ -146,6 +146,8 @@ def main() -> None:
                              "MambaMixer with s6's weights)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of each workload (best is kept)")
     parser.add_argument("--no-ess", action="store_true", help="skip the operator + ESS timing")
+    parser.add_argument("--worker-timeout", type=float, default=None,
+                        help="seconds allowed to each (mixer, L) process; one over it is left out (default: none)")
     parser.add_argument("--worker", nargs=2, metavar=("MIXER", "L"), help=argparse.SUPPRESS)
     add_common_args(parser)
     args = parser.parse_args()
@@ -177,15 +179,21 @@ def main() -> None:
                    "--threads", str(args.threads), "--device", args.device]
             if args.no_ess:
                 cmd.append("--no-ess")
-            out = subprocess.run(cmd, capture_output=True, text=True)
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.worker_timeout)
+            except subprocess.TimeoutExpired:
+                results.note(f"{name} at L={length}: over its {args.worker_timeout:g} s (--worker-timeout), left out")
+                print(f"  {name} at L={length}: over {args.worker_timeout:g} s, left out", file=sys.stderr)
+                continue
             if out.returncode:
                 results.note(f"{name} at L={length} failed: {out.stderr.strip().splitlines()[-1:]}")
                 print(out.stderr[-2000:], file=sys.stderr)
                 continue
             measured[name] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"  measured {name} at L={length}", file=sys.stderr)
+            # the raw figures as they come: a run stopped by a time limit still leaves them
+            print(f"  measured {name} at L={length}: {json.dumps(measured[name])}", file=sys.stderr)
         if "sa" not in measured:
-            results.note(f"L={length}: no ratios, the reference sa failed")
+            results.note(f"L={length}: no ratios, the reference sa was not measured")
             continue
         base = measured["sa"]
         key = ["time / sa", "mem / sa"] + ([] if args.no_ess else ["ESS / fwd"])
