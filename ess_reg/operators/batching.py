@@ -29,6 +29,22 @@ _TRIM_MIN_BYTES = 2**20
 _TRIM_FRACTION = 0.25
 
 
+# On CUDA, torch's default SVD for blocks over 32 x 32 is cuSOLVER's Jacobi driver (gesvdj). On an
+# H200 (2026-12-04, docs/benchmarks_gpu.md) it was off by up to 0.06-0.12 in entropy-ESS on float64
+# blocks of rank <= 16 up to 512 x 512, while the batched Jacobi that blocks up to 32 x 32 get was
+# exact to 1e-14. Large blocks take the QR driver, as LAPACK does on the CPU.
+CUDA_LARGE_SVD_DRIVER = "gesvd"
+_CUDA_BATCHED_JACOBI_MAX = 32
+
+
+def block_svdvals(blocks: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.svdvals`` of ``(..., m, n)`` blocks; on CUDA, blocks over 32 x 32 use the
+    QR driver (``CUDA_LARGE_SVD_DRIVER``). Unchanged on the CPU."""
+    if blocks.is_cuda and max(blocks.shape[-2:]) > _CUDA_BATCHED_JACOBI_MAX:
+        return torch.linalg.svdvals(blocks, driver=CUDA_LARGE_SVD_DRIVER)
+    return torch.linalg.svdvals(blocks)
+
+
 def _check_memory_budget(memory_budget) -> int:
     """A positive, finite number of bytes (NaN, inf, a bool or a non-number would switch it off)."""
     check_number("memory_budget", memory_budget, minimum=1)

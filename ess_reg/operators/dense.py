@@ -18,7 +18,8 @@ import math
 import torch
 
 from .._checks import check_floating, check_number
-from .batching import _SVD_OVERHEAD, _SVD_UV_OVERHEAD, _batch_chunks, _HeapTrimmer, _imap, _pad_to, _workers
+from .batching import (_SVD_OVERHEAD, _SVD_UV_OVERHEAD, _batch_chunks, _HeapTrimmer, _imap, _pad_to, _workers,
+                       block_svdvals)
 from .checks import _check_causal_and_finite, _check_multiplicity, _check_values, _head, _select, shape_rank
 
 # A dense T counts as causal when max|T above the diagonal| <= CAUSAL_RTOL * max|T|.
@@ -124,7 +125,7 @@ def _loop_svdvals(T: torch.Tensor, idx: torch.Tensor, dtype: torch.dtype | None 
     length = T.shape[-1]
     width = int(shape_rank(idx, length).max())
     dtype = T.dtype if dtype is None else dtype
-    rows = [_pad_to(torch.linalg.svdvals(T[..., i:, :i].to(dtype)), width) for i in idx.tolist()]
+    rows = [_pad_to(block_svdvals(T[..., i:, :i].to(dtype)), width) for i in idx.tolist()]
     return torch.stack(rows, dim=-2)
 
 
@@ -232,7 +233,7 @@ def _dense_svdvals(
         step = _batch_chunks(batch, per_item, budget_per_worker, f"the dense SVD of index {group[0]}")
         parts = []
         for b in range(0, batch, step):
-            parts.append(torch.linalg.svdvals(read_blocks(b, min(batch, b + step), group)))
+            parts.append(block_svdvals(read_blocks(b, min(batch, b + step), group)))
             trimmer.check(per_item * min(step, batch - b))
         return _pad_to(parts[0] if len(parts) == 1 else torch.cat(parts, dim=0), width)  # (batch, group, width)
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .._checks import check_floating
+from .batching import block_svdvals
 from .checks import _check_finite, _check_multiplicity, _head, shape_rank
 
 
@@ -81,7 +82,7 @@ class JacobianOperator:
         width = int(self.max_rank(idx).max())
         out = []
         for i in idx.tolist():
-            sigma = torch.linalg.svdvals(self.hankel_block(int(i)).to(dtype))
+            sigma = block_svdvals(self.hankel_block(int(i)).to(dtype))
             out.append(torch.nn.functional.pad(sigma, (0, width - sigma.shape[-1])))
         return torch.stack(out, dim=-2).unsqueeze(1)
 
