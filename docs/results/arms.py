@@ -30,10 +30,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from ess_reg.harness.records import save_records, with_records
-from ess_reg.harness.runsets import RunRecord, load_runs
+from ess_reg.harness.runsets import COLLAPSED, RunRecord, load_runs
 from ess_reg.harness.stats import holm, mcnemar_exact, mean_spread, paired_test, proportion_interval, sign_test
 
-COLLAPSED = 0.25  # every layer at or below it: collapse or near collapse (the verdict's thresholds)
 
 
 def arm_of(run, weighted: set[str]) -> str:

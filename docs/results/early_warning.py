@@ -24,11 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ess_reg.harness.records import save_records, with_records
-from ess_reg.harness.runsets import LAYER_UTILIZATION, load_runs
-from ess_reg.harness.stats import auc_test, holm, pairwise_auc, proportion_interval
-
-COLLAPSED = 0.25  # every layer at or below it: the collapse rule of the verdict and arms.py
-
+from ess_reg.harness.runsets import COLLAPSED, LAYER_UTILIZATION, load_runs
+from ess_reg.harness.stats import auc_test, holm, pairwise_auc, proportion_interval, two_group_percentile_interval
 
 
 def at_step(run, key: str, step: int) -> float:
@@ -50,13 +47,11 @@ def collapsed_at(run, step: int) -> bool:
 def difference_interval(learners, failures, level=0.95, resamples=2000, seed=0):
     """Percentile bootstrap of AUC(utilization) - AUC(-loss): each group resampled on its own, a
     run's two scores kept together."""
-    a, b = np.asarray(learners), np.asarray(failures)  # (runs, 2): utilization, -loss
-    rng = np.random.default_rng(seed)
-    ia = rng.integers(len(a), size=(resamples, len(a)))
-    ib = rng.integers(len(b), size=(resamples, len(b)))
-    diffs = pairwise_auc(a[ia, 0], b[ib, 0]) - pairwise_auc(a[ia, 1], b[ib, 1])
-    tail = (1 - level) / 2
-    return float(np.quantile(diffs, tail)), float(np.quantile(diffs, 1 - tail))
+    def difference(a, b):  # (resamples, runs, 2): utilization, -loss
+        return pairwise_auc(a[..., 0], b[..., 0]) - pairwise_auc(a[..., 1], b[..., 1])
+
+    return two_group_percentile_interval(np.asarray(learners), np.asarray(failures), difference, level=level,
+                                         resamples=resamples, seed=seed)
 
 
 def analyse(runs, *, step: int = 200, learned: float = 0.25, other_steps=(100, 300, 400)) -> str:

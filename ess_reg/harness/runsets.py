@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..layer_report import FailureThresholds
 from . import tracking
 from .naming import CHOSEN_GROUPS
 
@@ -122,6 +123,9 @@ ACCURACY = "valid/accuracy"
 # validation loss beside them (what a researcher reads anyway: the baseline for an early warning)
 HISTORIES = ("ess/util", "ess/per_kv", "valid/accuracy", "valid/loss")
 LAYER_UTILIZATION = re.compile(r"^L\d+/util$")  # each layer's, read in full too (the collapse rule per layer)
+# The studies' collapse rule: every layer's utilization at or below the verdict's "collapse or near
+# collapse" bound (its default thresholds: collapse + margin, 0.25).
+COLLAPSED = FailureThresholds().collapse + FailureThresholds().margin
 
 
 def history_keys(metrics) -> list[str]:

@@ -289,6 +289,22 @@ def pairwise_auc(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
     return ((d > 0) + 0.5 * (d == 0)).mean(axis=(-1, -2))
 
 
+def two_group_percentile_interval(x: np.ndarray, y: np.ndarray,
+                                  statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], *, level: float = 0.95,
+                                  resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(xs, ys)``, each group resampled on its own.
+
+    ``x`` and ``y`` hold one run per row (extra columns, such as a run's two scores, stay
+    together); ``statistic`` takes the ``(resamples, n, ...)`` resampled groups at once and
+    returns ``(resamples,)`` values."""
+    rng = np.random.default_rng(seed)
+    xs = x[rng.integers(len(x), size=(resamples, len(x)))]
+    ys = y[rng.integers(len(y), size=(resamples, len(y)))]
+    values = statistic(xs, ys)
+    tail = (1 - level) / 2
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
+
+
 def auc_test(positive: Sequence[float], negative: Sequence[float], *, level: float = 0.95, resamples: int = 20000,
              bootstrap_resamples: int = 2000, seed: int = 0) -> AucTest:
     """The AUC of a score that should be higher on ``positive`` runs, its two-sided permutation p
@@ -319,11 +335,8 @@ def auc_test(positive: Sequence[float], negative: Sequence[float], *, level: flo
         if np.isfinite(ci.low) and np.isfinite(ci.high):
             interval = (float(ci.low), float(ci.high))
         else:
-            rng = np.random.default_rng(seed)
-            values = pairwise_auc(x[rng.integers(len(x), size=(bootstrap_resamples, len(x)))],
-                          y[rng.integers(len(y), size=(bootstrap_resamples, len(y)))])
-            tail = (1 - level) / 2
-            interval = (float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail)))
+            interval = two_group_percentile_interval(x, y, pairwise_auc, level=level, resamples=bootstrap_resamples,
+                                                     seed=seed)
     return AucTest(len(x), len(y), auc, p, exact, interval, level)
 
 

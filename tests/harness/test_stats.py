@@ -131,3 +131,21 @@ def test_auc_test_is_the_mann_whitney_test():
     assert low <= mine.auc <= high and 0 <= low and high <= 1
     with pytest.raises(ValueError, match="a run in each group"):
         auc_test([0.1, 0.2], [])
+
+
+def test_two_group_interval_keeps_a_run_s_columns_together_and_covers_a_clear_difference():
+    import numpy as np
+
+    from ess_reg.harness.stats import two_group_percentile_interval
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 2)), rng.normal(size=(9, 2))
+    x[:, 1], y[:, 1] = x[:, 0], y[:, 0]  # each run's two scores equal: their difference is 0 in every resample
+
+    def column_gap(a, b):
+        return (a[..., 0].mean(-1) - b[..., 0].mean(-1)) - (a[..., 1].mean(-1) - b[..., 1].mean(-1))
+
+    assert two_group_percentile_interval(x, y, column_gap) == (0.0, 0.0)
+    low, high = two_group_percentile_interval(x[:, 0] + 5, y[:, 0], lambda a, b: a.mean(-1) - b.mean(-1))
+    observed = (x[:, 0] + 5).mean() - y[:, 0].mean()
+    assert 0 < low < observed < high
