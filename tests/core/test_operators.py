@@ -150,3 +150,17 @@ def test_apply_rejects_wrong_value_shape():
         op.apply(torch.randn(2, 8, 1, dtype=torch.float64), method="fft")
     with pytest.raises(ValueError, match="v must have shape"):
         DenseOperator(torch.eye(8)).apply(torch.randn(8))
+
+
+def test_block_svdvals_asks_cuda_for_the_qr_driver_on_large_blocks_only(monkeypatch):
+    # The CUDA dispatch, checked without a GPU: which driver each block shape would get.
+    from types import SimpleNamespace
+
+    from ess_reg.operators import batching
+
+    asked = []
+    monkeypatch.setattr(torch.linalg, "svdvals", lambda blocks, **kw: asked.append(kw.get("driver")) or blocks)
+    for shape in ((3, 33, 8), (3, 8, 40), (512, 512), (3, 32, 32), (16, 16)):
+        batching.block_svdvals(SimpleNamespace(is_cuda=True, shape=shape))
+    batching.block_svdvals(SimpleNamespace(is_cuda=False, shape=(512, 512)))
+    assert asked == ["gesvd", "gesvd", "gesvd", None, None, None]
