@@ -16,7 +16,7 @@
 # they come). Six files come back under OUT_DIR (the device returns at most 8).
 # A bare device machine lacks the harness: where a folder .whl holds its wheels (hydra-core,
 # omegaconf, antlr4, mlflow and what they need that the machine lacks, pytorch-optimizer), they are
-# installed first; docs/benchmarks_gpu.md says how they were made.
+# installed first (bash bench/gpu_wheels.sh makes them, here, where pip can download).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-runs/gpu_check}}"
