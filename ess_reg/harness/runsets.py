@@ -125,7 +125,8 @@ HISTORIES = ("ess/util", "ess/per_kv", "valid/accuracy", "valid/loss")
 LAYER_UTILIZATION = re.compile(r"^L\d+/util$")  # each layer's, read in full too (the collapse rule per layer)
 # The studies' collapse rule: every layer's utilization at or below the verdict's "collapse or near
 # collapse" bound (its default thresholds: collapse + margin, 0.25).
-COLLAPSED = FailureThresholds().collapse + FailureThresholds().margin
+_THRESHOLDS = FailureThresholds()
+COLLAPSED = _THRESHOLDS.collapse + _THRESHOLDS.margin
 
 
 def history_keys(metrics) -> list[str]:
