@@ -47,6 +47,8 @@ BENCHES = {
                     ["--preset", "cpu", "--indices", "8", "--repeats", "1", "--models", "mamba2"], True),
     "matrix_free": (["--lengths", "512", "2048", "--hyena-length", "1024", "--gru-length", "256", "--repeats", "2"],
                     ["--lengths", "128", "--hyena-length", "128", "--gru-length", "32", "--repeats", "1"], True),
+    "tail_estimate": ([], ["--softmax-length", "256", "--hyena-length", "128", "--deflate", "16", "--repeats", "1"],
+                      True),
 }
 # On a GPU (--gpu): the benches that run there, at GPU sizes, each with --device cuda.
 GPU_BENCHES = {
