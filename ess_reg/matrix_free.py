@@ -37,6 +37,7 @@ from .certificate import entropy_ess_bounds, tolerance_ess_bounds
 from .ess import (DEFAULT_TOL, ENTROPY_EPS, LayerESS, _check_tol, check_layer_batch, entropy_ess_from_svdvals,
                   tolerance_ess_from_svdvals)
 from .operators import Operator, as_operator
+from .operators.batching import block_svdvals
 from .spectra import _compute_dtype, hankel_svdvals
 from .indices import resolve_indices
 
@@ -168,7 +169,7 @@ def _krylov_to_rank(op, indices: list[int], ranks: list[int], *, measure: str, t
         for k, z in zip(active, _apply_many(op, [indices[k] for k in active], fresh, transpose=True)):
             newest[k] = z
             products[k] = torch.cat([products[k], z], dim=-1)
-    return [_rank_reached(op, torch.linalg.svdvals(p), rank, measure, tol, relative, eps)
+    return [_rank_reached(op, block_svdvals(p), rank, measure, tol, relative, eps)
             for p, rank in zip(products, ranks)]
 
 
@@ -199,7 +200,7 @@ def _krylov(op: BlockProducts, i: int, rank: int, max_fraction: float, batch_sha
     newest = products
     widths = []
     while True:
-        ritz = torch.linalg.svdvals(products)  # (*batch, kb): the singular values of K^T H_i
+        ritz = block_svdvals(products)  # (*batch, kb): the singular values of K^T H_i
         if basis.shape[-1] >= rank:
             return _rank_reached(op, ritz, rank, measure, tol, relative, eps)
         lower, upper = _bounds(ritz, frob_sq, rank, measure, tol, relative, eps)

@@ -225,3 +225,23 @@ def test_a_toeplitz_operator_names_what_is_wrong(shapes, message):
     h, q, k = (torch.randn(*shape, dtype=torch.float64) for shape in shapes)
     with pytest.raises(ValueError, match=message):
         ToeplitzOperator(h, q, k)
+
+
+def test_ritz_values_go_through_block_svdvals(monkeypatch):
+    """The Krylov products reach hundreds of rows: on CUDA their SVDs must take the driver that
+    ``block_svdvals`` picks (torch's default Jacobi driver was off on such blocks)."""
+    import ess_reg.matrix_free as matrix_free
+    from ess_reg.operators import batching
+
+    shapes = []
+
+    def spy(blocks):
+        shapes.append(tuple(blocks.shape))
+        return batching.block_svdvals(blocks)
+
+    monkeypatch.setattr(matrix_free, "block_svdvals", spy)
+    T = low_rank_causal(4)
+    result = certified_ess(T, INDICES, min_size=0, block_size=4, max_fraction=1.0)
+    assert "krylov" in result.path and shapes, "no Krylov index took the spy's SVDs"
+    exact = entropy_ess(T, INDICES)
+    assert torch.all((result.lower <= exact + 1e-9) & (exact <= result.upper + 1e-9))
