@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -62,33 +61,16 @@ def best_of(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, device: st
     return Timing(min(times), statistics.median(times), tuple(times), result)
 
 
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def default_threads() -> int:
     """As ``trainer.threads=auto``: half the cores, at most 4."""
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 def machine() -> dict:
-    """The machine, torch and its thread count now, and the date."""
-    import torch
+    """The machine, torch and its thread count now (:func:`ess_reg.environment.machine`), and the date."""
+    from ess_reg.environment import machine as described
 
-    return {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "system": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
+    return {**described(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
 
 def machine_line(info: dict | None = None) -> str:

@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_name
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -197,10 +196,9 @@ def main() -> None:
                 machine = result["machine"]
             sections += section(name, bench_args, args.threads, seconds, code, tail, result)
     if machine is None:  # every bench failed: describe the machine from here
-        import torch
+        from ess_reg.environment import machine as described
 
-        machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "system": f"{os.uname().sysname} {os.uname().release}",
-                   "python": sys.version.split()[0], "torch": torch.__version__}
+        machine = described()
     page = header(machine, args.threads, started, time.perf_counter() - start, load, args.quick, names, gpu) + sections
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

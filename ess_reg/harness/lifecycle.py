@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from . import tracking
+from ..environment import machine
 from .plan import Plan
 from .findings import ess_figure, ess_table
 from .naming import CHOSEN_GROUPS, run_tags
@@ -78,6 +79,8 @@ def record_start(tracker: tracking.Tracker, plan: Plan) -> None:
         chosen = {g: str(c) for g, c in plan.choices.items() if g in CHOSEN_GROUPS and c is not None}
         tracker.log_params({**params, **chosen, "num_parameters": sum(p.numel() for p in model.parameters())})
         tracker.set_tags(run_tags(plan.choices, plan.overrides))
+        # Same seed and config repeat bit for bit on one machine and stack, not across them.
+        tracker.set_tags({f"machine.{k}": v for k, v in machine().items()})
         if plan.teacher is not None:
             teacher_model = plan.teacher.config.get("model", {})
             tracker.set_tags({"distill.teacher_checkpoint": plan.teacher.source,
@@ -87,8 +90,11 @@ def record_start(tracker: tracking.Tracker, plan: Plan) -> None:
             tracker.log_json(plan.search.rows(), "init_search.json")
             tracker.set_tags({"init.chosen": plan.config["init"]["chosen"],
                               "init.chosen_score": plan.search.scores[plan.search.index]})
-    elif plan.resumed_changes:
-        tracker.set_tags({f"resumed.{k}": f"{a} -> {b}" for k, (a, b) in plan.resumed_changes.items()})
+    else:
+        # the machine of the last resume beside the one the run started on (machine.*)
+        tracker.set_tags({"machine.last_resume": "; ".join(f"{k} {v}" for k, v in machine().items())})
+        if plan.resumed_changes:
+            tracker.set_tags({f"resumed.{k}": f"{a} -> {b}" for k, (a, b) in plan.resumed_changes.items()})
 
 
 def record_end(tracker: tracking.Tracker, plan: Plan, result: FitResult, final_figure=None) -> None:

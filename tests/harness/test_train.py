@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
+from ess_reg.environment import cpu_name
 from ess_reg.harness import tracking
 from ess_reg.harness.ess_analyze import analyze_run
 from ess_reg.harness.ess_analyze import main as analyze_main
@@ -116,6 +117,9 @@ def test_end_to_end_run_is_read_back_from_mlflow(store, tiny, caplog):
     assert tags["model"] == "gla" and tags["task"] == "mqar" and tags["penalty"] == "none"
     assert tags["overrides"].startswith("experiment=tiny tracking.uri=")
     assert len(tags["mlflow.source.git.commit"]) == 40  # the tests run in a git checkout
+    assert tags["machine.cpu"] == cpu_name() and tags["machine.torch"] == torch.__version__
+    assert tags["machine.gpu"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+    assert "machine.last_resume" not in tags
     experiment = client.get_experiment_by_name("ess-reg")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert metric_steps(client, r.info.run_id, "train/loss") == [2, 4, 6]
@@ -266,6 +270,7 @@ def test_resume_by_run_id_alone_goes_on_under_the_run_s_config(store, tiny, capl
     assert config["model"]["d_model"] == 16  # experiment=tiny's, not the default's 64
     tags = MlflowClient(store["uri"]).get_run(first.run_id).data.tags
     assert tags["resumed.trainer.max_steps"] == "6 -> 8" and len([t for t in tags if t.startswith("resumed.")]) == 1
+    assert f"torch {torch.__version__}" in tags["machine.last_resume"] and tags["machine.cpu"] == cpu_name()
 
 
 def test_the_constraint_penalty_keeps_its_multiplier_across_a_resume(store, tiny):

@@ -1,0 +1,39 @@
+"""The machine a measurement or a run happened on: what a figure or a training curve needs beside it.
+
+Runs of the same seed and config are bit-for-bit repeatable on one machine and library stack, not
+across them (a study's run took off hundreds of steps apart on two machines), so the harness tags
+every run with this and the benchmarks print it above their tables.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+__all__ = ["cpu_name", "machine"]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, object]:
+    """The CPU, core count, operating system, Python, torch (and its CUDA build), the torch
+    threads now, and the first CUDA device's name where there is one (else ``"none"``)."""
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "none",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "threads": torch.get_num_threads(),
+    }
