@@ -135,6 +135,31 @@ def test_knee_penalty_pairs_sources_and_leaves_out_weak_ones(compression, tmp_pa
     assert sources[1] == "5" and float(sources[2]) == pytest.approx(-0.09)
 
 
+def test_knee_penalty_measures_the_knee_step_in_coordinates(compression, tmp_path, monkeypatch):
+    # On the fine grid the none sources' knees are 8, 8, 7 and 16 (no cut holds), ess_min's 6, 6, 5
+    # and 8: steps 2, 2, 2 and 8, mean 3.5; with knees above the largest cut (8) counted as 8, 1.5.
+    knee_penalty = compression("knee_penalty")
+    grid = (16, 8, 7, 6, 5, 4)
+    knees = {120: (8, 6), 121: (8, 6), 122: (7, 5), 123: (16, 8)}
+    runs = []
+    for seed, pair in knees.items():
+        for arm, knee in zip(("none", "ess_min"), pair):
+            source = f"{arm}{seed}"
+            runs.append(run(seed, arm, 0.95, rid=source, **{"init.source": "None"}))
+            for size in (*grid, "entropy"):
+                k = 10 if size == "entropy" else size
+                runs.append(cut_run(seed, source, k, 0.95 if k >= knee else 0.5,
+                                    rule="entropy" if size == "entropy" else "None"))
+    monkeypatch.setattr(knee_penalty, "load_runs", lambda uri, experiment: runs)
+    knee_penalty.main(["--experiment", "fake", "--out", str(tmp_path), "--grid", ",".join(map(str, grid)),
+                       "--primary", "4", "--family", "knee-step"])
+    text = (tmp_path / "fake.md").read_text()
+    assert "the step, knee(none) - knee(ess_min), +3.50 coordinates" in text
+    assert "(4 smaller with ess_min, 0 larger, 0 equal); exact sign-flip p = 0.1250" in text
+    assert "the median step +2; with knees above 8 counted as 8, +1.50" in text
+    assert "Holm" not in text.split("paired by seed;")[1].split("\n")[0]  # no family: every table line secondary
+
+
 def test_arms_reads_back_the_table_it_published(arms, tmp_path):
     # a study whose store is gone is pooled from its arms.md: the table read back gives the same report
     baseline = [0.05, 0.06, 0.07, 0.08, 0.85]

@@ -7,6 +7,8 @@ size, the cut's accuracy after its fine-tune and at step 0 (before it), arm - ba
 seed, exact two-sided sign-flip test with a t-interval. --family after+knee (its confirmation's):
 the cut's accuracy after its fine-tune at the primary size and the knee (exact sign test).
 --family knee+source (the dose study's): the knee and the sources' accuracy, both exact sign tests.
+--family knee-step (the fine grid's): one registered test, the step knee(baseline) - knee(arm) in
+grid sizes' coordinates, its mean with a t-interval and the exact sign-flip test.
 --family none: nothing registered (a secondary comparison, e.g. two weights against each other).
 Pairs with a source below 0.8 are left out of the cut comparisons (counted). Secondary, not
 corrected: the sources' accuracy over every pair (the penalty's cost), the other sizes and
@@ -62,7 +64,8 @@ def main(argv=None):
     parser.add_argument("--baseline", default="none")
     parser.add_argument("--grid", default="16,8,6,4", help="the cut sizes, the uncut size first")
     parser.add_argument("--primary", type=int, default=6, help="the size of the registered comparisons")
-    parser.add_argument("--family", choices=("after+start", "after+knee", "knee+source", "none"), default="after+start",
+    parser.add_argument("--family", choices=("after+start", "after+knee", "knee+source", "knee-step", "none"),
+                        default="after+start",
                         help="the registered family: at --primary the cut after its fine-tune and at step 0, or "
                              "after its fine-tune and the knee; or the knee and the sources' accuracy; or none "
                              "(every line secondary)")
@@ -143,7 +146,8 @@ def main(argv=None):
 
     with_knee = args.family == "after+knee"
     knee_and_source = args.family == "knee+source"
-    nothing_registered = args.family == "none"
+    knee_step = args.family == "knee-step"
+    nothing_registered = args.family in ("none", "knee-step")  # knee-step's one test is below the table
 
     def registered(size, when):  # in the family: True (Holm in the table) or where it is corrected
         if knee_and_source or nothing_registered or size != args.primary or (with_knee and when == "step 0"):
@@ -181,6 +185,23 @@ def main(argv=None):
                 f"{larger}, equal on {ties}; exact sign test p = {p:.4f}); {args.arm} {[a for a, _ in pairs]}, "
                 f"{args.baseline} {[b for _, b in pairs]}")
             knee_p = p if name == "the knee" else knee_p
+        if knee_step:
+            knees = [(knee_of(cuts[by_arm[args.baseline][s].run_id], grid),
+                      knee_of(cuts[by_arm[args.arm][s].run_id], grid)) for s in complete]
+            step = paired_test([float(b - a) for b, a in knees])
+            low, high = step.interval
+            say(f"- Registered (one test): the step, knee({args.baseline}) - knee({args.arm}), "
+                f"{step.mean_difference:+.2f} coordinates [{low:+.2f}, {high:+.2f}] ({step.level:.0%} t) over "
+                f"{step.n} seeds ({step.higher} smaller with {args.arm}, {step.lower} larger, {step.ties} equal); "
+                f"{'exact' if step.exact else 'sampled'} sign-flip p = {step.permutation_p:.4f}")
+            # A source none of whose cuts holds has its knee at the uncut size: one such seed moves
+            # the mean by several coordinates, so the step is also shown robustly.
+            largest_cut = grid[1]
+            capped = paired_test([float(min(b, largest_cut) - min(a, largest_cut)) for b, a in knees])
+            median = sorted(b - a for b, a in knees)
+            say(f"- Secondary: the median step {(median[(len(median) - 1) // 2] + median[len(median) // 2]) / 2:+g}; "
+                f"with knees above {largest_cut} counted as {largest_cut}, {capped.mean_difference:+.2f} "
+                f"[{capped.interval[0]:+.2f}, {capped.interval[1]:+.2f}], sign-flip p = {capped.permutation_p:.4f}")
     primary = next((t for name, t, _ in tests if name == f"cut to {args.primary}, after the fine-tune"), None)
     cost = next((t for name, t, _ in tests if name.startswith("the sources")), None)
     named = []
