@@ -1,8 +1,9 @@
 """The machine a measurement or a run happened on: what a figure or a training curve needs beside it.
 
-Runs of the same seed and config are bit-for-bit repeatable on one machine and library stack, not
-across them (a study's run took off hundreds of steps apart on two machines), so the harness tags
-every run with this and the benchmarks print it above their tables.
+A run's seed and config fix its numbers only together with the machine and library stack it ran
+on (one study's seeds took off hundreds of steps away from where an earlier run of the same seeds
+did, on a machine that was not recorded), so the harness tags every run with this and the
+benchmarks print it above their tables.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def record_start(tracker: tracking.Tracker, plan: Plan) -> None:
         chosen = {g: str(c) for g, c in plan.choices.items() if g in CHOSEN_GROUPS and c is not None}
         tracker.log_params({**params, **chosen, "num_parameters": sum(p.numel() for p in model.parameters())})
         tracker.set_tags(run_tags(plan.choices, plan.overrides))
-        # Same seed and config repeat bit for bit on one machine and stack, not across them.
+        # A seed and config fix the numbers only with the machine and stack: record where it ran.
         tracker.set_tags({f"machine.{k}": v for k, v in machine().items()})
         if plan.teacher is not None:
             teacher_model = plan.teacher.config.get("model", {})
