@@ -25,9 +25,16 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def machine() -> dict[str, object]:
+def machine(device: "torch.device | str | None" = None) -> dict[str, object]:
     """The CPU, core count, operating system, Python, torch (and its CUDA build), the torch
-    threads now, and the first CUDA device's name where there is one (else ``"none"``)."""
+    threads now, and the GPU: the name of ``device`` where it is a CUDA device (``"none"`` for a
+    CPU one, without touching CUDA: a CPU run on a GPU machine should not start a CUDA context),
+    or of the first CUDA device there is when ``device`` is None."""
+    if device is None:
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    else:
+        device = torch.device(device)
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
     return {
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
@@ -35,6 +42,6 @@ def machine() -> dict[str, object]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda or "none",
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "gpu": gpu,
         "threads": torch.get_num_threads(),
     }

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from . import tracking
 from ..environment import machine
 from .plan import Plan
+from .settings import resolve_device
 from .findings import ess_figure, ess_table
 from .naming import CHOSEN_GROUPS, run_tags
 from ..layer_report import layer_keys
@@ -80,7 +81,7 @@ def record_start(tracker: tracking.Tracker, plan: Plan) -> None:
         tracker.log_params({**params, **chosen, "num_parameters": sum(p.numel() for p in model.parameters())})
         tracker.set_tags(run_tags(plan.choices, plan.overrides))
         # A seed and config fix the numbers only with the machine and stack: record where it ran.
-        tracker.set_tags({f"machine.{k}": v for k, v in machine().items()})
+        tracker.set_tags({f"machine.{k}": v for k, v in machine(resolve_device(plan.trainer.device)).items()})
         if plan.teacher is not None:
             teacher_model = plan.teacher.config.get("model", {})
             tracker.set_tags({"distill.teacher_checkpoint": plan.teacher.source,
@@ -92,7 +93,8 @@ def record_start(tracker: tracking.Tracker, plan: Plan) -> None:
                               "init.chosen_score": plan.search.scores[plan.search.index]})
     else:
         # the machine of the last resume beside the one the run started on (machine.*)
-        tracker.set_tags({"machine.last_resume": "; ".join(f"{k} {v}" for k, v in machine().items())})
+        here = machine(resolve_device(plan.trainer.device))
+        tracker.set_tags({"machine.last_resume": "; ".join(f"{k} {v}" for k, v in here.items())})
         if plan.resumed_changes:
             tracker.set_tags({f"resumed.{k}": f"{a} -> {b}" for k, (a, b) in plan.resumed_changes.items()})
 
