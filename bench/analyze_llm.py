@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=None, help="heads measured per layer (default: every head)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--models", nargs="+", choices=["llama", "mamba2"], default=["llama", "mamba2"])
+    parser.add_argument("--certified", type=float, default=None, metavar="RTOL",
+                        help="measure through certified_ess at this relative tolerance (analyze(certified=RTOL))")
     add_common_args(parser)
     args = parser.parse_args()
     setup(args)
@@ -86,9 +88,11 @@ def main() -> None:
     preset = PRESETS[args.preset]
     length = args.length or preset["length"]
     results = Results("analyze_llm", SUMMARY, {"preset": args.preset, "indices": args.indices, "heads": args.heads,
-                                               "repeats": args.repeats, "length": length})
+                                               "repeats": args.repeats, "length": length,
+                                               "certified": args.certified})
     print(f"machine: {machine_line()}")
     heads = f", {args.heads} heads per layer" if args.heads else ""
+    heads += f", certified to rtol {args.certified:g}" if args.certified else ""
     results.describe(f"preset {args.preset}: L = {length}, batch 1, float32, {args.indices} indices per layer{heads}, "
                      f"device {args.device}")
     table = results.table(["model", "params", "forward s", "analyze s", "analyze / forward", "peak GiB"],
@@ -105,7 +109,7 @@ def main() -> None:
             peak(args.device, reset=True)
             one_call = args.preset == "1b"
             analysis = best_of(lambda: ess_reg.analyze(model, ids, indices=indices, progress=one_call,
-                                                               channel_limit=args.heads),
+                                                       channel_limit=args.heads, certified=args.certified),
                                1 if one_call else args.repeats, warmup=0 if one_call else 1, device=args.device)
             analyze_peak = peak(args.device)
         layers = len(analysis.result.reports)
@@ -113,7 +117,8 @@ def main() -> None:
                   f"{analysis.best:.1f}", f"{analysis.best / forward.best:.0f}x",
                   f"{forward_peak:.1f} / {analyze_peak:.1f}", model=name, params=params, layers=layers,
                   forward_s=forward.best, analyze_s=analysis.best, forward_peak_gib=forward_peak,
-                  analyze_peak_gib=analyze_peak)
+                  analyze_peak_gib=analyze_peak, paths=sorted(set(analysis.result.paths.values())))
+        print(f"{name}: the layers' spectra paths: {', '.join(sorted(set(analysis.result.paths.values())))}")
         model = analysis = None  # free the model before the next one is built
         if args.device == "cuda":
             torch.cuda.empty_cache()

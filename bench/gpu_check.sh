@@ -8,6 +8,7 @@
 #    the CUDA run of tests/harness/test_train.py;
 # 2. bench/analyze_llm.py --preset 1b: analyze on a 1.10B Llama (eager) and a 1.37B Mamba2 at L = 2048,
 #    16 indices and 4 heads per layer, against one forward pass, into OUT_DIR/analyze_llm.txt and .json;
+#    then the Llama again with --certified 1e-3 (its blocks through the Gramian where it certifies);
 # 3. bench/report.py --gpu: the mixers (L = 1024) and the ESS fast paths (L = 256, 512) on cuda,
 #    into OUT_DIR/benchmarks_gpu.md with the card's name (docs/benchmarks_gpu.md keeps the tables).
 # Sized for a lent device's budget (15 minutes in all, a machine's start included; at most 10 a
@@ -51,9 +52,12 @@ echo "== analyze on 1B-parameter models (L = 2048): a Llama with eager attention
 timeout 120 "$py" bench/analyze_llm.py --preset 1b --indices 16 --heads 4 --repeats 1 --device cuda --threads 4 \
   --json "$out/analyze_llm.json" 2>&1 | tee "$out/analyze_llm.txt"
 llm=$?
+echo "== the same Llama, certified to 1e-3 (the Gramian's eigenvalues with their certificate, where they suffice)"
+timeout 60 "$py" bench/analyze_llm.py --preset 1b --models llama --certified 1e-3 --indices 16 --heads 4 --repeats 1 \
+  --device cuda --threads 4 2>&1 | tee -a "$out/analyze_llm.txt"
 
 echo "== benches"
-timeout 400 "$py" bench/report.py --gpu --threads 4 --out "$out/benchmarks_gpu.md" 2>&1 | tee "$out/bench.txt"
+timeout 340 "$py" bench/report.py --gpu --threads 4 --out "$out/benchmarks_gpu.md" 2>&1 | tee "$out/bench.txt"
 benches=$?
 
 echo "== summary: tests exit $tests, benches exit $benches, analyze_llm exit $llm"

@@ -50,7 +50,7 @@ BENCHES = {
 }
 # On a GPU (--gpu): the benches that run there, at GPU sizes, each with --device cuda.
 GPU_BENCHES = {
-    # Sized for gpu_check.sh's 400 s (measured on an H200, 2026-12-04): ess_speed's loop at L = 1024
+    # Sized for gpu_check.sh's 340 s (measured on an H200, 2026-12-04): ess_speed's loop at L = 1024
     # alone took over 2 min there (that run is in docs/benchmarks_gpu.md), mixers about 25 s a mixer.
     # mixers first: not yet measured on a GPU.
     "mixers": ["--lengths", "1024", "--repeats", "3", "--worker-timeout", "60", "--device", "cuda"],

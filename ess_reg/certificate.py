@@ -31,8 +31,10 @@ may count when ``sqrt(a_j^2 + E)`` exceeds the smallest, and at most ``E / thres
 the tail values can.
 
 Rounding: Ritz values and ``F^2`` carry errors of order ``eps * ||H||``; ``E`` gets an
-allowance of ``8 (k + 64) eps F^2`` for it, and the entropy bound one of ``r * ENTROPY_EPS`` for the
-smoothing ``p log(p + eps)`` of :func:`~ess_reg.ess.entropy_ess_from_svdvals`.
+allowance of ``8 (k + 64) eps F^2`` for it, and the entropy bound one of ``2 r * ENTROPY_EPS`` for the
+smoothing ``p log(p + eps)`` of :func:`~ess_reg.ess.entropy_ess_from_svdvals` (its shift, and as
+much again for its rounding: a rank-one block's exact value is ``exp(-log(1 + eps))``, one unit in
+the last place from ``exp(-eps)``).
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def entropy_ess_bounds(ritz: torch.Tensor, frob_sq: torch.Tensor, rank: torch.Te
     y = torch.maximum(x, level.unsqueeze(-1))
     highest = -_xlogx(y).sum(-1) - tail * _xlogx(level)
     highest = torch.minimum(highest, torch.log(rank.clamp(min=1)))  # never above the rank
-    smoothing = rank * eps
+    smoothing = 2 * rank * eps
     lower = torch.where(zero, torch.zeros_like(base), torch.exp(lowest - smoothing))
     upper = torch.where(zero, torch.zeros_like(base), torch.exp(highest))
     return lower, torch.maximum(upper, lower)

@@ -101,3 +101,14 @@ def test_dense_spectra_on_cuda_equal_the_cpu_on_low_rank_ill_conditioned_blocks(
     exact = ess_reg.entropy_ess(op, idx, method="state_space")  # equal to the CPU's loop to 1e-13
     on_gpu = ess_reg.entropy_ess(op.materialize().cuda(), idx, method="dense").cpu()
     assert (on_gpu - exact).abs().max() < 1e-8
+
+
+def test_the_gramian_route_on_cuda_contains_the_exact_values():
+    # cuSOLVER's symmetric eigensolver in place of an SVD: its intervals must hold the exact values
+    # on the low-rank, ill-conditioned blocks where the default SVD driver failed.
+    op = random_state_space((2,), 512, 16, regime="mixed")
+    idx = list(range(16, 512, 32))
+    exact = ess_reg.entropy_ess(op, idx, method="state_space")
+    result = ess_reg.certified_ess(op.materialize().cuda(), idx, min_size=0, max_fraction=0.01)
+    assert "gram" in result.path
+    assert torch.all(result.lower.cpu() <= exact + 1e-9) and torch.all(exact <= result.upper.cpu() + 1e-9)

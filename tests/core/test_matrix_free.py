@@ -70,9 +70,34 @@ def test_float32_operators_are_certified_in_float64():
 
 def test_a_long_tail_falls_back_to_the_exact_path_and_says_so():
     T = causal_with_spectrum(SPECTRA["flat"])
-    result = certified_ess(T, [80], rtol=1e-6, block_size=4, min_size=0)
+    result = certified_ess(T, [80], rtol=1e-6, block_size=4, min_size=0, gram=False)
     assert result.path == ["exact"] and torch.equal(result.lower, result.upper)
     assert torch.allclose(result.value, entropy_ess(T, [80]))
+
+
+@pytest.mark.parametrize("spectrum", list(SPECTRA))
+@pytest.mark.parametrize("kind", ["entropy", "tolerance"])
+def test_the_gramian_route_certifies_what_krylov_leaves(spectrum, kind):
+    # a basis limit below one block: no index tries the basis, each takes the Gramian or the SVD
+    T = causal_with_spectrum(SPECTRA[spectrum])
+    result = certified_ess(T, INDICES, measure=kind, min_size=0, max_fraction=0.01)
+    exact = entropy_ess(T, INDICES) if kind == "entropy" else tolerance_ess(T, indices=INDICES)
+    assert set(result.path) <= {"gram", "exact"} and "gram" in result.path
+    assert torch.all(result.lower <= exact + 1e-9) and torch.all(exact <= result.upper + 1e-9)
+    if kind == "entropy":
+        assert torch.all(result.half_width <= 1e-3 * result.lower)
+
+
+def test_the_gramian_route_gives_way_to_the_svd_where_its_interval_is_too_wide():
+    # squaring loses the small values' digits: no Gramian interval is as narrow as 1e-13
+    T = causal_with_spectrum(SPECTRA["fast decay"])
+    result = certified_ess(T, INDICES, rtol=1e-13, min_size=0, max_fraction=0.01)
+    assert result.path == ["exact"] * len(INDICES)
+    assert torch.allclose(result.value, entropy_ess(T, INDICES))
+    assert certified_ess(T, INDICES, min_size=0, max_fraction=0.01, gram=False).path == ["exact"] * len(INDICES)
+    assert certified_ess(T, INDICES).path == ["exact"] * len(INDICES)  # every block below min_size
+    with pytest.raises(TypeError, match="gram must be True or False"):
+        certified_ess(T, INDICES, gram=1)
 
 
 def test_an_operator_without_block_products_is_measured_exactly():
