@@ -18,9 +18,10 @@ through its own spectra path, and the result says which path each index took.
 
 An index the Krylov basis cannot settle (a small block, a long spectral tail) of an operator
 held as its matrix (``DenseOperator``, ``ToeplitzOperator``) first tries the Gramian: the
-eigenvalues of ``H_i^T H_i`` (its smaller side), cheaper than the SVD (about 1.6x on a CPU for
-blocks of 256-1024) and accurate to an absolute ``2 (m + n) eps ||H_i||_F^2`` in each squared
-singular value (the product's rounding and a backward-stable symmetric eigensolver's); lowered
+eigenvalues of ``H_i^T H_i`` (its smaller side), cheaper than a float64 SVD (about 1.6x on a CPU
+for blocks of 256-1024; about a float32 SVD's cost) and accurate to an absolute
+``2 (m + n) eps ||H_i||_F^2`` in each squared singular value (the product's rounding and a
+backward-stable symmetric eigensolver's); lowered
 by that much they are lower bounds, and with ``||H_i||_F`` the same certificate bounds the ESS.
 Squaring loses the small singular values' digits, so where they matter the interval is wide
 and the index takes the SVD after all.  Measurement
@@ -46,7 +47,7 @@ from .certificate import entropy_ess_bounds, tolerance_ess_bounds
 from .ess import (DEFAULT_TOL, ENTROPY_EPS, LayerESS, _check_tol, check_layer_batch, entropy_ess_from_svdvals,
                   tolerance_ess_from_svdvals)
 from .operators import DenseOperator, Operator, ToeplitzOperator, as_operator
-from .operators.batching import block_svdvals
+from .operators.batching import DEFAULT_MEMORY_BUDGET, block_svdvals
 from .spectra import _compute_dtype, hankel_svdvals
 from .indices import resolve_indices
 
@@ -135,6 +136,18 @@ def _gram_interval(block: torch.Tensor, measure: str, tol: float, relative: bool
     allowance = GRAM_ROUNDOFF * (m + n) * torch.finfo(block.dtype).eps * frob_sq
     lower_values = (squares - allowance.unsqueeze(-1)).clamp(min=0).sqrt()
     return _bounds(lower_values, frob_sq, min(m, n), measure, tol, relative, eps)
+
+
+def _gram_fits(op) -> bool:
+    """Whether the Gramian route stays within the spectra paths' default memory budget: the
+    whole batch's largest block in float64 and its Gramian (and, for a convolution, its
+    materialized matrix). Beyond it the exact path, which works in chunks, takes the index."""
+    length, batch = op.seq_len, op.batch_shape.numel()
+    half = length // 2
+    working = batch * (half * (length - half) + half * half) * 8
+    if isinstance(op, ToeplitzOperator):
+        working += batch * length * length * op.dtype.itemsize
+    return working <= DEFAULT_MEMORY_BUDGET
 
 
 def _converged(lower: torch.Tensor, upper: torch.Tensor, rtol: float, measure: str) -> bool:
@@ -283,7 +296,8 @@ def certified_ess(
         gram: an index left to the exact path of an operator held as its matrix, of a block no
             smaller than ``min_size``, first tries the Gramian's eigenvalues with their
             certificate (module docstring), and keeps that interval where it is within ``rtol``;
-            False goes straight to the SVD.
+            False goes straight to the SVD. Only where the whole batch's blocks fit the default
+            memory budget (512 MiB); beyond it the exact path's chunks take them.
         seed: of the random start block, so a measurement repeats exactly.
     """
     op = as_operator(x)
@@ -327,7 +341,7 @@ def certified_ess(
                     found[k] = result
         exact = [k for k in range(len(idx)) if k not in found]
         by_gram = set()
-        if exact and gram and isinstance(op, (DenseOperator, ToeplitzOperator)):
+        if exact and gram and isinstance(op, (DenseOperator, ToeplitzOperator)) and _gram_fits(op):
             T = op.materialize()
             for k in exact:
                 i = int(idx[k])

@@ -270,3 +270,14 @@ def test_ritz_values_go_through_block_svdvals(monkeypatch):
     assert "krylov" in result.path and shapes, "no Krylov index took the spy's SVDs"
     exact = entropy_ess(T, INDICES)
     assert torch.all((result.lower <= exact + 1e-9) & (exact <= result.upper + 1e-9))
+
+
+def test_the_gramian_route_stays_within_the_memory_budget(monkeypatch):
+    # a batch whose blocks would not fit the budget goes to the exact path, which works in chunks
+    import ess_reg.matrix_free as matrix_free
+
+    T = causal_with_spectrum(SPECTRA["fast decay"])
+    options = dict(min_size=0, max_fraction=0.01)
+    assert set(certified_ess(T, INDICES, **options).path) == {"gram"}
+    monkeypatch.setattr(matrix_free, "DEFAULT_MEMORY_BUDGET", 2**10)
+    assert certified_ess(T, INDICES, **options).path == ["exact"] * len(INDICES)
