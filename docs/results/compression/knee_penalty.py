@@ -25,6 +25,7 @@ confirmation's are in knee_ess_min_confirm.jsonl.gz beside this script).
 """
 
 import argparse
+import statistics
 from pathlib import Path
 
 from arms import tests_table  # this folder's arms.py: the Holm-corrected table of paired tests
@@ -198,8 +199,7 @@ def main(argv=None):
             # the mean by several coordinates, so the step is also shown robustly.
             largest_cut = grid[1]
             capped = paired_test([float(min(b, largest_cut) - min(a, largest_cut)) for b, a in knees])
-            median = sorted(b - a for b, a in knees)
-            say(f"- Secondary: the median step {(median[(len(median) - 1) // 2] + median[len(median) // 2]) / 2:+g}; "
+            say(f"- Secondary: the median step {statistics.median(b - a for b, a in knees):+g}; "
                 f"with knees above {largest_cut} counted as {largest_cut}, {capped.mean_difference:+.2f} "
                 f"[{capped.interval[0]:+.2f}, {capped.interval[1]:+.2f}], sign-flip p = {capped.permutation_p:.4f}")
     primary = next((t for name, t, _ in tests if name == f"cut to {args.primary}, after the fine-tune"), None)
