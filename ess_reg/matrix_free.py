@@ -17,7 +17,8 @@ An operator offers this through the :class:`BlockProducts` protocol (``DenseOper
 through its own spectra path, and the result says which path each index took.
 
 An index the Krylov basis cannot settle (a small block, a long spectral tail) of an operator
-held as its matrix (``DenseOperator``, ``ToeplitzOperator``) first tries the Gramian: the
+that can hand over ``H_i`` as a matrix (the :class:`ExplicitBlocks` protocol: ``DenseOperator``,
+``ToeplitzOperator``) first tries the Gramian: the
 eigenvalues of ``H_i^T H_i`` (its smaller side), cheaper than a float64 SVD (about 1.6x on a CPU
 for blocks of 256-1024; about a float32 SVD's cost) and accurate to an absolute
 ``2 (m + n) eps ||H_i||_F^2`` in each squared singular value (the product's rounding and a
@@ -46,12 +47,12 @@ from ._checks import check_int, check_number
 from .certificate import entropy_ess_bounds, tolerance_ess_bounds
 from .ess import (DEFAULT_TOL, ENTROPY_EPS, LayerESS, _check_tol, check_layer_batch, entropy_ess_from_svdvals,
                   tolerance_ess_from_svdvals)
-from .operators import DenseOperator, Operator, ToeplitzOperator, as_operator
+from .operators import Operator, as_operator
 from .operators.batching import DEFAULT_MEMORY_BUDGET, block_svdvals
 from .spectra import _compute_dtype, hankel_svdvals
 from .indices import resolve_indices
 
-__all__ = ["BlockProducts", "CertifiedESS", "certified_ess", "certified_layer_ess", "KINDS"]
+__all__ = ["BlockProducts", "ExplicitBlocks", "CertifiedESS", "certified_ess", "certified_layer_ess", "KINDS"]
 
 KINDS = ("entropy", "tolerance")
 DEFAULT_BLOCK = 16
@@ -83,6 +84,16 @@ class BlockProducts(Protocol):
     def block_apply(self, i: int, X: torch.Tensor) -> torch.Tensor: ...
     def block_apply_transpose(self, i: int, Y: torch.Tensor) -> torch.Tensor: ...
     def block_frobenius_sq(self, i: int, dtype: torch.dtype) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ExplicitBlocks(Protocol):
+    """An operator that can hand over one Hankel block as a matrix cheaply (it holds ``T``, or
+    the few numbers each entry is made of), which opens the Gramian route to it:
+    ``block_matrix(i, dtype)``: ``H_i`` in ``dtype``, ``(*batch, (L - i) D_out, i D_in)``, a new
+    tensor of that size and no more (never the whole ``T``)."""
+
+    def block_matrix(self, i: int, dtype: torch.dtype) -> torch.Tensor: ...
 
 
 @dataclass
@@ -128,26 +139,25 @@ def _bounds(ritz, frob_sq, rank, measure, tol, relative, eps):
 def _gram_interval(block: torch.Tensor, measure: str, tol: float, relative: bool, eps: float):
     """Bounds on the ESS of ``block`` ``(*batch, m, n)`` (float64) from the eigenvalues of its
     Gramian on the smaller side, each lowered by its rounding allowance (see the module
-    docstring), anchored on ``||block||_F^2``."""
+    docstring), anchored on ``||block||_F^2`` (the Gramian's trace: a sum of squares like any other,
+    without a second block-sized tensor)."""
     m, n = block.shape[-2:]
     gram = block.mT @ block if n <= m else block @ block.mT
+    frob_sq = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
     squares = torch.linalg.eigvalsh(gram).flip(-1)  # descending
-    frob_sq = block.square().sum((-2, -1))
     allowance = GRAM_ROUNDOFF * (m + n) * torch.finfo(block.dtype).eps * frob_sq
     lower_values = (squares - allowance.unsqueeze(-1)).clamp(min=0).sqrt()
     return _bounds(lower_values, frob_sq, min(m, n), measure, tol, relative, eps)
 
 
-def _gram_fits(op) -> bool:
-    """Whether the Gramian route stays within the spectra paths' default memory budget: the
-    whole batch's largest block in float64 and its Gramian (and, for a convolution, its
-    materialized matrix). Beyond it the exact path, which works in chunks, takes the index."""
-    length, batch = op.seq_len, op.batch_shape.numel()
-    half = length // 2
-    working = batch * (half * (length - half) + half * half) * 8
-    if isinstance(op, ToeplitzOperator):
-        working += batch * length * length * op.dtype.itemsize
-    return working <= DEFAULT_MEMORY_BUDGET
+def _gram_fits(op: Operator, i: int, budget: int) -> bool:
+    """Whether the Gramian route for index ``i`` stays within ``budget``: the whole batch's block
+    in float64, its Gramian and the eigensolver's copy of it. Beyond it the exact path, which
+    works in chunks, takes the index."""
+    d_in, d_out = op.io_width
+    rows, columns = (op.seq_len - i) * d_out, i * d_in
+    side = min(rows, columns)
+    return op.batch_shape.numel() * (rows * columns + 2 * side * side) * 8 <= budget
 
 
 def _converged(lower: torch.Tensor, upper: torch.Tensor, rtol: float, measure: str) -> bool:
@@ -293,11 +303,11 @@ def certified_ess(
             L = 512, blocks of at most 256 x 256, the Krylov path measured 0.4-0.8x the exact
             one's speed even on low-rank blocks); 0 tries every block.  Where ``||H_i||_F`` is
             unknown (a linearized module) every block goes through the basis, whatever its size.
-        gram: an index left to the exact path of an operator held as its matrix, of a block no
-            smaller than ``min_size``, first tries the Gramian's eigenvalues with their
+        gram: an index left to the exact path of an operator with :class:`ExplicitBlocks`, of a
+            block no smaller than ``min_size``, first tries the Gramian's eigenvalues with their
             certificate (module docstring), and keeps that interval where it is within ``rtol``;
-            False goes straight to the SVD. Only where the whole batch's blocks fit the default
-            memory budget (512 MiB); beyond it the exact path's chunks take them.
+            False goes straight to the SVD. Only where the whole batch's block at that index fits
+            the default memory budget (512 MiB); beyond it the exact path's chunks take it.
         seed: of the random start block, so a measurement repeats exactly.
     """
     op = as_operator(x)
@@ -341,13 +351,15 @@ def certified_ess(
                     found[k] = result
         exact = [k for k in range(len(idx)) if k not in found]
         by_gram = set()
-        if exact and gram and isinstance(op, (DenseOperator, ToeplitzOperator)) and _gram_fits(op):
-            T = op.materialize()
+        if exact and gram and isinstance(op, ExplicitBlocks):
+            d_in, d_out = op.io_width
             for k in exact:
                 i = int(idx[k])
-                if min(i, op.seq_len - i) < min_size:
+                if min(i * d_in, (op.seq_len - i) * d_out) < min_size:
                     continue  # a small block: the batched SVD of the exact path costs less
-                lower, upper = _gram_interval(T[..., i:, :i].to(dtype), measure, tol, relative, eps)
+                if not _gram_fits(op, i, DEFAULT_MEMORY_BUDGET):
+                    continue
+                lower, upper = _gram_interval(op.block_matrix(i, dtype), measure, tol, relative, eps)
                 if _converged(lower, upper, rtol, measure):
                     found[k] = (lower, upper, bounds[k])
                     by_gram.add(k)

@@ -92,6 +92,10 @@ class DenseOperator:
     def block_frobenius_sq(self, i: int, dtype: torch.dtype) -> torch.Tensor:
         return self.T[..., i:, :i].to(dtype).square().sum((-1, -2))
 
+    def block_matrix(self, i: int, dtype: torch.dtype) -> torch.Tensor:
+        """``H_i`` in ``dtype`` (ess_reg.matrix_free.ExplicitBlocks: the Gramian route)."""
+        return self.T[..., i:, :i].to(dtype, copy=True)
+
     kind = "dense"
     methods = ("dense", "loop")  # the first is what method="auto" takes
     io_width = (1, 1)

@@ -239,6 +239,20 @@ def test_a_gated_convolution_is_certified_without_forming_t():
     assert torch.allclose(entropy_ess(op, INDICES), exact)  # its exact path: T a few channels at a time
 
 
+def test_the_gramian_route_certifies_a_gated_convolution_from_its_filter():
+    from ess_reg import ToeplitzOperator
+
+    lags = torch.arange(L, dtype=torch.float64)
+    g = torch.Generator().manual_seed(5)
+    h = torch.stack([0.97 ** lags, torch.exp(-lags / 5) * torch.cos(lags / 3)])  # (2, L)
+    q, k = (1 + 0.1 * torch.randn(2, L, generator=g, dtype=torch.float64) for _ in range(2))
+    op = ToeplitzOperator(h, q, k)
+    result = certified_ess(op, INDICES, min_size=0, max_fraction=0.01)  # no basis: Gramian or SVD
+    exact = entropy_ess(op.materialize(), INDICES)
+    assert "gram" in result.path
+    assert torch.all(result.lower <= exact) and torch.all(exact <= result.upper)
+
+
 @pytest.mark.parametrize("shapes, message", [
     (((2, 1), (2, 8), (2, 8)), "L >= 2"),
     (((2, 8), (2, 7), (2, 8)), "q must have shape"),
@@ -281,3 +295,7 @@ def test_the_gramian_route_stays_within_the_memory_budget(monkeypatch):
     assert set(certified_ess(T, INDICES, **options).path) == {"gram"}
     monkeypatch.setattr(matrix_free, "DEFAULT_MEMORY_BUDGET", 2**10)
     assert certified_ess(T, INDICES, **options).path == ["exact"] * len(INDICES)
+    # per index: a budget that holds the edge blocks (3 x 157: 3.8 KiB with its Gramian) and not
+    # the middle ones (80 x 80: 150 KiB)
+    monkeypatch.setattr(matrix_free, "DEFAULT_MEMORY_BUDGET", 2**14)
+    assert certified_ess(T, INDICES, **options).path == ["gram", "exact", "exact", "exact", "gram"]

@@ -6,7 +6,7 @@ from torch import nn
 
 from ess_reg import hankel_svdvals
 from ess_reg.jacobian import jacobian_operator
-from ess_reg.matrix_free import BlockProducts
+from ess_reg.matrix_free import BlockProducts, ExplicitBlocks
 from ess_reg.operators import (DeltaRuleOperator, DenseOperator, DiagonalState, LinearizedOperator, Operator,
                                ToeplitzOperator, as_operator)
 
@@ -108,6 +108,21 @@ def test_block_products_are_products_with_the_hankel_blocks(kind):
         torch.testing.assert_close(op.block_apply_transpose(i, Y), block.mT @ Y)
         frob = op.block_frobenius_sq(i, torch.float64)
         assert frob is None if kind == "linearized" else torch.allclose(frob, block.square().sum((-1, -2)))
+
+
+@pytest.mark.parametrize("kind", ["dense", "toeplitz"])
+def test_explicit_blocks_are_the_hankel_blocks_of_t(kind):
+    op = KINDS[kind]()
+    assert isinstance(op, ExplicitBlocks)
+    T = op.materialize()
+    for i in range(1, op.seq_len):
+        block = op.block_matrix(i, torch.float32)
+        assert block.dtype == torch.float32 and block.shape == T[..., i:, :i].shape
+        torch.testing.assert_close(op.block_matrix(i, torch.float64), T[..., i:, :i], rtol=0, atol=1e-15)
+    block = op.block_matrix(3, torch.float64)
+    block.zero_()  # a new tensor: writing to it leaves the operator as it was
+    torch.testing.assert_close(op.materialize(), T)
+    assert not any(isinstance(KINDS[other](), ExplicitBlocks) for other in ("state_space", "delta_rule", "linearized"))
 
 
 def test_jacobian_apply_is_the_linear_module():
