@@ -49,7 +49,7 @@ from .ess import (DEFAULT_TOL, ENTROPY_EPS, LayerESS, _check_tol, check_layer_ba
                   tolerance_ess_from_svdvals)
 from .operators import Operator, as_operator
 from .operators.batching import DEFAULT_MEMORY_BUDGET, block_svdvals
-from .spectra import _compute_dtype, hankel_svdvals
+from .spectra import hankel_svdvals
 from .indices import resolve_indices
 
 __all__ = ["BlockProducts", "ExplicitBlocks", "CertifiedESS", "certified_ess", "certified_layer_ess", "KINDS"]
@@ -103,8 +103,8 @@ class CertifiedESS:
     nearest it).  ``rank``: the Krylov basis size each index ended with (its rank bound where
     it was computed exactly); ``path``: per index,
     ``"krylov"``, ``"gram"`` (the Gramian's eigenvalues with their certificate) or ``"exact"``
-    (the exact spectra path in the operator's compute dtype, as :func:`~ess_reg.ess.entropy_ess`
-    takes it; its interval is that one value)."""
+    (the exact spectra path in float64, whatever the operator's dtype; its interval is that one
+    value)."""
 
     value: torch.Tensor
     lower: torch.Tensor
@@ -365,7 +365,9 @@ def certified_ess(
                     by_gram.add(k)
             exact = [k for k in exact if k not in by_gram]
         if exact:  # the rest in one call of the exact spectra path (batched over indices)
-            values = _exact(op, idx[exact], measure, tol, relative, eps, _compute_dtype(op.dtype, None))
+            # in float64 like the rest: a float32 SVD's value would be given as an interval of width
+            # zero that its own rounding (about (m + n) eps s_1 per value) does not respect
+            values = _exact(op, idx[exact], measure, tol, relative, eps, dtype)
             for column, k in enumerate(exact):
                 found[k] = (values[..., column], values[..., column], bounds[k])
     lower = torch.stack([found[k][0] for k in range(len(idx))], -1)

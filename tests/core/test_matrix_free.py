@@ -68,6 +68,17 @@ def test_float32_operators_are_certified_in_float64():
     assert torch.all(result.lower <= exact) and torch.all(exact <= result.upper)
 
 
+def test_the_exact_path_of_a_float32_operator_runs_in_float64():
+    # its interval is one value: that value must be the float64 ESS of the matrix given, not a
+    # float32 SVD's (off by about 1e-6 here, which a zero-width interval would not admit)
+    T = causal_with_spectrum(SPECTRA["slow decay"]).float()
+    result = certified_ess(T, INDICES, gram=False)
+    assert result.path == ["exact"] * len(INDICES)
+    exact = entropy_ess(T.double(), INDICES)
+    torch.testing.assert_close(result.value, exact, rtol=1e-12, atol=0)
+    assert not torch.allclose(entropy_ess(T, INDICES).double(), exact, rtol=1e-9, atol=0)
+
+
 def test_a_long_tail_falls_back_to_the_exact_path_and_says_so():
     T = causal_with_spectrum(SPECTRA["flat"])
     result = certified_ess(T, [80], rtol=1e-6, block_size=4, min_size=0, gram=False)
