@@ -25,7 +25,17 @@ def _recall_labels(inputs: torch.Tensor, start: int, count: int) -> torch.Tensor
     return labels
 
 
-class SelectiveCopy(Task):
+class _CopyTask(Task):
+    """What both tasks share: every answer is a data token, drawn uniformly."""
+
+    vocab_size: int
+
+    @property
+    def chance_accuracy(self) -> float:
+        return 1 / (self.vocab_size - FIRST_DATA_TOKEN)
+
+
+class SelectiveCopy(_CopyTask):
     def __init__(self, vocab_size: int = 16, seq_len: int = 64, num_tokens: int = 8):
         check_int("vocab_size", vocab_size, FIRST_DATA_TOKEN + 1)
         check_int("num_tokens", num_tokens, 1)
@@ -43,10 +53,6 @@ class SelectiveCopy(Task):
     def items_to_recall(self) -> int:
         return self.num_tokens
 
-    @property
-    def chance_accuracy(self) -> float:
-        return 1 / (self.vocab_size - FIRST_DATA_TOKEN)  # a data token
-
     def generate(self, num_examples: int, seed: int) -> Batch:
         check_int("num_examples", num_examples, 1)
         g = generator(seed)
@@ -61,7 +67,7 @@ class SelectiveCopy(Task):
         return Batch(inputs, _recall_labels(inputs, context, k))
 
 
-class Compression(Task):
+class Compression(_CopyTask):
     def __init__(self, vocab_size: int = 16, seq_len: int = 32):
         check_int("vocab_size", vocab_size, FIRST_DATA_TOKEN + 1)
         check_int("seq_len", seq_len, 4)
@@ -76,10 +82,6 @@ class Compression(Task):
     @property
     def items_to_recall(self) -> int:
         return self.context_end
-
-    @property
-    def chance_accuracy(self) -> float:
-        return 1 / (self.vocab_size - FIRST_DATA_TOKEN)  # a data token
 
     def generate(self, num_examples: int, seed: int) -> Batch:
         check_int("num_examples", num_examples, 1)
