@@ -93,3 +93,12 @@ def test_compression():
 
 def test_registry():
     assert set(TASKS) == {"mqar", "selective_copy", "compression"}
+
+
+@pytest.mark.parametrize("task", [MQAR(vocab_size=40, seq_len=32, num_kv_pairs=4), SelectiveCopy(vocab_size=12),
+                                  Compression(vocab_size=12)], ids=lambda t: type(t).__name__)
+def test_chance_accuracy_is_one_over_the_answers_a_guess_picks_from(task):
+    # every answer is drawn uniformly from 1 / chance tokens: a large batch shows all of them
+    labels = task.generate(400, seed=3).labels
+    answers = labels[labels != IGNORE].unique()
+    assert len(answers) * task.chance_accuracy == pytest.approx(1.0)
