@@ -8,7 +8,11 @@ validation loss at that step (lower in the runs that learn: what a researcher re
 the difference of the two AUCs with a bootstrap interval (runs resampled within each group, both
 scores kept together); the AUC of utilization at other evaluations; the collapse flag at --step
 (every layer's utilization at most 0.25) as a rule for stopping a run, with the failing runs it
-catches and the learners it would stop (exact intervals) and the steps it would save.
+catches and the learners it would stop (exact intervals) and the steps it would save; and a
+restart rule, the direction early_warning found turned into a procedure (added 2026-12-04, before
+any early_warning_confirm run was looked at): start k seeds, read each one's utilization at
+--step, go on with the lowest; its rate of runs that learn over every k-subset of a mixer's runs
+(exact, not sampled) against the base rate, with a percentile bootstrap over runs.
 
     python docs/results/early_warning.py --records docs/results/early_warning/runs.jsonl.gz \
         --out docs/results/early_warning
@@ -19,13 +23,15 @@ read in a records file. Writes early_warning.md into --out.
 
 import argparse
 from collections import defaultdict
+from math import comb
 from pathlib import Path
 
 import numpy as np
 
 from ess_reg.harness.records import save_records, with_records
 from ess_reg.harness.runsets import COLLAPSED, LAYER_UTILIZATION, load_runs
-from ess_reg.harness.stats import auc_test, holm, pairwise_auc, proportion_interval, two_group_percentile_interval
+from ess_reg.harness.stats import (auc_test, bootstrap_interval, holm, pairwise_auc, proportion_interval,
+                                  two_group_percentile_interval)
 
 
 def at_step(run, key: str, step: int) -> float:
@@ -54,7 +60,16 @@ def difference_interval(learners, failures, level=0.95, resamples=2000, seed=0):
                                          resamples=resamples, seed=seed)
 
 
-def analyse(runs, *, step: int = 200, learned: float = 0.25, other_steps=(100, 300, 400)) -> str:
+def keep_lowest_rate(scores, learned, k: int) -> float:
+    """The share of the k-subsets of runs whose lowest-scoring run learned: the run ranked j-th
+    from the bottom of n is a subset's lowest in C(n - 1 - j, k - 1) of the C(n, k) subsets."""
+    order = sorted(range(len(scores)), key=lambda r: scores[r])
+    n = len(order)
+    return sum(comb(n - 1 - j, k - 1) for j, r in enumerate(order) if learned[r]) / comb(n, k)
+
+
+def analyse(runs, *, step: int = 200, learned: float = 0.25, other_steps=(100, 200, 300, 400),
+            keep_of=(2, 3)) -> str:
     by_mixer = defaultdict(list)
     for r in runs:
         if r.params.get("penalty", "none") == "none":
@@ -93,6 +108,7 @@ def analyse(runs, *, step: int = 200, learned: float = 0.25, other_steps=(100, 3
             f"[{loss.interval[0]:.3f}, {loss.interval[1]:.3f}] | {loss.p:.4f} | "
             f"{util.auc - loss.auc:+.3f} [{diff[0]:+.3f}, {diff[1]:+.3f}] |")
     say("")
+    other_steps = [s for s in other_steps if s != step]
     say("Secondary: the AUC of utilization at other evaluations (uncorrected).")
     say("")
     say("| mixer | " + " | ".join(f"step {s}" for s in other_steps) + " |")
@@ -126,6 +142,27 @@ def analyse(runs, *, step: int = 200, learned: float = 0.25, other_steps=(100, 3
             return f"{k} of {n} [{low:.2f}, {high:.2f}]"
         say(f"| {mixer} | {rate(flagged_f, len(failures))} | {rate(flagged_l, len(learners))} | "
             + (f"{saved / total:.0%} |" if total else "- |"))
+    say("")
+    say(f"Secondary: start k seeds, go on with the one whose utilization at step {step} is lowest. Its share "
+        "of runs that learn over every k-subset, against the base rate (one seed), with a 95% percentile "
+        "bootstrap over runs; the extra steps it costs, as a share of one run.")
+    say("")
+    say("| mixer | one seed | " + " | ".join(f"lowest of {k}" for k in keep_of) + " |")
+    say("|---" * (2 + len(keep_of)) + "|")
+    for mixer, group, learners, util, _, _ in rows:
+        if util is None:
+            continue
+        scores = [at_step(r, "ess/util", step) for r in group]
+        outcome = [r in learners for r in group]
+        max_steps = int(group[0].params.get("trainer.max_steps", 0))
+        cells = [f"{sum(outcome) / len(group):.2f}"]
+        for k in keep_of:
+            def statistic(picks, k=k):
+                return keep_lowest_rate([scores[i] for i in picks], [outcome[i] for i in picks], k)
+            low, high = bootstrap_interval(statistic, len(group))
+            cost = f", +{(k - 1) * step / max_steps:.0%} steps" if max_steps else ""
+            cells.append(f"{keep_lowest_rate(scores, outcome, k):.2f} [{low:.2f}, {high:.2f}]{cost}")
+        say(f"| {mixer} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
