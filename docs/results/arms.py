@@ -12,7 +12,9 @@ An arm is the run's penalty option, with its weight when the runs of that option
 all finish is named and left out. --rescue T counts, at the end of the runs, the seeds below T
 without the arm that end at T or above with it (rescued) and the reverse (lost), with the exact
 McNemar p. --family makes the accuracy and first-step tests one registered family (Holm over
-all of them); --at STEP adds the accuracy at an earlier step per seed. --experiment repeats to
+all of them); --at STEP adds the accuracy at an earlier step per seed; --check KEY@STEP (repeatable)
+tests a logged measure at an evaluation step, paired by seed by the exact sign test (that an
+intervention moved what it acts on: ess/util@100 for a penalty on utilization). --experiment repeats to
 pool studies of one design on disjoint seeds (a confirmation beside its original); the report
 says it is pooled. --table pools a study whose store is gone
 from the per-seed table this script published for it (accuracies to 3 decimals, the collapse
@@ -116,9 +118,24 @@ def accuracy_at(run, step: int) -> float | None:
     return next((value for s, value in run.history.get("valid/accuracy", []) if s == step), None)
 
 
+def value_at(run, key: str, step: int) -> float:
+    """``key``'s evaluation at ``step``; a run without it is an error, not a gap."""
+    value = next((v for s, v in run.history.get(key, []) if s == step), None)
+    if value is None:
+        raise SystemExit(f"run {run.run_id} ({run.name}) has no {key} at step {step}")
+    return value
+
+
+def parse_check(spec: str) -> tuple[str, int]:
+    key, _, step = spec.rpartition("@")
+    if not key or not step.isdigit():
+        raise SystemExit(f"--check {spec!r}: give KEY@STEP, e.g. ess/util@100")
+    return key, int(step)
+
+
 def analyse(runs, compare: list[str], *, title: str, thresholds=(0.25, 0.5), paired_only=False,
             steps_test: float | None = None, rescue_at: float | None = None, family: bool = False,
-            at: int | None = None) -> str:
+            at: int | None = None, checks: tuple[str, ...] = ()) -> str:
     if family and steps_test is None:
         raise SystemExit("a registered family of accuracy and first step (--family) needs --steps-test")
     table = by_seed(runs)
@@ -195,6 +212,16 @@ def analyse(runs, compare: list[str], *, title: str, thresholds=(0.25, 0.5), pai
             rate = "-" if not failing else "{} of {} [{:.2f}, {:.2f}]".format(
                 rescued, failing, *proportion_interval(rescued, failing))
             lines.append(f"| {arm} vs {base} | {n} | {failing} | {rate} | {lost} | {p:.3f} | {p_holm:.3f} |")
+    if checks:
+        lines += ["", "Checks: a logged measure at an evaluation step, paired by seed; exact two-sided sign test "
+                  "(uncorrected):", "", "| arm vs baseline | measure | pairs | arm lower / higher / tied "
+                  "| median difference [arm - baseline] | p |", "|---" * 6 + "|"]
+        for key, step in map(parse_check, checks):
+            for arm, base, pairs, _ in tests:
+                d = [value_at(a, key, step) - value_at(b, key, step) for a, b in pairs]
+                higher, lower, ties, p = sign_test(d)
+                lines.append(f"| {arm} vs {base} | {key} at step {step} | {len(d)} | {lower} / {higher} / {ties} | "
+                             f"{statistics.median(d):+.4f} | {p:.3f} |")
     if steps_test is not None:
         lines += ["", f"Faster: the first step at accuracy {steps_test:g}, paired by seed (never reached ranks "
                   "last; two such runs tie); exact two-sided sign test, Holm over the comparisons:", "",
@@ -249,6 +276,9 @@ def main(argv=None):
                              "also report Holm over all of them together")
     parser.add_argument("--at", type=int, default=None, metavar="STEP",
                         help="also the accuracy at evaluation step STEP per seed (an earlier budget's end)")
+    parser.add_argument("--check", action="append", default=[], metavar="KEY@STEP",
+                        help="repeatable: a logged measure at an evaluation step, paired by seed (sign test), "
+                             "e.g. ess/util@100")
     parser.add_argument("--title", default=None, help="the report's title (default: the experiment's name)")
     parser.add_argument("--paired-only", action="store_true",
                         help="keep only the seeds where every arm finished (a clock stop's complete pairs); "
@@ -272,7 +302,8 @@ def main(argv=None):
     pooled = len(sources) > 1
     title = args.title or ("pooled " + " + ".join(sources) if pooled else sources[0])
     text = analyse(runs, args.compare, title=title, thresholds=thresholds, paired_only=args.paired_only,
-                   steps_test=args.steps_test, rescue_at=args.rescue, family=args.family, at=args.at)
+                   steps_test=args.steps_test, rescue_at=args.rescue, family=args.family, at=args.at,
+                   checks=tuple(args.check))
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

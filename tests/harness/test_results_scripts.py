@@ -58,6 +58,22 @@ def test_arms_counts_a_sign_flip_test_and_the_rescues(arms):
     assert row(text, "| ess_constraint | 8 |")[3].startswith("0 [")
 
 
+def test_arms_checks_a_measure_at_a_step_by_the_sign_test(arms):
+    # the arm's utilization at step 100 lower on 7 of 8 seeds, tied on one: exact sign p = 2 / 2^7
+    runs = study(arms, [0.05] * 8, [0.9] * 8)
+    for r in runs:
+        lowered = r.params["penalty"] != "none" and r.params["seed"] != "0"
+        r.history["ess/util"] = [(100, 0.15 if lowered else 0.2), (200, 0.2)]
+    text = arms.analyse(runs, ["ess_constraint:none"], title="t", checks=("ess/util@100", "ess/util@200"))
+    cells = row(text, "| ess_constraint vs none | ess/util at step 100 |")
+    assert cells[2:5] == ["8", "7 / 0 / 1", "-0.0500"] and float(cells[5]) == pytest.approx(2 / 2 ** 7, abs=1e-3)
+    assert row(text, "| ess_constraint vs none | ess/util at step 200 |")[3:6] == ["0 / 0 / 8", "+0.0000", "1.000"]
+    with pytest.raises(SystemExit, match="has no ess/util at step 300"):
+        arms.analyse(runs, ["ess_constraint:none"], title="t", checks=("ess/util@300",))
+    with pytest.raises(SystemExit, match="give KEY@STEP"):
+        arms.analyse(runs, ["ess_constraint:none"], title="t", checks=("ess/util",))
+
+
 def test_arms_paired_only_names_and_leaves_out_an_unfinished_pair(arms):
     runs = study(arms, [0.1, 0.2, 0.3], [0.2, 0.3, 0.4])
     runs.append(run(9, "none", 0.05))  # its arm was stopped by the clock
