@@ -90,10 +90,12 @@ class BlockProducts(Protocol):
 class ExplicitBlocks(Protocol):
     """An operator that can hand over one Hankel block as a matrix cheaply (it holds ``T``, or
     the few numbers each entry is made of), which opens the Gramian route to it:
-    ``block_matrix(i, dtype)``: ``H_i`` in ``dtype``, ``(*batch, (L - i) D_out, i D_in)``, a new
-    tensor of that size and no more (never the whole ``T``)."""
+    ``block_matrix(i, dtype, items)``: ``H_i`` in ``dtype`` for the batch elements ``items`` (a
+    slice of the flattened batch), ``(len(items), (L - i) D_out, i D_in)``, a new tensor of that
+    size and no more (never the whole ``T``), so the route can go through a large batch in
+    chunks."""
 
-    def block_matrix(self, i: int, dtype: torch.dtype) -> torch.Tensor: ...
+    def block_matrix(self, i: int, dtype: torch.dtype, items: slice) -> torch.Tensor: ...
 
 
 @dataclass
@@ -150,14 +152,22 @@ def _gram_interval(block: torch.Tensor, measure: str, tol: float, relative: bool
     return _bounds(lower_values, frob_sq, min(m, n), measure, tol, relative, eps)
 
 
-def _gram_fits(op: Operator, i: int, budget: int) -> bool:
-    """Whether the Gramian route for index ``i`` stays within ``budget``: the whole batch's block
-    in float64, its Gramian and the eigensolver's copy of it. Beyond it the exact path, which
-    works in chunks, takes the index."""
+def _gram_chunk(op: Operator, i: int, budget: int) -> int:
+    """How many batch elements the Gramian route for index ``i`` takes at once within ``budget``:
+    each needs its block in float64, its Gramian and the eigensolver's copy of it. 0 where one
+    alone does not fit: then the exact path, which works in smaller pieces, takes the index."""
     d_in, d_out = op.io_width
     rows, columns = (op.seq_len - i) * d_out, i * d_in
     side = min(rows, columns)
-    return op.batch_shape.numel() * (rows * columns + 2 * side * side) * 8 <= budget
+    return min(op.batch_shape.numel(), budget // ((rows * columns + 2 * side * side) * 8))
+
+
+def _gram_index(op: Operator, i: int, chunk: int, dtype: torch.dtype, options: dict):
+    """The Gramian route's interval for index ``i``, ``chunk`` batch elements at a time."""
+    batch = op.batch_shape.numel()
+    parts = [_gram_interval(op.block_matrix(i, dtype, slice(b, b + chunk)), **options)
+             for b in range(0, batch, chunk)]
+    return tuple(torch.cat(side).reshape(op.batch_shape) for side in zip(*parts))
 
 
 def _converged(lower: torch.Tensor, upper: torch.Tensor, rtol: float, measure: str) -> bool:
@@ -306,8 +316,9 @@ def certified_ess(
         gram: an index left to the exact path of an operator with :class:`ExplicitBlocks`, of a
             block no smaller than ``min_size``, first tries the Gramian's eigenvalues with their
             certificate (module docstring), and keeps that interval where it is within ``rtol``;
-            False goes straight to the SVD. Only where the whole batch's block at that index fits
-            the default memory budget (512 MiB); beyond it the exact path's chunks take it.
+            False goes straight to the SVD. It takes as many batch elements at a time as the
+            default memory budget (512 MiB) holds; an index where one alone does not fit goes to
+            the exact path, whose pieces are smaller.
         seed: of the random start block, so a measurement repeats exactly.
     """
     op = as_operator(x)
@@ -357,9 +368,11 @@ def certified_ess(
                 i = int(idx[k])
                 if min(i * d_in, (op.seq_len - i) * d_out) < min_size:
                     continue  # a small block: the batched SVD of the exact path costs less
-                if not _gram_fits(op, i, DEFAULT_MEMORY_BUDGET):
+                chunk = _gram_chunk(op, i, DEFAULT_MEMORY_BUDGET)
+                if chunk == 0:
                     continue
-                lower, upper = _gram_interval(op.block_matrix(i, dtype), measure, tol, relative, eps)
+                lower, upper = _gram_index(op, i, chunk, dtype, dict(measure=measure, tol=tol, relative=relative,
+                                                                     eps=eps))
                 if _converged(lower, upper, rtol, measure):
                     found[k] = (lower, upper, bounds[k])
                     by_gram.add(k)

@@ -92,9 +92,11 @@ class DenseOperator:
     def block_frobenius_sq(self, i: int, dtype: torch.dtype) -> torch.Tensor:
         return self.T[..., i:, :i].to(dtype).square().sum((-1, -2))
 
-    def block_matrix(self, i: int, dtype: torch.dtype) -> torch.Tensor:
-        """``H_i`` in ``dtype`` (ess_reg.matrix_free.ExplicitBlocks: the Gramian route)."""
-        return self.T[..., i:, :i].to(dtype, copy=True)
+    def block_matrix(self, i: int, dtype: torch.dtype, items: slice = slice(None)) -> torch.Tensor:
+        """``H_i`` in ``dtype`` for the elements ``items`` of the flattened batch
+        (ess_reg.matrix_free.ExplicitBlocks: the Gramian route)."""
+        flat = self.T.reshape(-1, self.seq_len, self.seq_len)  # a view where T is contiguous
+        return flat[items, i:, :i].to(dtype, copy=True)
 
     kind = "dense"
     methods = ("dense", "loop")  # the first is what method="auto" takes

@@ -161,12 +161,12 @@ class ToeplitzOperator:
         spread = self._convolve(inputs, torch.fft.rfft(h.square(), n=self.seq_len))[..., i:]
         return (q[..., i:].square() * spread.clamp(min=0)).sum(-1)
 
-    def block_matrix(self, i: int, dtype: torch.dtype) -> torch.Tensor:
-        """``H_i`` in ``dtype`` (ess_reg.matrix_free.ExplicitBlocks), built from the filter without
-        ``T``: row ``r`` holds the lags ``i + r`` down to ``r + 1``, the window ``h[r + 1 : r + i + 1]``
-        reversed."""
-        h, q, k = (t.to(dtype) for t in self.factors())
-        block = h[..., 1:].unfold(-1, i, 1).flip(-1)  # (*batch, L - i, i), a new tensor
+    def block_matrix(self, i: int, dtype: torch.dtype, items: slice = slice(None)) -> torch.Tensor:
+        """``H_i`` in ``dtype`` for the elements ``items`` of the flattened batch
+        (ess_reg.matrix_free.ExplicitBlocks), built from the filter without ``T``: row ``r``
+        holds the lags ``i + r`` down to ``r + 1``, the window ``h[r + 1 : r + i + 1]`` reversed."""
+        h, q, k = (t.reshape(-1, self.seq_len)[items].to(dtype) for t in self.factors())
+        block = h[..., 1:].unfold(-1, i, 1).flip(-1)  # (items, L - i, i), a new tensor
         return block.mul_(q[..., i:, None]).mul_(k[..., None, :i])
 
     def __repr__(self) -> str:

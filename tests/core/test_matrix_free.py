@@ -7,6 +7,7 @@ import torch
 from ess_reg import StateSpaceOperator, certified_ess, entropy_ess, tolerance_ess
 from ess_reg.certificate import entropy_ess_bounds, tolerance_ess_bounds
 from ess_reg.ess import entropy_ess_from_svdvals, tolerance_ess_from_svdvals
+from ess_reg.operators import as_operator
 
 L = 160
 INDICES = [3, 40, 80, 120, 157]
@@ -310,3 +311,21 @@ def test_the_gramian_route_stays_within_the_memory_budget(monkeypatch):
     # the middle ones (80 x 80: 150 KiB)
     monkeypatch.setattr(matrix_free, "DEFAULT_MEMORY_BUDGET", 2**14)
     assert certified_ess(T, INDICES, **options).path == ["gram", "exact", "exact", "exact", "gram"]
+
+
+def test_the_gramian_route_takes_a_large_batch_in_chunks(monkeypatch):
+    # three heads whose blocks at index 80 take 150 KiB each with the Gramian: a budget of 400 KiB
+    # holds two at a time, the route goes through all three, and the intervals are those of one pass
+    import ess_reg.matrix_free as matrix_free
+
+    T = torch.stack([causal_with_spectrum(SPECTRA["fast decay"], seed=s) for s in range(3)])
+    options = dict(min_size=0, max_fraction=0.01)
+    whole = certified_ess(T, [80], **options)
+    monkeypatch.setattr(matrix_free, "DEFAULT_MEMORY_BUDGET", 400 * 2**10)
+    assert matrix_free._gram_chunk(as_operator(T), 80, matrix_free.DEFAULT_MEMORY_BUDGET) == 2
+    chunked = certified_ess(T, [80], **options)
+    assert whole.path == chunked.path == ["gram"]
+    torch.testing.assert_close(chunked.lower, whole.lower, rtol=1e-12, atol=0)
+    torch.testing.assert_close(chunked.upper, whole.upper, rtol=1e-12, atol=0)
+    exact = entropy_ess(T, [80])
+    assert torch.all(chunked.lower <= exact) and torch.all(exact <= chunked.upper)

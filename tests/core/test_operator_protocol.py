@@ -114,12 +114,14 @@ def test_block_products_are_products_with_the_hankel_blocks(kind):
 def test_explicit_blocks_are_the_hankel_blocks_of_t(kind):
     op = KINDS[kind]()
     assert isinstance(op, ExplicitBlocks)
-    T = op.materialize()
+    T = op.materialize().reshape(-1, op.seq_len, op.seq_len)  # the flattened batch
     for i in range(1, op.seq_len):
-        block = op.block_matrix(i, torch.float32)
-        assert block.dtype == torch.float32 and block.shape == T[..., i:, :i].shape
-        torch.testing.assert_close(op.block_matrix(i, torch.float64), T[..., i:, :i], rtol=0, atol=1e-15)
-    block = op.block_matrix(3, torch.float64)
+        block = op.block_matrix(i, torch.float32, slice(None))
+        assert block.dtype == torch.float32 and block.shape == T[:, i:, :i].shape
+        torch.testing.assert_close(op.block_matrix(i, torch.float64, slice(None)), T[:, i:, :i], rtol=0, atol=1e-15)
+        torch.testing.assert_close(op.block_matrix(i, torch.float64, slice(1, 2)), T[1:2, i:, :i], rtol=0, atol=1e-15)
+    T = op.materialize().clone()
+    block = op.block_matrix(3, torch.float64, slice(None))
     block.zero_()  # a new tensor: writing to it leaves the operator as it was
     torch.testing.assert_close(op.materialize(), T)
     assert not any(isinstance(KINDS[other](), ExplicitBlocks) for other in ("state_space", "delta_rule", "linearized"))
