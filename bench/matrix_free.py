@@ -64,7 +64,7 @@ def linear_attention(length: int) -> torch.Tensor:
 
 def check(exact: torch.Tensor, certified) -> tuple[bool, float]:
     """Every index the Krylov or Gramian path answered inside its interval (an exact-path index
-    is the exact path's value in the operator's dtype); the largest relative error of any value."""
+    is the exact path's float64 value, an interval of one point); the largest relative error of any value."""
     krylov = torch.tensor([p in ("krylov", "gram") for p in certified.path])
     inside = bool(((certified.lower <= exact) & (exact <= certified.upper))[..., krylov].all())
     error = float(((certified.value - exact).abs() / exact.clamp(min=1e-12)).max().detach())
