@@ -144,8 +144,8 @@ def analyse(runs, *, step: int = 200, learned: float = 0.25, other_steps=(100, 2
             + (f"{saved / total:.0%} |" if total else "- |"))
     say("")
     say(f"Secondary: start k seeds, go on with the one whose utilization at step {step} is lowest. Its share "
-        "of runs that learn over every k-subset, against the base rate (one seed), with a 95% percentile "
-        "bootstrap over runs; the extra steps it costs, as a share of one run.")
+        "of runs that learn over every k-subset, and its gain over the base rate (one seed), each with a 95% "
+        "percentile bootstrap over runs; the extra steps it costs, as a share of one run.")
     say("")
     say("| mixer | one seed | " + " | ".join(f"lowest of {k}" for k in keep_of) + " |")
     say("|---" * (2 + len(keep_of)) + "|")
@@ -159,9 +159,15 @@ def analyse(runs, *, step: int = 200, learned: float = 0.25, other_steps=(100, 2
         for k in keep_of:
             def statistic(picks, k=k):
                 return keep_lowest_rate([scores[i] for i in picks], [outcome[i] for i in picks], k)
+
+            def gain(picks, k=k):  # against one seed, on the same resample
+                return statistic(picks) - sum(outcome[i] for i in picks) / len(picks)
             low, high = bootstrap_interval(statistic, len(group))
+            gain_low, gain_high = bootstrap_interval(gain, len(group))
+            rate = keep_lowest_rate(scores, outcome, k)
             cost = f", +{(k - 1) * step / max_steps:.0%} steps" if max_steps else ""
-            cells.append(f"{keep_lowest_rate(scores, outcome, k):.2f} [{low:.2f}, {high:.2f}]{cost}")
+            cells.append(f"{rate:.2f} [{low:.2f}, {high:.2f}]; gain {rate - sum(outcome) / len(group):+.2f} "
+                         f"[{gain_low:+.2f}, {gain_high:+.2f}]{cost}")
         say(f"| {mixer} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

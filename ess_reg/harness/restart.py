@@ -1,0 +1,90 @@
+"""The restart rule: of several seeds trained a few steps each, say which one to go on with.
+
+    ess-train -m experiment=my_study seed=1,2 trainer.max_steps=100
+    python -m ess_reg.harness.restart --experiment my_study --step 100 --max-steps 1200
+    ess-train trainer.resume=<the run it names> trainer.max_steps=1200
+
+Every finished run of the experiment that stopped at ``--step`` is a candidate; the one whose
+``--metric`` (default the model's utilization, ``ess/util``) is lowest there is named, with the
+command that resumes it to the full budget (a resumed run goes on exactly as one trained straight
+through would). Lowest, because where it was measured (two-layer ``la`` and ``wla`` on MQAR, 128
+tokens) the runs that went on to learn had collapsed their state *further* by step 100, while
+their loss did not tell them apart: docs/results.md, ``early_warning_confirm``. ``--highest``
+picks the other end, for a measure that points the other way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+
+from .runsets import RunRecord, load_runs
+
+__all__ = ["candidates", "pick", "main"]
+
+
+def candidates(runs: Sequence[RunRecord], step: int, metric: str) -> list[tuple[RunRecord, float]]:
+    """The runs that stopped at ``step`` with their ``metric`` there. A candidate without the
+    metric at that step, or with a value that is not finite, is an error that names it."""
+    found = []
+    for run in runs:
+        if run.steps != step:
+            continue  # went on past it (already chosen) or stopped elsewhere: not a candidate
+        value = next((v for s, v in run.history.get(metric, []) if s == step), None)
+        if value is None:
+            raise ValueError(f"run {run.run_id} ({run.name}) stopped at step {step} but logged no {metric} there "
+                             f"(its {metric} steps: {[s for s, _ in run.history.get(metric, [])]})")
+        if not math.isfinite(value):
+            raise ValueError(f"run {run.run_id} ({run.name}) has {metric} = {value} at step {step}")
+        found.append((run, value))
+    if not found:
+        reached = sorted({r.steps for r in runs if r.steps is not None})
+        raise ValueError(f"no finished run stopped at step {step} (the runs reached steps {reached}); "
+                         f"train the seeds with trainer.max_steps={step} first")
+    return sorted(found, key=lambda pair: (pair[1], pair[0].name))
+
+
+def pick(runs: Sequence[RunRecord], step: int, metric: str = "ess/util", highest: bool = False) -> RunRecord:
+    """The candidate (see :func:`candidates`) with the lowest ``metric`` at ``step`` (highest with
+    ``highest``); ties go to the first by name, so the choice repeats."""
+    ranked = candidates(runs, step, metric)
+    if highest:
+        best = max(value for _, value in ranked)
+        return next(run for run, value in ranked if value == best)
+    return ranked[0][0]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ess_reg.harness.restart", description=__doc__.split("\n")[0])
+    parser.add_argument("--experiment", required=True)
+    parser.add_argument("--step", type=int, required=True, help="the step the seeds were trained to")
+    parser.add_argument("--metric", default="ess/util", help="the logged measure to rank by (default ess/util)")
+    parser.add_argument("--highest", action="store_true", help="go on with the highest instead of the lowest")
+    parser.add_argument("--max-steps", type=int, default=None, help="the full budget, for the resume command")
+    parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
+    args = parser.parse_args(argv)
+    if args.step < 1:
+        parser.error(f"--step must be at least 1, got {args.step}")
+    if args.max_steps is not None and args.max_steps <= args.step:
+        parser.error(f"--max-steps ({args.max_steps}) must be beyond --step ({args.step})")
+    try:
+        runs = load_runs(args.tracking_uri, experiment=args.experiment)
+        ranked = candidates(runs, args.step, args.metric)
+        chosen = pick(runs, args.step, args.metric, args.highest)
+    except ValueError as err:
+        print(f"restart: error: {err}", file=sys.stderr)
+        return 2
+    width = max(len(run.name) for run, _ in ranked)
+    print(f"{'run':<{width}}  {'id':<32}  {args.metric} at step {args.step}")
+    for run, value in ranked:
+        mark = "  <- go on with this one" if run is chosen else ""
+        print(f"{run.name:<{width}}  {run.run_id:<32}  {value:.4f}{mark}")
+    budget = args.max_steps if args.max_steps is not None else "<budget>"
+    print(f"\ness-train trainer.resume={chosen.run_id} trainer.max_steps={budget}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
