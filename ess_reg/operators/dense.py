@@ -95,7 +95,12 @@ class DenseOperator:
     def block_matrix(self, i: int, dtype: torch.dtype, items: slice = slice(None)) -> torch.Tensor:
         """``H_i`` in ``dtype`` for the elements ``items`` of the flattened batch
         (ess_reg.matrix_free.ExplicitBlocks: the Gramian route)."""
-        flat = self.T.reshape(-1, self.seq_len, self.seq_len)  # a view where T is contiguous
+        try:
+            flat = self.T.view(-1, self.seq_len, self.seq_len)
+        except RuntimeError:  # T's batch dims do not flatten as a view: take the blocks one by one
+            heads = range(*items.indices(self.batch_shape.numel()))
+            where = [torch.unravel_index(torch.tensor(j), self.batch_shape) for j in heads]
+            return torch.stack([self.T[tuple(int(d) for d in w)][i:, :i].to(dtype) for w in where])
         return flat[items, i:, :i].to(dtype, copy=True)
 
     kind = "dense"

@@ -127,6 +127,13 @@ def test_explicit_blocks_are_the_hankel_blocks_of_t(kind):
     assert not any(isinstance(KINDS[other](), ExplicitBlocks) for other in ("state_space", "delta_rule", "linearized"))
 
 
+def test_explicit_blocks_of_a_t_whose_batch_does_not_flatten_as_a_view():
+    T = random_causal(6, 12, 12, seed=4).reshape(2, 3, 12, 12).transpose(0, 1)  # batch (3, 2), not viewable
+    op, flat = DenseOperator(T), T.reshape(-1, 12, 12)
+    for items in (slice(None), slice(1, 4), slice(5, 6)):
+        torch.testing.assert_close(op.block_matrix(5, torch.float64, items), flat[items, 5:, :5], rtol=0, atol=0)
+
+
 def test_jacobian_apply_is_the_linear_module():
     op, module, x = _jacobian()
     # A linear module's Jacobian is its operator: applied to any input it gives the module's output.
