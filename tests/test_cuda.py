@@ -112,3 +112,22 @@ def test_the_gramian_route_on_cuda_contains_the_exact_values():
     result = ess_reg.certified_ess(op.materialize().cuda(), idx, min_size=0, max_fraction=0.01)
     assert "gram" in result.path
     assert torch.all(result.lower.cpu() <= exact + 1e-9) and torch.all(exact <= result.upper.cpu() + 1e-9)
+
+
+def test_a_convolution_takes_the_gramian_route_on_cuda_in_chunks(monkeypatch):
+    # the blocks built from the filter on the GPU, a few channels at a time: the intervals hold the
+    # CPU's float64 exact values
+    import ess_reg.matrix_free as matrix_free
+
+    lags = torch.arange(512, dtype=torch.float64)
+    g = torch.Generator().manual_seed(5)
+    h = torch.stack([0.99 ** lags, torch.exp(-lags / 9) * torch.cos(lags / 4), 0.95 ** lags])  # (3, L)
+    q, k = (1 + 0.1 * torch.randn(3, 512, generator=g, dtype=torch.float64) for _ in range(2))
+    op = ess_reg.ToeplitzOperator(h, q, k)
+    idx = list(range(64, 512, 64))
+    exact = ess_reg.entropy_ess(op.materialize(), idx)
+    monkeypatch.setattr(matrix_free, "DEFAULT_MEMORY_BUDGET", 2 * 2**20)  # one or two channels a chunk
+    on_gpu = ess_reg.ToeplitzOperator(h.cuda(), q.cuda(), k.cuda())
+    result = ess_reg.certified_ess(on_gpu, idx, min_size=0, max_fraction=0.01)
+    assert "gram" in result.path
+    assert torch.all(result.lower.cpu() <= exact + 1e-9) and torch.all(exact <= result.upper.cpu() + 1e-9)
