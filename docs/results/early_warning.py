@@ -113,9 +113,8 @@ def analyse(runs, *, step: int = 200, learned: float = 0.25, other_steps=(100, 2
     say("")
     say("| mixer | " + " | ".join(f"step {s}" for s in other_steps) + " |")
     say("|---" * (1 + len(other_steps)) + "|")
-    for mixer, group, learners, util, _, _ in rows:
-        if util is None:
-            continue
+    tested = [(mixer, group, learners) for mixer, group, learners, util, _, _ in rows if util is not None]
+    for mixer, group, learners in tested:
         failures = [r for r in group if r not in learners]
         cells = []
         for s in other_steps:
@@ -149,9 +148,7 @@ def analyse(runs, *, step: int = 200, learned: float = 0.25, other_steps=(100, 2
     say("")
     say("| mixer | one seed | " + " | ".join(f"lowest of {k}" for k in keep_of) + " |")
     say("|---" * (2 + len(keep_of)) + "|")
-    for mixer, group, learners, util, _, _ in rows:
-        if util is None:
-            continue
+    for mixer, group, learners in tested:
         scores = [at_step(r, "ess/util", step) for r in group]
         outcome = [r in learners for r in group]
         max_steps = int(group[0].params.get("trainer.max_steps", 0))
