@@ -11,6 +11,13 @@ through would). Lowest, because where it was measured (two-layer ``la`` and ``wl
 tokens) the runs that went on to learn had collapsed their state *further* by step 100, while
 their loss did not tell them apart: docs/results.md, ``early_warning_confirm``. ``--highest``
 picks the other end, for a measure that points the other way.
+
+The direction is not universal (a few ``gated_deltanet`` runs pointed the other way). ``--check``
+reads it from runs of your own regime trained to the end: the AUC of the metric at ``--step`` for
+"higher in the runs that learned" (final accuracy at least ``--learned``), with its permutation p
+and BCa interval, and which end to pick, if either:
+
+    python -m ess_reg.harness.restart --experiment my_pilot --step 100 --check
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ import sys
 from collections.abc import Sequence
 
 from .runsets import RunRecord, load_runs
+from .stats import AucTest, auc_test
 
-__all__ = ["candidates", "pick", "main"]
+__all__ = ["candidates", "pick", "direction", "main"]
 
 
 def candidates(runs: Sequence[RunRecord], step: int, metric: str) -> list[tuple[RunRecord, float]]:
@@ -56,6 +64,41 @@ def pick(runs: Sequence[RunRecord], step: int, metric: str = "ess/util", highest
     return ranked[0][0]
 
 
+def direction(runs: Sequence[RunRecord], step: int, metric: str = "ess/util", learned: float = 0.25) -> AucTest:
+    """Over the runs trained past ``step``: the AUC of ``metric`` at ``step`` for "higher in the runs
+    whose final accuracy is at least ``learned``" (its ``n_positive`` learned). A run without the
+    metric there is an error that names it; so is a group left empty."""
+    scored = []
+    for run in runs:
+        if run.steps is None or run.steps <= step:
+            continue  # stopped at the step (a candidate, not evidence) or before it
+        value = next((v for s, v in run.history.get(metric, []) if s == step), None)
+        if value is None:
+            raise ValueError(f"run {run.run_id} ({run.name}) logged no {metric} at step {step}")
+        scored.append((value, run.metrics["valid/accuracy"] >= learned))
+    higher = [v for v, ok in scored if ok]
+    lower = [v for v, ok in scored if not ok]
+    if not higher or not lower:
+        raise ValueError(f"of {len(scored)} runs trained past step {step}, {len(higher)} reached accuracy {learned} "
+                         f"and {len(lower)} did not: a direction needs runs of both kinds")
+    return auc_test(higher, lower)
+
+
+def _say_direction(test: AucTest, metric: str, step: int, alpha: float = 0.05) -> str:
+    low, high = test.interval
+    lines = [f"{test.n_positive} runs learned, {test.n_negative} did not; AUC of {metric} at step {step} "
+             f"for 'higher in the runs that learned': {test.auc:.3f} [{low:.3f}, {high:.3f}], "
+             f"permutation p {test.p:.4f}"]
+    if test.p >= alpha:
+        lines.append(f"no direction at p < {alpha}: the metric at this step does not tell them apart here, so "
+                     "the restart rule has nothing to go on")
+    elif test.auc < 0.5:
+        lines.append("lower in the runs that learned: pick the lowest (the default)")
+    else:
+        lines.append("higher in the runs that learned: pick with --highest")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ess_reg.harness.restart", description=__doc__.split("\n")[0])
     parser.add_argument("--experiment", required=True)
@@ -63,6 +106,10 @@ def main(argv=None) -> int:
     parser.add_argument("--metric", default="ess/util", help="the logged measure to rank by (default ess/util)")
     parser.add_argument("--highest", action="store_true", help="go on with the highest instead of the lowest")
     parser.add_argument("--max-steps", type=int, default=None, help="the full budget, for the resume command")
+    parser.add_argument("--check", action="store_true",
+                        help="instead of picking: read the direction from runs of the experiment trained to the end")
+    parser.add_argument("--learned", type=float, default=0.25,
+                        help="with --check: the final accuracy at or above which a run learned (default 0.25)")
     parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
     args = parser.parse_args(argv)
     if args.step < 1:
@@ -71,6 +118,9 @@ def main(argv=None) -> int:
         parser.error(f"--max-steps ({args.max_steps}) must be beyond --step ({args.step})")
     try:
         runs = load_runs(args.tracking_uri, experiment=args.experiment)
+        if args.check:
+            print(_say_direction(direction(runs, args.step, args.metric, args.learned), args.metric, args.step))
+            return 0
         ranked = candidates(runs, args.step, args.metric)
         chosen = pick(runs, args.step, args.metric, args.highest)
     except ValueError as err:

@@ -54,3 +54,34 @@ def test_what_cannot_be_ranked_is_named(seeds, capsys):
         restart.candidates([bad], 3, "ess/util")
     with pytest.raises(SystemExit):
         restart.main(["--experiment", "restart", "--step", "3", "--max-steps", "2", "--tracking-uri", uri])
+
+
+def full_run(seed: int, util: float, accuracy: float) -> RunRecord:
+    return RunRecord(f"r{seed}", f"seed={seed}", {"seed": str(seed)}, {"valid/accuracy": accuracy}, {},
+                     history={"ess/util": [(0, 0.7), (100, util), (1200, 0.5)]})
+
+
+def test_the_direction_is_read_from_runs_trained_to_the_end(capsys):
+    # learners lower at step 100 on every pair: AUC 0 for "higher in learners"; 4 vs 4 runs, the
+    # exact two-sided permutation p is 2 / C(8, 4) = 1/35
+    runs = ([full_run(s, 0.10 + 0.01 * s, 0.9) for s in range(4)]
+            + [full_run(s, 0.30 + 0.01 * s, 0.07) for s in range(4, 8)])
+    test = restart.direction(runs, 100)
+    assert (test.n_positive, test.n_negative, test.auc) == (4, 4, 0.0) and test.p == pytest.approx(2 / 70)
+    assert "pick the lowest (the default)" in restart._say_direction(test, "ess/util", 100)
+    flipped = restart.direction([full_run(s, 1 - dict(r.history["ess/util"])[100], r.metrics["valid/accuracy"])
+                                 for s, r in enumerate(runs)], 100)
+    assert flipped.auc == 1.0 and "pick with --highest" in restart._say_direction(flipped, "ess/util", 100)
+    mixed = restart.direction([full_run(s, 0.1 * (s % 2), 0.9 if s < 4 else 0.07) for s in range(8)], 100)
+    assert "no direction" in restart._say_direction(mixed, "ess/util", 100)
+    # a run stopped at the step is a candidate, not evidence; one group empty is named
+    stopped = RunRecord("c", "c", {"seed": "9"}, {"valid/accuracy": 0.0}, {}, history={"ess/util": [(100, 0.2)]})
+    assert restart.direction(runs + [stopped], 100).n_negative == 4
+    with pytest.raises(ValueError, match="4 reached accuracy 0.25 and 0 did not"):
+        restart.direction(runs[:4], 100)
+
+
+def test_check_on_a_store_says_what_it_lacks(seeds, capsys):
+    # the tiny runs reached step 3 or 6 and none learned: nothing to read a direction from
+    assert restart.main(["--experiment", "restart", "--step", "3", "--check", "--tracking-uri", seeds["uri"]]) == 2
+    assert "a direction needs runs of both kinds" in capsys.readouterr().err
