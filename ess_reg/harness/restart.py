@@ -18,6 +18,8 @@ reads it from runs of your own regime trained to the end: the AUC of the metric 
 and BCa interval, and which end to pick, if either:
 
     python -m ess_reg.harness.restart --experiment my_pilot --step 100 --check
+
+Both read every finished run of the experiment: keep one model and task per experiment.
 """
 
 from __future__ import annotations
