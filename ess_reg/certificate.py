@@ -59,6 +59,12 @@ def _total(values: torch.Tensor, extra: torch.Tensor, h: torch.Tensor, power: in
     return torch.maximum(values, h.unsqueeze(-1)).pow(power).sum(-1) + extra * h.pow(power)
 
 
+def _full_range_top(values: torch.Tensor, target: torch.Tensor, power: int) -> torch.Tensor:
+    """An ``h`` whose sum is never short: ``max(target^(1/power), max values)``."""
+    top = target.clamp(min=0) ** (1 / power)
+    return torch.maximum(top, values.amax(-1)) if values.shape[-1] else top.clone()
+
+
 def _bisect_level(values: torch.Tensor, extra: torch.Tensor, target: torch.Tensor, power: int,
                   lo: torch.Tensor | None = None, hi: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`_level` by bisection of ``[lo, hi]`` (``lo`` short of the target or 0, ``hi`` not
@@ -67,7 +73,7 @@ def _bisect_level(values: torch.Tensor, extra: torch.Tensor, target: torch.Tenso
     if lo is None:
         lo = torch.zeros_like(target)
     if hi is None:
-        hi = torch.maximum(target.clamp(min=0) ** (1 / power), values.amax(-1) if values.shape[-1] else lo).clone()
+        hi = _full_range_top(values, target, power)
     for _ in range(_BISECTIONS):
         mid = (lo + hi) / 2
         if bool(((mid == lo) | (mid == hi)).all()):
@@ -108,8 +114,7 @@ def _level(values: torch.Tensor, extra: torch.Tensor, target: torch.Tensor, powe
     lo_short = _total(values, extra, lo, power) < target
     whole = ~found | ~hi_holds
     if bool(whole.any()):  # no usable candidate: the whole range there
-        full_hi = torch.maximum(target.clamp(min=0) ** (1 / power), values.amax(-1))
-        hi = torch.where(whole, full_hi, hi)
+        hi = torch.where(whole, _full_range_top(values, target, power), hi)
         lo = torch.where(whole, torch.zeros_like(lo), lo)
     lo = torch.where(lo_short | whole, lo, torch.zeros_like(lo))  # a lower end that is not short: from 0
     return _bisect_level(values, extra, target, power, lo, hi)

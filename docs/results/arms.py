@@ -115,12 +115,12 @@ def runs_from_table(path: Path, thresholds) -> list[RunRecord]:
 
 
 def accuracy_at(run, step: int) -> float | None:
-    return next((value for s, value in run.history.get("valid/accuracy", []) if s == step), None)
+    return run.at("valid/accuracy", step)
 
 
 def value_at(run, key: str, step: int) -> float:
     """``key``'s evaluation at ``step``; a run without it is an error, not a gap."""
-    value = next((v for s, v in run.history.get(key, []) if s == step), None)
+    value = run.at(key, step)
     if value is None:
         raise SystemExit(f"run {run.run_id} ({run.name}) has no {key} at step {step}")
     return value

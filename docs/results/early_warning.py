@@ -36,9 +36,9 @@ from ess_reg.harness.stats import (auc_test, bootstrap_interval, holm, pairwise_
 
 def at_step(run, key: str, step: int) -> float:
     """A run's evaluation of ``key`` at ``step``; a run without it is an error, not a gap."""
-    for s, value in run.history.get(key, []):
-        if s == step:
-            return value
+    value = run.at(key, step)
+    if value is not None:
+        return value
     raise SystemExit(f"run {run.run_id} ({run.name}) has no {key} at step {step}: its history has "
                      f"{[s for s, _ in run.history.get(key, [])]}")
 

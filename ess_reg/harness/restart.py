@@ -42,7 +42,7 @@ def candidates(runs: Sequence[RunRecord], step: int, metric: str) -> list[tuple[
     for run in runs:
         if run.steps != step:
             continue  # went on past it (already chosen) or stopped elsewhere: not a candidate
-        value = next((v for s, v in run.history.get(metric, []) if s == step), None)
+        value = run.at(metric, step)
         if value is None:
             raise ValueError(f"run {run.run_id} ({run.name}) stopped at step {step} but logged no {metric} there "
                              f"(its {metric} steps: {[s for s, _ in run.history.get(metric, [])]})")
@@ -59,7 +59,10 @@ def candidates(runs: Sequence[RunRecord], step: int, metric: str) -> list[tuple[
 def pick(runs: Sequence[RunRecord], step: int, metric: str = "ess/util", highest: bool = False) -> RunRecord:
     """The candidate (see :func:`candidates`) with the lowest ``metric`` at ``step`` (highest with
     ``highest``); ties go to the first by name, so the choice repeats."""
-    ranked = candidates(runs, step, metric)
+    return _choose(candidates(runs, step, metric), highest)
+
+
+def _choose(ranked: list[tuple[RunRecord, float]], highest: bool) -> RunRecord:
     if highest:
         best = max(value for _, value in ranked)
         return next(run for run, value in ranked if value == best)
@@ -74,7 +77,7 @@ def direction(runs: Sequence[RunRecord], step: int, metric: str = "ess/util", le
     for run in runs:
         if run.steps is None or run.steps <= step:
             continue  # stopped at the step (a candidate, not evidence) or before it
-        value = next((v for s, v in run.history.get(metric, []) if s == step), None)
+        value = run.at(metric, step)
         if value is None:
             raise ValueError(f"run {run.run_id} ({run.name}) logged no {metric} at step {step}")
         scored.append((value, run.metrics["valid/accuracy"] >= learned))
@@ -124,7 +127,7 @@ def main(argv=None) -> int:
             print(_say_direction(direction(runs, args.step, args.metric, args.learned), args.metric, args.step))
             return 0
         ranked = candidates(runs, args.step, args.metric)
-        chosen = pick(runs, args.step, args.metric, args.highest)
+        chosen = _choose(ranked, args.highest)
     except ValueError as err:
         print(f"restart: error: {err}", file=sys.stderr)
         return 2

@@ -44,6 +44,10 @@ class RunRecord:
     def mixer(self) -> str:
         return self.params.get("model.mixer", "?")
 
+    def at(self, key: str, step: int) -> float | None:
+        """``key``'s evaluation at ``step`` from the history read, or None where it has none."""
+        return next((value for s, value in self.history.get(key, []) if s == step), None)
+
     @property
     def steps(self) -> int | None:
         """The step the run reached: its last evaluation (a resumed run's, not the budget it was
