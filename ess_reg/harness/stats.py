@@ -1,8 +1,9 @@
 """Statistics for studies that say no more than a handful of runs can show.
 
 - paired comparisons (a treatment and its baseline on the same seeds): the exact sign test, the
-  paired permutation (sign-flip) test of the mean difference, exact up to 2^16 sign patterns,
-  and a t-interval of the mean difference (:func:`paired_test`);
+  paired permutation (sign-flip) test of the mean difference, exact up to 50 pairs (2^50 sign
+  patterns, counted by splitting the pairs in two halves), and a t-interval of the mean
+  difference (:func:`paired_test`);
 - unpaired comparisons: the two-sample permutation test and Welch's t-interval
   (:func:`unpaired_test`);
 - how well a score separates two groups of runs (e.g. the runs that learn from those that do
@@ -39,6 +40,7 @@ __all__ = ["ranks", "pearson", "spearman", "bootstrap_interval", "mean_spread", 
 MIN_PAIRS = 8    # below: an interval of a mean difference is printed as unreliable
 MIN_POINTS = 5   # below: no correlation is reported (4 points: an exact p-value can't go below 0.083)
 EXACT_SIGN_FLIPS = 16   # paired permutation test enumerated exactly up to 2^16 sign patterns
+SPLIT_SIGN_FLIPS = 50   # beyond that, exact up to 50 pairs by meeting in the middle (2^25 sums a half: ~1 GiB)
 EXACT_PAIRINGS = 8      # Spearman permutation test enumerated exactly up to 8! orderings
 
 
@@ -150,13 +152,43 @@ def _two_sided(null: np.ndarray, observed: float) -> float:
     return float((np.abs(null) >= abs(observed) - tolerance).mean())
 
 
+def _signed_sums(d: np.ndarray) -> np.ndarray:
+    """Every ``sum(s * d)`` over the 2^len(d) sign patterns ``s``, sorted. The set is its own mirror
+    image exactly (rounding to nearest is symmetric under negation)."""
+    sums = np.zeros(1)
+    for value in d:
+        sums = np.concatenate([sums + value, sums - value])
+    return np.sort(sums)
+
+
+def _split_sign_flip_p(d: np.ndarray, chunk: int = 1 << 22) -> float:
+    """The exact two-sided sign-flip p of ``d`` without listing 2^n sums: each signed sum is
+    ``a + b``, ``a`` one of the first half's 2^(n/2) signed sums and ``b`` one of the second's, so
+    the patterns at least as far from 0 as the observed sum are counted with one sorted search per
+    ``a`` (the searches run in order, which keeps them cheap). By the null's symmetry the lower
+    tail has as many as the upper. The tolerance is :func:`_two_sided`'s."""
+    observed = abs(float(d.sum()))
+    threshold = observed - 1e-12 * max(1.0, observed)
+    if threshold <= 0:
+        return 1.0  # every pattern is at least as far from 0 as a sum of 0
+    half = len(d) // 2
+    first, second = _signed_sums(d[:half]), _signed_sums(d[half:])
+    below = sum(int(np.searchsorted(second, threshold - first[start:start + chunk], side="left").sum())
+                for start in range(0, len(first), chunk))  # pairs with a + b < threshold
+    upper = len(first) * len(second) - below
+    return min(1.0, 2 * upper / 2.0 ** len(d))
+
+
 def _sign_flip_p(d: np.ndarray, resamples: int, seed: int) -> tuple[float, bool]:
-    """Two-sided sign-flip test of the mean of ``d``: every sign pattern up to 2^16 of them (exact),
-    else ``resamples`` random ones ((hits + 1) / (resamples + 1))."""
+    """Two-sided sign-flip test of the mean of ``d``, exact up to :data:`SPLIT_SIGN_FLIPS` pairs
+    (every sign pattern listed up to 2^16 of them, counted by halves beyond), else ``resamples``
+    random patterns ((hits + 1) / (resamples + 1))."""
     n = len(d)
     if n <= EXACT_SIGN_FLIPS:
         patterns = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2 - 1
         return _two_sided(patterns @ d, float(d.sum())), True
+    if n <= SPLIT_SIGN_FLIPS:
+        return _split_sign_flip_p(d), True
     signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(resamples, n))
     hits = _two_sided(signs @ d, float(d.sum())) * resamples
     return (hits + 1) / (resamples + 1), False
@@ -215,13 +247,13 @@ class PairedTest:
 
 def paired_test(differences: Sequence[float], *, level: float = 0.95, resamples: int = 20000,
                 seed: int = 0) -> PairedTest:
-    """Sign test, sign-flip permutation test (exact for up to 16 pairs, else ``resamples``
-    random sign patterns) and t-interval of the mean of per-pair ``differences``."""
+    """Sign test, sign-flip permutation test (exact for up to :data:`SPLIT_SIGN_FLIPS` pairs, else
+    ``resamples`` random sign patterns) and t-interval of the mean of per-pair ``differences``."""
     d = _array(differences, "differences")
     if len(d) < 1:
         raise ValueError("paired_test needs at least one pair")
     higher, lower, ties, sign_p = sign_test(d)
-    perm_p, exact = (1.0, len(d) <= EXACT_SIGN_FLIPS) if not d.any() else _sign_flip_p(d, resamples, seed)
+    perm_p, exact = (1.0, len(d) <= SPLIT_SIGN_FLIPS) if not d.any() else _sign_flip_p(d, resamples, seed)
     return PairedTest(len(d), float(d.mean()), higher, lower, ties, sign_p, perm_p, exact,
                       t_interval(d, level), level)
 

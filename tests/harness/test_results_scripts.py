@@ -280,10 +280,14 @@ def test_arms_pools_a_published_table_with_a_store(arms, tmp_path):
     assert row(text, "| ess_constraint vs none | 4 | 3 |")[3].startswith("2 of 3")
 
 
-def test_arms_says_when_its_p_is_sampled(arms):
-    few = arms.analyse(study(arms, [0.1] * 16, [0.2] * 16), ["ess_constraint:none"], title="t")
-    many = arms.analyse(study(arms, [0.1] * 17, [0.2] * 17), ["ess_constraint:none"], title="t")
-    assert "random sign patterns" not in few and "random sign patterns" in many
+def test_arms_says_when_its_p_is_sampled(arms, monkeypatch):
+    from ess_reg.harness import stats
+
+    monkeypatch.setattr(stats, "SPLIT_SIGN_FLIPS", 20)  # exact up to 20 pairs here (50 by default: 1 GiB)
+    few = arms.analyse(study(arms, [0.1] * 20, [0.2] * 20), ["ess_constraint:none"], title="t")
+    many = arms.analyse(study(arms, [0.1] * 21, [0.2] * 21), ["ess_constraint:none"], title="t")
+    assert "random sign patterns" not in few
+    assert "more than 20 pairs: from 20000 random sign patterns" in many
 
 
 def test_compare_pairs_cuts_with_small_states_from_scratch(compression, tmp_path, monkeypatch):

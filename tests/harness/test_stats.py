@@ -3,6 +3,7 @@
 import math
 from types import SimpleNamespace as NS
 
+import numpy as np
 import pytest
 
 from ess_reg.harness.comparison import compare_to_baseline
@@ -31,8 +32,32 @@ def test_paired_permutation_test_enumerates_every_sign_pattern():
     assert one_down.sign_p == pytest.approx(12 / 32)  # 2 * (C(5,4) + C(5,5)) / 32
     assert not one_down.reliable  # 5 pairs: below MIN_PAIRS
     assert paired_test([0, 0, 0]).permutation_p == 1.0
-    big = paired_test([0.01 * (i % 7) - 0.02 for i in range(30)], resamples=4000)  # 2^30 patterns: sampled
-    assert not big.exact and 0 < big.permutation_p <= 1
+    huge = paired_test([0.01 * (i % 7) - 0.02 for i in range(51)], resamples=4000)  # 2^51 patterns: sampled
+    assert not huge.exact and 0 < huge.permutation_p <= 1
+
+
+def exact_sign_flip_p(d: list[int]) -> float:
+    """The sign-flip p of integer differences from the null's whole distribution: the counts of
+    each signed sum are the coefficients of prod_i (x^-d_i + x^d_i), built one pair at a time."""
+    offset = sum(abs(v) for v in d)
+    counts = np.zeros(2 * offset + 1, dtype=np.int64)
+    counts[offset] = 1
+    for v in d:
+        counts = np.roll(counts, v) + np.roll(counts, -v)  # no wrap: |sum| never exceeds offset
+    observed = abs(sum(d))
+    return counts[np.abs(np.arange(-offset, offset + 1)) >= observed].sum() / 2.0 ** len(d)
+
+
+@pytest.mark.parametrize("n", [17, 30, 41])
+def test_the_sign_flip_p_past_enumeration_is_exact(n):
+    # Past 2^16 patterns the halves are counted: the p equals the null's exact distribution (ties at
+    # the observed sum count), not a sample of it.
+    rng = np.random.default_rng(n)
+    d = [int(v) for v in rng.integers(-3, 5, size=n)]
+    test = paired_test(d)
+    assert test.exact and test.permutation_p == exact_sign_flip_p(d)
+    # every pair up by 1: only the all-up and all-down patterns reach the observed sum
+    assert paired_test([1.0] * n).permutation_p == 2 / 2 ** n
 
 
 def test_t_intervals_match_the_textbook():
