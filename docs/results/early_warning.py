@@ -23,12 +23,12 @@ read in a records file. Writes early_warning.md into --out.
 
 import argparse
 from collections import defaultdict
-from math import comb
 from pathlib import Path
 
 import numpy as np
 
 from ess_reg.harness.records import save_records, with_records
+from ess_reg.harness.restart import keep_rate
 from ess_reg.harness.runsets import COLLAPSED, LAYER_UTILIZATION, load_runs
 from ess_reg.harness.stats import (auc_test, bootstrap_interval, holm, pairwise_auc, proportion_interval,
                                   two_group_percentile_interval)
@@ -58,14 +58,6 @@ def difference_interval(learners, failures, level=0.95, resamples=2000, seed=0):
 
     return two_group_percentile_interval(np.asarray(learners), np.asarray(failures), difference, level=level,
                                          resamples=resamples, seed=seed)
-
-
-def keep_lowest_rate(scores, learned, k: int) -> float:
-    """The share of the k-subsets of runs whose lowest-scoring run learned: the run ranked j-th
-    from the bottom of n is a subset's lowest in C(n - 1 - j, k - 1) of the C(n, k) subsets."""
-    order = sorted(range(len(scores)), key=lambda r: scores[r])
-    n = len(order)
-    return sum(comb(n - 1 - j, k - 1) for j, r in enumerate(order) if learned[r]) / comb(n, k)
 
 
 def analyse(runs, *, step: int = 200, learned: float = 0.25, other_steps=(100, 200, 300, 400),
@@ -155,13 +147,13 @@ def analyse(runs, *, step: int = 200, learned: float = 0.25, other_steps=(100, 2
         cells = [f"{sum(outcome) / len(group):.2f}"]
         for k in keep_of:
             def statistic(picks, k=k):
-                return keep_lowest_rate([scores[i] for i in picks], [outcome[i] for i in picks], k)
+                return keep_rate([scores[i] for i in picks], [outcome[i] for i in picks], k)
 
             def gain(picks, k=k):  # against one seed, on the same resample
                 return statistic(picks) - sum(outcome[i] for i in picks) / len(picks)
             low, high = bootstrap_interval(statistic, len(group))
             gain_low, gain_high = bootstrap_interval(gain, len(group))
-            rate = keep_lowest_rate(scores, outcome, k)
+            rate = keep_rate(scores, outcome, k)
             cost = f", +{(k - 1) * step / max_steps:.0%} steps" if max_steps else ""
             cells.append(f"{rate:.2f} [{low:.2f}, {high:.2f}]; gain {rate - sum(outcome) / len(group):+.2f} "
                          f"[{gain_low:+.2f}, {gain_high:+.2f}]{cost}")

@@ -15,7 +15,9 @@ picks the other end, for a measure that points the other way.
 The direction is not universal (a few ``gated_deltanet`` runs pointed the other way). ``--check``
 reads it from runs of your own regime trained to the end: the AUC of the metric at ``--step`` for
 "higher in the runs that learned" (final accuracy at least ``--learned``), with its permutation p
-and BCa interval, and which end to pick, if either:
+and BCa interval, which end to pick, if either, and what picking it would have given on those
+runs: the share that learned with one seed and with the pick of 2 and 3 (over every subset of the
+runs, exact), and the extra steps it costs:
 
     python -m ess_reg.harness.restart --experiment my_pilot --step 100 --check
 
@@ -28,11 +30,12 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
+from math import comb
 
 from .runsets import RunRecord, load_runs
 from .stats import AucTest, auc_test
 
-__all__ = ["candidates", "pick", "direction", "main"]
+__all__ = ["candidates", "pick", "direction", "keep_rate", "main"]
 
 
 def candidates(runs: Sequence[RunRecord], step: int, metric: str) -> list[tuple[RunRecord, float]]:
@@ -69,10 +72,22 @@ def _choose(ranked: list[tuple[RunRecord, float]], highest: bool) -> RunRecord:
     return ranked[0][0]
 
 
-def direction(runs: Sequence[RunRecord], step: int, metric: str = "ess/util", learned: float = 0.25) -> AucTest:
-    """Over the runs trained past ``step``: the AUC of ``metric`` at ``step`` for "higher in the runs
-    whose final accuracy is at least ``learned``" (its ``n_positive`` learned). A run without the
-    metric there is an error that names it; so is a group left empty."""
+def keep_rate(scores: Sequence[float], learned: Sequence[bool], k: int, highest: bool = False) -> float:
+    """What the rule gives on runs trained to the end: the share of the k-subsets of the runs whose
+    lowest-scoring member (highest with ``highest``) learned, over every subset, not a sample. The
+    run ranked j-th from the chosen end of n is a subset's pick in C(n - 1 - j, k - 1) of the C(n, k)
+    subsets. Ties are ranked in the runs' order."""
+    if len(scores) != len(learned):
+        raise ValueError(f"{len(scores)} scores but {len(learned)} outcomes")
+    n = len(scores)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must lie in 1..{n} (the runs), got {k}")
+    order = sorted(range(n), key=lambda r: -scores[r] if highest else scores[r])
+    return sum(comb(n - 1 - j, k - 1) for j, r in enumerate(order) if learned[r]) / comb(n, k)
+
+
+def _scored(runs: Sequence[RunRecord], step: int, metric: str, learned: float) -> list[tuple[float, bool]]:
+    """``(metric at step, learned)`` of each run trained past ``step``."""
     scored = []
     for run in runs:
         if run.steps is None or run.steps <= step:
@@ -81,12 +96,32 @@ def direction(runs: Sequence[RunRecord], step: int, metric: str = "ess/util", le
         if value is None:
             raise ValueError(f"run {run.run_id} ({run.name}) logged no {metric} at step {step}")
         scored.append((value, run.metrics["valid/accuracy"] >= learned))
+    return scored
+
+
+def direction(runs: Sequence[RunRecord], step: int, metric: str = "ess/util", learned: float = 0.25) -> AucTest:
+    """Over the runs trained past ``step``: the AUC of ``metric`` at ``step`` for "higher in the runs
+    whose final accuracy is at least ``learned``" (its ``n_positive`` learned). A run without the
+    metric there is an error that names it; so is a group left empty."""
+    scored = _scored(runs, step, metric, learned)
     higher = [v for v, ok in scored if ok]
     lower = [v for v, ok in scored if not ok]
     if not higher or not lower:
         raise ValueError(f"of {len(scored)} runs trained past step {step}, {len(higher)} reached accuracy {learned} "
                          f"and {len(lower)} did not: a direction needs runs of both kinds")
     return auc_test(higher, lower)
+
+
+def _say_gain(scored: list[tuple[float, bool]], highest: bool, step: int, max_steps: int,
+              keep_of: Sequence[int] = (2, 3)) -> str:
+    scores, learned = [v for v, _ in scored], [ok for _, ok in scored]
+    end = "highest" if highest else "lowest"
+    cells = [f"one seed {sum(learned) / len(learned):.2f}"]
+    for k in (k for k in keep_of if k <= len(scored)):
+        cells.append(f"{end} of {k} {keep_rate(scores, learned, k, highest):.2f} "
+                     f"(+{(k - 1) * step / max_steps:.0%} steps)")
+    return (f"on these {len(scored)} runs the rule would have given (share that learned, every subset): "
+            + "; ".join(cells))
 
 
 def _say_direction(test: AucTest, metric: str, step: int, alpha: float = 0.05) -> str:
@@ -124,7 +159,12 @@ def main(argv=None) -> int:
     try:
         runs = load_runs(args.tracking_uri, experiment=args.experiment)
         if args.check:
-            print(_say_direction(direction(runs, args.step, args.metric, args.learned), args.metric, args.step))
+            test = direction(runs, args.step, args.metric, args.learned)
+            print(_say_direction(test, args.metric, args.step))
+            if test.p < 0.05:  # the end the direction names, and what it buys on the same runs
+                budget = args.max_steps or max(r.steps for r in runs if r.steps is not None)  # the pilot's own
+                print(_say_gain(_scored(runs, args.step, args.metric, args.learned), test.auc > 0.5, args.step,
+                                budget))
             return 0
         ranked = candidates(runs, args.step, args.metric)
         chosen = _choose(ranked, args.highest)

@@ -85,3 +85,31 @@ def test_check_on_a_store_says_what_it_lacks(seeds, capsys):
     # the tiny runs reached step 3 or 6 and none learned: nothing to read a direction from
     assert restart.main(["--experiment", "restart", "--step", "3", "--check", "--tracking-uri", seeds["uri"]]) == 2
     assert "a direction needs runs of both kinds" in capsys.readouterr().err
+
+
+def test_the_rules_rate_counts_every_subset():
+    # four runs, only the lowest learned: it is a pair's lowest in 3 of the 6 pairs, picked alone 1 in 4
+    assert restart.keep_rate([0.1, 0.2, 0.3, 0.4], [True, False, False, False], 2) == pytest.approx(3 / 6)
+    assert restart.keep_rate([0.1, 0.2, 0.3, 0.4], [True, False, False, False], 1) == pytest.approx(1 / 4)
+    # the two learners score highest: the lowest of a pair learned only in the pair of both
+    assert restart.keep_rate([0.4, 0.3, 0.2, 0.1], [True, True, False, False], 2) == pytest.approx(1 / 6)
+    # picking the highest instead: every pair but the one of the two failures
+    assert restart.keep_rate([0.4, 0.3, 0.2, 0.1], [True, True, False, False], 2, highest=True) == pytest.approx(5 / 6)
+    # k = n picks the single extreme run
+    assert restart.keep_rate([0.4, 0.3, 0.2, 0.1], [True, True, False, False], 4) == 0.0
+    with pytest.raises(ValueError, match="k must lie in 1..4"):
+        restart.keep_rate([0.1, 0.2, 0.3, 0.4], [True] * 4, 5)
+    with pytest.raises(ValueError, match="4 scores but 3 outcomes"):
+        restart.keep_rate([0.1, 0.2, 0.3, 0.4], [True] * 3, 2)
+
+
+def test_check_says_what_the_rule_would_have_given(monkeypatch, capsys):
+    # learners lower at step 100 (AUC 0, p 1/35): the rule's gain is printed for the lowest end,
+    # with the extra steps against the pilot's own budget (1200)
+    runs = ([full_run(s, 0.10 + 0.01 * s, 0.9) for s in range(4)]
+            + [full_run(s, 0.30 + 0.01 * s, 0.07) for s in range(4, 8)])
+    monkeypatch.setattr(restart, "load_runs", lambda uri, experiment: runs)
+    assert restart.main(["--experiment", "pilot", "--step", "100", "--check"]) == 0
+    out = capsys.readouterr().out
+    # one seed: 4 of 8; the lowest of 2 learned unless both were failures: 1 - C(4,2)/C(8,2) = 22/28
+    assert "one seed 0.50; lowest of 2 0.79 (+8% steps); lowest of 3 0.93 (+17% steps)" in out

@@ -524,6 +524,3 @@ def test_early_warning_auc_per_mixer_with_holm_and_the_collapse_rule():
     keep = row(text, "| la | 0.50 |")
     assert keep[2].startswith("0.20 [") and keep[3].startswith("0.05 [") and keep[2].endswith("+17% steps")
     assert "; gain -0.30 [" in keep[2] and "; gain -0.45 [" in keep[3]
-    assert early.keep_lowest_rate([0.1, 0.2, 0.3, 0.4], [True, False, False, False], 2) == pytest.approx(3 / 6)
-    assert early.keep_lowest_rate([0.1, 0.2, 0.3, 0.4], [True, False, False, False], 1) == pytest.approx(1 / 4)
-    assert early.keep_lowest_rate([0.4, 0.3, 0.2, 0.1], [True, True, False, False], 2) == pytest.approx(1 / 6)
