@@ -12,7 +12,8 @@ tokens) the runs that went on to learn had collapsed their state *further* by st
 their loss did not tell them apart: docs/results.md, ``early_warning_confirm``. ``--highest``
 picks the other end, for a measure that points the other way.
 
-The direction is not universal (a few ``gated_deltanet`` runs pointed the other way). ``--check``
+The forecast is not universal (a few ``gated_deltanet`` runs pointed the other way, and on one-head
+``gla`` at 64 tokens utilization at step 100 did not separate the runs at all). ``--check``
 reads it from runs of your own regime trained to the end: the AUC of the metric at ``--step`` for
 "higher in the runs that learned" (final accuracy at least ``--learned``), with its permutation p
 and BCa interval, which end to pick, if either, and what picking it would have given on those
