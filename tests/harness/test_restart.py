@@ -113,3 +113,15 @@ def test_check_says_what_the_rule_would_have_given(monkeypatch, capsys):
     out = capsys.readouterr().out
     # one seed: 4 of 8; the lowest of 2 learned unless both were failures: 1 - C(4,2)/C(8,2) = 22/28
     assert "one seed 0.50; lowest of 2 0.79 (+8% steps); lowest of 3 0.93 (+17% steps)" in out
+    # the learners highest instead: the same rates at the other end, and --max-steps sets the cost
+    flipped = [full_run(s, 1 - dict(r.history["ess/util"])[100], r.metrics["valid/accuracy"])
+               for s, r in enumerate(runs)]
+    monkeypatch.setattr(restart, "load_runs", lambda uri, experiment: flipped)
+    assert restart.main(["--experiment", "pilot", "--step", "100", "--check", "--max-steps", "2000"]) == 0
+    assert "one seed 0.50; highest of 2 0.79 (+5% steps); highest of 3 0.93 (+10% steps)" in capsys.readouterr().out
+    # no direction: no gain printed
+    mixed = [full_run(s, 0.1 * (s % 2), 0.9 if s < 4 else 0.07) for s in range(8)]
+    monkeypatch.setattr(restart, "load_runs", lambda uri, experiment: mixed)
+    assert restart.main(["--experiment", "pilot", "--step", "100", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "no direction" in out and "would have given" not in out
