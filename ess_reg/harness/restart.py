@@ -31,7 +31,6 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
-from math import comb
 
 from .runsets import RunRecord, load_runs
 from .stats import AucTest, auc_test
@@ -84,7 +83,7 @@ def keep_rate(scores: Sequence[float], learned: Sequence[bool], k: int, highest:
     if not 1 <= k <= n:
         raise ValueError(f"k must lie in 1..{n} (the runs), got {k}")
     order = sorted(range(n), key=lambda r: -scores[r] if highest else scores[r])
-    return sum(comb(n - 1 - j, k - 1) for j, r in enumerate(order) if learned[r]) / comb(n, k)
+    return sum(math.comb(n - 1 - j, k - 1) for j, r in enumerate(order) if learned[r]) / math.comb(n, k)
 
 
 def _scored(runs: Sequence[RunRecord], step: int, metric: str, learned: float) -> list[tuple[float, bool]]:
