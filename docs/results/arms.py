@@ -33,8 +33,8 @@ from pathlib import Path
 
 from ess_reg.harness.records import save_records, with_records
 from ess_reg.harness.runsets import COLLAPSED, RunRecord, load_runs
-from ess_reg.harness import stats
-from ess_reg.harness.stats import holm, mcnemar_exact, mean_spread, paired_test, proportion_interval, sign_test
+from ess_reg.harness.stats import (holm, mcnemar_exact, mean_spread, paired_test, proportion_interval,
+                                   sampled_sign_flip_note, sign_test)
 
 
 
@@ -201,8 +201,7 @@ def analyse(runs, compare: list[str], *, title: str, thresholds=(0.25, 0.5), pai
         lines.append(f"| {arm} vs {base} | {t.n} | {t.mean_difference:+.3f} [{low:+.3f}, {high:+.3f}] | "
                      f"{t.higher} / {t.lower} / {t.ties} | {t.permutation_p:.3f} | {p_holm:.3f} | {'; '.join(steps)} |")
     if not all(t.exact for *_, t in tests):
-        lines += ["", f"Sign-flip p over more than {stats.SPLIT_SIGN_FLIPS} pairs: from 20000 random sign patterns, "
-                  "not every one (a Monte Carlo standard error of about 0.0015 at p = 0.05)."]
+        lines += ["", sampled_sign_flip_note()]
     if rescue_at is not None:
         lines += ["", f"Rescued at the end: seeds whose baseline ended below {rescue_at:g} and whose arm ended at "
                   "or above it (exact 95% interval of the rate over the failing seeds); lost: the reverse; "

@@ -37,6 +37,8 @@ from .stats import AucTest, auc_test
 
 __all__ = ["candidates", "pick", "direction", "keep_rate", "main"]
 
+ALPHA = 0.05  # a direction is read where the AUC's permutation p is below it
+
 
 def candidates(runs: Sequence[RunRecord], step: int, metric: str) -> list[tuple[RunRecord, float]]:
     """The runs that stopped at ``step`` with their ``metric`` there. A candidate without the
@@ -124,7 +126,7 @@ def _say_gain(scored: list[tuple[float, bool]], highest: bool, step: int, max_st
             + "; ".join(cells))
 
 
-def _say_direction(test: AucTest, metric: str, step: int, alpha: float = 0.05) -> str:
+def _say_direction(test: AucTest, metric: str, step: int, alpha: float = ALPHA) -> str:
     low, high = test.interval
     lines = [f"{test.n_positive} runs learned, {test.n_negative} did not; AUC of {metric} at step {step} "
              f"for 'higher in the runs that learned': {test.auc:.3f} [{low:.3f}, {high:.3f}], "
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
         if args.check:
             test = direction(runs, args.step, args.metric, args.learned)
             print(_say_direction(test, args.metric, args.step))
-            if test.p < 0.05:  # the end the direction names, and what it buys on the same runs
+            if test.p < ALPHA:  # the end the direction names, and what it buys on the same runs
                 budget = args.max_steps or max(r.steps for r in runs if r.steps is not None)  # the pilot's own
                 print(_say_gain(_scored(runs, args.step, args.metric, args.learned), test.auc > 0.5, args.step,
                                 budget))

@@ -26,8 +26,7 @@ import argparse
 from pathlib import Path
 
 from ess_reg.harness.runsets import load_runs
-from ess_reg.harness import stats
-from ess_reg.harness.stats import holm, mean_spread, paired_test
+from ess_reg.harness.stats import holm, mean_spread, paired_test, sampled_sign_flip_note
 from knee import entropy_rule  # this folder's knee.py: which cut took the entropy size
 
 PAIRS, COMPETENT = 16, 0.8
@@ -50,8 +49,7 @@ def tests_table(tests: list, untested: str = "(not tested)") -> list[str]:
                     f"{t.higher} / {t.lower} / {t.ties} | {t.permutation_p:.4f} | "
                     + (f"{next(adjusted):.4f}" if tested is True else tested or untested) + " |")
     if not all(t.exact for _, t, _ in tests):
-        rows += ["", f"Sign-flip p over more than {stats.SPLIT_SIGN_FLIPS} pairs: from 20000 random sign patterns, "
-                 "not every one (a Monte Carlo standard error of about 0.0015 at p = 0.05)."]
+        rows += ["", sampled_sign_flip_note()]
     return rows
 
 
